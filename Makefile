@@ -1,0 +1,66 @@
+# The two commands a new user needs: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv proto proto-check lint unit integration contract e2e faults test demo demo-kafka kafka-up kafka-down bench clean
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e . --group dev
+	touch $(STAMP)
+
+# Regenerates the protobuf/gRPC code and its type stubs from proto/.
+proto: venv
+	$(BIN)/python tools/gen_proto.py adapters/proto
+
+# Fails when the committed generated code differs from what proto/ gives.
+proto-check: venv
+	rm -rf .cache/proto-check && mkdir -p .cache/proto-check
+	$(BIN)/python tools/gen_proto.py .cache/proto-check
+	diff -r -x __pycache__ adapters/proto .cache/proto-check || { echo "generated code is stale: run 'make proto'"; exit 1; }
+
+lint: venv proto-check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy domain application adapters entrypoints
+	$(BIN)/lint-imports
+
+unit: venv
+	$(BIN)/pytest tests/unit -q
+
+integration: venv
+	$(BIN)/pytest tests/integration -q
+
+kafka-up: venv
+	tools/kafka/broker.sh up
+
+kafka-down:
+	tools/kafka/broker.sh down
+
+contract: venv
+	tools/kafka/with-broker.sh $(BIN)/pytest tests/contract -q
+
+e2e: venv
+	tools/kafka/with-broker.sh $(BIN)/pytest tests/e2e -q
+
+# Everything: lint, then every test tier; a local Kafka broker is started from Maven
+# jars when no KAFKA_BOOTSTRAP_SERVERS is given and no Docker engine is present.
+test: lint
+	tools/kafka/with-broker.sh $(BIN)/pytest tests -q
+
+demo: venv
+	$(BIN)/python -m entrypoints.demo
+
+demo-kafka: venv
+	tools/kafka/with-broker.sh $(BIN)/python -m entrypoints.demo --kafka
+
+bench: venv
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info

@@ -1,0 +1,1 @@
+"""The worker's model and ports. Standard library only."""

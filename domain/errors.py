@@ -1,0 +1,44 @@
+"""Errors with a meaning for the worker: each one decides how a job ends."""
+
+from __future__ import annotations
+
+
+class JobWorkerError(Exception):
+    """Base of every error the worker raises on purpose."""
+
+
+class InvalidPayload(JobWorkerError):  # noqa: N818 - reads as the verdict it is
+    """The job's payload cannot be run; the job ends REJECTED with this message."""
+
+
+class UnknownJobType(JobWorkerError):  # noqa: N818
+    """No executor is registered for the job's type; the job ends REJECTED."""
+
+    def __init__(self, job_type: str) -> None:
+        super().__init__(f"unknown job type {job_type!r}: no executor is registered for it")
+        self.job_type = job_type
+
+
+class RetryableJobError(JobWorkerError):
+    """A transient failure (5xx, connection reset…): the engine retries with backoff."""
+
+
+class JobFailed(JobWorkerError):  # noqa: N818
+    """A final failure the executor explains; the job ends FAILED with this message."""
+
+
+class DuplicateExecutor(JobWorkerError):  # noqa: N818
+    """Two executors were registered for one job type."""
+
+
+class ResultNotDelivered(JobWorkerError):  # noqa: N818
+    """The sink gave up on a result: the job stays not done and is redelivered later."""
+
+
+class ConfigurationError(JobWorkerError):
+    """A setting is missing or malformed; ``variable`` names it."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+        self.problem = problem

@@ -1,0 +1,87 @@
+"""The ports: what the application needs from the world, as small Protocols."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from domain.model import Job, JobResult
+
+
+class JobSource(Protocol):
+    """Where jobs come from (Kafka, a file, memory)."""
+
+    def fetch(self, max_jobs: int, timeout_s: float) -> Sequence[Job]:
+        """Return up to ``max_jobs`` new jobs, waiting at most ``timeout_s`` for them.
+
+        The engine calls this in a loop from one greenlet. ``max_jobs == 0`` means the
+        engine has no room: the source must keep its connection alive (a Kafka source
+        pauses its partitions and still polls, to stay in its group) and return
+        nothing. Undeliverable input never raises here; a source deals with it itself.
+        """
+        ...
+
+    def ack(self, job: Job) -> None:
+        """Mark ``job`` done: its result was accepted by the sink.
+
+        Only acked jobs may be forgotten by the source (for Kafka: move the committed
+        offset). Never raises for a job whose delivery the source no longer owns.
+        """
+        ...
+
+    def exhausted(self) -> bool:
+        """Return True when no job will ever come again (end of a file); else False."""
+        ...
+
+    def close(self) -> None:
+        """Save progress of acked jobs and release connections. Idempotent."""
+        ...
+
+
+class ResultSink(Protocol):
+    """Where results go (Core over gRPC, a file, memory)."""
+
+    def send(self, result: JobResult) -> None:
+        """Deliver ``result``, blocking (cooperatively) until the sink accepted it.
+
+        Transient failures are retried inside. Raises ``ResultNotDelivered`` when the
+        result will not be accepted; the job then stays not done.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release connections. Idempotent."""
+        ...
+
+
+class Executor(Protocol):
+    """Runs jobs of one type."""
+
+    def execute(self, job: Job) -> str:
+        """Run ``job`` and return its output (JSON by convention).
+
+        Raises ``InvalidPayload`` (REJECTED), ``RetryableJobError`` (retried),
+        ``JobFailed`` or any other exception (FAILED). Must be cooperative (gevent):
+        the engine interrupts it with a timeout.
+        """
+        ...
+
+
+class JobObserver(Protocol):
+    """Hears about each job's life; logs and metrics implement it."""
+
+    def job_started(self, job: Job, attempt: int) -> None:
+        """Called when an attempt begins. Must not raise or block."""
+        ...
+
+    def job_retrying(self, job: Job, attempt: int, error: str, delay_s: float) -> None:
+        """Called when a failed attempt will be retried after ``delay_s``."""
+        ...
+
+    def job_finished(self, job: Job, result: JobResult) -> None:
+        """Called once per job when its result is known (before it is sent)."""
+        ...
+
+    def result_delivered(self, result: JobResult) -> None:
+        """Called when the sink accepted ``result``."""
+        ...
