@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from domain.model import Job, JobResult, JobStatus
-
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from domain.model import Job, JobResult, JobStatus
 
 _UNKNOWN_TYPE_PREFIX = "TYPE_"
 

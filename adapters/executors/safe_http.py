@@ -1,0 +1,281 @@
+"""An HTTP client that only reaches destinations the ``AddressGuard`` allows.
+
+Shared by the HTTP executor and the image executor's URL sources, so both refuse the
+same addresses, follow redirects the same careful way and cap what they read.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from email.message import Message
+from http.cookiejar import DefaultCookiePolicy
+from typing import Any, ClassVar
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from domain.errors import InvalidPayload, JobFailed, RetryableJobError
+from requests.adapters import HTTPAdapter
+from requests.cookies import RequestsCookieJar
+from requests.structures import CaseInsensitiveDict
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from adapters.executors.network_guard import AddressGuard, RefusedDestination
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Statuses that say "not now" rather than "never": worth retrying like a 5xx.
+TRANSIENT_CLIENT_STATUSES = frozenset({408, 425, 429})
+# Headers that must not follow a redirect to another origin.
+CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+_READ_CHUNK_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """A response read in full (within the byte cap); ``url`` is the final one.
+
+    ``headers`` looks names up case-insensitively and keeps the server's spelling.
+    """
+
+    url: str
+    status: int
+    reason: str
+    headers: Mapping[str, str]
+    body: bytes
+
+    def text(self) -> str:
+        """The body decoded with the charset the server declared (UTF-8 if none)."""
+        message = Message()
+        message["content-type"] = self.headers.get("content-type", "")
+        charset = message.get_content_charset() or "utf-8"
+        try:
+            return self.body.decode(charset, errors="replace")
+        except LookupError:
+            return self.body.decode("utf-8", errors="replace")
+
+
+class SafeHttpClient:
+    """requests on a guarded connection pool, with manual, re-checked redirects.
+
+    ``pool_size`` bounds the kept-alive connections per host; size it to the worker
+    pool, since each job holds at most one connection at a time. Cookies are never
+    kept between requests and proxy settings from the environment are ignored: one
+    job must not see another's cookies, and a proxy would hide the real destination.
+    """
+
+    def __init__(
+        self,
+        pool_size: int,
+        allow_private_networks: bool = False,
+        max_redirects: int = 5,
+        user_agent: str = "jobworker",
+    ) -> None:
+        if pool_size < 1:
+            raise ValueError(f"pool_size must be at least 1, got {pool_size}")
+        if max_redirects < 0:
+            raise ValueError(f"max_redirects must not be negative, got {max_redirects}")
+        self.guard = AddressGuard(allow_private_networks)
+        self.max_redirects = max_redirects
+        self._session = requests.Session()
+        self._session.trust_env = False
+        self._session.cookies = RequestsCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+        self._session.headers["User-Agent"] = user_agent
+        adapter = _GuardedHTTPAdapter(self.guard, pool_maxsize=pool_size, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        timeout_s: float,
+        max_bytes: int,
+    ) -> HttpResponse:
+        """Send a request, follow up to ``max_redirects`` redirects, read the body.
+
+        ``timeout_s`` bounds the whole exchange, redirects and body included. Returns
+        the final response whatever its status. Raises ``InvalidPayload`` when the
+        URL itself is refused or malformed; ``JobFailed`` when a redirect leads
+        somewhere refused, there are too many redirects, the body exceeds
+        ``max_bytes`` or TLS fails; ``RetryableJobError`` on connection errors and
+        timeouts.
+        """
+        deadline = time.monotonic() + timeout_s
+        current_headers = dict(headers or {})
+        try:
+            self.guard.check_url(url)
+        except RefusedDestination as error:
+            raise InvalidPayload(f"url refused: {error}") from error
+        original_url = url
+        for hop in range(self.max_redirects + 1):
+            try:
+                response = self._send_once(method, url, current_headers, body, deadline, max_bytes)
+            except RefusedDestination as error:
+                if hop == 0:
+                    raise InvalidPayload(f"url refused: {error}") from error
+                raise JobFailed(f"redirect from {original_url} refused: {error}") from error
+            location = response.headers.get("location")
+            if response.status not in REDIRECT_STATUSES or not location:
+                return response
+            next_url = urljoin(url, location)
+            try:
+                self.guard.check_url(next_url)
+            except RefusedDestination as error:
+                raise JobFailed(f"redirect from {original_url} refused: {error}") from error
+            if response.status == 303 or (response.status in {301, 302} and method == "POST"):
+                method, body = ("HEAD" if method == "HEAD" else "GET"), None
+                current_headers = _without(current_headers, {"content-type", "content-length"})
+            if not _same_origin(url, next_url):
+                current_headers = _without(current_headers, CREDENTIAL_HEADERS)
+            url = next_url
+        raise JobFailed(f"more than {self.max_redirects} redirects; the last pointed to {url}")
+
+    def get_bytes(self, url: str, max_bytes: int, timeout_s: float) -> bytes:
+        """GET ``url`` and return its body; any status but 2xx raises (see ``request``)."""
+        response = self.request("GET", url, timeout_s=timeout_s, max_bytes=max_bytes)
+        raise_for_http_status(response, f"GET {url}")
+        if response.status >= 300:
+            raise JobFailed(f"GET {url} answered {response.status} {response.reason}")
+        return response.body
+
+    def close(self) -> None:
+        """Close pooled connections. Idempotent."""
+        self._session.close()
+
+    def _send_once(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        deadline: float,
+        max_bytes: int,
+    ) -> HttpResponse:
+        what = f"{method} {url}"
+        remaining_s = deadline - time.monotonic()
+        if remaining_s <= 0:
+            raise RetryableJobError(f"{what}: timed out before the request was sent")
+        try:
+            prepared = self._session.prepare_request(
+                requests.Request(method, url, headers=dict(headers), data=body)
+            )
+            raw = self._session.send(
+                prepared, stream=True, allow_redirects=False, timeout=remaining_s
+            )
+            try:
+                content = _read_capped(raw, max_bytes, deadline, what)
+            finally:
+                raw.close()
+        except requests.exceptions.SSLError as error:
+            raise JobFailed(f"{what}: TLS failed: {error}") from error
+        except (requests.exceptions.InvalidURL, requests.exceptions.InvalidHeader) as error:
+            raise InvalidPayload(f"{what}: {error}") from error
+        except requests.exceptions.ContentDecodingError as error:
+            raise JobFailed(f"{what}: the response body could not be decoded: {error}") from error
+        except requests.exceptions.Timeout as error:
+            raise RetryableJobError(f"{what}: timed out: {error}") from error
+        except (requests.exceptions.RequestException, OSError) as error:
+            raise RetryableJobError(f"{what}: connection failed: {error}") from error
+        return HttpResponse(
+            url=url,
+            status=raw.status_code,
+            reason=raw.reason or "",
+            headers=CaseInsensitiveDict(raw.headers),
+            body=content,
+        )
+
+
+def raise_for_http_status(response: HttpResponse, what: str) -> None:
+    """Raise for an error status: ``RetryableJobError`` on 5xx/408/425/429, else ``JobFailed``."""
+    status = f"{response.status} {response.reason}".strip()
+    if response.status >= 500 or response.status in TRANSIENT_CLIENT_STATUSES:
+        raise RetryableJobError(f"{what} answered {status}")
+    if response.status >= 400:
+        raise JobFailed(f"{what} answered {status}")
+
+
+def _read_capped(
+    response: requests.Response, max_bytes: int, deadline: float, what: str
+) -> bytes:
+    if response.status_code in REDIRECT_STATUSES and "location" in response.headers:
+        return b""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise JobFailed(
+            f"{what}: response body of {declared} bytes exceeds the {max_bytes}-byte limit"
+        )
+    chunks: list[bytes] = []
+    received = 0
+    for chunk in _chunks(response):
+        received += len(chunk)
+        if received > max_bytes:
+            raise JobFailed(f"{what}: response body exceeds the {max_bytes}-byte limit")
+        if time.monotonic() > deadline:
+            raise RetryableJobError(f"{what}: timed out while reading the response body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _chunks(response: requests.Response) -> Iterator[bytes]:
+    # iter_content decompresses gzip/deflate, so the cap applies to what we keep in
+    # memory, not to what crossed the wire: a compression bomb stops at the cap too.
+    yield from response.iter_content(chunk_size=_READ_CHUNK_BYTES)
+
+
+def _same_origin(url: str, other: str) -> bool:
+    first, second = urlsplit(url), urlsplit(other)
+    return (first.scheme, first.hostname, first.port) == (second.scheme, second.hostname, second.port)
+
+
+def _without(headers: Mapping[str, str], names: frozenset[str] | set[str]) -> dict[str, str]:
+    return {name: value for name, value in headers.items() if name.lower() not in names}
+
+
+class _GuardedHTTPAdapter(HTTPAdapter):
+    """An HTTPAdapter whose connections refuse peers the guard refuses."""
+
+    def __init__(self, guard: AddressGuard, **kwargs: Any) -> None:
+        self._pool_classes = _guarded_pool_classes(guard)
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = self._pool_classes
+
+
+class _PeerCheckingConnection(HTTPConnection):
+    """Checks the address it actually connected to, before a byte is sent.
+
+    Checking here rather than after our own DNS lookup closes the DNS-rebinding gap:
+    whatever the name resolved to at connect time is what gets judged.
+    """
+
+    address_guard: ClassVar[AddressGuard]
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        try:
+            self.address_guard.check_peer(sock.getpeername()[0], self.host)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+class _PeerCheckingHTTPSConnection(_PeerCheckingConnection, HTTPSConnection):
+    pass
+
+
+def _guarded_pool_classes(guard: AddressGuard) -> dict[str, type[HTTPConnectionPool]]:
+    plain = type("GuardedHTTPConnection", (_PeerCheckingConnection,), {"address_guard": guard})
+    tls = type("GuardedHTTPSConnection", (_PeerCheckingHTTPSConnection,), {"address_guard": guard})
+    return {
+        "http": type("GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": plain}),
+        "https": type("GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": tls}),
+    }

@@ -1,0 +1,207 @@
+"""Reports results to Core with unary ``ReportResult`` calls, retrying what is transient."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import gevent
+import grpc
+
+from adapters.codec import result_to_proto
+from adapters.grpc.channel import client_channel_options, open_channel
+from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from domain.errors import ResultNotDelivered
+from domain.model import JobResult
+
+RetryListener = Callable[[str, int, float], None]
+"""Called before each retry sleep with (status code name, failed attempt number, delay_s)."""
+
+# Codes after which the same request may succeed later. DEADLINE_EXCEEDED and ABORTED
+# may mean Core stored the result and the answer was lost: the retry is then a duplicate,
+# which Core de-duplicates by job_id. RESOURCE_EXHAUSTED is Core shedding load; a message
+# above Core's size limit would get it too, forever, so `send` refuses those up front.
+RETRYABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+
+# gRPC servers receive at most 4 MiB per message unless configured otherwise.
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+# Exponents past this already give delays far beyond any sensible cap; stopping here
+# keeps `base * 2**n` a finite float however long Core stays down.
+_MAX_BACKOFF_EXPONENT = 32
+
+
+def full_jitter_delay(
+    attempt: int,
+    base_s: float,
+    cap_s: float,
+    uniform: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based).
+
+    Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))].
+    Spreading retries over the whole window keeps many senders from hitting a Core that
+    comes back all at the same instant.
+    """
+    exponent = min(max(attempt - 1, 0), _MAX_BACKOFF_EXPONENT)
+    return uniform(0.0, min(cap_s, base_s * 2**exponent))
+
+
+class GrpcResultSink:
+    """The ``ResultSink`` port over gRPC: ``CoreService.ReportResult``, one call per result.
+
+    ``send`` retries UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and ABORTED with
+    exponential backoff and full jitter, without limit by default (a Core that is down
+    for a while must lose nothing; the caller's bounded queues apply the backpressure).
+    Every other status is final. Sleeps between attempts are ``gevent.sleep``, so a
+    waiting ``send`` yields to other greenlets and a ``kill()`` of its greenlet
+    interrupts it with ``GreenletExit``. Works in unpatched processes and threads too.
+    Safe to share between greenlets and threads.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        call_timeout_s: float = 5.0,
+        backoff_base_s: float = 0.1,
+        backoff_cap_s: float = 10.0,
+        max_attempts: int = 0,
+        on_retry: RetryListener | None = None,
+        tls_ca_file: str | Path | None = None,
+        tls_cert_file: str | Path | None = None,
+        tls_key_file: str | Path | None = None,
+        keepalive_time_s: float = 60.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        """Open a channel to Core at ``target`` (``host:port``); no connection is made yet.
+
+        ``call_timeout_s`` is the deadline of each attempt. ``max_attempts`` of 0 retries
+        for ever. ``on_retry`` must not raise. TLS is used when any ``tls_*`` file is
+        given (see ``adapters.grpc.channel.open_channel``). A result whose request is
+        larger than ``max_message_bytes`` is refused without a call. Raises
+        ``ValueError`` for impossible numbers and ``ConfigurationError`` for bad TLS files.
+        """
+        _require(call_timeout_s > 0, f"call_timeout_s must be positive, got {call_timeout_s}")
+        _require(backoff_base_s > 0, f"backoff_base_s must be positive, got {backoff_base_s}")
+        _require(
+            backoff_cap_s >= backoff_base_s,
+            f"backoff_cap_s ({backoff_cap_s}) must be at least backoff_base_s ({backoff_base_s})",
+        )
+        _require(max_attempts >= 0, f"max_attempts must be 0 (unlimited) or more, got {max_attempts}")
+        _require(keepalive_time_s > 0, f"keepalive_time_s must be positive, got {keepalive_time_s}")
+        _require(max_message_bytes > 0, f"max_message_bytes must be positive, got {max_message_bytes}")
+        self._target = target
+        self._call_timeout_s = call_timeout_s
+        self._backoff_base_s = backoff_base_s
+        self._backoff_cap_s = backoff_cap_s
+        self._max_attempts = max_attempts
+        self._on_retry = on_retry
+        self._max_message_bytes = max_message_bytes
+        self._channel = open_channel(
+            target,
+            client_channel_options(keepalive_time_s, max_reconnect_backoff_s=backoff_cap_s),
+            tls_ca_file=tls_ca_file,
+            tls_cert_file=tls_cert_file,
+            tls_key_file=tls_key_file,
+        )
+        self._report_result = pb_grpc.CoreServiceStub(self._channel).ReportResult
+        self._closed = False
+
+    def send(self, result: JobResult) -> None:
+        """Deliver ``result`` to Core, blocking cooperatively until Core accepted it.
+
+        Raises ``ResultNotDelivered`` when Core answers with a final status (its code and
+        details are in the message), when ``max_attempts`` attempts all failed, when the
+        request is too large, or when the sink is (or gets) closed. ``GreenletExit``
+        from a kill propagates.
+        """
+        request = pb.ReportResultRequest(result=result_to_proto(result))
+        size = request.ByteSize()
+        if size > self._max_message_bytes:
+            raise ResultNotDelivered(
+                f"result of job {result.job_id!r} is {size} bytes on the wire, above the "
+                f"{self._max_message_bytes}-byte message limit for Core"
+            )
+        attempt = 0
+        while True:
+            attempt += 1
+            error = self._attempt(request, result.job_id)
+            if error is None:
+                return
+            code = error.code()
+            if code not in RETRYABLE_CODES:
+                raise ResultNotDelivered(
+                    f"Core refused the result of job {result.job_id!r}: {_describe(error)}"
+                )
+            if self._max_attempts and attempt >= self._max_attempts:
+                raise ResultNotDelivered(
+                    f"gave up on the result of job {result.job_id!r} after {attempt} "
+                    f"attempts to reach Core at {self._target}: {_describe(error)}"
+                )
+            delay_s = full_jitter_delay(attempt, self._backoff_base_s, self._backoff_cap_s)
+            if self._on_retry is not None:
+                self._on_retry(code.name, attempt, delay_s)
+            gevent.sleep(delay_s)
+
+    def ping(self, timeout_s: float = 1.0) -> bool:
+        """True when the channel to Core is connected (or connects within ``timeout_s``).
+
+        For readiness probes: it proves Core's address accepts gRPC connections (and the
+        TLS handshake, when used), not that Core would accept a result. False once closed.
+        """
+        if self._closed:
+            return False
+        ready = grpc.channel_ready_future(self._channel)
+        try:
+            ready.result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            return False
+        finally:
+            ready.cancel()
+        return True
+
+    def close(self) -> None:
+        """Close the channel; calls in flight end with ResultNotDelivered. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._channel.close()
+
+    def _attempt(self, request: pb.ReportResultRequest, job_id: str) -> grpc.RpcError | None:
+        """One call; None when Core accepted the result, else the call's error."""
+        if self._closed:
+            raise ResultNotDelivered(f"result of job {job_id!r} not sent: the sink is closed")
+        try:
+            self._report_result(request, timeout=self._call_timeout_s)
+        except grpc.RpcError as error:
+            if self._closed:
+                raise ResultNotDelivered(
+                    f"result of job {job_id!r} not delivered: the sink was closed during the call"
+                ) from error
+            return error
+        except ValueError as error:
+            # grpcio raises ValueError for a call on a channel closed under our feet.
+            raise ResultNotDelivered(
+                f"result of job {job_id!r} not sent: the sink is closed"
+            ) from error
+        return None
+
+
+def _describe(error: grpc.RpcError) -> str:
+    details = error.details() or "no details"
+    return f"{error.code().name}: {details}"
+
+
+def _require(condition: bool, problem: str) -> None:
+    if not condition:
+        raise ValueError(problem)

@@ -1,0 +1,265 @@
+"""The worker engine: jobs in from a source, through a gevent pool, results out to a sink.
+
+    source.fetch ──▶ jobs queue (bounded) ──▶ Pool(pool_size) ──▶ results queue (bounded)
+         ▲                                                              │
+         └────────────── source.ack(job) ◀── sink.send(result) ◀────────┘
+
+A job is *done* only once the sink accepted its result; only then is the source told
+(``ack``), which is what lets a Kafka source commit offsets safely. Every queue is
+bounded, so a slow sink stalls the pool, the jobs queue fills and the engine asks the
+source for nothing (``fetch(0, …)``) until the queue drains to its low-water mark.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import gevent
+from gevent.event import Event
+from gevent.pool import Pool
+from gevent.queue import Queue
+
+from application.registry import ExecutorRegistry
+from application.retry import RetryPolicy
+from application.run_job import JobRunner
+from domain.errors import ResultNotDelivered
+from domain.model import Job, JobResult
+from domain.ports import JobObserver, JobSource, ResultSink
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Sizes and limits of one engine. Defaults suit a small worker."""
+
+    worker_id: str = "worker"
+    pool_size: int = 10
+    jobs_queue_size: int = 20
+    # Intake resumes once the jobs queue has drained to this depth (hysteresis, so a
+    # Kafka source is not paused and resumed on every single job).
+    jobs_queue_low_water: int | None = None
+    results_queue_size: int = 100
+    result_senders: int = 4
+    max_job_timeout_s: float = 30.0
+    fetch_timeout_s: float = 0.5
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        for name in ("pool_size", "jobs_queue_size", "results_queue_size", "result_senders"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_job_timeout_s <= 0:
+            raise ValueError("max_job_timeout_s must be positive")
+
+    @property
+    def low_water(self) -> int:
+        if self.jobs_queue_low_water is None:
+            return self.jobs_queue_size // 2
+        return max(0, min(self.jobs_queue_low_water, self.jobs_queue_size - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class StopReport:
+    """What ``stop`` left behind; all zero after a clean drain."""
+
+    jobs_abandoned_in_flight: int
+    jobs_not_started: int
+    results_not_delivered: int
+
+    @property
+    def clean(self) -> bool:
+        return not (
+            self.jobs_abandoned_in_flight or self.jobs_not_started or self.results_not_delivered
+        )
+
+
+class _NullObserver:
+    def job_started(self, job: Job, attempt: int) -> None: ...
+    def job_retrying(self, job: Job, attempt: int, error: str, delay_s: float) -> None: ...
+    def job_finished(self, job: Job, result: JobResult) -> None: ...
+    def result_delivered(self, result: JobResult) -> None: ...
+
+
+class WorkerEngine:
+    """Runs jobs from ``source`` and reports them to ``sink``. Lifecycle: start, stop."""
+
+    def __init__(
+        self,
+        source: JobSource,
+        sink: ResultSink,
+        registry: ExecutorRegistry,
+        config: EngineConfig | None = None,
+        observer: JobObserver | None = None,
+    ) -> None:
+        self._source = source
+        self._sink = sink
+        self._config = config or EngineConfig()
+        self._observer: JobObserver = observer or _NullObserver()
+        self._runner = JobRunner(
+            registry,
+            worker_id=self._config.worker_id,
+            max_job_timeout_s=self._config.max_job_timeout_s,
+            retry=self._config.retry,
+            observer=self._observer,
+        )
+        self._jobs: Queue[Job] = Queue(self._config.jobs_queue_size)
+        self._results: Queue[tuple[Job, JobResult]] = Queue(self._config.results_queue_size)
+        self._pool = Pool(self._config.pool_size)
+        self._greenlets: list[gevent.Greenlet[..., object]] = []
+        self._intake_stopped = Event()
+        self._idle = Event()
+        self._unreported = 0  # jobs taken from the queue whose result is not yet sent
+        self._undelivered = 0
+        self._sending = 0
+        self._started = False
+        self._stopped: StopReport | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._greenlets.append(gevent.spawn(self._intake_loop))
+        self._greenlets.append(gevent.spawn(self._dispatch_loop))
+        for _ in range(self._config.result_senders):
+            self._greenlets.append(gevent.spawn(self._send_loop))
+
+    def wait_until_drained(self, timeout: float | None = None) -> bool:
+        """Block until the source is exhausted and every taken job was reported.
+
+        For finite sources (a file, a test's memory source). Returns False on timeout.
+        """
+        return bool(self._idle.wait(timeout))
+
+    def stop(self, timeout: float) -> StopReport:
+        """Stop intake, let in-flight jobs finish and flush their results.
+
+        Bounded by ``timeout`` seconds in all. Jobs still queued are not started; jobs
+        still running at the deadline are interrupted; neither is acked, so a source
+        with redelivery (Kafka) hands them out again. Idempotent.
+        """
+        if self._stopped is not None:
+            return self._stopped
+        deadline = time.monotonic() + timeout
+        self._intake_stopped.set()
+        intake, dispatcher, *senders = self._greenlets or [None, None]
+        if intake is not None:
+            intake.join(timeout=_left(deadline))
+            intake.kill(block=True)
+        if dispatcher is not None:
+            dispatcher.kill(block=True)
+        not_started = self._jobs.qsize()
+        self._pool.join(timeout=_left(deadline))
+        in_flight = len(self._pool)
+        if in_flight:
+            logger.warning("shutdown timeout: interrupting running jobs", extra={"jobs": in_flight})
+            self._pool.kill(block=True, timeout=1)
+        self._wait_results_flushed(deadline)
+        undelivered = self._results.qsize()
+        gevent.killall([g for g in senders if g is not None], block=True, timeout=1)
+        self._stopped = StopReport(
+            jobs_abandoned_in_flight=in_flight,
+            jobs_not_started=not_started,
+            results_not_delivered=undelivered + self._undelivered,
+        )
+        return self._stopped
+
+    # -- greenlets -------------------------------------------------------------------
+
+    def _intake_loop(self) -> None:
+        paused = False
+        while not self._intake_stopped.is_set():
+            depth = self._jobs.qsize()
+            if paused and depth <= self._config.low_water:
+                paused = False
+            room = self._config.jobs_queue_size - depth
+            if room <= 0:
+                paused = True
+            jobs = self._fetch(0 if paused else room)
+            for job in jobs:
+                self._unreported += 1
+                self._idle.clear()
+                self._jobs.put(job)
+            if not jobs and not paused and self._source.exhausted():
+                self._intake_stopped.set()
+                self._mark_idle_if_drained()
+                return
+
+    def _fetch(self, room: int) -> list[Job]:
+        try:
+            return list(self._source.fetch(room, self._config.fetch_timeout_s))
+        except Exception:
+            # A source's own errors (broker gone for a moment) must not end intake:
+            # log, breathe, and ask again.
+            logger.exception("job source failed; retrying")
+            gevent.sleep(min(1.0, self._config.fetch_timeout_s))
+            return []
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            self._pool.spawn(self._run_and_queue, job)
+
+    def _run_and_queue(self, job: Job) -> None:
+        result = self._runner.run(job)
+        self._observer.job_finished(job, result)
+        self._results.put((job, result))
+
+    def _send_loop(self) -> None:
+        while True:
+            job, result = self._results.get()
+            self._sending += 1
+            try:
+                self._sink.send(result)
+            except ResultNotDelivered as error:
+                self._undelivered += 1
+                logger.error(
+                    "result not delivered; the job stays unacknowledged",
+                    extra={"job_id": result.job_id, "reason": str(error)},
+                )
+            except Exception:
+                self._undelivered += 1
+                logger.exception(
+                    "result sink failed; the job stays unacknowledged",
+                    extra={"job_id": result.job_id},
+                )
+            else:
+                self._observer.result_delivered(result)
+                try:
+                    self._source.ack(job)
+                except Exception:
+                    logger.exception("job source failed to ack", extra={"job_id": job.id})
+            finally:
+                self._sending -= 1
+                self._unreported -= 1
+                self._mark_idle_if_drained()
+
+    def _mark_idle_if_drained(self) -> None:
+        if self._intake_stopped.is_set() and self._unreported == 0:
+            self._idle.set()
+
+    def _wait_results_flushed(self, deadline: float) -> None:
+        while (self._results.qsize() or self._sending) and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+
+    # -- introspection (metrics, readiness, tests) ------------------------------------
+
+    @property
+    def jobs_queue_depth(self) -> int:
+        return int(self._jobs.qsize())
+
+    @property
+    def results_queue_depth(self) -> int:
+        return int(self._results.qsize())
+
+    @property
+    def jobs_in_flight(self) -> int:
+        return len(self._pool)
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())

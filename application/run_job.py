@@ -1,0 +1,112 @@
+"""Running one job to its result: executor lookup, deadline, retries, classification."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import gevent
+
+from application.registry import ExecutorRegistry
+from application.retry import RetryPolicy
+from domain.errors import InvalidPayload, JobFailed, RetryableJobError, UnknownJobType
+from domain.model import Job, JobResult, JobStatus
+from domain.ports import JobObserver
+
+logger = logging.getLogger(__name__)
+
+
+class _JobDeadline(Exception):  # noqa: N818 - raised by gevent.Timeout into the job greenlet
+    """The job's own deadline; a class of our own so no executor can mistake it."""
+
+
+class JobRunner:
+    """Turns a job into exactly one ``JobResult``, whatever the executor does.
+
+    The deadline, ``min(job.timeout_ms, max_job_timeout_s)``, bounds the whole job,
+    retries and their backoff included: it is the job's hard limit, and gevent.Timeout
+    really interrupts a cooperative executor at it.
+    """
+
+    def __init__(
+        self,
+        registry: ExecutorRegistry,
+        worker_id: str,
+        max_job_timeout_s: float,
+        retry: RetryPolicy,
+        observer: JobObserver,
+    ) -> None:
+        self._registry = registry
+        self._worker_id = worker_id
+        self._max_timeout_s = max_job_timeout_s
+        self._retry = retry
+        self._observer = observer
+
+    def timeout_s(self, job: Job) -> float:
+        if job.timeout_ms > 0:
+            return min(job.timeout_ms / 1000, self._max_timeout_s)
+        return self._max_timeout_s
+
+    def run(self, job: Job) -> JobResult:
+        started_ms = _now_ms()
+        attempt = 0
+        status, output, error = JobStatus.FAILED, "", ""
+        try:
+            executor = self._registry.get(job.type)
+        except UnknownJobType as unknown:
+            return self._result(job, JobStatus.REJECTED, "", str(unknown), 0, started_ms)
+        timeout_s = self.timeout_s(job)
+        last_error = ""
+        try:
+            with gevent.Timeout(timeout_s, _JobDeadline):
+                while True:
+                    attempt += 1
+                    self._observer.job_started(job, attempt)
+                    try:
+                        output = executor.execute(job)
+                    except RetryableJobError as retryable:
+                        last_error = str(retryable) or type(retryable).__name__
+                        if not self._retry.should_retry(attempt):
+                            error = f"gave up after {attempt} attempts: {last_error}"
+                            break
+                        delay = self._retry.delay_s(attempt)
+                        self._observer.job_retrying(job, attempt, last_error, delay)
+                        gevent.sleep(delay)
+                    else:
+                        status = JobStatus.SUCCEEDED
+                        break
+        except _JobDeadline:
+            status = JobStatus.TIMED_OUT
+            error = f"timed out after {timeout_s:g}s (attempt {attempt})"
+            if last_error:
+                error += f"; last error: {last_error}"
+        except InvalidPayload as invalid:
+            status, error = JobStatus.REJECTED, f"invalid payload: {invalid}"
+        except JobFailed as failed:
+            error = str(failed) or type(failed).__name__
+        except Exception as unexpected:
+            # An executor bug must cost one job, never the worker; the traceback goes to
+            # the log, a one-line reason to Core.
+            logger.exception("executor raised unexpectedly", extra={"job_id": job.id})
+            error = f"{type(unexpected).__name__}: {unexpected}"
+        return self._result(job, status, output, error, attempt, started_ms)
+
+    def _result(
+        self, job: Job, status: JobStatus, output: str, error: str, attempts: int, started_ms: int
+    ) -> JobResult:
+        return JobResult(
+            job_id=job.id,
+            type=job.type,
+            status=status,
+            output=output,
+            error=error,
+            attempts=attempts,
+            started_at_unix_ms=started_ms,
+            finished_at_unix_ms=_now_ms(),
+            worker_id=self._worker_id,
+            metadata=dict(job.metadata),
+        )
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,311 @@
+"""The engine on in-memory adapters: no network, no patching, milliseconds per test."""
+
+from __future__ import annotations
+
+import gevent
+import pytest
+
+from adapters.memory import InMemoryJobSource, InMemoryResultSink
+from application.engine import EngineConfig, WorkerEngine
+from application.registry import ExecutorRegistry
+from application.retry import RetryPolicy
+from domain.errors import InvalidPayload, JobFailed, RetryableJobError
+from domain.model import Job, JobResult, JobStatus
+
+
+class SleepFor:
+    """Sleeps ``job.payload`` seconds (cooperatively) and echoes the payload."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.finished: list[str] = []
+
+    def execute(self, job: Job) -> str:
+        self.started.append(job.id)
+        gevent.sleep(float(job.payload or 0))
+        self.finished.append(job.id)
+        return f"slept {job.payload}"
+
+
+class FlakyThenOk:
+    """Fails retryably ``failures`` times per job, then succeeds."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: dict[str, int] = {}
+
+    def execute(self, job: Job) -> str:
+        self.calls[job.id] = self.calls.get(job.id, 0) + 1
+        if self.calls[job.id] <= self.failures:
+            raise RetryableJobError(f"flaky call {self.calls[job.id]}")
+        return "ok"
+
+
+class Raises:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def execute(self, job: Job) -> str:
+        raise self.error
+
+
+class RecordingObserver:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def job_started(self, job: Job, attempt: int) -> None:
+        self.events.append(("started", f"{job.id}#{attempt}"))
+
+    def job_retrying(self, job: Job, attempt: int, error: str, delay_s: float) -> None:
+        self.events.append(("retrying", f"{job.id}#{attempt}"))
+
+    def job_finished(self, job: Job, result: JobResult) -> None:
+        self.events.append(("finished", f"{job.id}:{result.status}"))
+
+    def result_delivered(self, result: JobResult) -> None:
+        self.events.append(("delivered", result.job_id))
+
+
+FAST_RETRY = RetryPolicy(max_attempts=3, backoff_base_s=0.001, backoff_max_s=0.002)
+
+
+def config(**overrides: object) -> EngineConfig:
+    values: dict[str, object] = {
+        "worker_id": "w-test",
+        "pool_size": 4,
+        "jobs_queue_size": 4,
+        "results_queue_size": 4,
+        "result_senders": 2,
+        "max_job_timeout_s": 5.0,
+        "fetch_timeout_s": 0.005,
+        "retry": FAST_RETRY,
+    }
+    values.update(overrides)
+    return EngineConfig(**values)  # type: ignore[arg-type]
+
+
+def sleep_jobs(count: int, seconds: float = 0.0, prefix: str = "j") -> list[Job]:
+    return [Job(id=f"{prefix}{i}", type="SLEEP", payload=str(seconds)) for i in range(count)]
+
+
+def run_to_end(
+    jobs: list[Job], registry: ExecutorRegistry, sink: InMemoryResultSink | None = None, **cfg: object
+) -> tuple[InMemoryJobSource, InMemoryResultSink, WorkerEngine]:
+    source = InMemoryJobSource(jobs)
+    sink = sink or InMemoryResultSink()
+    engine = WorkerEngine(source, sink, registry, config(**cfg))
+    engine.start()
+    assert engine.wait_until_drained(timeout=5), "engine did not drain"
+    engine.stop(timeout=1)
+    return source, sink, engine
+
+
+def test_every_job_is_reported_and_acked_once() -> None:
+    registry = ExecutorRegistry({"SLEEP": SleepFor()})
+    source, sink, _ = run_to_end(sleep_jobs(50, 0.001), registry)
+    assert sorted(r.job_id for r in sink.results) == sorted(f"j{i}" for i in range(50))
+    assert sorted(source.acked_ids) == sorted(f"j{i}" for i in range(50))
+    result = sink.by_id()["j7"]
+    assert result.status is JobStatus.SUCCEEDED
+    assert result.output == "slept 0.001"
+    assert result.attempts == 1
+    assert result.worker_id == "w-test"
+    assert result.finished_at_unix_ms >= result.started_at_unix_ms > 0
+
+
+def test_metadata_is_echoed_into_the_result() -> None:
+    job = Job(id="m", type="SLEEP", payload="0", metadata={"trace": "t-1", "tenant": "acme"})
+    _, sink, _ = run_to_end([job], ExecutorRegistry({"SLEEP": SleepFor()}))
+    assert sink.results[0].metadata == {"trace": "t-1", "tenant": "acme"}
+
+
+def test_job_timeout_interrupts_the_job() -> None:
+    executor = SleepFor()
+    job = Job(id="slow", type="SLEEP", payload="30", timeout_ms=20)
+    _, sink, _ = run_to_end([job], ExecutorRegistry({"SLEEP": executor}))
+    result = sink.results[0]
+    assert result.status is JobStatus.TIMED_OUT
+    assert "timed out after 0.02s" in result.error
+    assert executor.finished == []  # really interrupted, not waited for
+    assert result.duration_ms < 1000
+
+
+def test_max_job_timeout_caps_a_longer_job_timeout() -> None:
+    job = Job(id="slow", type="SLEEP", payload="30", timeout_ms=60_000)
+    _, sink, _ = run_to_end([job], ExecutorRegistry({"SLEEP": SleepFor()}), max_job_timeout_s=0.03)
+    assert sink.results[0].status is JobStatus.TIMED_OUT
+    assert "timed out after 0.03s" in sink.results[0].error
+
+
+def test_retryable_errors_are_retried_until_success() -> None:
+    executor = FlakyThenOk(failures=2)
+    observer = RecordingObserver()
+    source = InMemoryJobSource([Job(id="f", type="FLAKY")])
+    sink = InMemoryResultSink()
+    engine = WorkerEngine(source, sink, ExecutorRegistry({"FLAKY": executor}), config(), observer)
+    engine.start()
+    assert engine.wait_until_drained(5)
+    result = sink.results[0]
+    assert (result.status, result.attempts, executor.calls["f"]) == (JobStatus.SUCCEEDED, 3, 3)
+    assert [e for e in observer.events if e[0] == "retrying"] == [
+        ("retrying", "f#1"),
+        ("retrying", "f#2"),
+    ]
+    assert observer.events[-2:] == [("finished", "f:SUCCEEDED"), ("delivered", "f")]
+
+
+def test_retries_stop_at_the_attempt_limit() -> None:
+    executor = FlakyThenOk(failures=10)
+    _, sink, _ = run_to_end([Job(id="f", type="FLAKY")], ExecutorRegistry({"FLAKY": executor}))
+    result = sink.results[0]
+    assert result.status is JobStatus.FAILED
+    assert result.attempts == 3
+    assert result.error == "gave up after 3 attempts: flaky call 3"
+    assert executor.calls["f"] == 3
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    policy = RetryPolicy(max_attempts=10, backoff_base_s=1.0, backoff_max_s=4.0)
+
+    class Top:
+        def uniform(self, low: float, high: float) -> float:
+            return high
+
+    assert [policy.delay_s(n, Top()) for n in range(1, 6)] == [1.0, 2.0, 4.0, 4.0, 4.0]  # type: ignore[arg-type]
+
+
+def test_unknown_type_is_rejected_and_still_acked() -> None:
+    source, sink, _ = run_to_end([Job(id="u", type="TYPE_42")], ExecutorRegistry())
+    result = sink.results[0]
+    assert result.status is JobStatus.REJECTED
+    assert "unknown job type 'TYPE_42'" in result.error
+    assert source.acked_ids == ["u"]
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "message"),
+    [
+        (InvalidPayload("'ms' must be a non-negative integer"), JobStatus.REJECTED,
+         "invalid payload: 'ms' must be a non-negative integer"),
+        (JobFailed("HTTP 404 from upstream"), JobStatus.FAILED, "HTTP 404 from upstream"),
+        (ZeroDivisionError("division by zero"), JobStatus.FAILED,
+         "ZeroDivisionError: division by zero"),
+    ],
+)
+def test_executor_errors_become_results(error: Exception, status: JobStatus, message: str) -> None:
+    _, sink, _ = run_to_end([Job(id="e", type="X")], ExecutorRegistry({"X": Raises(error)}))
+    assert (sink.results[0].status, sink.results[0].error) == (status, message)
+    assert sink.results[0].attempts == 1
+
+
+def test_nothing_is_acked_before_the_sink_accepted_it() -> None:
+    sink = InMemoryResultSink()
+    sink.block()
+    source = InMemoryJobSource(sleep_jobs(3))
+    engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), config())
+    engine.start()
+    gevent.sleep(0.05)
+    assert source.acked == []
+    assert engine.results_queue_depth + len(sink.results) <= 3
+    sink.unblock()
+    assert source.wait_for_acks(3)
+    assert engine.wait_until_drained(1)
+    assert sorted(source.acked_ids) == ["j0", "j1", "j2"]
+
+
+def test_a_refused_result_leaves_its_job_unacked() -> None:
+    sink = InMemoryResultSink(refuse=frozenset({"j1"}))
+    source, sink, engine = run_to_end(sleep_jobs(3), ExecutorRegistry({"SLEEP": SleepFor()}), sink)
+    assert sorted(source.acked_ids) == ["j0", "j2"]
+    assert engine.stop(1).results_not_delivered == 1
+
+
+def test_queues_stay_bounded_under_a_stalled_sink() -> None:
+    sink = InMemoryResultSink()
+    sink.block()
+    source = InMemoryJobSource(sleep_jobs(1000), finite=False)
+    cfg = config(pool_size=4, jobs_queue_size=8, results_queue_size=5, result_senders=2)
+    engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), cfg)
+    engine.start()
+    gevent.sleep(0.1)
+    taken = 1000 - len(source._pending)
+    # results queue + one result per blocked sender + finished jobs waiting to enqueue
+    # (a full pool) + the jobs queue + the one the dispatcher holds for a full pool.
+    assert taken <= 5 + 2 + 4 + 8 + 1
+    assert engine.jobs_queue_depth == 8
+    assert source.fetch_sizes[-1] == 0, "a full queue must ask the source for nothing"
+    sink.unblock()
+    source.finish()
+    assert engine.wait_until_drained(5)
+    assert len(source.acked) == 1000
+
+
+def test_intake_resumes_only_below_the_low_water_mark() -> None:
+    sink = InMemoryResultSink()
+    sink.block()
+    source = InMemoryJobSource(sleep_jobs(100), finite=False)
+    cfg = config(pool_size=1, jobs_queue_size=10, jobs_queue_low_water=3, results_queue_size=1,
+                 result_senders=1)
+    engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), cfg)
+    engine.start()
+    gevent.sleep(0.05)
+    asked = len(source.fetch_sizes)
+    sink.unblock()
+    sink.block()  # let a few through, not enough to reach the low-water mark
+    gevent.sleep(0.05)
+    assert set(source.fetch_sizes[asked:]) <= {0}
+    sink.unblock()
+    source.finish()
+    assert engine.wait_until_drained(5)
+    assert any(size >= 7 for size in source.fetch_sizes), "resumes with the queue's free room"
+
+
+def test_stop_drains_in_flight_jobs_and_leaves_queued_ones_unacked() -> None:
+    executor = SleepFor()
+    source = InMemoryJobSource(sleep_jobs(10, 0.05), finite=False)
+    sink = InMemoryResultSink()
+    cfg = config(pool_size=2, jobs_queue_size=3)
+    engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": executor}), cfg)
+    engine.start()
+    gevent.sleep(0.01)
+    assert len(executor.started) == 2
+    report = engine.stop(timeout=2)
+    assert report.jobs_abandoned_in_flight == 0
+    assert report.results_not_delivered == 0
+    assert report.jobs_not_started == 3
+    assert sorted(executor.finished) == ["j0", "j1"]
+    assert sorted(source.acked_ids) == ["j0", "j1"]
+    assert engine.stop(timeout=2) is report  # idempotent
+    gevent.sleep(0.1)
+    assert len(executor.started) == 2, "nothing starts after stop"
+
+
+def test_stop_interrupts_jobs_still_running_at_its_deadline() -> None:
+    executor = SleepFor()
+    source = InMemoryJobSource(sleep_jobs(2, 10), finite=False)
+    sink = InMemoryResultSink()
+    engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": executor}), config())
+    engine.start()
+    gevent.sleep(0.01)
+    report = engine.stop(timeout=0.05)
+    assert report.jobs_abandoned_in_flight == 2
+    assert source.acked == []
+    assert sink.results == []
+
+
+def test_a_failing_source_does_not_end_intake() -> None:
+    class FlakySource(InMemoryJobSource):
+        calls = 0
+
+        def fetch(self, max_jobs: int, timeout_s: float):  # type: ignore[no-untyped-def]
+            self.calls += 1
+            if self.calls == 1:
+                raise ConnectionError("broker went away")
+            return super().fetch(max_jobs, timeout_s)
+
+    source = FlakySource(sleep_jobs(2))
+    sink = InMemoryResultSink()
+    engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), config())
+    engine.start()
+    assert engine.wait_until_drained(5)
+    assert len(sink.results) == 2

@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# A single-node Apache Kafka (KRaft) on 127.0.0.1 for tests and the demo, run from the
+# published jars: needs only java and mvn, no Docker and no Kafka download.
+#
+#   tools/kafka/broker.sh up       start (or reuse a healthy) broker; prints KAFKA_BOOTSTRAP_SERVERS=…
+#   tools/kafka/broker.sh down     stop it (SIGTERM, then SIGKILL); a no-op when not running
+#   tools/kafka/broker.sh status   exit 0 and print the bootstrap address when it is healthy
+#
+# Environment: KAFKA_PORT (19092), KAFKA_CONTROLLER_PORT (KAFKA_PORT+1),
+# JOBWORKER_CACHE (~/.cache/jobworker: the jars), JOBWORKER_KAFKA_STATE (<repo>/.cache/kafka:
+# data, logs, pid), KAFKA_JVM_OPTS (heap and GC), KAFKA_START_TIMEOUT_S (90).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+POM="$HERE/pom.xml"
+
+KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM")"
+PORT="${KAFKA_PORT:-19092}"
+CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
+LIBS="${JOBWORKER_CACHE:-$HOME/.cache/jobworker}/kafka-$KAFKA_VERSION/libs"
+STATE="${JOBWORKER_KAFKA_STATE:-$REPO/.cache/kafka}/broker-$PORT"
+PID_FILE="$STATE/kafka.pid"
+LOG_FILE="$STATE/kafka.log"
+CONFIG="$STATE/server.properties"
+START_TIMEOUT_S="${KAFKA_START_TIMEOUT_S:-90}"
+JVM_OPTS="${KAFKA_JVM_OPTS:--Xms128m -Xmx512m -XX:+UseSerialGC}"
+# Any fixed base64 UUID will do: the cluster lives and dies with this state directory.
+CLUSTER_ID="am9id29ya2VyLWthZmthLQ"
+BOOTSTRAP="127.0.0.1:$PORT"
+
+say() { echo "broker.sh: $*" >&2; }
+
+port_answers() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+our_pid() {
+    # The pid from the pid file, only while that process is alive and is our java.
+    local pid
+    [[ -f "$PID_FILE" ]] || return 1
+    pid="$(cat "$PID_FILE")"
+    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+    grep -q "kafka.Kafka" "/proc/$pid/cmdline" 2>/dev/null || return 1
+    echo "$pid"
+}
+
+serves_metadata() {
+    # An admin request (metadata lookup + DescribeConfigs) proves the broker is up, not
+    # only that something listens on the port.
+    timeout 30 java -Xmx128m -XX:TieredStopAtLevel=1 -cp "$LIBS/*" \
+        -Dlog4j2.configurationFile="$HERE/log4j2-tools.properties" \
+        kafka.admin.ConfigCommand --bootstrap-server "$BOOTSTRAP" \
+        --describe --entity-type brokers --entity-name 1 >/dev/null 2>&1
+}
+
+healthy() {
+    port_answers "$PORT" && serves_metadata
+}
+
+gather_jars() {
+    [[ -f "$LIBS/.complete" ]] && return 0
+    command -v mvn >/dev/null || { say "mvn not found: install Maven (and Java 17+)"; exit 1; }
+    say "gathering Kafka $KAFKA_VERSION jars into $LIBS (once)"
+    local staging="$LIBS.tmp.$$"
+    rm -rf "$staging"
+    mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
+        -DoutputDirectory="$staging" -DincludeScope=runtime >&2
+    rm -rf "$LIBS"
+    mv "$staging" "$LIBS"
+    touch "$LIBS/.complete"
+}
+
+write_config() {
+    mkdir -p "$STATE/data"
+    cat >"$CONFIG" <<EOF
+# Written by tools/kafka/broker.sh; rewritten on every start.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$STATE/data
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=6
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+# A small machine: few threads, short retention.
+num.network.threads=2
+num.io.threads=4
+background.threads=4
+log.retention.hours=24
+EOF
+}
+
+start() {
+    gather_jars
+    write_config
+    # Static voters and a fixed cluster id make formatting idempotent and let the
+    # ports change between runs without touching the stored metadata.
+    java -Xmx256m -cp "$LIBS/*" -Dlog4j2.configurationFile="$HERE/log4j2-tools.properties" \
+        kafka.tools.StorageTool format --ignore-formatted -t "$CLUSTER_ID" -c "$CONFIG" >/dev/null
+    : >"$LOG_FILE"
+    # shellcheck disable=SC2086 # JVM_OPTS is a list of flags
+    setsid java $JVM_OPTS -Djava.awt.headless=true \
+        -Dlog4j2.configurationFile="$HERE/log4j2.properties" \
+        -Dkafka.logs.dir="$STATE" \
+        -cp "$LIBS/*" kafka.Kafka "$CONFIG" </dev/null >>"$LOG_FILE" 2>&1 9>&- &
+    echo $! >"$PID_FILE"
+    local pid=$! deadline=$((SECONDS + START_TIMEOUT_S))
+    say "starting Kafka $KAFKA_VERSION (pid $pid, log $LOG_FILE)"
+    until port_answers "$PORT" && serves_metadata; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            say "the broker exited during start-up; last lines of $LOG_FILE:"
+            tail -n 40 "$LOG_FILE" >&2
+            rm -f "$PID_FILE"
+            exit 1
+        fi
+        if ((SECONDS >= deadline)); then
+            say "the broker did not serve metadata within ${START_TIMEOUT_S}s; last lines of $LOG_FILE:"
+            tail -n 40 "$LOG_FILE" >&2
+            stop
+            exit 1
+        fi
+        sleep 1
+    done
+    say "ready after $((SECONDS - deadline + START_TIMEOUT_S))s"
+}
+
+stop() {
+    local pid
+    if ! pid="$(our_pid)"; then
+        rm -f "$PID_FILE"
+        return 0
+    fi
+    say "stopping Kafka (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.5
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        say "still running after 30s: SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$PID_FILE"
+}
+
+up() {
+    if our_pid >/dev/null; then
+        if healthy; then
+            say "reusing the broker already running (pid $(our_pid))"
+            echo "KAFKA_BOOTSTRAP_SERVERS=$BOOTSTRAP"
+            return 0
+        fi
+        say "the running broker is not healthy: restarting it"
+        stop
+    elif port_answers "$PORT"; then
+        if serves_metadata; then
+            say "a Kafka broker not started from $STATE answers on $BOOTSTRAP: using it"
+            echo "KAFKA_BOOTSTRAP_SERVERS=$BOOTSTRAP"
+            return 0
+        fi
+        say "port $PORT is taken by something that is not Kafka: set KAFKA_PORT"
+        exit 1
+    fi
+    if port_answers "$CONTROLLER_PORT"; then
+        say "controller port $CONTROLLER_PORT is taken: set KAFKA_CONTROLLER_PORT"
+        exit 1
+    fi
+    start
+    echo "KAFKA_BOOTSTRAP_SERVERS=$BOOTSTRAP"
+}
+
+status() {
+    if healthy; then
+        echo "KAFKA_BOOTSTRAP_SERVERS=$BOOTSTRAP"
+        return 0
+    fi
+    say "no healthy broker on $BOOTSTRAP"
+    return 1
+}
+
+locked() {
+    # One state directory, one broker: concurrent up/down calls take turns.
+    mkdir -p "$STATE"
+    exec 9>"$STATE/.lock"
+    flock 9
+    "$@"
+}
+
+case "${1:-}" in
+up) locked up ;;
+down) locked stop ;;
+status) status ;;
+*)
+    echo "usage: $0 up|down|status" >&2
+    exit 2
+    ;;
+esac
