@@ -1,0 +1,182 @@
+"""The composition root: the one place where adapters are chosen and wired.
+
+Adapters with connections or threads are Resources, so ``shutdown_resources()`` closes
+them (the Kafka source commits and leaves its group there) once the engine has stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dependency_injector import containers, providers
+from gevent.threadpool import ThreadPool
+
+from adapters.executors.http import HttpExecutor
+from adapters.executors.image_resize import ImageResizeExecutor
+from adapters.executors.safe_http import SafeHttpClient
+from adapters.executors.sleep import SleepExecutor
+from adapters.file import FileJobSource, FileResultSink
+from application.engine import EngineConfig, WorkerEngine
+from application.registry import ExecutorRegistry
+from application.retry import RetryPolicy
+from domain.model import JobType
+from domain.ports import Executor, JobObserver
+from entrypoints.observers import FanOutObserver, LoggingJobObserver
+from entrypoints.settings import Settings
+
+
+def _closing(resource: Any) -> Iterator[Any]:
+    try:
+        yield resource
+    finally:
+        resource.close()
+
+
+def kafka_source(settings: Settings) -> Iterator[Any]:
+    from adapters.kafka.source import KafkaJobSource  # noqa: PLC0415 - only Kafka runs need it
+    from adapters.kafka.settings import KafkaClientSettings  # noqa: PLC0415
+
+    client = KafkaClientSettings.from_settings(settings)  # type: ignore[attr-defined]
+    yield from _closing(
+        KafkaJobSource(
+            client,
+            topic=settings.get("KAFKA_TOPIC"),
+            group_id=settings.get("KAFKA_GROUP_ID"),
+            dlq_topic=settings.dlq_topic,
+            max_in_flight_per_partition=settings.get("KAFKA_MAX_IN_FLIGHT_PER_PARTITION"),
+            commit_interval_s=settings.get("KAFKA_COMMIT_INTERVAL"),
+            commit_every=settings.get("KAFKA_COMMIT_EVERY"),
+            worker_id=settings.worker_id,
+        )
+    )
+
+
+def file_source(settings: Settings) -> Iterator[FileJobSource]:
+    yield from _closing(FileJobSource(settings.require_file("JOB_FILE")))
+
+
+def grpc_sink(settings: Settings) -> Iterator[Any]:
+    from adapters.grpc.sink import GrpcResultSink  # noqa: PLC0415 - grpc after gevent setup
+
+    yield from _closing(
+        GrpcResultSink(
+            settings.get("GRPC_SERVER_ADDRESS"),
+            call_timeout_s=settings.get("GRPC_CALL_TIMEOUT"),
+            backoff_cap_s=settings.get("GRPC_RETRY_BACKOFF_MAX"),
+            tls_ca_file=settings.get("GRPC_TLS_CA_FILE"),
+            tls_cert_file=settings.get("GRPC_TLS_CERT_FILE"),
+            tls_key_file=settings.get("GRPC_TLS_KEY_FILE"),
+        )
+    )
+
+
+def file_sink(settings: Settings) -> Iterator[FileResultSink]:
+    yield from _closing(FileResultSink(settings.require_file("RESULT_FILE")))
+
+
+def http_client(settings: Settings) -> Iterator[SafeHttpClient]:
+    yield from _closing(
+        SafeHttpClient(
+            pool_size=settings.get("WORKER_POOL_SIZE"),
+            allow_private_networks=settings.get("HTTP_ALLOW_PRIVATE_NETWORKS"),
+            max_redirects=settings.get("HTTP_MAX_REDIRECTS"),
+        )
+    )
+
+
+def image_threadpool(settings: Settings) -> Iterator[ThreadPool]:
+    # Pillow gets threads of its own: the hub's pool is gRPC's (see architecture.md).
+    pool = ThreadPool(settings.image_threads)
+    try:
+        yield pool
+    finally:
+        pool.kill()
+
+
+def build_registry(executors: dict[str, Executor], discover_plugins: bool) -> ExecutorRegistry:
+    registry = ExecutorRegistry(executors)
+    if discover_plugins:
+        registry.discover_plugins()
+    return registry
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    return EngineConfig(
+        worker_id=settings.worker_id,
+        pool_size=settings.get("WORKER_POOL_SIZE"),
+        jobs_queue_size=settings.jobs_queue_size,
+        results_queue_size=settings.results_queue_size,
+        result_senders=settings.get("RESULT_SENDERS"),
+        max_job_timeout_s=settings.get("MAX_JOB_TIMEOUT"),
+        retry=RetryPolicy(
+            max_attempts=settings.get("RETRY_MAX_ATTEMPTS"),
+            backoff_base_s=settings.get("RETRY_BACKOFF_BASE"),
+            backoff_max_s=settings.get("RETRY_BACKOFF_MAX"),
+        ),
+    )
+
+
+def _observer(*observers: JobObserver) -> JobObserver:
+    return FanOutObserver(observers)
+
+
+class Container(containers.DeclarativeContainer):
+    settings = providers.Dependency(instance_of=Settings)
+    discover_plugins = providers.Object(True)
+
+    job_source = providers.Selector(
+        providers.Callable(lambda s: s.get("JOB_SOURCE"), settings),
+        kafka=providers.Resource(kafka_source, settings),
+        file=providers.Resource(file_source, settings),
+    )
+    result_sink = providers.Selector(
+        providers.Callable(lambda s: s.get("RESULT_SINK"), settings),
+        grpc=providers.Resource(grpc_sink, settings),
+        file=providers.Resource(file_sink, settings),
+    )
+
+    http_client = providers.Resource(http_client, settings)
+    image_threadpool = providers.Resource(image_threadpool, settings)
+    executors = providers.Dict(
+        {
+            JobType.SLEEP: providers.Singleton(SleepExecutor),
+            JobType.HTTP: providers.Singleton(
+                HttpExecutor,
+                client=http_client,
+                max_response_bytes=providers.Callable(
+                    lambda s: s.get("HTTP_MAX_RESPONSE_BYTES"), settings
+                ),
+                default_timeout_s=providers.Callable(
+                    lambda s: s.get("HTTP_DEFAULT_TIMEOUT"), settings
+                ),
+            ),
+            JobType.IMAGE_RESIZE: providers.Singleton(
+                ImageResizeExecutor,
+                input_root=providers.Callable(lambda s: Path(s.get("IMAGE_INPUT_ROOT")), settings),
+                output_root=providers.Callable(
+                    lambda s: Path(s.get("IMAGE_OUTPUT_ROOT")), settings
+                ),
+                threadpool=image_threadpool,
+                http_client=http_client,
+                max_source_bytes=providers.Callable(
+                    lambda s: s.get("IMAGE_MAX_SOURCE_BYTES"), settings
+                ),
+                max_pixels=providers.Callable(lambda s: s.get("IMAGE_MAX_PIXELS"), settings),
+            ),
+        }
+    )
+    registry = providers.Singleton(build_registry, executors, discover_plugins)
+
+    job_log = providers.Singleton(LoggingJobObserver)
+    observer = providers.Singleton(_observer, job_log)
+
+    engine = providers.Singleton(
+        WorkerEngine,
+        source=job_source,
+        sink=result_sink,
+        registry=registry,
+        config=providers.Callable(engine_config, settings),
+        observer=observer,
+    )

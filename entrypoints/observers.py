@@ -1,0 +1,74 @@
+"""Job observers: one summary log line per finished job, and fan-out to several."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import structlog
+
+from domain.model import Job, JobResult, JobStatus
+from domain.ports import JobObserver
+
+
+class LoggingJobObserver:
+    """Binds job_id/type/attempt to the job's greenlet and logs one line per job.
+
+    Greenlets carry their own contextvars, so anything an executor logs while it runs
+    carries the job's id too.
+    """
+
+    def __init__(self) -> None:
+        self._log = structlog.get_logger("jobworker.jobs")
+        self.finished: Counter[str] = Counter()
+
+    def job_started(self, job: Job, attempt: int) -> None:
+        structlog.contextvars.bind_contextvars(job_id=job.id, type=job.type, attempt=attempt)
+
+    def job_retrying(self, job: Job, attempt: int, error: str, delay_s: float) -> None:
+        self._log.warning("job attempt failed; retrying", error=error, retry_in_s=round(delay_s, 3))
+
+    def job_finished(self, job: Job, result: JobResult) -> None:
+        self.finished[result.status.value] += 1
+        fields = {
+            "job_id": job.id,
+            "type": job.type,
+            "attempt": result.attempts,
+            "status": result.status.value,
+            "duration_ms": result.duration_ms,
+        }
+        if result.status is JobStatus.SUCCEEDED:
+            self._log.info("job finished", **fields)
+        else:
+            self._log.warning("job finished", **fields, error=result.error)
+        structlog.contextvars.clear_contextvars()
+
+    def result_delivered(self, result: JobResult) -> None:
+        pass
+
+
+class FanOutObserver:
+    """Tells every observer in turn; one observer failing never hurts a job."""
+
+    def __init__(self, observers: Sequence[JobObserver]) -> None:
+        self._observers = list(observers)
+        self._log = structlog.get_logger("jobworker.observers")
+
+    def _each(self, method: str, *args: object) -> None:
+        for observer in self._observers:
+            try:
+                getattr(observer, method)(*args)
+            except Exception:
+                self._log.exception("observer failed", observer=type(observer).__name__)
+
+    def job_started(self, job: Job, attempt: int) -> None:
+        self._each("job_started", job, attempt)
+
+    def job_retrying(self, job: Job, attempt: int, error: str, delay_s: float) -> None:
+        self._each("job_retrying", job, attempt, error, delay_s)
+
+    def job_finished(self, job: Job, result: JobResult) -> None:
+        self._each("job_finished", job, result)
+
+    def result_delivered(self, result: JobResult) -> None:
+        self._each("result_delivered", result)

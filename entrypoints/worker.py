@@ -1,0 +1,106 @@
+"""``jobworker run``: build the worker, run it until its source ends or a signal comes."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import gevent
+import structlog
+from gevent.event import Event
+
+from application.engine import StopReport, WorkerEngine
+from domain.errors import JobWorkerError
+from entrypoints.container import Container
+from entrypoints.settings import Settings
+
+log = structlog.get_logger("jobworker.worker")
+
+# A finite source (a file) with results that never reached the sink is a failed run:
+# there is no redelivery to make up for them.
+EXIT_INCOMPLETE = 1
+
+
+class ShutdownSignals:
+    """First SIGTERM/SIGINT: graceful stop. Second: exit at once (Kafka redelivers)."""
+
+    def __init__(self) -> None:
+        self.requested = Event()
+        self._count = 0
+
+    def install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(signum, self._received, signum)
+
+    def _received(self, signum: int) -> None:
+        self._count += 1
+        name = signal.Signals(signum).name
+        if self._count == 1:
+            log.info("shutdown requested; finishing in-flight jobs", signal=name)
+            self.requested.set()
+        else:
+            log.warning("second signal: exiting now; unfinished jobs will be redelivered",
+                        signal=name)
+            os._exit(128 + signum)
+
+
+def run_worker(settings: Settings) -> int:
+    if settings.get("RESULT_SINK") == "grpc":
+        from adapters.grpc.runtime import init_grpc_for_gevent  # noqa: PLC0415
+
+        init_grpc_for_gevent(settings.get("RESULT_SENDERS") + 2)
+    signals = ShutdownSignals()
+    signals.install()
+    container = Container(settings=settings)
+    try:
+        engine = container.engine()
+    except (JobWorkerError, OSError) as error:
+        container.shutdown_resources()
+        raise JobWorkerError(f"cannot start the worker: {error}") from error
+    finite = settings.get("JOB_SOURCE") == "file"
+    log.info(
+        "worker starting",
+        worker_id=settings.worker_id,
+        source=settings.get("JOB_SOURCE"),
+        sink=settings.get("RESULT_SINK"),
+        pool_size=settings.get("WORKER_POOL_SIZE"),
+        job_types=container.registry().job_types(),
+    )
+    _warn_if_core_unreachable(container, settings)
+    engine.start()
+    _wait_for_end(engine, signals.requested, finite)
+    report = engine.stop(settings.get("SHUTDOWN_TIMEOUT"))
+    container.shutdown_resources()
+    finished = dict(container.job_log().finished)
+    log.info("worker stopped", finished=finished, **_report_fields(report))
+    if finite and not report.clean:
+        return EXIT_INCOMPLETE
+    return 0
+
+
+def _wait_for_end(engine: WorkerEngine, stop_requested: Event, finite: bool) -> None:
+    if not finite:
+        stop_requested.wait()
+        return
+    drained = gevent.spawn(engine.wait_until_drained)
+    gevent.wait([stop_requested, drained], count=1)
+    drained.kill()
+
+
+def _warn_if_core_unreachable(container: Container, settings: Settings) -> None:
+    if settings.get("RESULT_SINK") != "grpc":
+        return
+    sink = container.result_sink()
+    if not sink.ping(timeout_s=2.0):
+        log.error(
+            "Core is unreachable; results are held and retried until it answers",
+            address=settings.get("GRPC_SERVER_ADDRESS"),
+        )
+
+
+def _report_fields(report: StopReport) -> dict[str, int]:
+    return {
+        "jobs_abandoned_in_flight": report.jobs_abandoned_in_flight,
+        "jobs_not_started": report.jobs_not_started,
+        "results_not_delivered": report.results_not_delivered,
+    }
