@@ -113,7 +113,7 @@ def cmd_core_summary(args: argparse.Namespace) -> int:
         raise ConfigurationError("--db", f"{args.db} does not exist")
     with ResultStore(args.db) as store:
         summary = store.summary()
-    print(json.dumps(summary.as_dict()) if args.json else format_summary(summary))
+    print(json.dumps(summary) if args.json else format_summary(summary))
     return 0
 
 
