@@ -185,10 +185,16 @@ def _open_jobs_file(path: str):  # type: ignore[no-untyped-def]
 
 def _submit_to_file(jobs: Iterator[Job], target: Path) -> int:
     count = 0
-    with target.open("a", encoding="utf-8") as out:
-        for job in jobs:
+    out = None
+    try:
+        for job in jobs:  # parse before opening: a bad first job leaves no file behind
+            if out is None:
+                out = target.open("a", encoding="utf-8")
             out.write(json.dumps(job_to_record(job)) + "\n")
             count += 1
+    finally:
+        if out is not None:
+            out.close()
     return count
 
 

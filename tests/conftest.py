@@ -1,0 +1,14 @@
+"""Shared test settings. Each tier has its own folder and marker (see pyproject)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The folder is the tier: a test in tests/contract is a contract test even if its
+    # module forgot the marker, so `-m "not contract"` can never run it by accident.
+    for item in items:
+        for tier in ("integration", "contract", "e2e", "faults"):
+            if f"/tests/{tier}/" in str(item.path):
+                item.add_marker(tier)

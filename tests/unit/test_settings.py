@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from domain.errors import ConfigurationError
+from entrypoints.config_values import parse_duration, parse_size
+from entrypoints.settings import SETTINGS, Settings, settings_table
+
+KAFKA_RUN = {"KAFKA_BROKERS": "k1:9092,k2:9092", "KAFKA_GROUP_ID": "g", "GRPC_SERVER_ADDRESS": "core:50051"}
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("500ms", 0.5), ("30s", 30.0), ("2m", 120.0), ("1h", 3600.0), ("1.5s", 1.5), ("7", 7.0)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "fast", "10 parsecs", "-1s", "1d"])
+def test_bad_durations_say_what_to_write(text: str) -> None:
+    with pytest.raises(ValueError, match="write e.g. 500ms, 30s, 2m or 1h"):
+        parse_duration(text)
+
+
+def test_sizes() -> None:
+    assert [parse_size(t) for t in ("1024", "1KiB", "2MB", "1MiB")] == [1024, 1024, 2_000_000, 1_048_576]
+
+
+def test_defaults_match_the_seed() -> None:
+    settings = Settings(KAFKA_RUN)
+    settings.validate_for_run()
+    assert settings.get("KAFKA_TOPIC") == "job_requests"
+    assert settings.get("WORKER_POOL_SIZE") == 10
+    assert settings.get("MAX_JOB_TIMEOUT") == 30.0
+    assert settings.get("LOG_FORMAT") == "json"
+    assert settings.get("KAFKA_BROKERS") == ["k1:9092", "k2:9092"]
+    assert settings.dlq_topic == "job_requests.dlq"
+    assert settings.jobs_queue_size == 20
+
+
+@pytest.mark.parametrize("missing", ["KAFKA_BROKERS", "KAFKA_GROUP_ID", "GRPC_SERVER_ADDRESS"])
+def test_a_missing_required_setting_is_named(missing: str) -> None:
+    values = {k: v for k, v in KAFKA_RUN.items() if k != missing}
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(values).validate_for_run()
+    assert caught.value.variable == missing
+    assert str(caught.value).startswith(f"{missing}: is required")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("MAX_JOB_TIMEOUT", "soon", "'soon' is not a duration"),
+        ("WORKER_POOL_SIZE", "0", "must be greater than zero"),
+        ("WORKER_POOL_SIZE", "ten", "'ten' is not a whole number"),
+        ("LOG_FORMAT", "xml", "not one of json, text"),
+        ("KAFKA_BROKERS", "localhost", "'localhost' is not host:port"),
+        ("GRPC_SERVER_ADDRESS", "core", "'core' is not host:port"),
+        ("HTTP_ALLOW_PRIVATE_NETWORKS", "maybe", "not a boolean"),
+        ("JOB_SOURCE", "redis", "not one of kafka, file"),
+    ],
+)
+def test_a_malformed_setting_is_named_with_the_problem(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message) as caught:
+        Settings(KAFKA_RUN | {name: value}).validate_for_run()
+    assert caught.value.variable == name
+
+
+def test_file_runs_need_no_kafka_or_core_settings() -> None:
+    settings = Settings({"JOB_SOURCE": "file", "JOB_FILE": "jobs.jsonl", "RESULT_SINK": "file",
+                         "RESULT_FILE": "-"})
+    settings.validate_for_run()
+
+
+def test_a_selected_file_adapter_needs_its_file() -> None:
+    with pytest.raises(ConfigurationError, match="JOB_FILE: is required"):
+        Settings(KAFKA_RUN | {"JOB_SOURCE": "file"}).validate_for_run()
+
+
+def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("KAFKA_TOPIC=from_dotenv\nWORKER_POOL_SIZE=3\n")
+    # python-dotenv writes into os.environ; monkeypatch removes it again afterwards.
+    monkeypatch.delenv("KAFKA_TOPIC", raising=False)
+    monkeypatch.setenv("WORKER_POOL_SIZE", "7")
+    settings = Settings.load(dotenv=dotenv)
+    assert settings.get("KAFKA_TOPIC") == "from_dotenv"
+    assert settings.get("WORKER_POOL_SIZE") == 7
+
+
+def test_the_table_lists_every_setting() -> None:
+    table = settings_table()
+    assert all(f"`{s.name}`" in table for s in SETTINGS)
