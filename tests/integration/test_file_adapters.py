@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adapters.file import FileJobSource, FileResultSink, JobFileError, parse_job_line
+from domain.errors import ResultNotDelivered
+from domain.model import JobResult, JobStatus
+
+pytestmark = pytest.mark.integration
+
+
+def test_jobs_are_read_in_order_and_the_source_ends(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.jsonl"
+    path.write_text(
+        '{"id": "a", "type": "SLEEP", "payload": {"ms": 1}, "timeout_ms": 50, "metadata": {"k": "v"}}\n'
+        "\n"
+        '{"id": "b", "type": "HTTP", "payload": "raw text"}\n'
+        '{"id": "c", "type": "SLEEP"}\n'
+    )
+    source = FileJobSource(path)
+    first = source.fetch(2, 0.01)
+    assert [j.id for j in first] == ["a", "b"]
+    assert first[0].payload == '{"ms": 1}'
+    assert (first[0].timeout_ms, dict(first[0].metadata)) == (50, {"k": "v"})
+    assert first[1].payload == "raw text"
+    assert not source.exhausted()
+    assert [j.id for j in source.fetch(10, 0.01)] == ["c"]
+    assert source.exhausted()
+    assert source.fetch(10, 0.01) == []
+    source.close()
+
+
+def test_malformed_lines_are_skipped_and_named(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.jsonl"
+    path.write_text('[1, 2]\n{"id": "", "type": "SLEEP"}\n{"id": "ok", "type": "SLEEP"}\n')
+    source = FileJobSource(path)
+    assert [j.id for j in source.fetch(10, 0.01)] == ["ok"]
+    assert source.skipped == [
+        f"{path}:1: a job must be a JSON object, got list",
+        f"{path}:2: 'id' must be a non-empty string",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": "x"}', "job x: 'type' must be a non-empty string"),
+        ('{"id": "x", "type": "T", "timeout_ms": -5}', "'timeout_ms' must be a non-negative integer"),
+        ('{"id": "x", "type": "T", "metadata": {"a": 1}}', "'metadata' must map strings to strings"),
+        ("{oops", "not valid JSON"),
+    ],
+)
+def test_each_bad_field_is_explained(line: str, message: str) -> None:
+    with pytest.raises(JobFileError, match=message):
+        parse_job_line(line)
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(JobFileError, match="cannot read jobs file .*nope.jsonl: No such file"):
+        FileJobSource(tmp_path / "nope.jsonl").fetch(1, 0.01)
+
+
+def test_results_are_appended_as_json_lines(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "results.jsonl"
+    sink = FileResultSink(path)
+    sink.send(JobResult(job_id="a", type="SLEEP", status=JobStatus.SUCCEEDED, output="{}", attempts=1))
+    sink.send(JobResult(job_id="b", type="HTTP", status=JobStatus.FAILED, error="404",
+                        metadata={"k": "v"}))
+    sink.close()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["job_id"], r["status"]) for r in records] == [("a", "SUCCEEDED"), ("b", "FAILED")]
+    assert records[1]["metadata"] == {"k": "v"}
+
+
+def test_an_unwritable_results_file_is_not_delivered(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    sink = FileResultSink(tmp_path / "dir")
+    with pytest.raises(ResultNotDelivered, match="cannot write results file"):
+        sink.send(JobResult(job_id="a", type="SLEEP", status=JobStatus.SUCCEEDED))
