@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from domain.model import Job, JobResult, JobStatus
 
@@ -29,7 +31,7 @@ def type_number(name: str) -> int:
         return int(suffix) if name.startswith(_UNKNOWN_TYPE_PREFIX) and suffix.isdigit() else 0
 
 
-def job_from_task(task: pb.JobTask, receipt: object = None) -> Job:
+def job_from_task(task: pb.JobTask, receipt: Hashable = None) -> Job:
     return Job(
         id=task.id,
         type=type_name(task.type),
@@ -37,7 +39,7 @@ def job_from_task(task: pb.JobTask, receipt: object = None) -> Job:
         timeout_ms=task.timeout_ms,
         metadata=dict(task.metadata),
         created_at_unix_ms=task.created_at_unix_ms,
-        receipt=receipt,  # type: ignore[arg-type]
+        receipt=receipt,
     )
 
 

@@ -81,7 +81,7 @@ def run_cli(argv: list[str]) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    overrides = {}
+    overrides: dict[str, str] = {}
     if args.jobs:
         overrides.update(JOB_SOURCE="file", JOB_FILE=args.jobs)
     if args.results:
@@ -202,4 +202,3 @@ def _now_ms() -> int:
     import time  # noqa: PLC0415
 
     return time.time_ns() // 1_000_000
-

@@ -35,8 +35,8 @@ def _closing(resource: Any) -> Iterator[Any]:
 
 
 def kafka_source(settings: Settings) -> Iterator[Any]:
-    from adapters.kafka.source import KafkaJobSource  # noqa: PLC0415 - only Kafka runs need it
     from adapters.kafka.settings import KafkaClientSettings  # noqa: PLC0415
+    from adapters.kafka.source import KafkaJobSource  # noqa: PLC0415 - only Kafka runs need it
 
     client = KafkaClientSettings.from_settings(settings)  # type: ignore[attr-defined]
     yield from _closing(

@@ -86,8 +86,12 @@ def _run_through_kafka(env: dict[str, str], jobs_file: Path, workdir: Path, expe
         _say("--kafka needs KAFKA_BOOTSTRAP_SERVERS (make demo-kafka starts a broker)")
         return 2
     topic = f"demo-jobs-{int(time.time())}"
-    env = env | {"JOB_SOURCE": "kafka", "KAFKA_BROKERS": brokers, "KAFKA_TOPIC": topic,
-                 "KAFKA_GROUP_ID": f"{topic}-workers"}
+    env = env | {
+        "JOB_SOURCE": "kafka",
+        "KAFKA_BROKERS": brokers,
+        "KAFKA_TOPIC": topic,
+        "KAFKA_GROUP_ID": f"{topic}-workers",
+    }
     _say(f"submitting {expected} jobs to Kafka topic {topic}")
     if _jobworker(["submit", "--file", str(jobs_file)], env, 60) != 0:
         return 1
@@ -194,7 +198,7 @@ def _demo_http_server(picture: bytes) -> Iterator[str]:
 
 def _handler(picture: bytes) -> type[BaseHTTPRequestHandler]:
     class DemoHandler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             routes = {
                 "/hello": (200, "application/json", b'{"greeting": "hello, jobworker"}'),
                 "/photo.png": (200, "image/png", picture),
@@ -209,7 +213,7 @@ def _handler(picture: bytes) -> type[BaseHTTPRequestHandler]:
             status, content_type, body = routes.get(self.path, (404, "text/plain", b"no such page"))
             self._reply(status, content_type, body)
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             self._reply(200, "application/json", self.rfile.read(length))
 

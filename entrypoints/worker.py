@@ -39,8 +39,9 @@ class ShutdownSignals:
             log.info("shutdown requested; finishing in-flight jobs", signal=name)
             self.requested.set()
         else:
-            log.warning("second signal: exiting now; unfinished jobs will be redelivered",
-                        signal=name)
+            log.warning(
+                "second signal: exiting now; unfinished jobs will be redelivered", signal=name
+            )
             os._exit(128 + signum)
 
 

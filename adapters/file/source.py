@@ -122,7 +122,7 @@ class FileJobSource:
                 logger.error("skipping malformed job line: %s", error)
         return jobs
 
-    def ack(self, job: Job) -> None:  # noqa: ARG002 - a file has no per-job progress
+    def ack(self, job: Job) -> None:
         self.acked += 1
 
     def exhausted(self) -> bool:

@@ -27,10 +27,17 @@ def clean_env(**values: str) -> dict[str, str]:
     return env | values
 
 
-def jobworker(*args: str, env: dict[str, str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def jobworker(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "entrypoints", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -45,8 +52,12 @@ def test_missing_kafka_brokers_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 
 def test_a_malformed_duration_names_its_variable(tmp_path: Path) -> None:
-    env = clean_env(KAFKA_BROKERS="127.0.0.1:9", KAFKA_GROUP_ID="g",
-                    GRPC_SERVER_ADDRESS="127.0.0.1:9", MAX_JOB_TIMEOUT="thirty")
+    env = clean_env(
+        KAFKA_BROKERS="127.0.0.1:9",
+        KAFKA_GROUP_ID="g",
+        GRPC_SERVER_ADDRESS="127.0.0.1:9",
+        MAX_JOB_TIMEOUT="thirty",
+    )
     done = jobworker("run", env=env, cwd=tmp_path)
     assert done.returncode == 2
     assert "MAX_JOB_TIMEOUT: 'thirty' is not a duration" in done.stderr
@@ -54,7 +65,9 @@ def test_a_malformed_duration_names_its_variable(tmp_path: Path) -> None:
 
 
 def test_settings_come_from_dotenv_in_the_working_directory(tmp_path: Path) -> None:
-    (tmp_path / ".env").write_text("KAFKA_BROKERS=127.0.0.1:9\nKAFKA_GROUP_ID=g\nWORKER_POOL_SIZE=-3\n")
+    (tmp_path / ".env").write_text(
+        "KAFKA_BROKERS=127.0.0.1:9\nKAFKA_GROUP_ID=g\nWORKER_POOL_SIZE=-3\n"
+    )
     done = jobworker("run", env=clean_env(), cwd=tmp_path)
     assert done.returncode == 2
     assert "WORKER_POOL_SIZE: '-3' must be greater than zero" in done.stderr
@@ -65,7 +78,9 @@ def test_file_to_file_run_reports_every_job(tmp_path: Path) -> None:
     jobs.write_text(
         "\n".join(
             [
-                json.dumps({"id": "ok", "type": "SLEEP", "payload": {"ms": 5}, "metadata": {"t": "1"}}),
+                json.dumps(
+                    {"id": "ok", "type": "SLEEP", "payload": {"ms": 5}, "metadata": {"t": "1"}}
+                ),
                 json.dumps({"id": "bad", "type": "SLEEP", "payload": {"ms": -1}}),
                 "{this is not json",
                 json.dumps({"id": "who", "type": "NOPE"}),
@@ -74,8 +89,15 @@ def test_file_to_file_run_reports_every_job(tmp_path: Path) -> None:
         + "\n"
     )
     results = tmp_path / "out" / "results.jsonl"
-    done = jobworker("run", "--jobs", str(jobs), "--results", str(results),
-                     env=clean_env(LOG_FORMAT="json"), cwd=tmp_path)
+    done = jobworker(
+        "run",
+        "--jobs",
+        str(jobs),
+        "--results",
+        str(results),
+        env=clean_env(LOG_FORMAT="json"),
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     by_id = {r["job_id"]: r for r in map(json.loads, results.read_text().splitlines())}
     assert by_id["ok"]["status"] == "SUCCEEDED"
@@ -84,7 +106,7 @@ def test_file_to_file_run_reports_every_job(tmp_path: Path) -> None:
     assert "'ms'" in by_id["bad"]["error"]
     assert by_id["who"]["status"] == "REJECTED"
     logs = [json.loads(line) for line in done.stderr.splitlines()]
-    assert any(f"jobs.jsonl:3" in e["event"] for e in logs if e["level"] == "error")
+    assert any("jobs.jsonl:3" in e["event"] for e in logs if e["level"] == "error")
     finished = [e for e in logs if e["event"] == "job finished"]
     assert {e["job_id"] for e in finished} == {"ok", "bad", "who"}
     assert all({"type", "attempt", "status", "duration_ms"} <= e.keys() for e in finished)
@@ -93,14 +115,28 @@ def test_file_to_file_run_reports_every_job(tmp_path: Path) -> None:
 def test_sigterm_lets_running_jobs_finish(tmp_path: Path) -> None:
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text(
-        "".join(json.dumps({"id": f"s{i}", "type": "SLEEP", "payload": {"ms": 1500}}) + "\n"
-                for i in range(30))
+        "".join(
+            json.dumps({"id": f"s{i}", "type": "SLEEP", "payload": {"ms": 1500}}) + "\n"
+            for i in range(30)
+        )
     )
     results = tmp_path / "results.jsonl"
     worker = subprocess.Popen(
-        [sys.executable, "-m", "entrypoints", "run", "--jobs", str(jobs), "--results", str(results)],
-        env=clean_env(WORKER_POOL_SIZE="4", JOBS_QUEUE_SIZE="2"), cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "entrypoints",
+            "run",
+            "--jobs",
+            str(jobs),
+            "--results",
+            str(results),
+        ],
+        env=clean_env(WORKER_POOL_SIZE="4", JOBS_QUEUE_SIZE="2"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(1.0)
     worker.send_signal(signal.SIGTERM)
@@ -115,21 +151,50 @@ def test_sigterm_lets_running_jobs_finish(tmp_path: Path) -> None:
 def test_submit_to_a_file_then_run_it(tmp_path: Path) -> None:
     jobs = tmp_path / "jobs.jsonl"
     env = clean_env()
-    done = jobworker("submit", "--type", "sleep", "--payload", '{"ms": 1}', "--count", "3",
-                     "--id", "batch", "--meta", "tenant=acme", "--to-file", str(jobs), env=env, cwd=tmp_path)
+    done = jobworker(
+        "submit",
+        "--type",
+        "sleep",
+        "--payload",
+        '{"ms": 1}',
+        "--count",
+        "3",
+        "--id",
+        "batch",
+        "--meta",
+        "tenant=acme",
+        "--to-file",
+        str(jobs),
+        env=env,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in jobs.read_text().splitlines()]
     assert [r["id"] for r in records] == ["batch-0", "batch-1", "batch-2"]
     assert records[0]["type"] == "SLEEP"
     assert records[0]["metadata"] == {"tenant": "acme"}
     results = tmp_path / "results.jsonl"
-    assert jobworker("run", "--jobs", str(jobs), "--results", str(results), env=env, cwd=tmp_path).returncode == 0
+    assert (
+        jobworker(
+            "run", "--jobs", str(jobs), "--results", str(results), env=env, cwd=tmp_path
+        ).returncode
+        == 0
+    )
     assert len(results.read_text().splitlines()) == 3
 
 
 def test_submit_refuses_a_payload_that_is_not_json(tmp_path: Path) -> None:
-    done = jobworker("submit", "--type", "SLEEP", "--payload", "{ms: 1}", "--to-file", "x.jsonl",
-                     env=clean_env(), cwd=tmp_path)
+    done = jobworker(
+        "submit",
+        "--type",
+        "SLEEP",
+        "--payload",
+        "{ms: 1}",
+        "--to-file",
+        "x.jsonl",
+        env=clean_env(),
+        cwd=tmp_path,
+    )
     assert done.returncode == 2
     assert "--payload: is not valid JSON" in done.stderr
     assert not (tmp_path / "x.jsonl").exists()
@@ -138,7 +203,12 @@ def test_submit_refuses_a_payload_that_is_not_json(tmp_path: Path) -> None:
 def test_demo_reports_every_example_job_to_core(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "entrypoints.demo", "--workdir", str(tmp_path / "demo")],
-        env=clean_env(), cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
+        env=clean_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "demo: all 17 jobs reached Core" in done.stdout

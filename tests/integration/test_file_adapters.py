@@ -15,7 +15,8 @@ pytestmark = pytest.mark.integration
 def test_jobs_are_read_in_order_and_the_source_ends(tmp_path: Path) -> None:
     path = tmp_path / "jobs.jsonl"
     path.write_text(
-        '{"id": "a", "type": "SLEEP", "payload": {"ms": 1}, "timeout_ms": 50, "metadata": {"k": "v"}}\n'
+        '{"id": "a", "type": "SLEEP", "payload": {"ms": 1}, "timeout_ms": 50,'
+        ' "metadata": {"k": "v"}}\n'
         "\n"
         '{"id": "b", "type": "HTTP", "payload": "raw text"}\n'
         '{"id": "c", "type": "SLEEP"}\n'
@@ -48,8 +49,14 @@ def test_malformed_lines_are_skipped_and_named(tmp_path: Path) -> None:
     ("line", "message"),
     [
         ('{"id": "x"}', "job x: 'type' must be a non-empty string"),
-        ('{"id": "x", "type": "T", "timeout_ms": -5}', "'timeout_ms' must be a non-negative integer"),
-        ('{"id": "x", "type": "T", "metadata": {"a": 1}}', "'metadata' must map strings to strings"),
+        (
+            '{"id": "x", "type": "T", "timeout_ms": -5}',
+            "'timeout_ms' must be a non-negative integer",
+        ),
+        (
+            '{"id": "x", "type": "T", "metadata": {"a": 1}}',
+            "'metadata' must map strings to strings",
+        ),
         ("{oops", "not valid JSON"),
     ],
 )
@@ -66,9 +73,14 @@ def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_results_are_appended_as_json_lines(tmp_path: Path) -> None:
     path = tmp_path / "out" / "results.jsonl"
     sink = FileResultSink(path)
-    sink.send(JobResult(job_id="a", type="SLEEP", status=JobStatus.SUCCEEDED, output="{}", attempts=1))
-    sink.send(JobResult(job_id="b", type="HTTP", status=JobStatus.FAILED, error="404",
-                        metadata={"k": "v"}))
+    sink.send(
+        JobResult(job_id="a", type="SLEEP", status=JobStatus.SUCCEEDED, output="{}", attempts=1)
+    )
+    sink.send(
+        JobResult(
+            job_id="b", type="HTTP", status=JobStatus.FAILED, error="404", metadata={"k": "v"}
+        )
+    )
     sink.close()
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(r["job_id"], r["status"]) for r in records] == [("a", "SUCCEEDED"), ("b", "FAILED")]

@@ -89,7 +89,10 @@ def sleep_jobs(count: int, seconds: float = 0.0, prefix: str = "j") -> list[Job]
 
 
 def run_to_end(
-    jobs: list[Job], registry: ExecutorRegistry, sink: InMemoryResultSink | None = None, **cfg: object
+    jobs: list[Job],
+    registry: ExecutorRegistry,
+    sink: InMemoryResultSink | None = None,
+    **cfg: object,
 ) -> tuple[InMemoryJobSource, InMemoryResultSink, WorkerEngine]:
     source = InMemoryJobSource(jobs)
     sink = sink or InMemoryResultSink()
@@ -185,11 +188,17 @@ def test_unknown_type_is_rejected_and_still_acked() -> None:
 @pytest.mark.parametrize(
     ("error", "status", "message"),
     [
-        (InvalidPayload("'ms' must be a non-negative integer"), JobStatus.REJECTED,
-         "invalid payload: 'ms' must be a non-negative integer"),
+        (
+            InvalidPayload("'ms' must be a non-negative integer"),
+            JobStatus.REJECTED,
+            "invalid payload: 'ms' must be a non-negative integer",
+        ),
         (JobFailed("HTTP 404 from upstream"), JobStatus.FAILED, "HTTP 404 from upstream"),
-        (ZeroDivisionError("division by zero"), JobStatus.FAILED,
-         "ZeroDivisionError: division by zero"),
+        (
+            ZeroDivisionError("division by zero"),
+            JobStatus.FAILED,
+            "ZeroDivisionError: division by zero",
+        ),
     ],
 )
 def test_executor_errors_become_results(error: Exception, status: JobStatus, message: str) -> None:
@@ -244,8 +253,13 @@ def test_intake_resumes_only_below_the_low_water_mark() -> None:
     sink = InMemoryResultSink()
     sink.block()
     source = InMemoryJobSource(sleep_jobs(100), finite=False)
-    cfg = config(pool_size=1, jobs_queue_size=10, jobs_queue_low_water=3, results_queue_size=1,
-                 result_senders=1)
+    cfg = config(
+        pool_size=1,
+        jobs_queue_size=10,
+        jobs_queue_low_water=3,
+        results_queue_size=1,
+        result_senders=1,
+    )
     engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), cfg)
     engine.start()
     gevent.sleep(0.05)

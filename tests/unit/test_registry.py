@@ -71,7 +71,9 @@ def _explodes() -> object:
     raise RuntimeError("boom")
 
 
-def test_installed_distributions_are_discovered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_installed_distributions_are_discovered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # An installed plugin is just a distribution whose metadata names the group: make
     # one on sys.path, exactly as `pip install` would leave it.
     (tmp_path / "echo_plugin.py").write_text(

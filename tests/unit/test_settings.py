@@ -8,7 +8,11 @@ from domain.errors import ConfigurationError
 from entrypoints.config_values import parse_duration, parse_size
 from entrypoints.settings import SETTINGS, Settings, settings_table
 
-KAFKA_RUN = {"KAFKA_BROKERS": "k1:9092,k2:9092", "KAFKA_GROUP_ID": "g", "GRPC_SERVER_ADDRESS": "core:50051"}
+KAFKA_RUN = {
+    "KAFKA_BROKERS": "k1:9092,k2:9092",
+    "KAFKA_GROUP_ID": "g",
+    "GRPC_SERVER_ADDRESS": "core:50051",
+}
 
 
 @pytest.mark.parametrize(
@@ -26,7 +30,12 @@ def test_bad_durations_say_what_to_write(text: str) -> None:
 
 
 def test_sizes() -> None:
-    assert [parse_size(t) for t in ("1024", "1KiB", "2MB", "1MiB")] == [1024, 1024, 2_000_000, 1_048_576]
+    assert [parse_size(t) for t in ("1024", "1KiB", "2MB", "1MiB")] == [
+        1024,
+        1024,
+        2_000_000,
+        1_048_576,
+    ]
 
 
 def test_defaults_match_the_seed() -> None:
@@ -70,8 +79,9 @@ def test_a_malformed_setting_is_named_with_the_problem(name: str, value: str, me
 
 
 def test_file_runs_need_no_kafka_or_core_settings() -> None:
-    settings = Settings({"JOB_SOURCE": "file", "JOB_FILE": "jobs.jsonl", "RESULT_SINK": "file",
-                         "RESULT_FILE": "-"})
+    settings = Settings(
+        {"JOB_SOURCE": "file", "JOB_FILE": "jobs.jsonl", "RESULT_SINK": "file", "RESULT_FILE": "-"}
+    )
     settings.validate_for_run()
 
 
@@ -80,7 +90,9 @@ def test_a_selected_file_adapter_needs_its_file() -> None:
         Settings(KAFKA_RUN | {"JOB_SOURCE": "file"}).validate_for_run()
 
 
-def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dotenv_is_read_and_the_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dotenv = tmp_path / ".env"
     dotenv.write_text("KAFKA_TOPIC=from_dotenv\nWORKER_POOL_SIZE=3\n")
     # python-dotenv writes into os.environ; monkeypatch removes it again afterwards.
