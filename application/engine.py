@@ -77,6 +77,7 @@ class StopReport:
 
 
 class _NullObserver:
+    def job_received(self, job: Job) -> None: ...
     def job_started(self, job: Job, attempt: int) -> None: ...
     def job_retrying(self, job: Job, attempt: int, error: str, delay_s: float) -> None: ...
     def job_finished(self, job: Job, result: JobResult) -> None: ...
@@ -181,6 +182,7 @@ class WorkerEngine:
                 paused = True
             jobs = self._fetch(0 if paused else room)
             for job in jobs:
+                self._observer.job_received(job)
                 self._unreported += 1
                 self._idle.clear()
                 self._jobs.put(job)

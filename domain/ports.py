@@ -70,6 +70,10 @@ class Executor(Protocol):
 class JobObserver(Protocol):
     """Hears about each job's life; logs and metrics implement it."""
 
+    def job_received(self, job: Job) -> None:
+        """Called when the engine took ``job`` from the source. Must not raise or block."""
+        ...
+
     def job_started(self, job: Job, attempt: int) -> None:
         """Called when an attempt begins. Must not raise or block."""
         ...

@@ -22,6 +22,9 @@ class LoggingJobObserver:
         self._log = structlog.get_logger("jobworker.jobs")
         self.finished: Counter[str] = Counter()
 
+    def job_received(self, job: Job) -> None:
+        pass
+
     def job_started(self, job: Job, attempt: int) -> None:
         structlog.contextvars.bind_contextvars(job_id=job.id, type=job.type, attempt=attempt)
 
@@ -60,6 +63,9 @@ class FanOutObserver:
                 getattr(observer, method)(*args)
             except Exception:
                 self._log.exception("observer failed", observer=type(observer).__name__)
+
+    def job_received(self, job: Job) -> None:
+        self._each("job_received", job)
 
     def job_started(self, job: Job, attempt: int) -> None:
         self._each("job_started", job, attempt)

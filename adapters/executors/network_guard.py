@@ -4,11 +4,9 @@ A job's URL comes from whoever can write to the jobs topic. Without this guard a
 could read the cloud metadata service (instance credentials), the worker's own admin
 ports on loopback, or anything on the private network the worker sits in.
 
-Addresses are judged where it matters, on the socket that was actually connected
-(``AddressGuard.check_peer``), so a DNS name that resolves to a public address when
-checked and to a private one when connected (DNS rebinding) gains nothing. URLs are
-also checked up front (``AddressGuard.check_url``) so that a literal private address
-or a metadata host name is refused with a clear message before any connection.
+URLs are checked up front (``AddressGuard.check_url``): scheme, host, metadata host
+names, literal addresses. Host names are resolved and judged by the connection
+itself (``pinned_connections``), which connects only to the addresses it checked.
 """
 
 from __future__ import annotations
@@ -115,7 +113,7 @@ class AddressGuard:
         Raises ``RefusedDestination`` saying why for a scheme other than http/https, a
         URL without a host, credentials in the URL, a bad port, a metadata host, or a
         literal IP address the guard refuses. Host names are not resolved here: the
-        connected address is checked by ``check_peer``.
+        connection checks the addresses it resolves (``pinned_connections``).
         """
         try:
             parts = urlsplit(url)
@@ -155,9 +153,9 @@ class AddressGuard:
                 f"{shown}, {reason}; private networks are not allowed for jobs"
             )
 
-    def check_peer(self, peer_host: str, host: str) -> None:
-        """Check the address a socket actually connected to (``getpeername()[0]``)."""
-        self.check_address(ipaddress.ip_address(peer_host), host)
+    def check_address_text(self, address: str, host: str) -> None:
+        """``check_address`` for an address as ``getaddrinfo`` spells it."""
+        self.check_address(ipaddress.ip_address(address), host)
 
 
 def _literal_address(host: str) -> IPAddress | None:

@@ -6,24 +6,20 @@ same addresses, follow redirects the same careful way and cap what they read.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from email.message import Message
 from http.cookiejar import DefaultCookiePolicy
-from typing import Any, ClassVar
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from domain.errors import InvalidPayload, JobFailed, RetryableJobError
-from requests.adapters import HTTPAdapter
 from requests.cookies import RequestsCookieJar
 from requests.structures import CaseInsensitiveDict
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from adapters.executors.network_guard import AddressGuard, RefusedDestination
+from adapters.executors.pinned_connections import GuardedHTTPAdapter
+from domain.errors import InvalidPayload, JobFailed, RetryableJobError
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Statuses that say "not now" rather than "never": worth retrying like a 5xx.
@@ -64,6 +60,8 @@ class SafeHttpClient:
     pool, since each job holds at most one connection at a time. Cookies are never
     kept between requests and proxy settings from the environment are ignored: one
     job must not see another's cookies, and a proxy would hide the real destination.
+    ``guard`` replaces the default ``AddressGuard(allow_private_networks)`` for a
+    caller with its own policy (an allow-list, a test server).
     """
 
     def __init__(
@@ -72,18 +70,19 @@ class SafeHttpClient:
         allow_private_networks: bool = False,
         max_redirects: int = 5,
         user_agent: str = "jobworker",
+        guard: AddressGuard | None = None,
     ) -> None:
         if pool_size < 1:
             raise ValueError(f"pool_size must be at least 1, got {pool_size}")
         if max_redirects < 0:
             raise ValueError(f"max_redirects must not be negative, got {max_redirects}")
-        self.guard = AddressGuard(allow_private_networks)
+        self.guard = guard or AddressGuard(allow_private_networks)
         self.max_redirects = max_redirects
         self._session = requests.Session()
         self._session.trust_env = False
         self._session.cookies = RequestsCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
         self._session.headers["User-Agent"] = user_agent
-        adapter = _GuardedHTTPAdapter(self.guard, pool_maxsize=pool_size, max_retries=0)
+        adapter = GuardedHTTPAdapter(self.guard, pool_maxsize=pool_size, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
 
@@ -200,9 +199,7 @@ def raise_for_http_status(response: HttpResponse, what: str) -> None:
         raise JobFailed(f"{what} answered {status}")
 
 
-def _read_capped(
-    response: requests.Response, max_bytes: int, deadline: float, what: str
-) -> bytes:
+def _read_capped(response: requests.Response, max_bytes: int, deadline: float, what: str) -> bytes:
     if response.status_code in REDIRECT_STATUSES and "location" in response.headers:
         return b""
     declared = response.headers.get("content-length", "")
@@ -230,52 +227,12 @@ def _chunks(response: requests.Response) -> Iterator[bytes]:
 
 def _same_origin(url: str, other: str) -> bool:
     first, second = urlsplit(url), urlsplit(other)
-    return (first.scheme, first.hostname, first.port) == (second.scheme, second.hostname, second.port)
+    return (first.scheme, first.hostname, first.port) == (
+        second.scheme,
+        second.hostname,
+        second.port,
+    )
 
 
 def _without(headers: Mapping[str, str], names: frozenset[str] | set[str]) -> dict[str, str]:
     return {name: value for name, value in headers.items() if name.lower() not in names}
-
-
-class _GuardedHTTPAdapter(HTTPAdapter):
-    """An HTTPAdapter whose connections refuse peers the guard refuses."""
-
-    def __init__(self, guard: AddressGuard, **kwargs: Any) -> None:
-        self._pool_classes = _guarded_pool_classes(guard)
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = self._pool_classes
-
-
-class _PeerCheckingConnection(HTTPConnection):
-    """Checks the address it actually connected to, before a byte is sent.
-
-    Checking here rather than after our own DNS lookup closes the DNS-rebinding gap:
-    whatever the name resolved to at connect time is what gets judged.
-    """
-
-    address_guard: ClassVar[AddressGuard]
-
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        try:
-            self.address_guard.check_peer(sock.getpeername()[0], self.host)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-
-class _PeerCheckingHTTPSConnection(_PeerCheckingConnection, HTTPSConnection):
-    pass
-
-
-def _guarded_pool_classes(guard: AddressGuard) -> dict[str, type[HTTPConnectionPool]]:
-    plain = type("GuardedHTTPConnection", (_PeerCheckingConnection,), {"address_guard": guard})
-    tls = type("GuardedHTTPSConnection", (_PeerCheckingHTTPSConnection,), {"address_guard": guard})
-    return {
-        "http": type("GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": plain}),
-        "https": type("GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": tls}),
-    }

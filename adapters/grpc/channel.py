@@ -11,7 +11,9 @@ from domain.errors import ConfigurationError
 ChannelOptions = list[tuple[str, int | str]]
 
 
-def client_channel_options(keepalive_time_s: float, max_reconnect_backoff_s: float) -> ChannelOptions:
+def client_channel_options(
+    keepalive_time_s: float, max_reconnect_backoff_s: float
+) -> ChannelOptions:
     """Channel arguments for a client that does its own retries.
 
     gRPC's reconnect backoff grows to 120 s by default: after a long Core outage the
@@ -27,8 +29,9 @@ def client_channel_options(keepalive_time_s: float, max_reconnect_backoff_s: flo
         ("grpc.keepalive_time_ms", int(keepalive_time_s * 1000)),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 0),
+        # Not grpc.min_reconnect_backoff_ms: gRPC also takes it as the connect timeout
+        # (20 s by default), and a short one fails slow TLS handshakes for ever.
         ("grpc.initial_reconnect_backoff_ms", min(200, max_backoff_ms)),
-        ("grpc.min_reconnect_backoff_ms", min(200, max_backoff_ms)),
         ("grpc.max_reconnect_backoff_ms", max_backoff_ms),
     ]
 

@@ -39,7 +39,8 @@ def init_grpc_for_gevent(concurrent_calls: int) -> None:
     with _init_lock:
         if not _initialised:
             # Imported here: grpc must not be imported before the process is patched.
-            from grpc.experimental import gevent as grpc_gevent  # noqa: PLC0415
+            # grpc-stubs do not know this module.
+            from grpc.experimental import gevent as grpc_gevent  # type: ignore[attr-defined]  # noqa: PLC0415
 
             grpc_gevent.init_gevent()
             _initialised = True

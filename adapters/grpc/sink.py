@@ -97,9 +97,13 @@ class GrpcResultSink:
             backoff_cap_s >= backoff_base_s,
             f"backoff_cap_s ({backoff_cap_s}) must be at least backoff_base_s ({backoff_base_s})",
         )
-        _require(max_attempts >= 0, f"max_attempts must be 0 (unlimited) or more, got {max_attempts}")
+        _require(
+            max_attempts >= 0, f"max_attempts must be 0 (unlimited) or more, got {max_attempts}"
+        )
         _require(keepalive_time_s > 0, f"keepalive_time_s must be positive, got {keepalive_time_s}")
-        _require(max_message_bytes > 0, f"max_message_bytes must be positive, got {max_message_bytes}")
+        _require(
+            max_message_bytes > 0, f"max_message_bytes must be positive, got {max_message_bytes}"
+        )
         self._target = target
         self._call_timeout_s = call_timeout_s
         self._backoff_base_s = backoff_base_s
@@ -146,7 +150,8 @@ class GrpcResultSink:
             if self._max_attempts and attempt >= self._max_attempts:
                 raise ResultNotDelivered(
                     f"gave up on the result of job {result.job_id!r} after {attempt} "
-                    f"attempts to reach Core at {self._target}: {_describe(error)}"
+                    f"attempt{'s' if attempt > 1 else ''} to reach Core at {self._target}: "
+                    f"{_describe(error)}"
                 )
             delay_s = full_jitter_delay(attempt, self._backoff_base_s, self._backoff_cap_s)
             if self._on_retry is not None:

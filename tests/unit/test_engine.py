@@ -53,6 +53,9 @@ class RecordingObserver:
     def __init__(self) -> None:
         self.events: list[tuple[str, str]] = []
 
+    def job_received(self, job: Job) -> None:
+        self.events.append(("received", job.id))
+
     def job_started(self, job: Job, attempt: int) -> None:
         self.events.append(("started", f"{job.id}#{attempt}"))
 
@@ -154,6 +157,7 @@ def test_retryable_errors_are_retried_until_success() -> None:
         ("retrying", "f#1"),
         ("retrying", "f#2"),
     ]
+    assert observer.events[0] == ("received", "f")
     assert observer.events[-2:] == [("finished", "f:SUCCEEDED"), ("delivered", "f")]
 
 
