@@ -45,6 +45,9 @@ class EngineConfig:
     result_senders: int = 4
     max_job_timeout_s: float = 30.0
     fetch_timeout_s: float = 0.5
+    # Larger outputs end the job FAILED: a result Core can never accept (gRPC's message
+    # limit) would otherwise be redelivered for ever.
+    max_output_bytes: int = 1_048_576
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
@@ -103,6 +106,7 @@ class WorkerEngine:
             registry,
             worker_id=self._config.worker_id,
             max_job_timeout_s=self._config.max_job_timeout_s,
+            max_output_bytes=self._config.max_output_bytes,
             retry=self._config.retry,
             observer=self._observer,
         )

@@ -15,6 +15,10 @@ from domain.ports import JobObserver
 
 logger = logging.getLogger(__name__)
 
+# Reasons are for people reading Core; an executor quoting a whole response body in its
+# exception must not make the result too big to send.
+_MAX_ERROR_CHARS = 8192
+
 
 class _JobDeadline(Exception):  # noqa: N818 - raised by gevent.Timeout into the job greenlet
     """The job's own deadline; a class of our own so no executor can mistake it."""
@@ -35,10 +39,12 @@ class JobRunner:
         max_job_timeout_s: float,
         retry: RetryPolicy,
         observer: JobObserver,
+        max_output_bytes: int = 1_048_576,
     ) -> None:
         self._registry = registry
         self._worker_id = worker_id
         self._max_timeout_s = max_job_timeout_s
+        self._max_output_bytes = max_output_bytes
         self._retry = retry
         self._observer = observer
 
@@ -89,7 +95,13 @@ class JobRunner:
             # the log, a one-line reason to Core.
             logger.exception("executor raised unexpectedly", extra={"job_id": job.id})
             error = f"{type(unexpected).__name__}: {unexpected}"
-        return self._result(job, status, output, error, attempt, started_ms)
+        output_bytes = len(output.encode())
+        if output_bytes > self._max_output_bytes:
+            status, output = JobStatus.FAILED, ""
+            error = (
+                f"output of {output_bytes} bytes exceeds the {self._max_output_bytes}-byte limit"
+            )
+        return self._result(job, status, output, error[:_MAX_ERROR_CHARS], attempt, started_ms)
 
     def _result(
         self, job: Job, status: JobStatus, output: str, error: str, attempts: int, started_ms: int

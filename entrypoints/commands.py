@@ -109,9 +109,7 @@ def cmd_core(args: argparse.Namespace) -> int:
 def cmd_core_summary(args: argparse.Namespace) -> int:
     from adapters.core.store import ResultStore, format_summary  # noqa: PLC0415
 
-    if not args.db.exists():
-        raise ConfigurationError("--db", f"{args.db} does not exist")
-    with ResultStore(args.db) as store:
+    with ResultStore(args.db, create=False) as store:
         summary = store.summary()
     print(json.dumps(summary) if args.json else format_summary(summary))
     return 0

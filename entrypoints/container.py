@@ -110,6 +110,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         results_queue_size=settings.results_queue_size,
         result_senders=settings.get("RESULT_SENDERS"),
         max_job_timeout_s=settings.get("MAX_JOB_TIMEOUT"),
+        max_output_bytes=settings.get("MAX_OUTPUT_BYTES"),
         retry=RetryPolicy(
             max_attempts=settings.get("RETRY_MAX_ATTEMPTS"),
             backoff_base_s=settings.get("RETRY_BACKOFF_BASE"),

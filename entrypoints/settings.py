@@ -153,6 +153,12 @@ SETTINGS: list[Setting] = [
         "MAX_JOB_TIMEOUT", "30s", "hard limit per job, retries included", _positive(parse_duration)
     ),
     Setting(
+        "MAX_OUTPUT_BYTES",
+        "1MiB",
+        "larger job outputs end the job FAILED (Core's message limit is 4 MiB)",
+        _positive(parse_size),
+    ),
+    Setting(
         "RETRY_MAX_ATTEMPTS",
         "3",
         "attempts for a retryable failure, the first included",

@@ -327,3 +327,16 @@ def test_a_failing_source_does_not_end_intake() -> None:
     engine.start()
     assert engine.wait_until_drained(5)
     assert len(sink.results) == 2
+
+
+def test_an_output_too_big_to_report_fails_the_job() -> None:
+    class Huge:
+        def execute(self, job: Job) -> str:
+            return "x" * 2000
+
+    _, sink, _ = run_to_end(
+        [Job(id="h", type="HUGE")], ExecutorRegistry({"HUGE": Huge()}), max_output_bytes=1000
+    )
+    assert sink.results[0].status is JobStatus.FAILED
+    assert sink.results[0].error == "output of 2000 bytes exceeds the 1000-byte limit"
+    assert sink.results[0].output == ""

@@ -1,0 +1,56 @@
+"""``/metrics`` (Prometheus), ``/healthz`` (alive) and ``/readyz`` (able to work).
+
+Served by gevent's WSGI server from a greenlet in the worker itself: an answer from
+``/healthz`` proves the event loop is not stuck, which is what liveness should mean.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from gevent.pywsgi import WSGIServer
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+ReadinessChecks = Callable[[], Mapping[str, bool]]
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+class ObservabilityServer:
+    """Serves the three endpoints on ``host:port`` (port 0 picks a free one)."""
+
+    def __init__(
+        self, host: str, port: int, registry: CollectorRegistry, readiness: ReadinessChecks
+    ) -> None:
+        self._metrics_app = make_wsgi_app(registry)
+        self._readiness = readiness
+        self._server = WSGIServer((host, port), self._app, log=None, error_log=None)
+
+    def start(self) -> int:
+        self._server.start()
+        return int(self._server.server_port)
+
+    def stop(self) -> None:
+        self._server.stop(timeout=1)
+
+    def _app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/healthz":
+            return _reply(start_response, "200 OK", {"status": "alive"})
+        if path == "/readyz":
+            checks = dict(self._readiness())
+            ready = all(checks.values())
+            body = {"status": "ready" if ready else "not ready", "checks": checks}
+            return _reply(start_response, "200 OK" if ready else "503 Service Unavailable", body)
+        return _reply(start_response, "404 Not Found", {"error": f"no such endpoint: {path}"})
+
+
+def _reply(start_response: StartResponse, status: str, body: object) -> list[bytes]:
+    data = json.dumps(body).encode()
+    start_response(
+        status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    )
+    return [data]

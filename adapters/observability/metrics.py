@@ -1,0 +1,124 @@
+"""Prometheus metrics: a JobObserver for per-job counters, a collector for live gauges.
+
+Counters of events (jobs, retries, results) are pushed by the observer as they
+happen; values that are state (queue depths, in-flight jobs, consumer lag, commits,
+DLQ records) are read from their owners at scrape time, so nothing can drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from domain.model import Job, JobResult
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class PrometheusJobObserver:
+    """Counts jobs by type and status and times them."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.consumed = Counter(
+            "jobworker_jobs_consumed", "Jobs taken from the source.", ["type"], registry=registry
+        )
+        self.finished = Counter(
+            "jobworker_jobs_finished",
+            "Jobs that ended, by how they ended.",
+            ["type", "status"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "jobworker_job_retries",
+            "Job attempts retried after a retryable error.",
+            ["type"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "jobworker_job_duration_seconds",
+            "Job run time, retries included, from first attempt to result.",
+            ["type", "status"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.delivered = Counter(
+            "jobworker_results_delivered",
+            "Results the sink (Core) accepted.",
+            ["status"],
+            registry=registry,
+        )
+
+    def job_received(self, job: Job) -> None:
+        self.consumed.labels(job.type).inc()
+
+    def job_started(self, job: Job, attempt: int) -> None:
+        pass
+
+    def job_retrying(self, job: Job, attempt: int, error: str, delay_s: float) -> None:
+        self.retries.labels(job.type).inc()
+
+    def job_finished(self, job: Job, result: JobResult) -> None:
+        self.finished.labels(job.type, result.status.value).inc()
+        self.duration.labels(job.type, result.status.value).observe(result.duration_ms / 1000)
+
+    def result_delivered(self, result: JobResult) -> None:
+        self.delivered.labels(result.status.value).inc()
+
+
+class ResultSendRetries:
+    """``on_retry`` callback for the gRPC sink: counts retried ReportResult calls."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._counter = Counter(
+            "jobworker_result_send_retries",
+            "ReportResult calls retried, by gRPC status code.",
+            ["code"],
+            registry=registry,
+        )
+
+    def __call__(self, code: str, attempt: int, delay_s: float) -> None:
+        self._counter.labels(code).inc()
+
+
+@dataclass
+class LiveState:
+    """Where the collector reads state at scrape time; each reader is optional."""
+
+    gauges: Mapping[str, tuple[str, Callable[[], float]]] = field(default_factory=dict)
+    consumer_lag: Callable[[], Mapping[tuple[str, int], int]] | None = None
+    source_counters: Callable[[], Mapping[str, int]] | None = None
+
+
+class LiveStateCollector(Collector):
+    """Exposes engine and consumer state as gauges (and the source's own counters)."""
+
+    def __init__(self, state: LiveState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        for name, (doc, read) in self._state.gauges.items():
+            yield GaugeMetricFamily(name, doc, value=read())
+        if self._state.consumer_lag is not None:
+            lag = GaugeMetricFamily(
+                "jobworker_consumer_lag",
+                "Records between the committed offset and the end of each assigned partition.",
+                labels=["topic", "partition"],
+            )
+            for (topic, partition), value in sorted(self._state.consumer_lag().items()):
+                lag.add_metric([topic, str(partition)], value)
+            yield lag
+        if self._state.source_counters is not None:
+            for name, value in sorted(self._state.source_counters().items()):
+                yield CounterMetricFamily(
+                    f"jobworker_{name}", _COUNTER_DOCS.get(name, name), value=value
+                )
+
+
+_COUNTER_DOCS = {
+    "offset_commits": "Offset commits made to Kafka.",
+    "dlq_records": "Poison messages written to the dead-letter topic.",
+}

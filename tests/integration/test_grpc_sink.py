@@ -1,0 +1,394 @@
+"""GrpcResultSink against real gRPC servers on loopback: the reference Core as a child
+process (so it can go down and come back on the same port and database) and, for slow
+answers, a Core in this process whose handler waits."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import gevent
+import grpc
+import pytest
+
+from adapters.core.process import CoreProcess
+from adapters.core.server import CoreServicer
+from adapters.core.store import ResultStore
+from adapters.grpc.sink import GrpcResultSink, full_jitter_delay
+from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from domain.errors import ConfigurationError, ResultNotDelivered
+from domain.model import JobResult, JobStatus
+
+pytestmark = pytest.mark.integration
+
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def a_result(job_id: str, **fields: object) -> JobResult:
+    return JobResult(job_id=job_id, type="SLEEP", status=JobStatus.SUCCEEDED, **fields)  # type: ignore[arg-type]
+
+
+class RetryLog:
+    """An ``on_retry`` listener that keeps what it heard."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, float]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, code: str, attempt: int, delay_s: float) -> None:
+        with self._lock:
+            self.calls.append((code, attempt, delay_s))
+
+    @property
+    def codes(self) -> set[str]:
+        return {code for code, _, _ in self.calls}
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> Iterator[CoreProcess]:
+    core = CoreProcess(free_port(), tmp_path / "core.db")
+    yield core
+    core.kill()
+
+
+@pytest.fixture
+def retries() -> RetryLog:
+    return RetryLog()
+
+
+@pytest.fixture
+def sink(core: CoreProcess, retries: RetryLog) -> Iterator[GrpcResultSink]:
+    sink = GrpcResultSink(
+        core.address,
+        call_timeout_s=2.0,
+        backoff_base_s=0.02,
+        backoff_cap_s=0.2,
+        on_retry=retries,
+    )
+    yield sink
+    sink.close()
+
+
+def stored_results(core: CoreProcess) -> ResultStore:
+    return ResultStore(core.db_path, create=False)
+
+
+def test_a_result_reaches_core_with_every_field(core: CoreProcess, sink: GrpcResultSink) -> None:
+    core.start()
+    result = JobResult(
+        job_id="job-1",
+        type="IMAGE_RESIZE",
+        status=JobStatus.TIMED_OUT,
+        output='{"partial": true}',
+        error="job exceeded 30000 ms",
+        attempts=3,
+        started_at_unix_ms=1_700_000_000_000,
+        finished_at_unix_ms=1_700_000_030_000,
+        worker_id="worker-7",
+        metadata={"trace_id": "abc", "tenant": "acme"},
+    )
+
+    sink.send(result)
+
+    with stored_results(core) as store:
+        stored = store.get("job-1")
+    assert stored is not None
+    assert stored.result == result
+    assert stored.reports == 1
+
+
+def test_results_sent_while_core_is_down_arrive_once_each_when_it_is_back(
+    core: CoreProcess, sink: GrpcResultSink, retries: RetryLog
+) -> None:
+    def send_from_threads(prefix: str, threads: int, per_thread: int) -> list[threading.Thread]:
+        def send_batch(thread_index: int) -> None:
+            for index in range(per_thread):
+                sink.send(a_result(f"{prefix}-{thread_index}-{index}"))
+
+        senders = [threading.Thread(target=send_batch, args=(n,)) for n in range(threads)]
+        for sender in senders:
+            sender.start()
+        return senders
+
+    # Core has never been up: every send waits, retrying.
+    senders = send_from_threads("before-start", threads=10, per_thread=5)
+    time.sleep(1.0)
+    assert all(sender.is_alive() for sender in senders)
+    assert retries.codes == {"UNAVAILABLE"}
+    core.start()
+    for sender in senders:
+        sender.join(timeout=15)
+    assert not any(sender.is_alive() for sender in senders)
+
+    # Core crashes and comes back on the same port and database.
+    core.kill()
+    senders = send_from_threads("after-crash", threads=5, per_thread=4)
+    time.sleep(0.5)
+    assert all(sender.is_alive() for sender in senders)
+    core.start()
+    for sender in senders:
+        sender.join(timeout=15)
+    assert not any(sender.is_alive() for sender in senders)
+
+    expected = {f"before-start-{t}-{i}" for t in range(10) for i in range(5)}
+    expected |= {f"after-crash-{t}-{i}" for t in range(5) for i in range(4)}
+    with stored_results(core) as store:
+        assert set(store.job_ids()) == expected
+        summary = store.summary()
+    assert (summary["jobs"], summary["reports"], summary["duplicates"]) == (70, 70, 0)
+
+
+def test_a_refused_result_fails_at_once_with_core_s_reason(
+    core: CoreProcess, sink: GrpcResultSink, retries: RetryLog
+) -> None:
+    core.start()
+
+    started = time.monotonic()
+    with pytest.raises(ResultNotDelivered, match=r"INVALID_ARGUMENT: result\.job_id is required"):
+        sink.send(a_result(""))
+
+    assert time.monotonic() - started < 1.0
+    assert retries.calls == []
+
+
+def test_after_max_attempts_the_sink_gives_up_with_the_last_error(
+    core: CoreProcess, retries: RetryLog
+) -> None:
+    sink = GrpcResultSink(
+        core.address, backoff_base_s=0.01, backoff_cap_s=0.02, max_attempts=3, on_retry=retries
+    )
+
+    with pytest.raises(ResultNotDelivered, match=r"after 3 attempts .* UNAVAILABLE"):
+        sink.send(a_result("job-1"))
+
+    assert [(code, attempt) for code, attempt, _ in retries.calls] == [
+        ("UNAVAILABLE", 1),
+        ("UNAVAILABLE", 2),
+    ]
+    assert all(0 <= delay <= 0.02 for _, _, delay in retries.calls)
+    sink.close()
+
+
+class LateCoreServicer(CoreServicer):
+    """Answers its first call only after ``delay_s``, long past the caller's deadline."""
+
+    def __init__(self, store: ResultStore, delay_s: float) -> None:
+        super().__init__(store)
+        self._delay_s = delay_s
+        self._calls = 0
+        self._lock = threading.Lock()
+        self.late_call_done = threading.Event()
+
+    def ReportResult(  # noqa: N802
+        self, request: pb.ReportResultRequest, context: grpc.ServicerContext
+    ) -> pb.ReportResultResponse:
+        with self._lock:
+            self._calls += 1
+            late = self._calls == 1
+        if not late:
+            return super().ReportResult(request, context)
+        time.sleep(self._delay_s)
+        try:
+            return super().ReportResult(request, context)
+        finally:
+            self.late_call_done.set()
+
+
+def test_a_late_answer_is_cut_at_the_deadline_and_its_retry_deduplicated_by_core(
+    tmp_path: Path, retries: RetryLog
+) -> None:
+    with ResultStore(tmp_path / "core.db") as store:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        servicer = LateCoreServicer(store, delay_s=1.0)
+        pb_grpc.add_CoreServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        sink = GrpcResultSink(
+            f"127.0.0.1:{port}",
+            call_timeout_s=0.2,
+            backoff_base_s=0.01,
+            backoff_cap_s=0.02,
+            on_retry=retries,
+        )
+
+        started = time.monotonic()
+        sink.send(a_result("job-1"))
+        elapsed = time.monotonic() - started
+
+        sink.close()
+        # The server forgets the first call at its deadline; its handler goes on.
+        assert servicer.late_call_done.wait(timeout=5)
+        server.stop(grace=None).wait()
+        stored = store.get("job-1")
+
+    assert 0.2 <= elapsed < 0.9
+    assert [(code, attempt) for code, attempt, _ in retries.calls] == [("DEADLINE_EXCEEDED", 1)]
+    assert stored is not None
+    assert stored.reports == 2
+
+
+def test_killing_a_waiting_send_stops_it(sink: GrpcResultSink, retries: RetryLog) -> None:
+    sender = gevent.spawn(sink.send, a_result("job-1"))
+    gevent.sleep(0.3)
+    assert not sender.dead
+
+    sender.kill(timeout=2)
+
+    assert sender.dead
+    assert isinstance(sender.value, gevent.GreenletExit)
+    assert retries.codes == {"UNAVAILABLE"}
+
+
+def test_closing_the_sink_ends_a_waiting_send(sink: GrpcResultSink) -> None:
+    outcome: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            sink.send(a_result("job-1"))
+        except ResultNotDelivered as error:
+            outcome.append(error)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    time.sleep(0.3)
+
+    sink.close()
+    sender.join(timeout=2)
+
+    assert not sender.is_alive()
+    assert len(outcome) == 1
+    assert "closed" in str(outcome[0])
+    with pytest.raises(ResultNotDelivered, match="the sink is closed"):
+        sink.send(a_result("job-2"))
+
+
+def test_a_result_above_the_message_limit_is_refused_without_a_call(
+    core: CoreProcess, retries: RetryLog
+) -> None:
+    sink = GrpcResultSink(core.address, max_message_bytes=1024, on_retry=retries)
+
+    with pytest.raises(ResultNotDelivered, match=r"job 'job-1' is \d+ bytes .* 1024-byte"):
+        sink.send(a_result("job-1", output="x" * 2000))
+
+    assert retries.calls == []
+    sink.close()
+
+
+def test_ping_tells_whether_core_accepts_connections(
+    core: CoreProcess, sink: GrpcResultSink
+) -> None:
+    assert sink.ping(timeout_s=0.2) is False
+
+    core.start()
+    assert sink.ping(timeout_s=5) is True
+
+    sink.close()
+    assert sink.ping() is False
+
+
+# Runs as its own process: gevent patching must come first and must not leak into pytest.
+GEVENT_SENDER = """
+from gevent import monkey
+monkey.patch_all()
+import json, socket, sys
+from adapters.grpc.runtime import init_grpc_for_gevent
+init_grpc_for_gevent(concurrent_calls=100)
+import gevent
+from adapters.grpc.sink import GrpcResultSink
+from domain.errors import ResultNotDelivered
+from domain.model import JobResult, JobStatus
+
+def result(job_id):
+    return JobResult(job_id=job_id, type="SLEEP", status=JobStatus.SUCCEEDED)
+
+ticks = 0
+def tick():
+    global ticks
+    while True:
+        gevent.sleep(0.01)
+        ticks += 1
+gevent.spawn(tick)
+
+# A listener that never answers: calls wait out their deadline, the hub must not.
+silent = socket.socket()
+silent.bind(("127.0.0.1", 0))
+silent.listen(64)
+stuck = GrpcResultSink(f"127.0.0.1:{silent.getsockname()[1]}", call_timeout_s=0.5, max_attempts=1)
+def send_stuck(index):
+    try:
+        stuck.send(result(f"stuck-{index}"))
+    except ResultNotDelivered as error:
+        return str(error)
+waiting = [gevent.spawn(send_stuck, index) for index in range(20)]
+gevent.joinall(waiting)
+ticks_while_waiting = ticks
+
+sink = GrpcResultSink(sys.argv[1], backoff_base_s=0.02, backoff_cap_s=0.2)
+senders = [gevent.spawn(sink.send, result(f"job-{index}")) for index in range(100)]
+gevent.joinall(senders, timeout=20)
+print(json.dumps({
+    "ticks_while_waiting": ticks_while_waiting,
+    "stuck_errors": sorted({"DEADLINE_EXCEEDED" in g.value for g in waiting}),
+    "delivered": sum(g.successful() for g in senders),
+}))
+"""
+
+
+def test_in_a_gevent_process_greenlets_wait_cooperatively_and_deliver_everything(
+    core: CoreProcess,
+) -> None:
+    sender = subprocess.Popen(
+        [sys.executable, "-c", GEVENT_SENDER, core.address],
+        cwd=SOURCE_ROOT,
+        env={"PYTHONPATH": str(SOURCE_ROOT), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)  # the silent phase takes 0.5 s, then results wait for Core
+    core.start()
+    output, _ = sender.communicate(timeout=30)
+
+    assert sender.returncode == 0
+    report = json.loads(output)
+    assert report["ticks_while_waiting"] >= 25  # ~50 if the hub ran freely for 0.5 s
+    assert report["stuck_errors"] == [True]
+    assert report["delivered"] == 100
+    with stored_results(core) as store:
+        assert store.summary()["jobs"] == 100
+
+
+def test_mutual_tls_needs_both_certificate_and_key(tmp_path: Path) -> None:
+    certificate = tmp_path / "client.pem"
+    certificate.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+
+    with pytest.raises(ConfigurationError, match="tls_key_file: mutual TLS needs it"):
+        GrpcResultSink("127.0.0.1:1", tls_cert_file=certificate)
+
+
+def test_an_unreadable_tls_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"tls_ca_file: cannot read .*ca\.pem"):
+        GrpcResultSink("127.0.0.1:1", tls_ca_file=tmp_path / "ca.pem")
+
+
+def test_backoff_grows_exponentially_up_to_the_cap_and_never_overflows() -> None:
+    def upper_bound(low: float, high: float) -> float:
+        return high
+
+    windows = [full_jitter_delay(n, 0.1, 1.0, upper_bound) for n in (1, 2, 3, 4, 5, 10_000)]
+
+    assert windows == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+    assert full_jitter_delay(3, 0.1, 1.0, lambda low, _high: low) == 0.0
