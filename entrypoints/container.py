@@ -10,14 +10,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import structlog
 from dependency_injector import containers, providers
 from gevent.threadpool import ThreadPool
+from prometheus_client import CollectorRegistry
 
 from adapters.executors.http import HttpExecutor
 from adapters.executors.image_resize import ImageResizeExecutor
 from adapters.executors.safe_http import SafeHttpClient
 from adapters.executors.sleep import SleepExecutor
 from adapters.file import FileJobSource, FileResultSink
+from adapters.observability.metrics import PrometheusJobObserver, ResultSendRetries
 from application.engine import EngineConfig, WorkerEngine
 from application.registry import ExecutorRegistry
 from application.retry import RetryPolicy
@@ -57,12 +60,28 @@ def file_source(settings: Settings) -> Iterator[FileJobSource]:
     yield from _closing(FileJobSource(settings.require_file("JOB_FILE")))
 
 
-def grpc_sink(settings: Settings) -> Iterator[Any]:
+def grpc_sink(settings: Settings, on_retry: ResultSendRetries) -> Iterator[Any]:
     from adapters.grpc.sink import GrpcResultSink  # noqa: PLC0415 - grpc after gevent setup
+
+    address = settings.get("GRPC_SERVER_ADDRESS")
+    log = structlog.get_logger("jobworker.core_client")
+
+    def retrying(code: str, attempt: int, delay_s: float) -> None:
+        on_retry(code, attempt, delay_s)
+        # Every retry of a long outage would flood the log: the first few, then 1 in 50.
+        if attempt <= 3 or attempt % 50 == 0:
+            log.warning(
+                "Core call failed; retrying",
+                address=address,
+                code=code,
+                attempt=attempt,
+                retry_in_s=round(delay_s, 3),
+            )
 
     yield from _closing(
         GrpcResultSink(
-            settings.get("GRPC_SERVER_ADDRESS"),
+            address,
+            on_retry=retrying,
             call_timeout_s=settings.get("GRPC_CALL_TIMEOUT"),
             backoff_cap_s=settings.get("GRPC_RETRY_BACKOFF_MAX"),
             tls_ca_file=settings.get("GRPC_TLS_CA_FILE"),
@@ -127,6 +146,10 @@ class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
     discover_plugins = providers.Object(True)
 
+    metrics_registry = providers.Singleton(CollectorRegistry)
+    job_metrics = providers.Singleton(PrometheusJobObserver, metrics_registry)
+    send_retries = providers.Singleton(ResultSendRetries, metrics_registry)
+
     job_source = providers.Selector(
         providers.Callable(lambda s: s.get("JOB_SOURCE"), settings),
         kafka=providers.Resource(kafka_source, settings),
@@ -134,7 +157,7 @@ class Container(containers.DeclarativeContainer):
     )
     result_sink = providers.Selector(
         providers.Callable(lambda s: s.get("RESULT_SINK"), settings),
-        grpc=providers.Resource(grpc_sink, settings),
+        grpc=providers.Resource(grpc_sink, settings, send_retries),
         file=providers.Resource(file_sink, settings),
     )
 
@@ -171,7 +194,7 @@ class Container(containers.DeclarativeContainer):
     registry = providers.Singleton(build_registry, executors, discover_plugins)
 
     job_log = providers.Singleton(LoggingJobObserver)
-    observer = providers.Singleton(_observer, job_log)
+    observer = providers.Singleton(_observer, job_log, job_metrics)
 
     engine = providers.Singleton(
         WorkerEngine,

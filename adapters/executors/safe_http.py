@@ -13,6 +13,7 @@ from email.message import Message
 from http.cookiejar import DefaultCookiePolicy
 from urllib.parse import urljoin, urlsplit
 
+import gevent
 import requests
 from requests.cookies import RequestsCookieJar
 from requests.structures import CaseInsensitiveDict
@@ -105,16 +106,43 @@ class SafeHttpClient:
         ``max_bytes`` or TLS fails; ``RetryableJobError`` on connection errors and
         timeouts.
         """
-        deadline = time.monotonic() + timeout_s
-        current_headers = dict(headers or {})
         try:
             self.guard.check_url(url)
         except RefusedDestination as error:
             raise InvalidPayload(f"url refused: {error}") from error
+        # Socket timeouts bound each read, not the total: a server trickling one byte
+        # at a time could hold a job for long. Under gevent the Timeout bounds it all.
+        overall = RetryableJobError(f"{method} {url}: timed out after {timeout_s:g}s")
+        with gevent.Timeout(timeout_s, overall):
+            return self._follow_redirects(
+                method, url, dict(headers or {}), body, time.monotonic() + timeout_s, max_bytes
+            )
+
+    def get_bytes(self, url: str, max_bytes: int, timeout_s: float) -> bytes:
+        """GET ``url`` and return its body; any status but 2xx raises (see ``request``)."""
+        response = self.request("GET", url, timeout_s=timeout_s, max_bytes=max_bytes)
+        raise_for_http_status(response, f"GET {url}")
+        if response.status >= 300:
+            raise JobFailed(f"GET {url} answered {response.status} {response.reason}")
+        return response.body
+
+    def close(self) -> None:
+        """Close pooled connections. Idempotent."""
+        self._session.close()
+
+    def _follow_redirects(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        deadline: float,
+        max_bytes: int,
+    ) -> HttpResponse:
         original_url = url
         for hop in range(self.max_redirects + 1):
             try:
-                response = self._send_once(method, url, current_headers, body, deadline, max_bytes)
+                response = self._send_once(method, url, headers, body, deadline, max_bytes)
             except RefusedDestination as error:
                 if hop == 0:
                     raise InvalidPayload(f"url refused: {error}") from error
@@ -129,23 +157,11 @@ class SafeHttpClient:
                 raise JobFailed(f"redirect from {original_url} refused: {error}") from error
             if response.status == 303 or (response.status in {301, 302} and method == "POST"):
                 method, body = ("HEAD" if method == "HEAD" else "GET"), None
-                current_headers = _without(current_headers, {"content-type", "content-length"})
+                headers = _without(headers, {"content-type", "content-length"})
             if not _same_origin(url, next_url):
-                current_headers = _without(current_headers, CREDENTIAL_HEADERS)
+                headers = _without(headers, CREDENTIAL_HEADERS)
             url = next_url
         raise JobFailed(f"more than {self.max_redirects} redirects; the last pointed to {url}")
-
-    def get_bytes(self, url: str, max_bytes: int, timeout_s: float) -> bytes:
-        """GET ``url`` and return its body; any status but 2xx raises (see ``request``)."""
-        response = self.request("GET", url, timeout_s=timeout_s, max_bytes=max_bytes)
-        raise_for_http_status(response, f"GET {url}")
-        if response.status >= 300:
-            raise JobFailed(f"GET {url} answered {response.status} {response.reason}")
-        return response.body
-
-    def close(self) -> None:
-        """Close pooled connections. Idempotent."""
-        self._session.close()
 
     def _send_once(
         self,
