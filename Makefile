@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv proto proto-check lint unit integration contract e2e faults test demo demo-kafka kafka-up kafka-down bench clean
+.PHONY: venv proto proto-check package-check lint unit integration contract e2e faults test demo demo-kafka kafka-up kafka-down bench clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -29,6 +29,11 @@ lint: venv proto-check
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy domain application adapters entrypoints
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
+
+# The Dockerfile's build steps without Docker: wheel, clean virtualenv, a real run.
+package-check:
+	PYTHON=$(PYTHON) tools/check_package.sh
 
 unit: venv
 	$(BIN)/pytest tests/unit -q
@@ -50,7 +55,7 @@ e2e: venv
 
 # Everything: lint, then every test tier; a local Kafka broker is started from Maven
 # jars when no KAFKA_BOOTSTRAP_SERVERS is given and no Docker engine is present.
-test: lint
+test: lint package-check
 	tools/kafka/with-broker.sh $(BIN)/pytest tests -q
 
 demo: venv

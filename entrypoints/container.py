@@ -188,6 +188,9 @@ class Container(containers.DeclarativeContainer):
                     lambda s: s.get("IMAGE_MAX_SOURCE_BYTES"), settings
                 ),
                 max_pixels=providers.Callable(lambda s: s.get("IMAGE_MAX_PIXELS"), settings),
+                fetch_timeout_s=providers.Callable(
+                    lambda s: s.get("HTTP_DEFAULT_TIMEOUT"), settings
+                ),
             ),
         }
     )

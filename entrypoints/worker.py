@@ -46,10 +46,16 @@ class ShutdownSignals:
 
 
 def run_worker(settings: Settings) -> int:
+    # The hub's threadpool runs gRPC's blocking waits (one per sender) and the DNS
+    # look-ups of HTTP jobs (one per pool greenlet at most): room for all of them.
+    concurrent_blocking_calls = settings.get("RESULT_SENDERS") + settings.get("WORKER_POOL_SIZE")
     if settings.get("RESULT_SINK") == "grpc":
         from adapters.grpc.runtime import init_grpc_for_gevent  # noqa: PLC0415
 
-        init_grpc_for_gevent(settings.get("RESULT_SENDERS") + 2)
+        init_grpc_for_gevent(concurrent_blocking_calls)
+    else:
+        hub_pool = gevent.get_hub().threadpool
+        hub_pool.maxsize = max(hub_pool.maxsize, concurrent_blocking_calls)
     signals = ShutdownSignals()
     signals.install()
     container = Container(settings=settings)

@@ -1,0 +1,128 @@
+"""HTTP: one request to a public http(s) URL, through the ``SafeHttpClient``.
+
+Payload ``{"method": "GET", "url": "https://...", "headers": {...}, "body": "...",
+"timeout_ms": 5000}``; only ``url`` is required. Output ``{"status": 200, "headers":
+{...}, "body": "...", "elapsed_ms": 12, "url": "<final url after redirects>"}``; the
+body is decoded text (charset from Content-Type, else UTF-8; undecodable bytes
+replaced) and at most ``max_response_bytes`` long, or the job FAILS.
+
+A 5xx, 408, 425 or 429 status, a connection error or a timeout is retryable; any
+other 4xx ends the job FAILED with the status in the message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.executors.payload_fields import load_object, optional_int, optional_str, required_str
+from adapters.executors.safe_http import SafeHttpClient, raise_for_http_status
+from domain.errors import InvalidPayload
+from domain.model import Job
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+# requests computes framing itself; a caller's value could desynchronise the connection.
+FORBIDDEN_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "upgrade"})
+MAX_TIMEOUT_MS = 3_600_000
+_FIELDS = ("method", "url", "headers", "body", "timeout_ms")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """A validated HTTP job payload."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes | None
+    timeout_s: float
+
+
+def parse_http_request(payload: str, default_timeout_s: float) -> HttpRequest:
+    """Validate an HTTP job payload; raise ``InvalidPayload`` naming the bad field.
+
+    The timeout is the payload's ``timeout_ms`` capped at ``default_timeout_s``.
+    The URL is checked by the client (scheme, host, address), not here.
+    """
+    fields = load_object(payload, _FIELDS)
+    url = required_str(fields, "url")
+    method = optional_str(fields, "method", default="GET").upper()
+    if method not in METHODS:
+        raise InvalidPayload(f"field 'method' must be one of {', '.join(METHODS)}, got {method!r}")
+    body = fields.get("body")
+    if body is not None and not isinstance(body, str):
+        raise InvalidPayload("field 'body' must be a string (send JSON as text)")
+    timeout_ms = optional_int(
+        fields,
+        "timeout_ms",
+        default=int(default_timeout_s * 1000),
+        minimum=1,
+        maximum=MAX_TIMEOUT_MS,
+    )
+    return HttpRequest(
+        method=method,
+        url=url,
+        headers=_headers(fields.get("headers")),
+        body=body.encode() if body is not None else None,
+        timeout_s=min(timeout_ms / 1000, default_timeout_s),
+    )
+
+
+class HttpExecutor:
+    """Runs HTTP jobs on a shared ``SafeHttpClient`` (which the caller closes)."""
+
+    def __init__(
+        self,
+        client: SafeHttpClient,
+        max_response_bytes: int = 1_048_576,
+        default_timeout_s: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.max_response_bytes = max_response_bytes
+        self.default_timeout_s = default_timeout_s
+
+    def execute(self, job: Job) -> str:
+        request = parse_http_request(job.payload, self.default_timeout_s)
+        started = time.monotonic()
+        response = self.client.request(
+            request.method,
+            request.url,
+            headers=request.headers,
+            body=request.body,
+            timeout_s=request.timeout_s,
+            max_bytes=self.max_response_bytes,
+        )
+        elapsed_ms = round((time.monotonic() - started) * 1000)
+        raise_for_http_status(response, f"{request.method} {response.url}")
+        return json.dumps(
+            {
+                "status": response.status,
+                "headers": dict(response.headers),
+                "body": response.text(),
+                "elapsed_ms": elapsed_ms,
+                "url": response.url,
+            }
+        )
+
+
+def _headers(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidPayload("field 'headers' must be an object of header names to strings")
+    for name, header_value in value.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise InvalidPayload(f"header name {name!r} is not a valid HTTP header name")
+        if name.lower() in FORBIDDEN_HEADERS:
+            raise InvalidPayload(f"header {name!r} is set by the client and may not be given")
+        if not isinstance(header_value, str):
+            raise InvalidPayload(f"header {name!r} must have a string value")
+        if _HEADER_VALUE_FORBIDDEN.search(header_value):
+            raise InvalidPayload(f"header {name!r} contains a line break or NUL")
+    return dict(value)

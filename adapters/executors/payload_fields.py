@@ -1,0 +1,109 @@
+"""Reading typed fields out of a JSON payload, with errors that name the field.
+
+Every failure raises ``InvalidPayload`` (the job ends REJECTED) with a message a
+producer can act on: which field, what was expected, what was found.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from domain.errors import InvalidPayload
+
+
+def load_object(payload: str, known_fields: Collection[str]) -> dict[str, Any]:
+    """Parse ``payload`` as a JSON object whose keys are all in ``known_fields``.
+
+    Unknown keys are refused rather than ignored: a misspelt ``timout_ms`` silently
+    falling back to a default is worse than a rejection that names it.
+    """
+    try:
+        fields = json.loads(payload)
+    except ValueError as error:
+        raise InvalidPayload(f"payload is not valid JSON: {error}") from error
+    if not isinstance(fields, dict):
+        raise InvalidPayload(f"payload must be a JSON object, got {_json_type(fields)}")
+    unknown = sorted(set(fields) - set(known_fields))
+    if unknown:
+        raise InvalidPayload(
+            f"unknown payload field(s) {', '.join(map(repr, unknown))}; "
+            f"known fields: {', '.join(sorted(known_fields))}"
+        )
+    return fields
+
+
+def required_str(fields: Mapping[str, Any], name: str) -> str:
+    """A non-empty string field that must be present."""
+    value = fields.get(name)
+    if value is None:
+        raise InvalidPayload(f"field {name!r} is required")
+    if not isinstance(value, str):
+        raise InvalidPayload(f"field {name!r} must be a string, got {_json_type(value)}")
+    if not value:
+        raise InvalidPayload(f"field {name!r} must not be empty")
+    return value
+
+
+def optional_str(fields: Mapping[str, Any], name: str, default: str) -> str:
+    value = fields.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise InvalidPayload(f"field {name!r} must be a string, got {_json_type(value)}")
+    return value
+
+
+def optional_bool(fields: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = fields.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidPayload(f"field {name!r} must be true or false, got {_json_type(value)}")
+    return value
+
+
+def required_int(fields: Mapping[str, Any], name: str, minimum: int, maximum: int) -> int:
+    """An integer field in ``[minimum, maximum]`` that must be present."""
+    return _int_field(fields, name, None, minimum, maximum)
+
+
+def optional_int(
+    fields: Mapping[str, Any], name: str, default: int, minimum: int, maximum: int
+) -> int:
+    """An integer field in ``[minimum, maximum]``; ``default`` when absent or null."""
+    return _int_field(fields, name, default, minimum, maximum)
+
+
+def _int_field(
+    fields: Mapping[str, Any], name: str, default: int | None, minimum: int, maximum: int
+) -> int:
+    value = fields.get(name)
+    if value is None:
+        if default is None:
+            raise InvalidPayload(f"field {name!r} is required")
+        return default
+    # JSON true/false are Python bools, which are ints: refuse them explicitly.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidPayload(f"field {name!r} must be an integer, got {_json_type(value)}")
+    if not minimum <= value <= maximum:
+        raise InvalidPayload(f"field {name!r} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _json_type(value: object) -> str:
+    names = {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+    }
+    if value is None:
+        return "null"
+    shown = json.dumps(value) if isinstance(value, bool | int | float) else ""
+    return f"{names.get(type(value), type(value).__name__)}{f' ({shown})' if shown else ''}"
