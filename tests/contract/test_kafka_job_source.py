@@ -1,0 +1,381 @@
+"""KafkaJobSource against a real broker: at least once, never past an unfinished job."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from adapters.kafka import KafkaClientSettings, KafkaJobPublisher, KafkaJobSource, KafkaReceipt
+from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from domain.model import Job
+from tests.support.kafka import committed_offsets, produce, read_all
+
+pytestmark = pytest.mark.contract
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SourceFactory = Callable[..., KafkaJobSource]
+
+
+def task_bytes(job_id: str, job_type: int = pb.JobTask.SLEEP) -> bytes:
+    return pb.JobTask(id=job_id, type=job_type, payload='{"ms": 1}').SerializeToString()  # type: ignore[arg-type]
+
+
+def produce_jobs(servers: str, topic: str, ids: Sequence[str], partition: int = 0) -> None:
+    produce(servers, topic, [(job_id.encode(), task_bytes(job_id), partition) for job_id in ids])
+
+
+def take(source: KafkaJobSource, count: int, timeout_s: float = 30.0) -> list[Job]:
+    """Fetch until ``count`` jobs came (fails on timeout); acks nothing."""
+    jobs: list[Job] = []
+    deadline = time.monotonic() + timeout_s
+    while len(jobs) < count and time.monotonic() < deadline:
+        jobs.extend(source.fetch(count - len(jobs), 0.2))
+    assert len(jobs) == count, f"expected {count} jobs, got {[job.id for job in jobs]}"
+    return jobs
+
+
+def fetch_for(source: KafkaJobSource, seconds: float, max_jobs: int = 100) -> list[Job]:
+    jobs: list[Job] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        jobs.extend(source.fetch(max_jobs, 0.2))
+    return jobs
+
+
+def offset_of(job: Job) -> int:
+    assert isinstance(job.receipt, KafkaReceipt)
+    return job.receipt.offset
+
+
+def test_a_slow_job_holds_the_committed_offset_until_it_is_acked(
+    kafka_servers: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    source_factory: SourceFactory,
+) -> None:
+    topic = topic_factory(1)
+    produce_jobs(kafka_servers, topic, [f"job-{i}" for i in range(6)])
+    source = source_factory(topic, group_id, commit_interval_s=0)
+
+    jobs = take(source, 6)
+    assert [offset_of(job) for job in jobs] == list(range(6))
+    slow = jobs[2]
+    for job in jobs:
+        if job is not slow:
+            source.ack(job)
+    source.fetch(10, 0.1)
+
+    assert committed_offsets(kafka_servers, group_id, topic) == {0: 2}
+
+    source.ack(slow)
+    source.fetch(10, 0.1)
+
+    assert committed_offsets(kafka_servers, group_id, topic) == {0: 6}
+
+
+def test_a_restart_redelivers_from_the_first_unacked_job_and_loses_none(
+    kafka_servers: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    source_factory: SourceFactory,
+) -> None:
+    topic = topic_factory(1)
+    produce_jobs(kafka_servers, topic, [f"job-{i}" for i in range(10)])
+    first = source_factory(topic, group_id, commit_interval_s=60, commit_every=1000)
+    jobs = take(first, 10)
+    for index in (4, 1, 0, 3):  # out of order, and job-2 never finishes
+        first.ack(jobs[index])
+
+    first.close()  # commits what is done
+    second = source_factory(topic, group_id)
+    redelivered = take(second, 8)
+
+    assert committed_offsets(kafka_servers, group_id, topic) == {0: 2}
+    assert [job.id for job in redelivered] == [f"job-{i}" for i in range(2, 10)]
+    assert len(fetch_for(second, 0.5)) == 0
+
+
+def test_a_restart_after_acking_a_prefix_redelivers_exactly_the_unacked_jobs(
+    kafka_servers: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    source_factory: SourceFactory,
+) -> None:
+    topic = topic_factory(2)
+    produce_jobs(kafka_servers, topic, [f"a-{i}" for i in range(5)], partition=0)
+    produce_jobs(kafka_servers, topic, [f"b-{i}" for i in range(5)], partition=1)
+    first = source_factory(topic, group_id, commit_interval_s=60, commit_every=1000)
+    jobs = take(first, 10)
+    acked = {"a-0", "a-1", "a-2", "b-0"}
+    for job in reversed(jobs):
+        if job.id in acked:
+            first.ack(job)
+
+    first.close()
+    second = source_factory(topic, group_id)
+    redelivered = take(second, 6)
+
+    assert {job.id for job in redelivered} == {job.id for job in jobs} - acked
+    assert committed_offsets(kafka_servers, group_id, topic) == {0: 3, 1: 1}
+
+
+def test_poison_records_go_to_the_dead_letter_topic_and_the_offset_moves_on(
+    kafka_servers: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    source_factory: SourceFactory,
+) -> None:
+    topic = topic_factory(1)
+    dead_letter_topic = f"{topic}.dlq"
+    no_id = pb.JobTask(type=pb.JobTask.SLEEP, payload="{}").SerializeToString()
+    produce(
+        kafka_servers,
+        topic,
+        [
+            (b"garbage", b"\xff\xff\xff not protobuf", 0),  # offset 0: undecodable
+            (b"job-1", task_bytes("job-1"), 0),  # offset 1: a good job
+            (b"no-id", no_id, 0),  # offset 2: no id
+            (b"tombstone", None, 0),  # offset 3: no value at all
+            (b"job-4", task_bytes("job-4", 99), 0),  # offset 4: a type this build lacks
+            (b"job-5", task_bytes("job-5", pb.JobTask.TYPE_UNSPECIFIED), 0),  # offset 5
+            (b"other-key", task_bytes("job-6"), 0),  # offset 6: key differs from the id
+        ],
+    )
+    source = source_factory(topic, group_id, commit_interval_s=0, worker_id="worker-7")
+
+    jobs = take(source, 4)
+
+    assert [(job.id, job.type) for job in jobs] == [
+        ("job-1", "SLEEP"),
+        ("job-4", "TYPE_99"),
+        ("job-5", "TYPE_UNSPECIFIED"),
+        ("job-6", "SLEEP"),
+    ]
+    dead = read_all(kafka_servers, dead_letter_topic, 3)
+    assert [(record.key, record.value) for record in dead] == [
+        (b"garbage", b"\xff\xff\xff not protobuf"),
+        (b"no-id", no_id),
+        (b"tombstone", None),
+    ]
+    headers = [dict(record.headers) for record in dead]
+    assert [h["x-dlq-source-offset"] for h in headers] == [b"0", b"2", b"3"]
+    assert headers[0]["x-dlq-reason"].startswith(b"value is not a JobTask")
+    assert headers[1]["x-dlq-reason"] == b"JobTask has no id"
+    assert headers[2]["x-dlq-reason"] == b"record has no value"
+    assert headers[0]["x-dlq-source-key"] == b"garbage"
+    for h in headers:
+        assert h["x-dlq-source-topic"] == topic.encode()
+        assert h["x-dlq-source-partition"] == b"0"
+        assert h["x-dlq-worker"] == b"worker-7"
+
+    for job in jobs:
+        source.ack(job)
+    fetch_for(source, 0.3)
+    assert committed_offsets(kafka_servers, group_id, topic) == {0: 7}
+
+
+def test_a_full_in_flight_window_pauses_the_partition_until_it_drains(
+    kafka_servers: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    source_factory: SourceFactory,
+) -> None:
+    topic = topic_factory(1)
+    produce_jobs(kafka_servers, topic, [f"job-{i}" for i in range(7)])
+    source = source_factory(topic, group_id, max_in_flight_per_partition=3, commit_interval_s=0)
+
+    first = take(source, 3)
+    assert fetch_for(source, 1.0) == []
+
+    source.ack(first[1])  # the window has room for one
+    second = take(source, 1)
+    assert fetch_for(source, 0.5) == []
+    for job in (first[0], first[2], second[0]):
+        source.ack(job)
+    rest = take(source, 3)
+
+    assert [offset_of(job) for job in first + second + rest] == list(range(7))
+
+
+def test_a_consumer_with_no_room_stays_in_its_group_past_max_poll_interval(
+    kafka_servers: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    source_factory: SourceFactory,
+    settings: KafkaClientSettings,
+) -> None:
+    topic = topic_factory(2)
+    produce_jobs(kafka_servers, topic, [f"a-{i}" for i in range(5)], partition=0)
+    produce_jobs(kafka_servers, topic, [f"b-{i}" for i in range(5)], partition=1)
+    impatient = KafkaClientSettings(
+        settings.bootstrap_servers,
+        session_timeout_ms=6_000,
+        heartbeat_interval_ms=1_000,
+        max_poll_interval_ms=7_000,
+    )
+    source = source_factory(topic, group_id, settings=impatient)
+    jobs = take(source, 4)  # leaves records behind in the fetch buffer too
+    generation, assignment = source.group_generation(), source.assigned()
+
+    deadline = time.monotonic() + 9.0  # longer than max.poll.interval.ms
+    while time.monotonic() < deadline:
+        assert source.fetch(0, 0.5) == []
+
+    assert source.group_generation() == generation
+    assert source.assigned() == assignment
+    rest = take(source, 6)
+    assert sorted(job.id for job in jobs + rest) == sorted(
+        [f"a-{i}" for i in range(5)] + [f"b-{i}" for i in range(5)]
+    )
+
+
+def test_a_revoke_commits_done_jobs_and_loses_nothing(
+    kafka_servers: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    source_factory: SourceFactory,
+) -> None:
+    topic = topic_factory(2)
+    for partition in (0, 1):
+        produce_jobs(kafka_servers, topic, [f"{partition}-{i}" for i in range(10)], partition)
+    # Only a revoke commits here: no cadence commits get in the way.
+    first = source_factory(topic, group_id, commit_interval_s=600, commit_every=10_000)
+    before = take(first, 20)
+    for job in before:
+        if offset_of(job) < 4:
+            first.ack(job)
+    assert committed_offsets(kafka_servers, group_id, topic) == {}
+
+    second = source_factory(topic, group_id, commit_interval_s=0)
+    again: list[Job] = []
+    redelivered: list[Job] = []
+
+    def poll_both_until(done: Callable[[], bool]) -> None:
+        # Every member of a group polls all the time, or the group cannot rebalance.
+        deadline = time.monotonic() + 30
+        while not done() and time.monotonic() < deadline:
+            again.extend(first.fetch(100, 0.2))
+            redelivered.extend(second.fetch(100, 0.2))
+
+    poll_both_until(lambda: bool(first.assigned() and second.assigned()))
+    # The revoke committed what was done, for both partitions.
+    assert committed_offsets(kafka_servers, group_id, topic) == {0: 4, 1: 4}
+    [kept] = [tp.partition for tp in first.assigned()]
+    [moved] = [tp.partition for tp in second.assigned()]
+    poll_both_until(lambda: len(redelivered) >= 6)
+
+    assert again == []  # the kept partition goes on where it was
+    assert [job.id for job in redelivered] == [f"{moved}-{i}" for i in range(4, 10)]
+
+    for job in before:  # counted for the kept partition, ignored for the moved one
+        first.ack(job)
+    first.close()
+    assert committed_offsets(kafka_servers, group_id, topic) == {kept: 10, moved: 4}
+
+    deadline = time.monotonic() + 30
+    while len(second.assigned()) < 2 and time.monotonic() < deadline:
+        assert second.fetch(100, 0.2) == []
+    for job in redelivered:
+        second.ack(job)
+    second.close()
+    assert committed_offsets(kafka_servers, group_id, topic) == {0: 10, 1: 10}
+
+
+def test_the_publisher_writes_jobs_the_source_reads_back(
+    kafka_servers: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    source_factory: SourceFactory,
+    settings: KafkaClientSettings,
+) -> None:
+    topic = topic_factory(1)
+    publisher = KafkaJobPublisher(settings, topic)
+    sent = Job(id="job-1", type="HTTP", payload='{"url": "x"}', timeout_ms=5, metadata={"t": "1"})
+    publisher.publish(sent)
+    publisher.close(10)
+
+    [received] = take(source_factory(topic, group_id), 1)
+
+    assert (received.id, received.type, received.payload) == (sent.id, sent.type, sent.payload)
+    assert (received.timeout_ms, dict(received.metadata)) == (5, {"t": "1"})
+
+
+GEVENT_SCRIPT = textwrap.dedent(
+    """
+    from gevent import monkey
+
+    monkey.patch_all()
+
+    import json, sys, time
+    import gevent
+    from gevent.queue import Queue
+    from adapters.kafka import KafkaClientSettings, KafkaJobSource
+
+    servers, topic, group_id, expected = sys.argv[1:5]
+    source = KafkaJobSource(
+        KafkaClientSettings([servers], session_timeout_ms=6000, heartbeat_interval_ms=1000),
+        topic, group_id, commit_interval_s=0.2,
+    )
+    acks = Queue()
+    acked = []
+
+    def acker():
+        while True:
+            job = acks.get()
+            gevent.sleep(0.01)
+            source.ack(job)
+            acked.append(job.id)
+
+    ticks = []
+    def ticker():  # proves the hub keeps running while the source polls
+        while True:
+            ticks.append(time.monotonic())
+            gevent.sleep(0.05)
+
+    workers = [gevent.spawn(acker), gevent.spawn(ticker)]
+    deadline = time.monotonic() + 40
+    while len(acked) < int(expected) and time.monotonic() < deadline:
+        for job in source.fetch(5, 0.5):
+            acks.put(job)
+    for max_jobs in (0, 0, 0, 5, 5):  # idle polls, paused and not, must not block the hub
+        source.fetch(max_jobs, 0.5)
+    source.close()
+    gevent.killall(workers)
+    print(json.dumps({"acked": sorted(acked), "ticks": len(ticks), "span": ticks[-1] - ticks[0]}))
+    """
+)
+
+
+@pytest.mark.timeout(90)
+def test_the_source_runs_in_a_gevent_patched_process(
+    kafka_servers: str, topic_factory: Callable[[int], str], group_id: str
+) -> None:
+    topic = topic_factory(2)
+    ids = [f"job-{i}" for i in range(20)]
+    produce_jobs(kafka_servers, topic, ids[:10], partition=0)
+    produce_jobs(kafka_servers, topic, ids[10:], partition=1)
+
+    completed = subprocess.run(
+        [sys.executable, "-c", GEVENT_SCRIPT, kafka_servers, topic, group_id, str(len(ids))],
+        capture_output=True,
+        text=True,
+        timeout=80,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        check=False,
+    )
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    outcome = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert outcome["acked"] == sorted(ids)
+    # The ticker asked to run every 50 ms; a poll blocking the hub would starve it.
+    assert outcome["ticks"] >= outcome["span"] / 0.05 / 2
+    assert committed_offsets(kafka_servers, group_id, topic) == {0: 10, 1: 10}

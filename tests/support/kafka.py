@@ -1,0 +1,115 @@
+"""A real Kafka broker for contract and end-to-end tests, and small helpers around it.
+
+Where the broker comes from, in order: ``KAFKA_BOOTSTRAP_SERVERS`` (e.g. from
+``tools/kafka/with-broker.sh`` or ``tools/kafka/broker.sh up``); a testcontainers
+KafkaContainer when a Docker engine answers; else the tests fail on CI (``CI=true``)
+and skip elsewhere, saying how to get a broker.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+
+NO_BROKER = (
+    "no Kafka broker: set KAFKA_BOOTSTRAP_SERVERS, run the tests through "
+    "tools/kafka/with-broker.sh (starts a local broker with java + mvn), or start Docker"
+)
+CONTAINER_IMAGE = os.environ.get("KAFKA_TEST_IMAGE", "confluentinc/cp-kafka:7.6.0")
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+    except Exception:
+        return False
+    return True
+
+
+@contextmanager
+def kafka_bootstrap() -> Iterator[str]:
+    """Yield a ``host:port`` bootstrap address of a running broker (see module docstring)."""
+    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    if servers:
+        yield servers
+        return
+    if _docker_answers():
+        from testcontainers.community.kafka import KafkaContainer
+
+        container = KafkaContainer(CONTAINER_IMAGE).with_kraft()
+        container.with_env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
+        with container:
+            yield container.get_bootstrap_server()
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(NO_BROKER, pytrace=False)
+    pytest.skip(NO_BROKER)
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def create_topic(servers: str, partitions: int = 1, prefix: str = "jobs") -> str:
+    """Create a fresh topic with ``partitions`` partitions and return its name."""
+    topic = unique_name(prefix)
+    admin = KafkaAdminClient(bootstrap_servers=servers, client_id="tests-admin")
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    finally:
+        admin.close()
+    return topic
+
+
+def produce(
+    servers: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None, int]]
+) -> None:
+    """Write raw ``(key, value, partition)`` records and wait until all are acknowledged."""
+    producer = KafkaProducer(bootstrap_servers=servers, acks="all")
+    try:
+        futures = [
+            producer.send(topic, key=key, value=value, partition=partition)
+            for key, value, partition in records
+        ]
+        producer.flush(timeout=30)
+        for future in futures:
+            future.get(timeout=0)
+    finally:
+        producer.close()
+
+
+def committed_offsets(servers: str, group_id: str, topic: str) -> dict[int, int]:
+    """The group's committed offset per partition of ``topic`` (partitions without one left out)."""
+    admin = KafkaAdminClient(bootstrap_servers=servers, client_id="tests-admin")
+    try:
+        offsets = admin.list_group_offsets(group_id).get(group_id, {})
+    finally:
+        admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+def read_all(servers: str, topic: str, count: int, timeout_s: float = 30.0) -> list[Any]:
+    """Read ``count`` records from partition 0 of ``topic`` from the start (no group)."""
+    consumer = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
+    try:
+        partition = TopicPartition(topic, 0)
+        consumer.assign([partition])
+        consumer.seek_to_beginning(partition)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while len(records) < count and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
