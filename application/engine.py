@@ -115,6 +115,7 @@ class WorkerEngine:
         self._pool = Pool(self._config.pool_size)
         self._greenlets: list[gevent.Greenlet[..., object]] = []
         self._intake_stopped = Event()
+        self._room_available = Event()
         self._idle = Event()
         self._unreported = 0  # jobs taken from the queue whose result is not yet sent
         self._undelivered = 0
@@ -184,20 +185,32 @@ class WorkerEngine:
             room = self._config.jobs_queue_size - depth
             if room <= 0:
                 paused = True
-            jobs = self._fetch(0 if paused else room)
+            if paused:
+                self._wait_for_room()
+                continue
+            jobs = self._fetch(room, self._config.fetch_timeout_s)
             for job in jobs:
                 self._observer.job_received(job)
                 self._unreported += 1
                 self._idle.clear()
                 self._jobs.put(job)
-            if not jobs and not paused and self._source.exhausted():
+            if not jobs and self._source.exhausted():
                 self._intake_stopped.set()
                 self._mark_idle_if_drained()
                 return
 
-    def _fetch(self, room: int) -> list[Job]:
+    def _wait_for_room(self) -> None:
+        # A no-room fetch keeps the source alive (a Kafka source pauses its partitions
+        # and polls, so it stays in its group); then sleep until the dispatcher says the
+        # queue is down to its low-water mark, not for a whole fetch timeout.
+        self._room_available.clear()
+        self._fetch(0, 0.0)
+        if self._jobs.qsize() > self._config.low_water:
+            self._room_available.wait(self._config.fetch_timeout_s)
+
+    def _fetch(self, room: int, timeout_s: float) -> list[Job]:
         try:
-            return list(self._source.fetch(room, self._config.fetch_timeout_s))
+            return list(self._source.fetch(room, timeout_s))
         except Exception:
             # A source's own errors (broker gone for a moment) must not end intake:
             # log, breathe, and ask again.
@@ -208,6 +221,8 @@ class WorkerEngine:
     def _dispatch_loop(self) -> None:
         while True:
             job = self._jobs.get()
+            if self._jobs.qsize() <= self._config.low_water:
+                self._room_available.set()
             self._pool.spawn(self._run_and_queue, job)
 
     def _run_and_queue(self, job: Job) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 from dependency_injector import containers, providers
 from gevent.threadpool import ThreadPool
+from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from adapters.executors.http import HttpExecutor
@@ -20,10 +21,13 @@ from adapters.executors.image_resize import ImageResizeExecutor
 from adapters.executors.safe_http import SafeHttpClient
 from adapters.executors.sleep import SleepExecutor
 from adapters.file import FileJobSource, FileResultSink
+from adapters.kafka.settings import KafkaClientSettings
+from adapters.kafka.source import KafkaJobSource
 from adapters.observability.metrics import PrometheusJobObserver, ResultSendRetries
 from application.engine import EngineConfig, WorkerEngine
 from application.registry import ExecutorRegistry
 from application.retry import RetryPolicy
+from domain.errors import JobWorkerError
 from domain.model import JobType
 from domain.ports import Executor, JobObserver
 from entrypoints.observers import FanOutObserver, LoggingJobObserver
@@ -37,23 +41,39 @@ def _closing(resource: Any) -> Iterator[Any]:
         resource.close()
 
 
-def kafka_source(settings: Settings) -> Iterator[Any]:
-    from adapters.kafka.settings import KafkaClientSettings  # noqa: PLC0415
-    from adapters.kafka.source import KafkaJobSource  # noqa: PLC0415 - only Kafka runs need it
+def kafka_client_settings(settings: Settings) -> KafkaClientSettings:
+    return KafkaClientSettings(
+        bootstrap_servers=settings.get("KAFKA_BROKERS"),
+        client_id=settings.kafka_client_id,
+        security_protocol=settings.get("KAFKA_SECURITY_PROTOCOL"),
+        sasl_mechanism=settings.get("KAFKA_SASL_MECHANISM"),
+        sasl_username=settings.get("KAFKA_SASL_USERNAME"),
+        sasl_password=settings.get("KAFKA_SASL_PASSWORD"),
+        ssl_cafile=settings.get("KAFKA_SSL_CAFILE"),
+        ssl_certfile=settings.get("KAFKA_SSL_CERTFILE"),
+        ssl_keyfile=settings.get("KAFKA_SSL_KEYFILE"),
+        session_timeout_ms=int(settings.get("KAFKA_SESSION_TIMEOUT") * 1000),
+        max_poll_records=settings.get("KAFKA_MAX_POLL_RECORDS"),
+        max_poll_interval_ms=int(settings.get("KAFKA_MAX_POLL_INTERVAL") * 1000),
+    )
 
-    client = KafkaClientSettings.from_settings(settings)  # type: ignore[attr-defined]
-    yield from _closing(
-        KafkaJobSource(
-            client,
+
+def kafka_source(settings: Settings) -> Iterator[KafkaJobSource]:
+    try:
+        source = KafkaJobSource(
+            kafka_client_settings(settings),
             topic=settings.get("KAFKA_TOPIC"),
             group_id=settings.get("KAFKA_GROUP_ID"),
             dlq_topic=settings.dlq_topic,
+            worker_id=settings.worker_id,
             max_in_flight_per_partition=settings.get("KAFKA_MAX_IN_FLIGHT_PER_PARTITION"),
             commit_interval_s=settings.get("KAFKA_COMMIT_INTERVAL"),
             commit_every=settings.get("KAFKA_COMMIT_EVERY"),
-            worker_id=settings.worker_id,
         )
-    )
+    except KafkaError as error:
+        brokers = ",".join(settings.get("KAFKA_BROKERS"))
+        raise JobWorkerError(f"cannot reach Kafka at {brokers} (KAFKA_BROKERS): {error}") from None
+    yield from _closing(source)
 
 
 def file_source(settings: Settings) -> Iterator[FileJobSource]:

@@ -106,6 +106,8 @@ class KafkaJobSource:
         self._next_offsets: dict[TopicPartition, int] = {}
         self._dead_letters_to_retry: list[_DeadLetter] = []
         self._acks_since_commit = 0
+        self._committed: dict[TopicPartition, int] = {}
+        self.counters = {"offset_commits": 0, "dlq_records": 0}
         self._last_commit = clock()
         self._no_room = False
         self._closed = False
@@ -180,13 +182,18 @@ class KafkaJobSource:
         return int(self._consumer.group_metadata().generation_id)
 
     def lag(self) -> dict[TopicPartition, int]:
-        """Records per owned partition that the broker has and this worker has not taken."""
+        """Records per owned partition past this worker's last committed offset.
+
+        This is the lag ``kafka-consumer-groups --describe`` shows: it reaches zero only
+        once every record was taken, finished, reported and committed.
+        """
         lags = {}
+        assignment = self._consumer.assignment()
         for tp in self._owned():
-            highwater = self._consumer.highwater(tp) if tp in self._consumer.assignment() else None
-            next_offset = self._next_offsets.get(tp)
-            if highwater is not None and next_offset is not None:
-                lags[tp] = max(0, highwater - next_offset)
+            highwater = self._consumer.highwater(tp) if tp in assignment else None
+            position = self._committed.get(tp, self._next_offsets.get(tp))
+            if highwater is not None and position is not None:
+                lags[tp] = max(0, highwater - position)
         return lags
 
     # -- polling ------------------------------------------------------------------------
@@ -305,8 +312,10 @@ class KafkaJobSource:
             log.warning("offset commit failed", error=str(error), offsets=_printable(offsets))
             return
         with self._lock:
+            self.counters["offset_commits"] += 1
             for tp, committed in offsets.items():
                 self._tracker.mark_committed(tp, committed.offset)
+                self._committed[tp] = committed.offset
 
     def _committable(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, Any]:
         offsets = {}
@@ -342,8 +351,10 @@ class KafkaJobSource:
             log.warning("commit on revoke failed", error=str(error), offsets=_printable(offsets))
             return
         with self._lock:
+            self.counters["offset_commits"] += 1
             for tp, committed in offsets.items():
                 self._tracker.mark_committed(tp, committed.offset)
+                self._committed[tp] = committed.offset
 
     def _adopt(self, partitions: Iterable[TopicPartition]) -> None:
         assigned = set(partitions)
@@ -370,6 +381,7 @@ class KafkaJobSource:
             self._epochs.pop(tp, None)
             self._held.discard(tp)
             self._next_offsets.pop(tp, None)
+            self._committed.pop(tp, None)
 
     # -- dead letters -------------------------------------------------------------------
 
@@ -386,6 +398,7 @@ class KafkaJobSource:
         )
 
         def written() -> None:
+            self.counters["dlq_records"] += 1
             self._mark_done(tp, offset, letter.epoch)
 
         def failed(error: BaseException) -> None:

@@ -42,7 +42,7 @@ class InMemoryJobSource:
         if max_jobs <= 0:
             gevent.sleep(timeout_s)
             return []
-        if not self._pending:
+        if not self._pending and not self._finite:
             self._arrived.clear()
             self._arrived.wait(timeout_s)
         return [self._pending.popleft() for _ in range(min(max_jobs, len(self._pending)))]

@@ -245,12 +245,24 @@ def test_queues_stay_bounded_under_a_stalled_sink() -> None:
     # results queue + one result per blocked sender + finished jobs waiting to enqueue
     # (a full pool) + the jobs queue + the one the dispatcher holds for a full pool.
     assert taken <= 5 + 2 + 4 + 8 + 1
-    assert engine.jobs_queue_depth == 8
+    # Stalled with the queue above its low-water mark (4), or intake would refill it.
+    assert cfg.low_water < engine.jobs_queue_depth <= 8
     assert source.fetch_sizes[-1] == 0, "a full queue must ask the source for nothing"
     sink.unblock()
     source.finish()
     assert engine.wait_until_drained(5)
     assert len(source.acked) == 1000
+
+
+def test_intake_resumes_as_soon_as_the_queue_drains_not_after_a_fetch_timeout() -> None:
+    # A slow fetch timeout must not cap throughput: the dispatcher wakes intake.
+    executor = SleepFor()
+    source = InMemoryJobSource(sleep_jobs(200))
+    cfg = config(pool_size=2, jobs_queue_size=4, fetch_timeout_s=5.0)
+    engine = WorkerEngine(source, InMemoryResultSink(), ExecutorRegistry({"SLEEP": executor}), cfg)
+    engine.start()
+    assert engine.wait_until_drained(timeout=2), "intake waited out its fetch timeout"
+    assert len(source.acked) == 200
 
 
 def test_intake_resumes_only_below_the_low_water_mark() -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks of the engine: ``make bench`` runs ``bench/run.py``."""

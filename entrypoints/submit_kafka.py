@@ -1,0 +1,44 @@
+"""``jobworker submit`` to Kafka: key = job id, value = JobTask, with a progress bar."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+
+from kafka.errors import KafkaError
+from tqdm import tqdm
+
+from adapters.kafka.publisher import KafkaJobPublisher, PublishFailed
+from domain.errors import JobWorkerError
+from domain.model import Job
+from entrypoints.container import kafka_client_settings
+from entrypoints.settings import Settings
+
+# Wait for the broker's acknowledgements in batches, so a failure is reported close to
+# where it happened and memory stays flat for files of any size.
+_FLUSH_EVERY = 5_000
+
+
+def submit_to_kafka(settings: Settings, jobs: Iterable[Job], total: int | None) -> int:
+    topic = settings.get("KAFKA_TOPIC")
+    brokers = ",".join(settings.get("KAFKA_BROKERS"))
+    try:
+        publisher = KafkaJobPublisher(kafka_client_settings(settings), topic)
+    except KafkaError as error:
+        raise JobWorkerError(f"cannot reach Kafka at {brokers} (KAFKA_BROKERS): {error}") from None
+    sent = 0
+    progress = tqdm(total=total, unit="job", file=sys.stderr, disable=None, desc=topic)
+    try:
+        for job in jobs:
+            publisher.publish(job)
+            sent += 1
+            progress.update()
+            if sent % _FLUSH_EVERY == 0:
+                publisher.flush()
+        publisher.flush()
+    except PublishFailed as error:
+        raise JobWorkerError(f"Kafka refused jobs: {error}") from None
+    finally:
+        progress.close()
+        publisher.close()
+    return sent
