@@ -9,9 +9,11 @@ import gevent
 import structlog
 from gevent.event import Event
 
+from adapters.observability.http_server import ObservabilityServer
 from application.engine import StopReport, WorkerEngine
-from domain.errors import JobWorkerError
+from domain.errors import ConfigurationError, JobWorkerError
 from entrypoints.container import Container
+from entrypoints.observability import start_observability_server
 from entrypoints.settings import Settings
 
 log = structlog.get_logger("jobworker.worker")
@@ -74,15 +76,45 @@ def run_worker(settings: Settings) -> int:
         job_types=container.registry().job_types(),
     )
     _warn_if_core_unreachable(container, settings)
+    try:
+        metrics_server = _start_metrics(container, settings, engine)
+    except ConfigurationError:
+        container.shutdown_resources()
+        raise
     engine.start()
     _wait_for_end(engine, signals.requested, finite)
     report = engine.stop(settings.get("SHUTDOWN_TIMEOUT"))
     container.shutdown_resources()
+    if metrics_server is not None:
+        metrics_server.stop()
     finished = dict(container.job_log().finished)
     log.info("worker stopped", finished=finished, **_report_fields(report))
     if finite and not report.clean:
         return EXIT_INCOMPLETE
     return 0
+
+
+def _start_metrics(
+    container: Container, settings: Settings, engine: WorkerEngine
+) -> ObservabilityServer | None:
+    port = settings.get("METRICS_PORT")
+    if not port:
+        return None
+    try:
+        server = start_observability_server(
+            settings.get("METRICS_HOST"),
+            port,
+            container.metrics_registry(),
+            engine,
+            container.job_source(),
+            container.result_sink(),
+        )
+    except OSError as error:
+        raise ConfigurationError(
+            "METRICS_PORT", f"cannot listen on {port}: {error.strerror}"
+        ) from None
+    log.info("metrics endpoint listening", port=port, paths=["/metrics", "/healthz", "/readyz"])
+    return server
 
 
 def _wait_for_end(engine: WorkerEngine, stop_requested: Event, finite: bool) -> None:

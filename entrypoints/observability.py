@@ -1,0 +1,71 @@
+"""Wires the metrics endpoint to the running engine, source and sink."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from adapters.kafka.source import KafkaJobSource
+from adapters.observability.http_server import ObservabilityServer
+from adapters.observability.metrics import LiveState, LiveStateCollector
+from application.engine import WorkerEngine
+
+# A readiness probe must answer fast; a Core that takes longer to accept a connection
+# counts as unreachable for that probe.
+_CORE_PING_TIMEOUT_S = 0.5
+
+
+def start_observability_server(
+    host: str,
+    port: int,
+    registry: CollectorRegistry,
+    engine: WorkerEngine,
+    source: Any,
+    sink: Any,
+) -> ObservabilityServer:
+    kafka = source if isinstance(source, KafkaJobSource) else None
+    state = LiveState(
+        gauges={
+            "jobworker_jobs_in_flight": (
+                "Jobs running in the pool.",
+                lambda: engine.jobs_in_flight,
+            ),
+            "jobworker_jobs_queue_depth": (
+                "Jobs waiting for a pool slot.",
+                lambda: engine.jobs_queue_depth,
+            ),
+            "jobworker_results_queue_depth": (
+                "Results waiting to be sent to Core.",
+                lambda: engine.results_queue_depth,
+            ),
+        },
+        consumer_lag=_lag_reader(kafka) if kafka else None,
+        source_counters=(lambda: dict(kafka.counters)) if kafka else None,
+    )
+    registry.register(LiveStateCollector(state))
+    server = ObservabilityServer(host, port, registry, _readiness(kafka, sink))
+    server.start()
+    return server
+
+
+def _lag_reader(source: KafkaJobSource) -> Callable[[], Mapping[tuple[str, int], int]]:
+    def read() -> Mapping[tuple[str, int], int]:
+        return {(tp.topic, tp.partition): lag for tp, lag in source.lag().items()}
+
+    return read
+
+
+def _readiness(kafka: KafkaJobSource | None, sink: Any) -> Callable[[], Mapping[str, bool]]:
+    ping = getattr(sink, "ping", None)
+
+    def checks() -> Mapping[str, bool]:
+        result = {}
+        if kafka is not None:
+            result["partitions_assigned"] = bool(kafka.assigned())
+        if ping is not None:
+            result["core_reachable"] = bool(ping(timeout_s=_CORE_PING_TIMEOUT_S))
+        return result
+
+    return checks
