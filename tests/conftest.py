@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+
+from tests.support.kafka import kafka_bootstrap
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -12,3 +16,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for tier in ("integration", "contract", "e2e", "faults"):
             if f"/tests/{tier}/" in str(item.path):
                 item.add_marker(tier)
+
+
+@pytest.fixture(scope="session")
+def kafka_servers() -> Iterator[str]:
+    """A real broker's bootstrap address (env, Docker, or fail on CI / skip locally)."""
+    with kafka_bootstrap() as servers:
+        yield servers

@@ -8,13 +8,7 @@ from typing import Any
 import pytest
 
 from adapters.kafka import KafkaClientSettings, KafkaJobSource
-from tests.support.kafka import create_topic, kafka_bootstrap, unique_name
-
-
-@pytest.fixture(scope="session")
-def kafka_servers() -> Iterator[str]:
-    with kafka_bootstrap() as servers:
-        yield servers
+from tests.support.kafka import create_topic, unique_name
 
 
 @pytest.fixture
