@@ -38,6 +38,8 @@ def submit_to_kafka(settings: Settings, jobs: Iterable[Job], total: int | None) 
         publisher.flush()
     except PublishFailed as error:
         raise JobWorkerError(f"Kafka refused jobs: {error}") from None
+    except ValueError as error:
+        raise JobWorkerError(f"{error}; {sent} job(s) before it were submitted") from None
     finally:
         progress.close()
         publisher.close()

@@ -7,9 +7,12 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from adapters.codec import task_from_job
+from adapters.codec import task_from_job, type_number
 from adapters.kafka.settings import KafkaClientSettings
+from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from domain.model import Job
+
+UNSPECIFIED = "TYPE_UNSPECIFIED"
 
 
 class PublishFailed(Exception):  # noqa: N818 - reads as the verdict it is
@@ -36,6 +39,13 @@ class KafkaJobPublisher:
     def publish(self, job: Job) -> None:
         if not job.id:
             raise ValueError("a job needs an id to be published")
+        if type_number(job.type) == 0 and job.type != UNSPECIFIED:
+            names = pb.JobTask.Type.keys()
+            known = ", ".join(name for name in names if name != UNSPECIFIED)
+            raise ValueError(
+                f"job {job.id}: type {job.type!r} has no JobTask.Type value, so Kafka cannot "
+                f"carry it (known: {known}; TYPE_<n> sends the raw number n)"
+            )
         value = task_from_job(job).SerializeToString()
         self._pending.append(self._producer.send(self.topic, key=job.id.encode(), value=value))
 
