@@ -16,10 +16,13 @@ RUN /opt/jobworker/bin/pip wheel --wheel-dir /wheels . \
 # Final stage: the virtualenv only (no compilers, no sources, no dev tools), non-root.
 FROM python:3.11-slim-bookworm
 ENV PATH=/opt/jobworker/bin:$PATH PYTHONUNBUFFERED=1 LOG_FORMAT=json
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin jobworker
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin jobworker \
+ && mkdir -p /var/lib/jobworker \
+ && chown 10001:10001 /var/lib/jobworker
 COPY --from=build /opt/jobworker /opt/jobworker
 USER 10001:10001
-WORKDIR /tmp
-EXPOSE 9100
+WORKDIR /var/lib/jobworker
+# 9100: /metrics, /healthz, /readyz when METRICS_PORT=9100; 50051: `jobworker core`.
+EXPOSE 9100 50051
 ENTRYPOINT ["jobworker"]
 CMD ["run"]
