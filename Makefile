@@ -22,7 +22,7 @@ proto: venv
 proto-check: venv
 	rm -rf .cache/proto-check && mkdir -p .cache/proto-check
 	$(BIN)/python tools/gen_proto.py .cache/proto-check
-	diff -r -x __pycache__ adapters/proto .cache/proto-check || { echo "generated code is stale: run 'make proto'"; exit 1; }
+	diff -r -x __pycache__ adapters/proto/jobworker .cache/proto-check/jobworker || { echo "generated code is stale: run 'make proto'"; exit 1; }
 
 lint: venv proto-check
 	$(BIN)/ruff check .
