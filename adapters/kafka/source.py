@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -311,11 +311,7 @@ class KafkaJobSource:
             # Nothing is lost: these offsets are committed later or redelivered.
             log.warning("offset commit failed", error=str(error), offsets=_printable(offsets))
             return
-        with self._lock:
-            self.counters["offset_commits"] += 1
-            for tp, committed in offsets.items():
-                self._tracker.mark_committed(tp, committed.offset)
-                self._committed[tp] = committed.offset
+        self._record_commit(offsets)
 
     def _committable(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, Any]:
         offsets = {}
@@ -350,6 +346,9 @@ class KafkaJobSource:
         except Exception as error:
             log.warning("commit on revoke failed", error=str(error), offsets=_printable(offsets))
             return
+        self._record_commit(offsets)
+
+    def _record_commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
         with self._lock:
             self.counters["offset_commits"] += 1
             for tp, committed in offsets.items():
