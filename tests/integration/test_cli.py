@@ -121,31 +121,35 @@ def test_sigterm_lets_running_jobs_finish(tmp_path: Path) -> None:
         )
     )
     results = tmp_path / "results.jsonl"
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "entrypoints",
-            "run",
-            "--jobs",
-            str(jobs),
-            "--results",
-            str(results),
-        ],
-        env=clean_env(WORKER_POOL_SIZE="4", JOBS_QUEUE_SIZE="2"),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(1.0)
+    log = tmp_path / "worker.log"
+    with log.open("w") as stderr:
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "entrypoints",
+                "run",
+                "--jobs",
+                str(jobs),
+                "--results",
+                str(results),
+            ],
+            env=clean_env(WORKER_POOL_SIZE="4", JOBS_QUEUE_SIZE="2"),
+            cwd=tmp_path,
+            stderr=stderr,
+        )
+    deadline = time.monotonic() + 30
+    while "worker starting" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the first four 1.5 s jobs are running now
     worker.send_signal(signal.SIGTERM)
-    _, stderr = worker.communicate(timeout=30)
+    worker.wait(timeout=30)
+    stderr_text = log.read_text()
     statuses = [json.loads(line)["status"] for line in results.read_text().splitlines()]
     # The file source cannot redeliver, so the run reports the jobs it never started.
-    assert worker.returncode == 1, stderr
+    assert worker.returncode == 1, stderr_text
     assert statuses == ["SUCCEEDED"] * 4, "the four running jobs finished, none started after"
-    assert '"jobs_not_started": 2' in stderr
+    assert '"jobs_not_started": 2' in stderr_text
 
 
 def test_submit_to_a_file_then_run_it(tmp_path: Path) -> None:
