@@ -220,6 +220,9 @@ class WorkerEngine:
 
     def _dispatch_loop(self) -> None:
         while True:
+            # Take a job only once a pool slot is free, so that no job sits in the
+            # dispatcher's hands, uncounted, when stop() ends intake.
+            self._pool.wait_available()
             job = self._jobs.get()
             if self._jobs.qsize() <= self._config.low_water:
                 self._room_available.set()

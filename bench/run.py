@@ -49,8 +49,7 @@ SLEEP_MS = 20
 CONCURRENCY = ((1, 100), (10, 2_000), (100, 2_000), (500, 2_000))  # (pool, jobs)
 BACKLOG_JOBS = 200_000
 STALL_POOL, STALL_JOBS_QUEUE, STALL_RESULTS_QUEUE, STALL_SENDERS = 50, 100, 100, 4
-# The dispatcher holds one more job while it waits for a free pool slot.
-STALL_BOUND = STALL_JOBS_QUEUE + 1 + STALL_POOL + STALL_RESULTS_QUEUE + STALL_SENDERS
+STALL_BOUND = STALL_JOBS_QUEUE + STALL_POOL + STALL_RESULTS_QUEUE + STALL_SENDERS
 STALL_S = 2.0
 FLOW_S = 2.0
 CODEC_MESSAGES = 20_000
@@ -270,13 +269,13 @@ def bench_bounded_memory() -> bool:
     verdict = "OK" if within else "FAIL: the engine pulled more than its queues hold"
     print(
         f"   jobs taken while stalled: {stalled.taken} (bound: {STALL_BOUND} = jobs queue "
-        f"{STALL_JOBS_QUEUE} + dispatcher 1 + pool {STALL_POOL} + results queue "
+        f"{STALL_JOBS_QUEUE} + pool {STALL_POOL} + results queue "
         f"{STALL_RESULTS_QUEUE} + senders {STALL_SENDERS}) {verdict}"
     )
     queued, in_flight, results = stalled.held
     print(
         f"   held at {STALL_S:g} s: jobs queue {queued}, pool {in_flight}, results queue "
-        f"{results}, dispatcher and senders {stalled.taken - queued - in_flight - results}; "
+        f"{results}, senders {stalled.taken - queued - in_flight - results}; "
         f"taken after {STALL_S / 2:g} s: {stalled.taken_halfway}"
     )
     print(
