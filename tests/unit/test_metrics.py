@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from adapters.observability.metrics import (
+    LiveState,
+    LiveStateCollector,
+    PrometheusJobObserver,
+    ResultSendRetries,
+)
+from domain.model import Job, JobResult, JobStatus
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def test_job_counters_and_durations() -> None:
+    registry = CollectorRegistry()
+    observer = PrometheusJobObserver(registry)
+    job = Job(id="a", type="HTTP")
+    observer.job_received(job)
+    observer.job_retrying(job, 1, "503", 0.1)
+    done = JobResult(
+        job_id="a",
+        type="HTTP",
+        status=JobStatus.SUCCEEDED,
+        started_at_unix_ms=0,
+        finished_at_unix_ms=300,
+    )
+    observer.job_finished(job, done)
+    observer.result_delivered(done)
+    assert value(registry, "jobworker_jobs_consumed_total", type="HTTP") == 1
+    assert value(registry, "jobworker_job_retries_total", type="HTTP") == 1
+    assert value(registry, "jobworker_jobs_finished_total", type="HTTP", status="SUCCEEDED") == 1
+    assert value(registry, "jobworker_results_delivered_total", status="SUCCEEDED") == 1
+    assert (
+        value(
+            registry,
+            "jobworker_job_duration_seconds_bucket",
+            type="HTTP",
+            status="SUCCEEDED",
+            le="0.25",
+        )
+        == 0
+    )
+    assert (
+        value(
+            registry,
+            "jobworker_job_duration_seconds_bucket",
+            type="HTTP",
+            status="SUCCEEDED",
+            le="0.5",
+        )
+        == 1
+    )
+
+
+def test_send_retries_by_code() -> None:
+    registry = CollectorRegistry()
+    retries = ResultSendRetries(registry)
+    retries("UNAVAILABLE", 1, 0.1)
+    retries("UNAVAILABLE", 2, 0.2)
+    assert value(registry, "jobworker_result_send_retries_total", code="UNAVAILABLE") == 2
+
+
+def test_live_state_is_read_at_scrape_time() -> None:
+    registry = CollectorRegistry()
+    depth = {"now": 3}
+    lag = {("jobs", 0): 5, ("jobs", 1): 0}
+    registry.register(
+        LiveStateCollector(
+            LiveState(
+                gauges={"jobworker_jobs_queue_depth": ("doc", lambda: depth["now"])},
+                consumer_lag=lambda: lag,
+                source_counters=lambda: {"offset_commits": 7, "dlq_records": 1},
+            )
+        )
+    )
+    assert value(registry, "jobworker_jobs_queue_depth") == 3
+    depth["now"] = 0
+    assert value(registry, "jobworker_jobs_queue_depth") == 0
+    assert value(registry, "jobworker_consumer_lag", topic="jobs", partition="0") == 5
+    assert value(registry, "jobworker_offset_commits_total") == 7
+    assert value(registry, "jobworker_dlq_records_total") == 1

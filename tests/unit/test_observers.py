@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import structlog
+from structlog.testing import capture_logs
+
+from domain.model import Job, JobResult, JobStatus
+from entrypoints.observers import FanOutObserver, LoggingJobObserver
+
+JOB = Job(id="j-1", type="SLEEP")
+
+
+def result(status: JobStatus, error: str = "") -> JobResult:
+    return JobResult(
+        job_id="j-1",
+        type="SLEEP",
+        status=status,
+        error=error,
+        attempts=2,
+        started_at_unix_ms=1_000,
+        finished_at_unix_ms=1_250,
+    )
+
+
+def test_one_summary_line_per_job_with_its_fields() -> None:
+    observer = LoggingJobObserver()
+    with capture_logs() as logs:
+        observer.job_started(JOB, 1)
+        observer.job_finished(JOB, result(JobStatus.FAILED, "HTTP 404"))
+    assert logs == [
+        {
+            "event": "job finished",
+            "log_level": "warning",
+            "job_id": "j-1",
+            "type": "SLEEP",
+            "attempt": 2,
+            "status": "FAILED",
+            "duration_ms": 250,
+            "error": "HTTP 404",
+        }
+    ]
+    assert observer.finished == {"FAILED": 1}
+
+
+def test_the_job_context_is_bound_while_it_runs_and_cleared_after() -> None:
+    observer = LoggingJobObserver()
+    observer.job_started(JOB, 3)
+    assert structlog.contextvars.get_contextvars() == {
+        "job_id": "j-1",
+        "type": "SLEEP",
+        "attempt": 3,
+    }
+    observer.job_finished(JOB, result(JobStatus.SUCCEEDED))
+    assert structlog.contextvars.get_contextvars() == {}
+
+
+def test_a_failing_observer_does_not_stop_the_others() -> None:
+    class Broken:
+        def job_received(self, job: Job) -> None:
+            raise RuntimeError("metrics backend down")
+
+    class Counting:
+        seen = 0
+
+        def job_received(self, job: Job) -> None:
+            self.seen += 1
+
+    counting = Counting()
+    fan_out = FanOutObserver([Broken(), counting])  # type: ignore[list-item]
+    with capture_logs() as logs:
+        fan_out.job_received(JOB)
+    assert counting.seen == 1
+    assert logs[0]["event"] == "observer failed"
+    assert logs[0]["observer"] == "Broken"
