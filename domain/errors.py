@@ -35,6 +35,14 @@ class ResultNotDelivered(JobWorkerError):  # noqa: N818
     """The sink gave up on a result: the job stays not done and is redelivered later."""
 
 
+class SourceFailed(JobWorkerError):  # noqa: N818
+    """The job source cannot go on (authentication refused, invalid group settings…).
+
+    Raised from ``JobSource.fetch`` only for errors that retrying cannot fix; the engine
+    stops and the worker exits with this message. Transient errors are not this.
+    """
+
+
 class ConfigurationError(JobWorkerError):
     """A setting is missing or malformed; ``variable`` names it."""
 
