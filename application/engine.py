@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import gevent
@@ -21,10 +22,11 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.queue import Queue
 
+from application.observers import ObserverGroup
 from application.registry import ExecutorRegistry
 from application.retry import RetryPolicy
 from application.run_job import JobRunner
-from domain.errors import ResultNotDelivered
+from domain.errors import ResultNotDelivered, SourceFailed
 from domain.model import Job, JobResult
 from domain.ports import JobObserver, JobSource, ResultSink
 
@@ -48,6 +50,9 @@ class EngineConfig:
     # Larger outputs end the job FAILED: a result Core can never accept (gRPC's message
     # limit) would otherwise be redelivered for ever.
     max_output_bytes: int = 1_048_576
+    # Pauses between attempts at a result the sink refused (see WorkerEngine._deliver).
+    redeliver_base_s: float = 1.0
+    redeliver_max_s: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
@@ -79,14 +84,6 @@ class StopReport:
         )
 
 
-class _NullObserver:
-    def job_received(self, job: Job) -> None: ...
-    def job_started(self, job: Job, attempt: int) -> None: ...
-    def job_retrying(self, job: Job, attempt: int, error: str, delay_s: float) -> None: ...
-    def job_finished(self, job: Job, result: JobResult) -> None: ...
-    def result_delivered(self, result: JobResult) -> None: ...
-
-
 class WorkerEngine:
     """Runs jobs from ``source`` and reports them to ``sink``. Lifecycle: start, stop."""
 
@@ -96,12 +93,12 @@ class WorkerEngine:
         sink: ResultSink,
         registry: ExecutorRegistry,
         config: EngineConfig | None = None,
-        observer: JobObserver | None = None,
+        observers: Sequence[JobObserver] = (),
     ) -> None:
         self._source = source
         self._sink = sink
         self._config = config or EngineConfig()
-        self._observer: JobObserver = observer or _NullObserver()
+        self._observer = ObserverGroup(observers)
         self._runner = JobRunner(
             registry,
             worker_id=self._config.worker_id,
@@ -118,8 +115,10 @@ class WorkerEngine:
         self._room_available = Event()
         self._idle = Event()
         self._unreported = 0  # jobs taken from the queue whose result is not yet sent
-        self._undelivered = 0
         self._sending = 0
+        self.results_refused = 0  # sink refusals, retried; for metrics and readiness
+        self.failed = Event()  # set when the engine cannot go on; ``failure`` says why
+        self.failure: BaseException | None = None
         self._started = False
         self._stopped: StopReport | None = None
 
@@ -129,10 +128,22 @@ class WorkerEngine:
         if self._started:
             return
         self._started = True
-        self._greenlets.append(gevent.spawn(self._intake_loop))
-        self._greenlets.append(gevent.spawn(self._dispatch_loop))
-        for _ in range(self._config.result_senders):
-            self._greenlets.append(gevent.spawn(self._send_loop))
+        loops = [self._intake_loop, self._dispatch_loop]
+        loops += [self._send_loop] * self._config.result_senders
+        for loop in loops:
+            greenlet = gevent.spawn(loop)
+            # A loop that dies would stall the worker without a word: fail loudly.
+            greenlet.link_exception(self._loop_died)
+            self._greenlets.append(greenlet)
+
+    def _loop_died(self, greenlet: gevent.Greenlet[..., object]) -> None:
+        self._fail(greenlet.exception or RuntimeError("an engine loop ended"))
+
+    def _fail(self, error: BaseException) -> None:
+        if not self.failed.is_set():
+            logger.critical("engine cannot go on: %s", error, exc_info=error)
+            self.failure = error
+            self.failed.set()
 
     def wait_until_drained(self, timeout: float | None = None) -> bool:
         """Block until the source is exhausted and every taken job was reported.
@@ -165,12 +176,12 @@ class WorkerEngine:
             logger.warning("shutdown timeout: interrupting running jobs", extra={"jobs": in_flight})
             self._pool.kill(block=True, timeout=1)
         self._wait_results_flushed(deadline)
-        undelivered = self._results.qsize()
+        undelivered = self._results.qsize() + self._sending
         gevent.killall([g for g in senders if g is not None], block=True, timeout=1)
         self._stopped = StopReport(
             jobs_abandoned_in_flight=in_flight,
             jobs_not_started=not_started,
-            results_not_delivered=undelivered + self._undelivered,
+            results_not_delivered=undelivered,
         )
         return self._stopped
 
@@ -211,6 +222,10 @@ class WorkerEngine:
     def _fetch(self, room: int, timeout_s: float) -> list[Job]:
         try:
             return list(self._source.fetch(room, timeout_s))
+        except SourceFailed as fatal:
+            self._intake_stopped.set()
+            self._fail(fatal)
+            return []
         except Exception:
             # A source's own errors (broker gone for a moment) must not end intake:
             # log, breathe, and ask again.
@@ -238,29 +253,50 @@ class WorkerEngine:
             job, result = self._results.get()
             self._sending += 1
             try:
-                self._sink.send(result)
-            except ResultNotDelivered as error:
-                self._undelivered += 1
-                logger.error(
-                    "result not delivered; the job stays unacknowledged",
-                    extra={"job_id": result.job_id, "reason": str(error)},
-                )
-            except Exception:
-                self._undelivered += 1
-                logger.exception(
-                    "result sink failed; the job stays unacknowledged",
-                    extra={"job_id": result.job_id},
-                )
-            else:
+                self._deliver(result)
                 self._observer.result_delivered(result)
-                try:
-                    self._source.ack(job)
-                except Exception:
-                    logger.exception("job source failed to ack", extra={"job_id": job.id})
+                self._ack(job)
             finally:
                 self._sending -= 1
                 self._unreported -= 1
                 self._mark_idle_if_drained()
+
+    def _deliver(self, result: JobResult) -> None:
+        """Send until the sink takes it: a result is never dropped in this process.
+
+        The sink retries transient errors itself; what it gives up on (a refusal, a
+        bug) is tried again here, slowly and loudly. While a result waits, its job is
+        not acked, so the source cannot commit past it and nothing is lost; if the
+        refusals go on, the queues fill and intake pauses, which is the alarm.
+        """
+        attempt = 0
+        while True:
+            try:
+                self._sink.send(result)
+            except Exception as error:
+                attempt += 1
+                self.results_refused += 1
+                config = self._config
+                delay = min(config.redeliver_max_s, config.redeliver_base_s * 2 ** (attempt - 1))
+                logger.error(
+                    "result not accepted by the sink; trying again",
+                    exc_info=not isinstance(error, ResultNotDelivered),
+                    extra={
+                        "job_id": result.job_id,
+                        "reason": str(error),
+                        "attempt": attempt,
+                        "retry_in_s": delay,
+                    },
+                )
+                gevent.sleep(delay)
+            else:
+                return
+
+    def _ack(self, job: Job) -> None:
+        try:
+            self._source.ack(job)
+        except Exception:
+            logger.exception("job source failed to ack", extra={"job_id": job.id})
 
     def _mark_idle_if_drained(self) -> None:
         if self._intake_stopped.is_set() and self._unreported == 0:

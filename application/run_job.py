@@ -20,8 +20,9 @@ logger = logging.getLogger(__name__)
 _MAX_ERROR_CHARS = 8192
 
 
-class _JobDeadline(Exception):  # noqa: N818 - raised by gevent.Timeout into the job greenlet
-    """The job's own deadline; a class of our own so no executor can mistake it."""
+class _JobDeadline(BaseException):
+    """The job's own deadline. A BaseException, like gevent.Timeout itself, so that an
+    executor's ``except Exception`` cannot swallow it and run on past its limit."""
 
 
 class JobRunner:
@@ -69,7 +70,7 @@ class JobRunner:
                     attempt += 1
                     self._observer.job_started(job, attempt)
                     try:
-                        output = executor.execute(job)
+                        output = self._checked_output(executor.execute(job))
                     except RetryableJobError as retryable:
                         last_error = str(retryable) or type(retryable).__name__
                         if not self._retry.should_retry(attempt):
@@ -102,6 +103,21 @@ class JobRunner:
                 f"output of {output_bytes} bytes exceeds the {self._max_output_bytes}-byte limit"
             )
         return self._result(job, status, output, error[:_MAX_ERROR_CHARS], attempt, started_ms)
+
+    def _checked_output(self, output: object) -> str:
+        """The executor's output, if it is one Core can take; else a JobFailed."""
+        if not isinstance(output, str):
+            raise JobFailed(f"executor returned {type(output).__name__}, not a string")
+        size = len(output.encode("utf-8", "surrogatepass"))
+        if size > self._max_output_bytes:
+            raise JobFailed(
+                f"output of {size} bytes exceeds the {self._max_output_bytes}-byte limit"
+            )
+        try:
+            output.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise JobFailed(f"output is not valid UTF-8 text: {error.reason}") from None
+        return output
 
     def _result(
         self, job: Job, status: JobStatus, output: str, error: str, attempts: int, started_ms: int

@@ -29,8 +29,8 @@ from application.registry import ExecutorRegistry
 from application.retry import RetryPolicy
 from domain.errors import JobWorkerError
 from domain.model import JobType
-from domain.ports import Executor, JobObserver
-from entrypoints.observers import FanOutObserver, LoggingJobObserver
+from domain.ports import Executor
+from entrypoints.observers import LoggingJobObserver
 from entrypoints.settings import Settings
 
 
@@ -158,10 +158,6 @@ def engine_config(settings: Settings) -> EngineConfig:
     )
 
 
-def _observer(*observers: JobObserver) -> JobObserver:
-    return FanOutObserver(observers)
-
-
 class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
     discover_plugins = providers.Object(True)
@@ -217,7 +213,7 @@ class Container(containers.DeclarativeContainer):
     registry = providers.Singleton(build_registry, executors, discover_plugins)
 
     job_log = providers.Singleton(LoggingJobObserver)
-    observer = providers.Singleton(_observer, job_log, job_metrics)
+    observers = providers.List(job_log, job_metrics)
 
     engine = providers.Singleton(
         WorkerEngine,
@@ -225,5 +221,5 @@ class Container(containers.DeclarativeContainer):
         sink=result_sink,
         registry=registry,
         config=providers.Callable(engine_config, settings),
-        observer=observer,
+        observers=observers,
     )

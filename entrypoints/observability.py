@@ -45,7 +45,9 @@ def start_observability_server(
         source_counters=(lambda: dict(kafka.counters)) if kafka else None,
     )
     registry.register(LiveStateCollector(state))
-    server = ObservabilityServer(host, port, registry, _readiness(kafka, sink))
+    server = ObservabilityServer(
+        host, port, registry, _readiness(kafka, sink), liveness=lambda: not engine.failed.is_set()
+    )
     server.start()
     return server
 

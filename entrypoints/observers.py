@@ -1,14 +1,12 @@
-"""Job observers: one summary log line per finished job, and fan-out to several."""
+"""The logging job observer: one summary line per finished job."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 
 import structlog
 
 from domain.model import Job, JobResult, JobStatus
-from domain.ports import JobObserver
 
 
 class LoggingJobObserver:
@@ -20,7 +18,7 @@ class LoggingJobObserver:
 
     def __init__(self) -> None:
         self._log = structlog.get_logger("jobworker.jobs")
-        self.finished: Counter[str] = Counter()
+        self.finished_by_status: Counter[str] = Counter()
 
     def job_received(self, job: Job) -> None:
         pass
@@ -32,7 +30,7 @@ class LoggingJobObserver:
         self._log.warning("job attempt failed; retrying", error=error, retry_in_s=round(delay_s, 3))
 
     def job_finished(self, job: Job, result: JobResult) -> None:
-        self.finished[result.status.value] += 1
+        self.finished_by_status[result.status.value] += 1
         fields = {
             "job_id": job.id,
             "type": job.type,
@@ -48,33 +46,3 @@ class LoggingJobObserver:
 
     def result_delivered(self, result: JobResult) -> None:
         pass
-
-
-class FanOutObserver:
-    """Tells every observer in turn; one observer failing never hurts a job."""
-
-    def __init__(self, observers: Sequence[JobObserver]) -> None:
-        self._observers = list(observers)
-        self._log = structlog.get_logger("jobworker.observers")
-
-    def _each(self, method: str, *args: object) -> None:
-        for observer in self._observers:
-            try:
-                getattr(observer, method)(*args)
-            except Exception:
-                self._log.exception("observer failed", observer=type(observer).__name__)
-
-    def job_received(self, job: Job) -> None:
-        self._each("job_received", job)
-
-    def job_started(self, job: Job, attempt: int) -> None:
-        self._each("job_started", job, attempt)
-
-    def job_retrying(self, job: Job, attempt: int, error: str, delay_s: float) -> None:
-        self._each("job_retrying", job, attempt, error, delay_s)
-
-    def job_finished(self, job: Job, result: JobResult) -> None:
-        self._each("job_finished", job, result)
-
-    def result_delivered(self, result: JobResult) -> None:
-        self._each("result_delivered", result)

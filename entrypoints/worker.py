@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+from typing import Any
 
 import gevent
 import structlog
 from gevent.event import Event
+from prometheus_client import CollectorRegistry
 
 from adapters.observability.http_server import ObservabilityServer
 from application.engine import StopReport, WorkerEngine
-from domain.errors import ConfigurationError, JobWorkerError
+from domain.errors import ConfigurationError, JobWorkerError, SourceFailed
 from entrypoints.container import Container
 from entrypoints.observability import start_observability_server
 from entrypoints.settings import Settings
@@ -21,6 +24,7 @@ log = structlog.get_logger("jobworker.worker")
 # A finite source (a file) with results that never reached the sink is a failed run:
 # there is no redelivery to make up for them.
 EXIT_INCOMPLETE = 1
+EXIT_FAILED = 1
 
 
 class ShutdownSignals:
@@ -48,6 +52,57 @@ class ShutdownSignals:
 
 
 def run_worker(settings: Settings) -> int:
+    _size_hub_threadpool(settings)
+    signals = ShutdownSignals()
+    signals.install()
+    container = Container(settings=settings)
+    try:
+        engine = container.engine()
+        source, sink = container.job_source(), container.result_sink()
+        metrics_server = _start_metrics(
+            settings, container.metrics_registry(), engine, source, sink
+        )
+    except Exception as error:
+        container.shutdown_resources()
+        if isinstance(error, JobWorkerError):
+            raise
+        raise JobWorkerError(f"cannot start the worker: {error}") from error
+    log.info(
+        "worker starting",
+        worker_id=settings.worker_id,
+        source=settings.get("JOB_SOURCE"),
+        sink=settings.get("RESULT_SINK"),
+        pool_size=settings.get("WORKER_POOL_SIZE"),
+        job_types=container.registry().job_types(),
+    )
+    if settings.get("RESULT_SINK") == "grpc":
+        _warn_if_core_unreachable(sink, settings.get("GRPC_SERVER_ADDRESS"))
+    engine.start()
+    _wait_for_end(engine, signals.requested, finite=settings.get("JOB_SOURCE") == "file")
+    report = engine.stop(settings.get("SHUTDOWN_TIMEOUT"))
+    container.shutdown_resources()
+    if metrics_server is not None:
+        metrics_server.stop()
+    log.info(
+        "worker stopped",
+        finished=dict(container.job_log().finished_by_status),
+        **_report_fields(report),
+    )
+    return _exit_status(engine, report, finite=settings.get("JOB_SOURCE") == "file")
+
+
+def _exit_status(engine: WorkerEngine, report: StopReport, finite: bool) -> int:
+    if isinstance(engine.failure, SourceFailed):
+        raise engine.failure  # one line naming the cause, exit 2 (see commands.run_cli)
+    if engine.failure is not None:
+        print(f"jobworker: the worker failed: {engine.failure}", file=sys.stderr)  # noqa: T201
+        return EXIT_FAILED
+    if finite and not report.clean:
+        return EXIT_INCOMPLETE
+    return 0
+
+
+def _size_hub_threadpool(settings: Settings) -> None:
     # The hub's threadpool runs gRPC's blocking waits (one per sender) and the DNS
     # look-ups of HTTP jobs (one per pool greenlet at most): room for all of them.
     concurrent_blocking_calls = settings.get("RESULT_SENDERS") + settings.get("WORKER_POOL_SIZE")
@@ -58,56 +113,17 @@ def run_worker(settings: Settings) -> int:
     else:
         hub_pool = gevent.get_hub().threadpool
         hub_pool.maxsize = max(hub_pool.maxsize, concurrent_blocking_calls)
-    signals = ShutdownSignals()
-    signals.install()
-    container = Container(settings=settings)
-    try:
-        engine = container.engine()
-    except (JobWorkerError, OSError) as error:
-        container.shutdown_resources()
-        raise JobWorkerError(f"cannot start the worker: {error}") from error
-    finite = settings.get("JOB_SOURCE") == "file"
-    log.info(
-        "worker starting",
-        worker_id=settings.worker_id,
-        source=settings.get("JOB_SOURCE"),
-        sink=settings.get("RESULT_SINK"),
-        pool_size=settings.get("WORKER_POOL_SIZE"),
-        job_types=container.registry().job_types(),
-    )
-    _warn_if_core_unreachable(container, settings)
-    try:
-        metrics_server = _start_metrics(container, settings, engine)
-    except ConfigurationError:
-        container.shutdown_resources()
-        raise
-    engine.start()
-    _wait_for_end(engine, signals.requested, finite)
-    report = engine.stop(settings.get("SHUTDOWN_TIMEOUT"))
-    container.shutdown_resources()
-    if metrics_server is not None:
-        metrics_server.stop()
-    finished = dict(container.job_log().finished)
-    log.info("worker stopped", finished=finished, **_report_fields(report))
-    if finite and not report.clean:
-        return EXIT_INCOMPLETE
-    return 0
 
 
 def _start_metrics(
-    container: Container, settings: Settings, engine: WorkerEngine
+    settings: Settings, registry: CollectorRegistry, engine: WorkerEngine, source: Any, sink: Any
 ) -> ObservabilityServer | None:
     port = settings.get("METRICS_PORT")
     if not port:
         return None
     try:
         server = start_observability_server(
-            settings.get("METRICS_HOST"),
-            port,
-            container.metrics_registry(),
-            engine,
-            container.job_source(),
-            container.result_sink(),
+            settings.get("METRICS_HOST"), port, registry, engine, source, sink
         )
     except OSError as error:
         raise ConfigurationError(
@@ -118,22 +134,19 @@ def _start_metrics(
 
 
 def _wait_for_end(engine: WorkerEngine, stop_requested: Event, finite: bool) -> None:
-    if not finite:
-        stop_requested.wait()
-        return
-    drained = gevent.spawn(engine.wait_until_drained)
-    gevent.wait([stop_requested, drained], count=1)
-    drained.kill()
+    waits: list[Any] = [stop_requested, engine.failed]
+    if finite:
+        waits.append(gevent.spawn(engine.wait_until_drained))
+    gevent.wait(waits, count=1)
+    for waiting in waits[2:]:
+        waiting.kill()
 
 
-def _warn_if_core_unreachable(container: Container, settings: Settings) -> None:
-    if settings.get("RESULT_SINK") != "grpc":
-        return
-    sink = container.result_sink()
+def _warn_if_core_unreachable(sink: Any, address: str) -> None:
     if not sink.ping(timeout_s=2.0):
         log.error(
             "Core is unreachable; results are held and retried until it answers",
-            address=settings.get("GRPC_SERVER_ADDRESS"),
+            address=address,
         )
 
 

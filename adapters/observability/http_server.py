@@ -1,7 +1,8 @@
 """``/metrics`` (Prometheus), ``/healthz`` (alive) and ``/readyz`` (able to work).
 
 Served by gevent's WSGI server from a greenlet in the worker itself: an answer from
-``/healthz`` proves the event loop is not stuck, which is what liveness should mean.
+``/healthz`` proves the event loop is not stuck, and ``liveness`` adds what the loop
+cannot show by answering (the engine gave up), so an orchestrator restarts the worker.
 """
 
 from __future__ import annotations
@@ -21,10 +22,16 @@ class ObservabilityServer:
     """Serves the three endpoints on ``host:port`` (port 0 picks a free one)."""
 
     def __init__(
-        self, host: str, port: int, registry: CollectorRegistry, readiness: ReadinessChecks
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        readiness: ReadinessChecks,
+        liveness: Callable[[], bool] = lambda: True,
     ) -> None:
         self._metrics_app = make_wsgi_app(registry)
         self._readiness = readiness
+        self._liveness = liveness
         self._server = WSGIServer((host, port), self._app, log=None, error_log=None)
 
     def start(self) -> int:
@@ -39,7 +46,9 @@ class ObservabilityServer:
         if path == "/metrics":
             return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
         if path == "/healthz":
-            return _reply(start_response, "200 OK", {"status": "alive"})
+            if self._liveness():
+                return _reply(start_response, "200 OK", {"status": "alive"})
+            return _reply(start_response, "503 Service Unavailable", {"status": "failed"})
         if path == "/readyz":
             checks = dict(self._readiness())
             ready = all(checks.values())

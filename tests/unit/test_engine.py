@@ -9,7 +9,7 @@ from adapters.memory import InMemoryJobSource, InMemoryResultSink
 from application.engine import EngineConfig, WorkerEngine
 from application.registry import ExecutorRegistry
 from application.retry import RetryPolicy
-from domain.errors import InvalidPayload, JobFailed, RetryableJobError
+from domain.errors import InvalidPayload, JobFailed, RetryableJobError, SourceFailed
 from domain.model import Job, JobResult, JobStatus
 
 
@@ -148,7 +148,9 @@ def test_retryable_errors_are_retried_until_success() -> None:
     observer = RecordingObserver()
     source = InMemoryJobSource([Job(id="f", type="FLAKY")])
     sink = InMemoryResultSink()
-    engine = WorkerEngine(source, sink, ExecutorRegistry({"FLAKY": executor}), config(), observer)
+    engine = WorkerEngine(
+        source, sink, ExecutorRegistry({"FLAKY": executor}), config(), observers=[observer]
+    )
     engine.start()
     assert engine.wait_until_drained(5)
     result = sink.results[0]
@@ -226,11 +228,20 @@ def test_nothing_is_acked_before_the_sink_accepted_it() -> None:
     assert sorted(source.acked_ids) == ["j0", "j1", "j2"]
 
 
-def test_a_refused_result_leaves_its_job_unacked() -> None:
+def test_a_refused_result_is_tried_again_and_acked_only_once_accepted() -> None:
     sink = InMemoryResultSink(refuse=frozenset({"j1"}))
-    source, sink, engine = run_to_end(sleep_jobs(3), ExecutorRegistry({"SLEEP": SleepFor()}), sink)
-    assert sorted(source.acked_ids) == ["j0", "j2"]
-    assert engine.stop(1).results_not_delivered == 1
+    source = InMemoryJobSource(sleep_jobs(3))
+    cfg = config(redeliver_base_s=0.005, redeliver_max_s=0.01)
+    engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), cfg)
+    engine.start()
+    assert source.wait_for_acks(2)
+    gevent.sleep(0.05)
+    assert sorted(source.acked_ids) == ["j0", "j2"], "j1 is not acked while refused"
+    assert engine.results_refused >= 3, "the refused result keeps being offered"
+    sink.refuse = frozenset()
+    assert engine.wait_until_drained(2)
+    assert sorted(source.acked_ids) == ["j0", "j1", "j2"]
+    assert engine.stop(1).clean
 
 
 def test_queues_stay_bounded_under_a_stalled_sink() -> None:
@@ -352,3 +363,83 @@ def test_an_output_too_big_to_report_fails_the_job() -> None:
     assert sink.results[0].status is JobStatus.FAILED
     assert sink.results[0].error == "output of 2000 bytes exceeds the 1000-byte limit"
     assert sink.results[0].output == ""
+
+
+@pytest.mark.parametrize(
+    ("output", "error"),
+    [
+        (None, "executor returned NoneType, not a string"),
+        ({"a": 1}, "executor returned dict, not a string"),
+        ("bad \udc80 text", "output is not valid UTF-8 text: surrogates not allowed"),
+    ],
+)
+def test_an_output_core_cannot_take_fails_the_job(output: object, error: str) -> None:
+    class Returns:
+        def execute(self, job: Job) -> object:
+            return output
+
+    registry = ExecutorRegistry({"R": Returns()})  # type: ignore[dict-item]
+    _, sink, _ = run_to_end([Job(id="r", type="R")], registry)
+    assert (sink.results[0].status, sink.results[0].error) == (JobStatus.FAILED, error)
+
+
+def test_an_executor_cannot_swallow_its_deadline() -> None:
+    class Stubborn:
+        def execute(self, job: Job) -> str:
+            try:
+                gevent.sleep(10)
+            except Exception:  # what careless executor code does
+                gevent.sleep(10)
+            return "finished anyway"
+
+    job = Job(id="s", type="S", timeout_ms=20)
+    _, sink, _ = run_to_end([job], ExecutorRegistry({"S": Stubborn()}))
+    assert sink.results[0].status is JobStatus.TIMED_OUT
+
+
+def test_a_failing_observer_costs_neither_the_job_nor_the_others() -> None:
+    class Broken:
+        def __getattr__(self, name: str) -> object:
+            def fail(*args: object) -> None:
+                raise RuntimeError("metrics backend down")
+
+            return fail
+
+    recording = RecordingObserver()
+    source = InMemoryJobSource(sleep_jobs(2))
+    sink = InMemoryResultSink()
+    engine = WorkerEngine(
+        source,
+        sink,
+        ExecutorRegistry({"SLEEP": SleepFor()}),
+        config(),
+        observers=[Broken(), recording],  # type: ignore[list-item]
+    )
+    engine.start()
+    assert engine.wait_until_drained(2)
+    assert [r.status for r in sink.results] == [JobStatus.SUCCEEDED] * 2
+    assert ("delivered", "j1") in recording.events
+    assert not engine.failed.is_set()
+
+
+def test_a_fatal_source_error_fails_the_engine_with_its_reason() -> None:
+    class RefusingSource(InMemoryJobSource):
+        def fetch(self, max_jobs: int, timeout_s: float):  # type: ignore[no-untyped-def]
+            raise SourceFailed("Kafka refused the group join: GroupAuthorizationFailedError")
+
+    engine = WorkerEngine(RefusingSource(), InMemoryResultSink(), ExecutorRegistry(), config())
+    engine.start()
+    assert engine.failed.wait(1)
+    assert isinstance(engine.failure, SourceFailed)
+    assert "GroupAuthorizationFailedError" in str(engine.failure)
+
+
+def test_an_engine_loop_that_dies_fails_the_engine_loudly() -> None:
+    class BrokenSource(InMemoryJobSource):
+        def exhausted(self) -> bool:
+            raise AttributeError("a bug in a source")
+
+    engine = WorkerEngine(BrokenSource(), InMemoryResultSink(), ExecutorRegistry(), config())
+    engine.start()
+    assert engine.failed.wait(1), "a dead intake loop must not go unnoticed"
+    assert isinstance(engine.failure, AttributeError)
