@@ -24,7 +24,7 @@ from gevent.queue import Queue
 
 from application.observers import ObserverGroup
 from application.registry import ExecutorRegistry
-from application.retry import RetryPolicy
+from application.retry import RetryPolicy, backoff_ceiling
 from application.run_job import JobRunner
 from domain.errors import ResultNotDelivered, SourceFailed
 from domain.model import Job, JobResult
@@ -277,7 +277,7 @@ class WorkerEngine:
                 attempt += 1
                 self.results_refused += 1
                 config = self._config
-                delay = min(config.redeliver_max_s, config.redeliver_base_s * 2 ** (attempt - 1))
+                delay = backoff_ceiling(attempt, config.redeliver_base_s, config.redeliver_max_s)
                 logger.error(
                     "result not accepted by the sink; trying again",
                     exc_info=not isinstance(error, ResultNotDelivered),

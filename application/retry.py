@@ -3,7 +3,32 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+
+# Exponents past this already give delays far beyond any sensible cap; stopping here
+# keeps ``base * 2**n`` a finite float however long an outage lasts.
+_MAX_BACKOFF_EXPONENT = 32
+
+
+def backoff_ceiling(attempt: int, base_s: float, cap_s: float) -> float:
+    """The exponential step after failed attempt ``attempt`` (1-based), capped."""
+    exponent = min(max(attempt - 1, 0), _MAX_BACKOFF_EXPONENT)
+    return min(cap_s, base_s * float(2**exponent))
+
+
+def full_jitter_delay(
+    attempt: int,
+    base_s: float,
+    cap_s: float,
+    uniform: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """Seconds to wait after failed attempt ``attempt``: uniform in [0, ceiling].
+
+    Spreading retries over the whole window keeps many callers that failed together
+    (jobs against one flaky service, senders against a Core coming back) apart.
+    """
+    return uniform(0.0, backoff_ceiling(attempt, base_s, cap_s))
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,5 +55,5 @@ class RetryPolicy:
 
     def delay_s(self, attempt: int, rng: random.Random | None = None) -> float:
         """The pause before attempt ``attempt + 1``, after ``attempt`` failed."""
-        step = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
-        return (rng or random).uniform(0, step)
+        uniform = (rng or random).uniform
+        return full_jitter_delay(attempt, self.backoff_base_s, self.backoff_max_s, uniform)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from adapters.codec import result_to_proto
 from adapters.grpc.channel import client_channel_options, open_channel
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from application.retry import full_jitter_delay
 from domain.errors import ResultNotDelivered
 from domain.model import JobResult
 
@@ -34,26 +34,6 @@ RETRYABLE_CODES = frozenset(
 
 # gRPC servers receive at most 4 MiB per message unless configured otherwise.
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-
-# Exponents past this already give delays far beyond any sensible cap; stopping here
-# keeps `base * 2**n` a finite float however long Core stays down.
-_MAX_BACKOFF_EXPONENT = 32
-
-
-def full_jitter_delay(
-    attempt: int,
-    base_s: float,
-    cap_s: float,
-    uniform: Callable[[float, float], float] = random.uniform,
-) -> float:
-    """Seconds to wait after failed attempt number ``attempt`` (1-based).
-
-    Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))].
-    Spreading retries over the whole window keeps many senders from hitting a Core that
-    comes back all at the same instant.
-    """
-    exponent = min(max(attempt - 1, 0), _MAX_BACKOFF_EXPONENT)
-    return uniform(0.0, min(cap_s, base_s * 2**exponent))
 
 
 class GrpcResultSink:

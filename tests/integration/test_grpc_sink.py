@@ -21,9 +21,10 @@ import pytest
 from adapters.core.process import CoreProcess
 from adapters.core.server import CoreServicer
 from adapters.core.store import ResultStore
-from adapters.grpc.sink import GrpcResultSink, full_jitter_delay
+from adapters.grpc.sink import GrpcResultSink
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from application.retry import full_jitter_delay
 from domain.errors import ConfigurationError, ResultNotDelivered
 from domain.model import JobResult, JobStatus
 
