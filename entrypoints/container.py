@@ -6,6 +6,7 @@ them (the Kafka source commits and leaves its group there) once the engine has s
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from adapters.observability.metrics import PrometheusJobObserver, ResultSendRetr
 from application.engine import EngineConfig, WorkerEngine
 from application.registry import ExecutorRegistry
 from application.retry import RetryPolicy
-from domain.errors import JobWorkerError
+from domain.errors import ConfigurationError, JobWorkerError
 from domain.model import JobType
 from domain.ports import Executor
 from entrypoints.observers import LoggingJobObserver
@@ -98,8 +99,8 @@ def grpc_sink(settings: Settings, on_retry: ResultSendRetries) -> Iterator[Any]:
                 retry_in_s=round(delay_s, 3),
             )
 
-    yield from _closing(
-        GrpcResultSink(
+    try:
+        sink = GrpcResultSink(
             address,
             on_retry=retrying,
             call_timeout_s=settings.get("GRPC_CALL_TIMEOUT"),
@@ -108,7 +109,18 @@ def grpc_sink(settings: Settings, on_retry: ResultSendRetries) -> Iterator[Any]:
             tls_cert_file=settings.get("GRPC_TLS_CERT_FILE"),
             tls_key_file=settings.get("GRPC_TLS_KEY_FILE"),
         )
-    )
+    except ConfigurationError as error:
+        # The sink names its arguments; the user knows the settings.
+        variable = _TLS_SETTINGS.get(error.variable, error.variable)
+        raise ConfigurationError(variable, error.problem) from None
+    yield from _closing(sink)
+
+
+_TLS_SETTINGS = {
+    "tls_ca_file": "GRPC_TLS_CA_FILE",
+    "tls_cert_file": "GRPC_TLS_CERT_FILE",
+    "tls_key_file": "GRPC_TLS_KEY_FILE",
+}
 
 
 def file_sink(settings: Settings) -> Iterator[FileResultSink]:
@@ -132,6 +144,23 @@ def image_threadpool(settings: Settings) -> Iterator[ThreadPool]:
         yield pool
     finally:
         pool.kill()
+
+
+def image_folder(settings: Settings, name: str, access: int) -> Path:
+    """The folder a setting names, made if missing; a clear error if it cannot be used.
+
+    Checked at start-up: a wrong folder would otherwise surface as every image job
+    REJECTED for a "missing file" the producer did nothing wrong about.
+    """
+    folder = Path(settings.get(name))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigurationError(name, f"cannot create {folder}: {error.strerror}") from None
+    if not os.access(folder, access | os.X_OK):
+        verb = "written" if access == os.W_OK else "read"
+        raise ConfigurationError(name, f"{folder} cannot be {verb} by this process")
+    return folder
 
 
 def build_registry(executors: dict[str, Executor], discover_plugins: bool) -> ExecutorRegistry:
@@ -188,15 +217,13 @@ class Container(containers.DeclarativeContainer):
                 max_response_bytes=providers.Callable(
                     lambda s: s.get("HTTP_MAX_RESPONSE_BYTES"), settings
                 ),
-                default_timeout_s=providers.Callable(
-                    lambda s: s.get("HTTP_DEFAULT_TIMEOUT"), settings
-                ),
+                default_timeout_s=providers.Callable(lambda s: s.get("HTTP_MAX_TIMEOUT"), settings),
             ),
             JobType.IMAGE_RESIZE: providers.Singleton(
                 ImageResizeExecutor,
-                input_root=providers.Callable(lambda s: Path(s.get("IMAGE_INPUT_ROOT")), settings),
+                input_root=providers.Callable(image_folder, settings, "IMAGE_INPUT_ROOT", os.R_OK),
                 output_root=providers.Callable(
-                    lambda s: Path(s.get("IMAGE_OUTPUT_ROOT")), settings
+                    image_folder, settings, "IMAGE_OUTPUT_ROOT", os.W_OK
                 ),
                 threadpool=image_threadpool,
                 http_client=http_client,
@@ -204,9 +231,7 @@ class Container(containers.DeclarativeContainer):
                     lambda s: s.get("IMAGE_MAX_SOURCE_BYTES"), settings
                 ),
                 max_pixels=providers.Callable(lambda s: s.get("IMAGE_MAX_PIXELS"), settings),
-                fetch_timeout_s=providers.Callable(
-                    lambda s: s.get("HTTP_DEFAULT_TIMEOUT"), settings
-                ),
+                fetch_timeout_s=providers.Callable(lambda s: s.get("HTTP_MAX_TIMEOUT"), settings),
             ),
         }
     )

@@ -17,10 +17,14 @@ from typing import Any
 
 from dynaconf import Dynaconf
 
+from adapters.kafka.settings import parse_brokers
 from domain.errors import ConfigurationError
 from entrypoints.config_values import parse_bool, parse_duration, parse_int, parse_size
 
 REQUIRED = "required"
+# dynaconf reads only variables with this prefix itself (none are used): ours are read
+# raw from the environment, and unrelated variables can never upset its parser.
+_OWN_PREFIX = "JOBWORKER_DYNACONF"
 
 
 @dataclass(frozen=True)
@@ -62,14 +66,17 @@ def _non_negative(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _brokers(text: str) -> list[str]:
-    servers = [part.strip() for part in text.split(",") if part.strip()]
-    for server in servers:
-        host, _, port = server.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"{server!r} is not host:port")
-    if not servers:
-        raise ValueError("no broker given")
-    return servers
+    return list(parse_brokers(text))
+
+
+def _at_least(minimum_s: float) -> Callable[[str], float]:
+    def check(text: str) -> float:
+        value = parse_duration(text)
+        if value < minimum_s:
+            raise ValueError(f"{text!r} is below the minimum of {minimum_s * 1000:g}ms")
+        return value
+
+    return check
 
 
 def _address(text: str) -> str:
@@ -144,7 +151,7 @@ SETTINGS: list[Setting] = [
         "GRPC_RETRY_BACKOFF_MAX",
         "10s",
         "longest pause between ReportResult retries",
-        _positive(parse_duration),
+        _at_least(0.1),
     ),
     Setting("GRPC_TLS_CA_FILE", None, "CA bundle: set to use TLS to Core"),
     Setting("GRPC_TLS_CERT_FILE", None, "client certificate for mutual TLS"),
@@ -202,9 +209,9 @@ SETTINGS: list[Setting] = [
         "HTTP_MAX_REDIRECTS", "5", "redirects followed (each re-checked)", _non_negative(parse_int)
     ),
     Setting(
-        "HTTP_DEFAULT_TIMEOUT",
+        "HTTP_MAX_TIMEOUT",
         "10s",
-        "HTTP request timeout when the job gives none",
+        "longest HTTP request, redirects and body included (timeout_ms may shorten it)",
         _positive(parse_duration),
     ),
     Setting("IMAGE_INPUT_ROOT", "./data/images/in", "image sources must be under this folder"),
@@ -235,17 +242,27 @@ class Settings:
 
     @classmethod
     def load(cls, dotenv: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read ``.env`` (from the working directory, or ``dotenv``) under the environment."""
-        source = Dynaconf(
-            envvar_prefix=False,
-            environments=False,
-            load_dotenv=True,
-            dotenv_path=str(dotenv) if dotenv else None,
-        )
-        values = {name: source.get(name) for name in _BY_NAME}
-        if environ is not None:
-            values.update({k: v for k, v in environ.items() if k in _BY_NAME})
-        return cls({k: v for k, v in values.items() if v is not None})
+        """Read ``.env`` (from the working directory, or ``dotenv``) under the environment.
+
+        dynaconf loads the ``.env`` file into the environment (variables already set win);
+        the values are then read as the exact strings they are. dynaconf's own parsing
+        would rewrite them (``KAFKA_GROUP_ID=1.10`` is not the group ``1.1``).
+        """
+        if dotenv is not None and not dotenv.is_file():
+            raise ConfigurationError("--env-file", f"{dotenv} is not a readable file")
+        try:
+            loader = Dynaconf(
+                envvar_prefix=_OWN_PREFIX,
+                environments=False,
+                load_dotenv=True,
+                dotenv_path=str(dotenv) if dotenv else None,
+            )
+            loader.get(_OWN_PREFIX)  # dynaconf is lazy: this is what reads the file
+        except Exception as error:
+            raise ConfigurationError(str(dotenv or ".env"), f"cannot be read: {error}") from None
+        values = {name: os.environ[name] for name in _BY_NAME if name in os.environ}
+        values.update({k: v for k, v in (environ or {}).items() if k in _BY_NAME})
+        return cls(values)
 
     def get(self, name: str) -> Any:
         if name not in self._cache:
@@ -265,6 +282,8 @@ class Settings:
             return setting.parse(text)
         except ValueError as error:
             raise ConfigurationError(setting.name, str(error)) from None
+        except ConfigurationError as error:
+            raise ConfigurationError(setting.name, error.problem) from None
 
     # -- derived values ---------------------------------------------------------------
 

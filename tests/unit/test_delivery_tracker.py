@@ -177,3 +177,61 @@ def test_random_completion_orders_never_commit_past_an_unfinished_offset() -> No
                 tracker.mark_committed(P0, position)
         assert tracker.in_flight(P0) == 0
         assert tracker.committable(P0) is None  # the last done moved it to 50 already
+
+
+def test_the_span_runs_from_the_lowest_pending_offset_past_the_highest_started() -> None:
+    tracker = DeliveryTracker()
+    assert tracker.span(P0) == 0
+    started(tracker, P0, range(10, 15))
+
+    assert tracker.span(P0) == 5
+    tracker.done(P0, 10)
+    assert tracker.span(P0) == 4
+    tracker.done(P0, 14)  # the highest started offset still counts
+    assert tracker.span(P0) == 4
+    for offset in (11, 12, 13):
+        tracker.done(P0, offset)
+    assert tracker.span(P0) == 0
+    assert tracker.lowest_pending(P0) is None
+
+
+def test_one_stuck_offset_keeps_the_span_growing_while_in_flight_stays_small() -> None:
+    # Counting pending jobs would let this partition read on forever behind offset 0.
+    tracker = DeliveryTracker()
+    tracker.started(P0, 0)
+    for offset in range(1, 1000):
+        tracker.started(P0, offset)
+        tracker.done(P0, offset)
+
+    assert tracker.in_flight(P0) == 1
+    assert tracker.span(P0) == 1000
+    assert tracker.lowest_pending(P0) == 0
+    assert tracker.committable(P0) is None
+
+
+def test_the_offsets_held_in_memory_never_exceed_the_span() -> None:
+    rng = random.Random(7)
+    tracker = DeliveryTracker()
+    window = 20
+    next_offset = 0
+    for _ in range(2000):
+        if tracker.span(P0) < window and rng.random() < 0.6:
+            tracker.started(P0, next_offset)
+            next_offset += 1
+        elif (lowest := tracker.lowest_pending(P0)) is not None:
+            tracker.done(P0, rng.randrange(lowest, next_offset))
+        assert tracker.held(P0) <= tracker.span(P0) <= window
+
+    for offset in range(next_offset):
+        tracker.done(P0, offset)
+    assert (tracker.held(P0), tracker.span(P0)) == (0, 0)
+
+
+def test_a_gap_in_offsets_counts_in_the_span() -> None:
+    tracker = DeliveryTracker()
+    for offset in (3, 9):
+        tracker.started(P0, offset)
+
+    assert tracker.span(P0) == 7
+    assert tracker.span(P1) == 0
+    assert tracker.held(P1) == 0

@@ -66,7 +66,7 @@ def test_a_missing_required_setting_is_named(missing: str) -> None:
         ("WORKER_POOL_SIZE", "0", "must be greater than zero"),
         ("WORKER_POOL_SIZE", "ten", "'ten' is not a whole number"),
         ("LOG_FORMAT", "xml", "not one of json, text"),
-        ("KAFKA_BROKERS", "localhost", "'localhost' is not host:port"),
+        ("KAFKA_BROKERS", "localhost", "'localhost' is not a host:port address"),
         ("GRPC_SERVER_ADDRESS", "core", "'core' is not host:port"),
         ("HTTP_ALLOW_PRIVATE_NETWORKS", "maybe", "not a boolean"),
         ("JOB_SOURCE", "redis", "not one of kafka, file"),
@@ -106,3 +106,28 @@ def test_dotenv_is_read_and_the_environment_wins(
 def test_the_table_lists_every_setting() -> None:
     table = settings_table()
     assert all(f"`{s.name}`" in table for s in SETTINGS)
+
+
+def test_values_are_taken_exactly_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("KAFKA_GROUP_ID=1.10\nKAFKA_SASL_PASSWORD=true\n")
+    monkeypatch.delenv("KAFKA_GROUP_ID", raising=False)
+    monkeypatch.delenv("KAFKA_SASL_PASSWORD", raising=False)
+    monkeypatch.setenv("UNRELATED_VARIABLE", "@json {")  # must not matter to us
+    settings = Settings.load(dotenv=dotenv)
+    assert settings.get("KAFKA_GROUP_ID") == "1.10"
+    assert settings.get("KAFKA_SASL_PASSWORD") == "true"
+
+
+def test_a_missing_env_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="--env-file: .*nope.env is not a readable file"):
+        Settings.load(dotenv=tmp_path / "nope.env")
+
+
+def test_the_readme_table_is_the_settings_table() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert settings_table() in readme, (
+        "README's configuration table is stale: paste `jobworker settings`"
+    )
