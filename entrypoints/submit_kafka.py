@@ -38,7 +38,9 @@ def submit_to_kafka(settings: Settings, jobs: Iterable[Job], total: int | None) 
         publisher.flush()
     except PublishFailed as error:
         raise JobWorkerError(f"Kafka refused jobs: {error}") from None
-    except ValueError as error:
+    except (ValueError, JobWorkerError) as error:
+        # The jobs before the bad one are on the topic already: say how many, so a
+        # re-run after the fix can skip them instead of submitting them twice.
         raise JobWorkerError(f"{error}; {sent} job(s) before it were submitted") from None
     finally:
         progress.close()

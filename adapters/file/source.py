@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import gevent
+from gevent.fileobject import FileObjectPosix
 
 from domain.errors import JobWorkerError
 from domain.model import Job
@@ -82,6 +83,7 @@ class FileJobSource:
         self._stream: IO[str] | None = None
         self._line_number = 0
         self._eof = False
+        self._one_line_per_fetch = False
         self.skipped: list[str] = []
         self.acked = 0
 
@@ -90,7 +92,10 @@ class FileJobSource:
             if self._path == "-":
                 import sys  # noqa: PLC0415 - only the stdin case needs it
 
-                self._stream = sys.stdin
+                # A pipe's readline would block the whole event loop: read it through
+                # gevent, so jobs, results and signals go on while input is awaited.
+                self._stream = FileObjectPosix(sys.stdin.fileno(), "r", close=False)
+                self._one_line_per_fetch = True
             else:
                 try:
                     self._stream = Path(self._path).open(encoding="utf-8")  # noqa: SIM115
@@ -106,7 +111,10 @@ class FileJobSource:
             return []
         stream = self._open()
         jobs: list[Job] = []
-        while len(jobs) < max_jobs:
+        # From a pipe, what has arrived is handed on at once, not held back until
+        # ``max_jobs`` lines came.
+        wanted = 1 if self._one_line_per_fetch else max_jobs
+        while len(jobs) < wanted:
             line = stream.readline()
             if not line:
                 self._eof = True
