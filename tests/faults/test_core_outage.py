@@ -1,0 +1,105 @@
+"""Core down for 20 s mid-run: the worker holds its results, stops taking jobs, stays
+bounded in memory, and delivers everything once Core is back on the same port and file."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from adapters.core.process import CoreProcess
+from tests.support.e2e import publish, sleep_jobs, tally
+from tests.support.faults import (
+    MIB,
+    Report,
+    StartWorker,
+    log_tail,
+    metrics_answer,
+    rss_bytes,
+    scrape_metric,
+    wait_while_running,
+    worker_settings,
+)
+from tests.support.kafka import create_topic, unique_name
+from tests.support.processes import free_port, wait_until
+
+pytestmark = pytest.mark.faults
+
+JOBS = 1000
+POOL = 10
+JOBS_QUEUE = 10
+RESULTS_QUEUE = 10
+SENDERS = 4
+# A job taken from Kafka and not yet reported is in the jobs queue, the pool, the
+# results queue or a sender's hands: nowhere else, however long Core is away.
+PIPELINE_CAPACITY = JOBS_QUEUE + POOL + RESULTS_QUEUE + SENDERS
+OUTAGE_S = 20.0
+RSS_GROWTH_LIMIT = 50 * MIB
+CONSUMED = "jobworker_jobs_consumed_total"
+
+
+def test_core_down_for_20s_loses_nothing_and_pauses_consumption(
+    kafka_servers: str, core: CoreProcess, start_worker: StartWorker, report: Report
+) -> None:
+    topic = create_topic(kafka_servers, partitions=2, prefix="faults-core")
+    jobs = sleep_jobs(JOBS, ms=50, prefix="outage")
+    ids = [job.id for job in jobs]
+    publish(kafka_servers, topic, jobs)
+    metrics_port = free_port()
+    worker = start_worker(
+        "outage-worker",
+        worker_settings(
+            kafka_servers,
+            topic,
+            unique_name("faults-core"),
+            core.address,
+            WORKER_POOL_SIZE=str(POOL),
+            JOBS_QUEUE_SIZE=str(JOBS_QUEUE),
+            RESULTS_QUEUE_SIZE=str(RESULTS_QUEUE),
+            RESULT_SENDERS=str(SENDERS),
+            METRICS_PORT=str(metrics_port),
+            METRICS_HOST="127.0.0.1",
+            GRPC_CALL_TIMEOUT="2s",
+            # Back within a second or two of Core's return, not after a 10 s backoff.
+            GRPC_RETRY_BACKOFF_MAX="1s",
+        ),
+    )
+    db = core.db_path
+    assert wait_while_running(worker, lambda: len(tally(db, ids).received) >= 100, 90), log_tail(
+        worker.log()
+    )
+
+    core.kill()
+    outage_ends = time.monotonic() + OUTAGE_S
+    delivered_before = len(tally(db, ids).received)
+    assert delivered_before < JOBS - PIPELINE_CAPACITY, "the run ended before the outage"
+    assert wait_until(lambda: metrics_answer(metrics_port), 10)
+    time.sleep(1)  # let the pipeline fill up and stall
+    pid = worker.process.pid  # type: ignore[union-attr]
+    rss_at_start = rss_bytes(pid)
+    consumed_first = scrape_metric(metrics_port, CONSUMED)
+    time.sleep(5)
+    consumed_second = scrape_metric(metrics_port, CONSUMED)
+    time.sleep(max(0.0, outage_ends - time.monotonic()))
+    rss_at_end = rss_bytes(pid)
+    consumed_at_end = scrape_metric(metrics_port, CONSUMED)
+    assert worker.process.poll() is None, log_tail(worker.log())  # type: ignore[union-attr]
+
+    core.start()
+    wait_while_running(worker, lambda: not tally(db, ids).lost, 120, interval_s=0.5)
+    result = tally(db, ids)
+    report(
+        result.line("core outage 20s")
+        + f"; delivered before the outage: {delivered_before}, consumed by its end: "
+        f"{consumed_at_end:.0f}, consumed over 5 s of it: {consumed_second - consumed_first:.0f}"
+        f" (pipeline holds {PIPELINE_CAPACITY}); worker RSS {rss_at_start / MIB:.1f} -> "
+        f"{rss_at_end / MIB:.1f} MiB"
+    )
+    assert not result.lost, f"{len(result.lost)} lost\n{log_tail(worker.log())}"
+    assert consumed_second - consumed_first <= PIPELINE_CAPACITY
+    # Stronger: nothing is taken from Kafka beyond what the pipeline can hold.
+    assert consumed_at_end <= delivered_before + PIPELINE_CAPACITY
+    assert rss_at_end - rss_at_start < RSS_GROWTH_LIMIT
+    assert "Core call failed; retrying" in worker.log()
+    assert worker.stop() == 0, log_tail(worker.log())
+    assert "Traceback" not in worker.log()

@@ -1,0 +1,88 @@
+"""One of two workers killed with SIGKILL mid-run: once its group session expires, the
+other worker takes over its partitions and redoes what it had not committed."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from adapters.core.process import CoreProcess
+from tests.support.e2e import sleep_jobs, tally
+from tests.support.faults import (
+    Report,
+    StartWorker,
+    count_by_worker,
+    job_record,
+    last_assignment,
+    log_tail,
+    reporters,
+    wait_while_running,
+    worker_settings,
+)
+from tests.support.kafka import create_topic, produce, unique_name
+from tests.support.processes import wait_until
+
+pytestmark = pytest.mark.faults
+
+PARTITIONS = 4
+JOBS_PER_PARTITION = 200
+VICTIM = "victim"
+SURVIVOR = "survivor"
+
+
+def _partition(job_id: str) -> int:
+    return int(job_id.split("-")[1][1:])  # "killed-p2-00042" -> 2
+
+
+def test_a_killed_workers_jobs_are_redone_by_the_other(
+    kafka_servers: str, core: CoreProcess, start_worker: StartWorker, report: Report
+) -> None:
+    topic = create_topic(kafka_servers, partitions=PARTITIONS, prefix="faults-kill")
+    jobs = [
+        job
+        for p in range(PARTITIONS)
+        for job in sleep_jobs(JOBS_PER_PARTITION, ms=50, prefix=f"killed-p{p}")
+    ]
+    ids = [job.id for job in jobs]
+    settings = worker_settings(
+        kafka_servers,
+        topic,
+        unique_name("faults-kill"),
+        core.address,
+        WORKER_POOL_SIZE="5",
+        # The broker's minimum: the group notices the dead worker within ~6 s.
+        KAFKA_SESSION_TIMEOUT="6s",
+    )
+    victim = start_worker(VICTIM, settings)
+    survivor = start_worker(SURVIVOR, settings)
+    assert wait_until(
+        lambda: all("partitions assigned" in w.log() for w in (victim, survivor)), 60
+    ), log_tail(victim.log()) + "\n" + log_tail(survivor.log())
+    produce(kafka_servers, topic, (job_record(job, _partition(job.id)) for job in jobs))
+
+    db = core.db_path
+    assert wait_while_running(victim, lambda: count_by_worker(db)[VICTIM] >= 100, 90), log_tail(
+        victim.log()
+    )
+    victim_partitions = last_assignment(victim.log())
+    victim.kill()
+    done_before_kill = len(tally(db, ids).received)
+    assert done_before_kill < len(jobs) - 100, "the run ended before the kill"
+
+    wait_while_running(survivor, lambda: not tally(db, ids).lost, 120, interval_s=0.5)
+    result = tally(db, ids)
+    kept_by = reporters(db)
+    taken_over = Counter(_partition(i) for i, w in kept_by.items() if w == SURVIVOR)
+    report(
+        result.line("worker SIGKILL")
+        + f"; done before the kill: {done_before_kill}; victim's partitions "
+        f"{sorted(victim_partitions)}; results kept per worker: {dict(count_by_worker(db))}"
+    )
+    assert not result.lost, f"{len(result.lost)} lost\n{log_tail(survivor.log())}"
+    # The victim owned some partitions; the survivor took each of them over.
+    assert victim_partitions
+    assert {_partition(i) for i, w in kept_by.items() if w == VICTIM} <= victim_partitions
+    assert all(taken_over[p] > 0 for p in victim_partitions), taken_over
+    assert survivor.process.poll() is None  # type: ignore[union-attr]
+    assert survivor.stop() == 0, log_tail(survivor.log())
