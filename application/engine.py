@@ -169,6 +169,11 @@ class WorkerEngine:
             intake.kill(block=True)
         if dispatcher is not None:
             dispatcher.kill(block=True)
+        # While the pool drains, the source keeps being polled for nothing: a Kafka
+        # source then stays in its group and commits what finishes, so even a second
+        # signal mid-drain leaves less to redeliver.
+        drained = Event()
+        keepalive = gevent.spawn(self._keep_source_alive, drained)
         not_started = self._jobs.qsize()
         self._pool.join(timeout=_left(deadline))
         in_flight = len(self._pool)
@@ -178,6 +183,9 @@ class WorkerEngine:
         self._wait_results_flushed(deadline)
         undelivered = self._results.qsize() + self._sending
         gevent.killall([g for g in senders if g is not None], block=True, timeout=1)
+        drained.set()  # let the last poll finish: killing one mid-call could hurt the client
+        keepalive.join(timeout=self._config.fetch_timeout_s + 1)
+        keepalive.kill(block=True)
         self._stopped = StopReport(
             jobs_abandoned_in_flight=in_flight,
             jobs_not_started=not_started,
@@ -209,6 +217,10 @@ class WorkerEngine:
                 self._intake_stopped.set()
                 self._mark_idle_if_drained()
                 return
+
+    def _keep_source_alive(self, drained: Event) -> None:
+        while not drained.is_set():
+            self._fetch(0, self._config.fetch_timeout_s)
 
     def _wait_for_room(self) -> None:
         # A no-room fetch keeps the source alive (a Kafka source pauses its partitions

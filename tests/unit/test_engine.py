@@ -443,3 +443,20 @@ def test_an_engine_loop_that_dies_fails_the_engine_loudly() -> None:
     engine.start()
     assert engine.failed.wait(1), "a dead intake loop must not go unnoticed"
     assert isinstance(engine.failure, AttributeError)
+
+
+def test_the_source_is_kept_alive_while_stop_drains_the_pool() -> None:
+    source = InMemoryJobSource(sleep_jobs(1, 0.1), finite=False)
+    engine = WorkerEngine(
+        source,
+        InMemoryResultSink(),
+        ExecutorRegistry({"SLEEP": SleepFor()}),
+        config(fetch_timeout_s=0.01),
+    )
+    engine.start()
+    gevent.sleep(0.01)
+    asked_before_stop = len(source.fetch_sizes)
+    assert engine.stop(timeout=2).clean
+    during_drain = source.fetch_sizes[asked_before_stop:]
+    assert len(during_drain) >= 3, "polled (for nothing) while the job finished"
+    assert set(during_drain) == {0}, "and never asked for new jobs"
