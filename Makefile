@@ -53,6 +53,9 @@ contract: venv
 e2e: venv
 	tools/kafka/with-broker.sh $(BIN)/pytest tests/e2e -q
 
+faults: venv
+	tools/kafka/with-broker.sh $(BIN)/pytest tests/faults -q
+
 # Everything: lint, then every test tier; a local Kafka broker is started from Maven
 # jars when no KAFKA_BOOTSTRAP_SERVERS is given and no Docker engine is present.
 test: lint package-check

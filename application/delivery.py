@@ -92,6 +92,34 @@ class DeliveryTracker:
         ledger = self._ledgers.get(partition)
         return 0 if ledger is None else len(ledger.pending)
 
+    def lowest_pending(self, partition: Hashable) -> int | None:
+        """The lowest offset of ``partition`` started and not done, or None."""
+        ledger = self._ledgers.get(partition)
+        return None if ledger is None else ledger.lowest_pending()
+
+    def span(self, partition: Hashable) -> int:
+        """How many offsets a restart would read again: 0 when nothing is pending.
+
+        That is one past the highest started offset minus the lowest pending one. It
+        bounds both the redelivery after a crash and this tracker's memory (``held``):
+        a source that stops starting offsets once the span reaches its window keeps
+        both bounded however long one job stays unfinished.
+        """
+        ledger = self._ledgers.get(partition)
+        lowest = None if ledger is None else ledger.lowest_pending()
+        return 0 if ledger is None or lowest is None else ledger.next_after_started - lowest
+
+    def held(self, partition: Hashable) -> int:
+        """How many offsets of ``partition`` the tracker keeps in memory; at most ``span``.
+
+        Done offsets above the lowest pending one are kept until it is done.
+        """
+        ledger = self._ledgers.get(partition)
+        if ledger is None:
+            return 0
+        ledger.lowest_pending()  # drops done offsets below the lowest pending one
+        return len(ledger.pending_heap)
+
     def forget(self, partition: Hashable) -> None:
         """Drop all bookkeeping of ``partition`` (it was revoked); later acks are ignored."""
         self._ledgers.pop(partition, None)

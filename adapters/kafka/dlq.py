@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from kafka import KafkaProducer
 
 from adapters.kafka.settings import KafkaClientSettings
 
+log = structlog.get_logger(__name__)
+
 REASON_HEADER = "x-dlq-reason"
+# How long a send may wait for the dead-letter topic's metadata. It runs on the fetch
+# greenlet: a missing or forbidden topic must cost a second, not ten.
+MAX_BLOCK_MS = 1_000
 
 
 def dead_letter_headers(record: Any, reason: str, worker_id: str) -> list[tuple[str, bytes]]:
@@ -31,15 +41,23 @@ class DeadLetterWriter:
     """Copies poison records, byte for byte, to the dead-letter topic.
 
     The producer is made on the first poison record: most workers never need one.
-    ``write`` returns at once; exactly one of its callbacks runs when the broker has
-    acknowledged (all in-sync replicas) or refused the record, on the producer's I/O
-    thread.
+    ``write`` blocks at most ``MAX_BLOCK_MS`` (for the topic's metadata), then returns;
+    exactly one of its callbacks runs when the broker has acknowledged (all in-sync
+    replicas) or refused the record, on the producer's I/O thread. ``api_version``
+    (the consumer's) spares the producer its own blocking version probe.
     """
 
-    def __init__(self, settings: KafkaClientSettings, topic: str, worker_id: str) -> None:
+    def __init__(
+        self,
+        settings: KafkaClientSettings,
+        topic: str,
+        worker_id: str,
+        api_version: tuple[int, ...] | None = None,
+    ) -> None:
         self.topic = topic
         self._settings = settings
         self._worker_id = worker_id
+        self._api_version = api_version
         self._producer: KafkaProducer | None = None
 
     def write(
@@ -51,8 +69,9 @@ class DeadLetterWriter:
     ) -> None:
         """Send ``record`` with its original key and value; raises KafkaError if it cannot."""
         if self._producer is None:
+            extra = {} if self._api_version is None else {"api_version": self._api_version}
             self._producer = KafkaProducer(
-                **self._settings.producer_kwargs(), acks="all", max_block_ms=10_000
+                **self._settings.producer_kwargs(), **extra, acks="all", max_block_ms=MAX_BLOCK_MS
             )
         headers = dead_letter_headers(record, reason, self._worker_id)
         value = record.value
@@ -74,3 +93,103 @@ class DeadLetterWriter:
         producer, self._producer = self._producer, None
         if producer is not None:
             producer.close(timeout=timeout_s)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A poison record, why it is poison, and the assignment it was read in."""
+
+    record: Any
+    reason: str
+    epoch: int
+
+
+class DeadLetterOutbox:
+    """Poison records waiting for the dead-letter topic, written a time slice at a time.
+
+    ``drain`` runs on the fetch greenlet, so it stops after ``budget_s`` and never sends
+    while the topic is refusing records: after a failure it waits ``first_backoff_s``,
+    doubling up to ``max_backoff_s`` while failures go on, and logs once per wait. A
+    letter is done only when ``on_written`` runs; until then its offset holds the commit.
+    """
+
+    def __init__(
+        self,
+        writer: DeadLetterWriter,
+        on_written: Callable[[DeadLetter], None],
+        *,
+        budget_s: float = 1.0,
+        first_backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._writer = writer
+        self._on_written = on_written
+        self._budget_s = budget_s
+        self._first_backoff_s = first_backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._waiting: deque[DeadLetter] = deque()
+        self._backoff_s = 0.0
+        self._blocked_until = 0.0
+
+    def put(self, letter: DeadLetter) -> None:
+        """Queue ``letter``; the next ``drain`` writes it."""
+        with self._lock:
+            self._waiting.append(letter)
+
+    def waiting(self) -> int:
+        """How many letters are queued (not yet handed to the producer)."""
+        with self._lock:
+            return len(self._waiting)
+
+    def drain(self, still_owned: Callable[[DeadLetter], bool]) -> None:
+        """Hand queued letters to the producer for up to ``budget_s``.
+
+        Letters ``still_owned`` rejects are dropped: their partition moved to another
+        worker, which reads them again.
+        """
+        deadline = self._clock() + self._budget_s
+        while self._clock() < deadline:
+            with self._lock:
+                if not self._waiting or self._clock() < self._blocked_until:
+                    return
+                letter = self._waiting.popleft()
+            if still_owned(letter):
+                self._send(letter)
+
+    def _send(self, letter: DeadLetter) -> None:
+        try:
+            self._writer.write(
+                letter.record,
+                letter.reason,
+                lambda: self._written(letter),
+                lambda error: self._failed(letter, error),
+            )
+        except Exception as error:  # any failure is retried after a backoff
+            self._failed(letter, error)
+
+    def _written(self, letter: DeadLetter) -> None:
+        with self._lock:
+            self._backoff_s = 0.0
+        self._on_written(letter)
+
+    def _failed(self, letter: DeadLetter, error: BaseException) -> None:
+        now = self._clock()
+        with self._lock:
+            self._waiting.appendleft(letter)
+            if now < self._blocked_until:
+                return  # one of a batch that failed together: this wait is counted
+            self._backoff_s = min(self._max_backoff_s, self._backoff_s * 2 or self._first_backoff_s)
+            self._blocked_until = now + self._backoff_s
+            waiting = len(self._waiting)
+        log.warning(
+            "cannot write to the dead-letter topic (KAFKA_DLQ_TOPIC); poison records"
+            " hold their partitions' commits until it accepts them",
+            dead_letter_topic=self._writer.topic,
+            error=str(error),
+            error_type=type(error).__name__,
+            waiting=waiting,
+            retry_in_s=self._backoff_s,
+        )

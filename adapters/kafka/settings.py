@@ -1,15 +1,23 @@
-"""How to reach the Kafka cluster: the settings every client (consumer, producer) shares."""
+"""How to reach the Kafka cluster: the settings every client (consumer, producer) shares.
+
+Errors name the environment variable an operator sets (``entrypoints/settings.py``), so
+the one-line message at start-up says what to fix.
+"""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 from domain.errors import ConfigurationError
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# kafka-python's default; a heartbeat every third of the session is the usual ratio.
+MAX_DERIVED_HEARTBEAT_MS = 3_000
 
 
 def parse_brokers(text: str, variable: str = "KAFKA_BROKERS") -> tuple[str, ...]:
@@ -18,9 +26,17 @@ def parse_brokers(text: str, variable: str = "KAFKA_BROKERS") -> tuple[str, ...]
     if not brokers:
         raise ConfigurationError(variable, "no broker address given (expected host:port,…)")
     for broker in brokers:
+        if "://" in broker:
+            raise ConfigurationError(
+                variable,
+                f"{broker!r}: give host:port without a scheme (security is set by"
+                " KAFKA_SECURITY_PROTOCOL)",
+            )
         host, _, port = broker.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or any(c.isspace() or c in "/@" for c in host):
             raise ConfigurationError(variable, f"{broker!r} is not a host:port address")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigurationError(variable, f"{broker!r}: the port must be 1-65535")
     return brokers
 
 
@@ -28,8 +44,13 @@ def parse_brokers(text: str, variable: str = "KAFKA_BROKERS") -> tuple[str, ...]
 class KafkaClientSettings:
     """Connection, security and group-timing settings for kafka-python clients.
 
-    Field names map to environment variables as ``KAFKA_<FIELD>`` (``bootstrap_servers``
-    is ``KAFKA_BROKERS``); errors name those variables.
+    Each field is one environment variable: ``bootstrap_servers`` KAFKA_BROKERS,
+    ``client_id`` KAFKA_CLIENT_ID, ``security_protocol`` KAFKA_SECURITY_PROTOCOL,
+    ``sasl_*`` KAFKA_SASL_*, ``ssl_*`` KAFKA_SSL_*, ``session_timeout_ms``
+    KAFKA_SESSION_TIMEOUT, ``max_poll_interval_ms`` KAFKA_MAX_POLL_INTERVAL (both are
+    durations there) and ``max_poll_records`` KAFKA_MAX_POLL_RECORDS. The one exception,
+    ``heartbeat_interval_ms``, has no variable: left None it is a third of the session
+    timeout, at most 3 s. The TLS files must be readable when the settings are made.
     """
 
     bootstrap_servers: Sequence[str]
@@ -41,20 +62,15 @@ class KafkaClientSettings:
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
-    ssl_check_hostname: bool = True
     session_timeout_ms: int = 45_000
-    heartbeat_interval_ms: int = 3_000
     max_poll_records: int = 500
     max_poll_interval_ms: int = 300_000
-    request_timeout_ms: int = 30_000
+    heartbeat_interval_ms: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.bootstrap_servers, str):
-            object.__setattr__(self, "bootstrap_servers", parse_brokers(self.bootstrap_servers))
-        else:
-            object.__setattr__(self, "bootstrap_servers", tuple(self.bootstrap_servers))
-        if not self.bootstrap_servers:
-            raise ConfigurationError("KAFKA_BROKERS", "no broker address given")
+        servers = self.bootstrap_servers
+        text = servers if isinstance(servers, str) else ",".join(servers)
+        object.__setattr__(self, "bootstrap_servers", parse_brokers(text))
         if self.security_protocol not in SECURITY_PROTOCOLS:
             raise ConfigurationError(
                 "KAFKA_SECURITY_PROTOCOL",
@@ -62,14 +78,23 @@ class KafkaClientSettings:
             )
         if self.security_protocol.startswith("SASL_"):
             self._check_sasl()
-        if self.heartbeat_interval_ms >= self.session_timeout_ms:
-            raise ConfigurationError(
-                "KAFKA_HEARTBEAT_INTERVAL_MS",
-                f"must be below KAFKA_SESSION_TIMEOUT_MS ({self.session_timeout_ms})",
+        self._check_tls_files()
+        for variable, value, unit in (
+            ("KAFKA_SESSION_TIMEOUT", self.session_timeout_ms, " ms"),
+            ("KAFKA_MAX_POLL_INTERVAL", self.max_poll_interval_ms, " ms"),
+            ("KAFKA_MAX_POLL_RECORDS", self.max_poll_records, ""),
+        ):
+            if value <= 0:
+                raise ConfigurationError(variable, f"must be greater than zero (got {value}{unit})")
+        if self.heartbeat_interval_ms is None:
+            derived = min(MAX_DERIVED_HEARTBEAT_MS, max(1, self.session_timeout_ms // 3))
+            object.__setattr__(self, "heartbeat_interval_ms", derived)
+        elif not 0 < self.heartbeat_interval_ms < self.session_timeout_ms:
+            # Only code sets it (there is no variable): a programming error.
+            raise ValueError(
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be positive and"
+                f" below session_timeout_ms ({self.session_timeout_ms})"
             )
-        for name in ("session_timeout_ms", "max_poll_records", "max_poll_interval_ms"):
-            if getattr(self, name) <= 0:
-                raise ConfigurationError(f"KAFKA_{name.upper()}", "must be positive")
 
     def _check_sasl(self) -> None:
         if self.sasl_mechanism not in SASL_MECHANISMS:
@@ -78,10 +103,45 @@ class KafkaClientSettings:
                 f"{self.sasl_mechanism!r} is not one of {', '.join(SASL_MECHANISMS)}"
                 f" (required by {self.security_protocol})",
             )
-        if not self.sasl_username or not self.sasl_password:
+        if not self.sasl_username:
             raise ConfigurationError(
-                "KAFKA_SASL_USERNAME",
-                f"{self.sasl_mechanism} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD",
+                "KAFKA_SASL_USERNAME", f"is required by {self.security_protocol}"
+            )
+        if not self.sasl_password:
+            raise ConfigurationError(
+                "KAFKA_SASL_PASSWORD", f"is required by {self.security_protocol}"
+            )
+
+    def _check_tls_files(self) -> None:
+        # Found now, a bad path is one clear line; found by kafka-python, it is half a
+        # minute of connection retries ending in "cannot reach Kafka".
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if self.ssl_cafile:
+            _readable("KAFKA_SSL_CAFILE", self.ssl_cafile)
+            try:
+                context.load_verify_locations(cafile=self.ssl_cafile)
+            except ssl.SSLError as error:
+                _unusable("KAFKA_SSL_CAFILE", self.ssl_cafile, f"no PEM certificates ({error})")
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ConfigurationError("KAFKA_SSL_CERTFILE", "is required with KAFKA_SSL_KEYFILE")
+        if self.ssl_certfile:
+            _readable("KAFKA_SSL_CERTFILE", self.ssl_certfile)
+            if self.ssl_keyfile:
+                _readable("KAFKA_SSL_KEYFILE", self.ssl_keyfile)
+            try:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, password=_no_password)
+            except (ssl.SSLError, _EncryptedKeyError) as error:
+                variable = "KAFKA_SSL_KEYFILE" if self.ssl_keyfile else "KAFKA_SSL_CERTFILE"
+                path = self.ssl_keyfile or self.ssl_certfile
+                _unusable(variable, path, f"no usable certificate and private key ({error})")
+        if (self.ssl_cafile or self.ssl_certfile) and self.security_protocol not in (
+            "SSL",
+            "SASL_SSL",
+        ):
+            raise ConfigurationError(
+                "KAFKA_SECURITY_PROTOCOL",
+                f"is {self.security_protocol}, so the KAFKA_SSL_* files would be ignored"
+                " (use SSL or SASL_SSL)",
             )
 
     def client_kwargs(self) -> dict[str, Any]:
@@ -90,7 +150,6 @@ class KafkaClientSettings:
             "bootstrap_servers": list(self.bootstrap_servers),
             "client_id": self.client_id,
             "security_protocol": self.security_protocol,
-            "request_timeout_ms": self.request_timeout_ms,
         }
         if self.security_protocol.startswith("SASL_"):
             kwargs |= {
@@ -103,7 +162,6 @@ class KafkaClientSettings:
                 "ssl_cafile": self.ssl_cafile,
                 "ssl_certfile": self.ssl_certfile,
                 "ssl_keyfile": self.ssl_keyfile,
-                "ssl_check_hostname": self.ssl_check_hostname,
             }
         return kwargs
 
@@ -119,3 +177,24 @@ class KafkaClientSettings:
     def producer_kwargs(self) -> dict[str, Any]:
         """``client_kwargs`` for a KafkaProducer."""
         return self.client_kwargs()
+
+
+class _EncryptedKeyError(Exception):
+    """The private key asks for a password, and there is no setting to give one."""
+
+
+def _no_password() -> NoReturn:
+    # Without a callback OpenSSL would prompt on the terminal: a hung start-up.
+    raise _EncryptedKeyError("the private key is encrypted; give an unencrypted key")
+
+
+def _readable(variable: str, path: str) -> None:
+    try:
+        with Path(path).open("rb"):
+            pass
+    except OSError as error:
+        _unusable(variable, path, error.strerror or str(error))
+
+
+def _unusable(variable: str, path: str, problem: str) -> NoReturn:
+    raise ConfigurationError(variable, f"cannot use {path!r}: {problem}")

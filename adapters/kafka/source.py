@@ -4,6 +4,10 @@ Threads: ``fetch``, ``close`` and the commits run on the engine's fetch greenlet
 ``ack`` on any greenlet; the rebalance listener and the dead-letter callbacks on
 kafka-python's I/O thread (a greenlet once gevent has patched the process). They share
 the bookkeeping under one lock that is never held across I/O.
+
+Errors from the consumer are retried, except those retrying cannot fix (authentication
+or authorization refused, group settings the broker rejects): ``fetch`` raises
+``SourceFailed`` for them, naming the setting to look at.
 """
 
 from __future__ import annotations
@@ -19,15 +23,18 @@ import gevent
 import structlog
 from google.protobuf.message import DecodeError
 from kafka import KafkaConsumer, TopicPartition
+from kafka import errors as kafka_errors
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
+from kafka.util import ensure_valid_topic_name
 
 from adapters.codec import job_from_task
-from adapters.kafka.dlq import DeadLetterWriter
+from adapters.kafka.dlq import DeadLetter, DeadLetterOutbox, DeadLetterWriter
 from adapters.kafka.settings import KafkaClientSettings
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from application.delivery import DeliveryTracker
+from domain.errors import ConfigurationError, SourceFailed
 from domain.model import Job
 
 log = structlog.get_logger(__name__)
@@ -43,12 +50,57 @@ class KafkaReceipt:
     epoch: int
 
 
-@dataclass(frozen=True, slots=True)
-class _DeadLetter:
-    record: Any
-    reason: str
-    epoch: int
-    not_before: float
+# Broker refusals that retrying cannot fix, and what to check: "{group}", "{topic}" and
+# "{session_ms}" are filled in. Anything else (no broker, timeouts, rebalances, commit
+# conflicts) is transient and retried.
+_FATAL_ERRORS: dict[type[KafkaError], str] = {
+    kafka_errors.InvalidSessionTimeoutError: (
+        "Kafka refused the group join: {error} — KAFKA_SESSION_TIMEOUT ({session_ms} ms) must"
+        " be within the broker's group.min.session.timeout.ms and group.max.session.timeout.ms"
+    ),
+    kafka_errors.InvalidGroupIdError: (
+        "Kafka refused the group id {group!r}: {error} — check KAFKA_GROUP_ID"
+    ),
+    kafka_errors.GroupAuthorizationFailedError: (
+        "Kafka refused access to consumer group {group!r}: {error} — grant the principal of"
+        " KAFKA_SASL_USERNAME READ on the group KAFKA_GROUP_ID"
+    ),
+    kafka_errors.TopicAuthorizationFailedError: (
+        "Kafka refused access to topic {topic!r}: {error} — grant the principal of"
+        " KAFKA_SASL_USERNAME READ and DESCRIBE on KAFKA_TOPIC"
+    ),
+    kafka_errors.ClusterAuthorizationFailedError: (
+        "Kafka refused a cluster operation: {error} — check the ACLs of the principal of"
+        " KAFKA_SASL_USERNAME"
+    ),
+    kafka_errors.SaslAuthenticationFailedError: (
+        "Kafka refused the credentials: {error} — check KAFKA_SASL_USERNAME,"
+        " KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM"
+    ),
+    kafka_errors.UnsupportedSaslMechanismError: (
+        "Kafka does not offer this SASL mechanism: {error} — check KAFKA_SASL_MECHANISM"
+    ),
+    kafka_errors.IllegalSaslStateError: (
+        "Kafka broke off the SASL handshake: {error} — check KAFKA_SECURITY_PROTOCOL and"
+        " KAFKA_SASL_MECHANISM against the broker's listener"
+    ),
+    kafka_errors.GroupMaxSizeReachedError: (
+        "Kafka refused the group join: {error} — group {group!r} (KAFKA_GROUP_ID) already"
+        " has the broker's group.max.size members"
+    ),
+    kafka_errors.InvalidTopicError: "Kafka refused topic {topic!r}: {error} — check KAFKA_TOPIC",
+}
+
+
+def fatal_error_message(error: KafkaError, topic: str, group: str, session_ms: int) -> str | None:
+    """The one-line reason to stop, when ``error`` is one retrying cannot fix; else None."""
+    if getattr(error, "retriable", False):
+        return None
+    for error_type, message in _FATAL_ERRORS.items():
+        if isinstance(error, error_type):
+            name = type(error).__name__
+            return message.format(error=name, topic=topic, group=group, session_ms=session_ms)
+    return None
 
 
 def decode_task(record: Any) -> pb.JobTask | str:
@@ -68,10 +120,16 @@ class KafkaJobSource:
     """The JobSource port over a Kafka consumer group (see ``domain.ports.JobSource``).
 
     A partition's committed offset never passes a job that is not done (acked, or its
-    record written to the dead-letter topic). At most ``max_in_flight_per_partition``
-    jobs per partition are out at once; a full partition is paused until it drains.
+    record written to the dead-letter topic). ``max_in_flight_per_partition`` bounds a
+    partition's span, from its lowest unfinished offset to its newest taken one: that
+    is what a restart reads again, however few of those jobs are still running. A
+    partition whose span is full is paused until its lowest unfinished job is done.
     Done offsets are committed every ``commit_interval_s`` or ``commit_every`` acks,
     when partitions are revoked, and on ``close``.
+
+    Poison records go to the dead-letter topic in slices of at most
+    ``dead_letter_budget_s`` per fetch; while that topic refuses them, retries wait
+    ``dead_letter_retry_s``, doubling up to ``dead_letter_max_backoff_s``.
     """
 
     def __init__(
@@ -86,16 +144,26 @@ class KafkaJobSource:
         commit_interval_s: float = 5.0,
         commit_every: int = 100,
         dead_letter_retry_s: float = 1.0,
+        dead_letter_max_backoff_s: float = 30.0,
+        dead_letter_budget_s: float = 1.0,
         close_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_in_flight_per_partition < 1:
-            raise ValueError("max_in_flight_per_partition must be at least 1")
+            raise ConfigurationError("KAFKA_MAX_IN_FLIGHT_PER_PARTITION", "must be at least 1")
+        dlq_topic = dlq_topic or f"{topic}.dlq"
+        _check_topic("KAFKA_TOPIC", topic)
+        _check_topic("KAFKA_DLQ_TOPIC", dlq_topic)
+        if dlq_topic == topic:
+            raise ConfigurationError("KAFKA_DLQ_TOPIC", "must differ from KAFKA_TOPIC")
+        if not group_id.strip():
+            raise ConfigurationError("KAFKA_GROUP_ID", "must not be empty")
         self.topic = topic
+        self._group_id = group_id
+        self._session_timeout_ms = settings.session_timeout_ms
         self._window = max_in_flight_per_partition
         self._commit_interval_s = commit_interval_s
         self._commit_every = commit_every
-        self._dead_letter_retry_s = dead_letter_retry_s
         self._close_timeout_s = close_timeout_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -103,22 +171,31 @@ class KafkaJobSource:
         self._epochs: dict[TopicPartition, int] = {}
         self._held: set[TopicPartition] = set()
         self._epoch_counter = itertools.count(1)
-        self._next_offsets: dict[TopicPartition, int] = {}
-        self._dead_letters_to_retry: list[_DeadLetter] = []
+        # The offset each partition was first read from in this assignment: lag's
+        # baseline until this worker commits one.
+        self._start_offsets: dict[TopicPartition, int] = {}
         self._acks_since_commit = 0
         self._committed: dict[TopicPartition, int] = {}
         self.counters = {"offset_commits": 0, "dlq_records": 0}
         self._last_commit = clock()
         self._no_room = False
         self._closed = False
-        self._dead_letter_writer = DeadLetterWriter(
-            settings, dlq_topic or f"{topic}.dlq", worker_id
-        )
         self._consumer = KafkaConsumer(
             **settings.consumer_kwargs(),
             group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+        )
+        self._dead_letter_writer = DeadLetterWriter(
+            settings, dlq_topic, worker_id, api_version=self._consumer.config["api_version"]
+        )
+        self._dead_letters = DeadLetterOutbox(
+            self._dead_letter_writer,
+            self._dead_letter_written,
+            budget_s=dead_letter_budget_s,
+            first_backoff_s=dead_letter_retry_s,
+            max_backoff_s=dead_letter_max_backoff_s,
+            clock=clock,
         )
         self._consumer.subscribe([topic], listener=_RebalanceListener(self))
 
@@ -128,7 +205,6 @@ class KafkaJobSource:
         if self._closed:
             gevent.sleep(timeout_s)
             return []
-        self._retry_dead_letters()
         self._no_room = max_jobs <= 0
         if self._no_room:
             self._pause(self._owned())
@@ -138,6 +214,7 @@ class KafkaJobSource:
         else:
             self._pause_full_partitions()
             jobs = self._take(self._poll(timeout_s, max_records=max_jobs))
+        self._dead_letters.drain(self._still_owned)
         self._maybe_commit()
         gevent.sleep(0)
         return jobs
@@ -178,20 +255,48 @@ class KafkaJobSource:
         return sorted(self._owned())
 
     def group_generation(self) -> int:
-        """The consumer group generation this worker is in (-1 before it joined)."""
+        """The consumer group generation this worker is in (-1 before it joined).
+
+        Cheap and safe from any greenlet: a snapshot of the consumer's membership, no
+        request to the broker.
+        """
         return int(self._consumer.group_metadata().generation_id)
 
-    def lag(self) -> dict[TopicPartition, int]:
-        """Records per owned partition past this worker's last committed offset.
+    def joined_group(self) -> bool:
+        """True once this worker has joined its group, until it leaves or is expelled.
 
-        This is the lag ``kafka-consumer-groups --describe`` shows: it reaches zero only
-        once every record was taken, finished, reported and committed.
+        Stays True through an ordinary rebalance (the member keeps its generation until
+        the next one). Cheap, like ``group_generation``.
+        """
+        return self.group_generation() >= 0
+
+    def spans(self) -> dict[TopicPartition, int]:
+        """Per owned partition, how much of ``max_in_flight_per_partition`` is in use.
+
+        That is the offsets from the lowest unfinished job to the newest taken one: what
+        a restart would read again. A partition at the window is paused.
+        """
+        owned = self._owned()
+        with self._lock:
+            return {tp: self._tracker.span(tp) for tp in owned}
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Records per owned partition past this worker's position in the group.
+
+        The position is the offset this worker last committed for the partition; before
+        its first commit in this assignment, the offset it first read there (where the
+        group's committed offset, or ``earliest`` without one, put the consumer). So
+        this is the lag ``kafka-consumer-groups --describe`` shows once this worker has
+        committed: it reaches zero only once every record was taken, finished, reported
+        and committed. Partitions with nothing read yet (no baseline, no high-water mark)
+        are left out. Makes no request to the broker.
         """
         lags = {}
         assignment = self._consumer.assignment()
         for tp in self._owned():
             highwater = self._consumer.highwater(tp) if tp in assignment else None
-            position = self._committed.get(tp, self._next_offsets.get(tp))
+            with self._lock:
+                position = self._committed.get(tp, self._start_offsets.get(tp))
             if highwater is not None and position is not None:
                 lags[tp] = max(0, highwater - position)
         return lags
@@ -199,14 +304,24 @@ class KafkaJobSource:
     # -- polling ------------------------------------------------------------------------
 
     def _poll(self, timeout_s: float, max_records: int) -> dict[TopicPartition, list[Any]]:
+        _release_parked_records(self._consumer)
         try:
             records: dict[TopicPartition, list[Any]] = self._consumer.poll(
                 timeout_ms=max(0, int(timeout_s * 1000)), max_records=max_records
             )
         except KafkaError as error:
+            reason = fatal_error_message(
+                error, self.topic, self._group_id, self._session_timeout_ms
+            )
+            if reason is not None:
+                raise SourceFailed(reason) from error
             log.warning("kafka poll failed", error=str(error), error_type=type(error).__name__)
             gevent.sleep(min(timeout_s, 1.0))
             return {}
+        with self._lock:
+            for tp, batch in records.items():
+                if batch and tp in self._epochs:
+                    self._start_offsets.setdefault(tp, batch[0].offset)
         return records
 
     def _take(self, batches: dict[TopicPartition, list[Any]]) -> list[Job]:
@@ -214,12 +329,9 @@ class KafkaJobSource:
         for tp, records in batches.items():
             with self._lock:
                 epoch = self._epochs.get(tp)
-                room = 0 if epoch is None else self._window - self._tracker.in_flight(tp)
-                taken = records[: max(0, room)]
+                taken = [] if epoch is None else self._within_window(tp, records)
                 for record in taken:
                     self._tracker.started(tp, record.offset)
-                if taken:
-                    self._next_offsets[tp] = taken[-1].offset + 1
             if len(taken) < len(records):
                 # Over the window: read these again once the partition has drained.
                 self._seek(tp, records[len(taken)].offset)
@@ -229,10 +341,28 @@ class KafkaJobSource:
                     jobs.append(job)
         return jobs
 
+    def _within_window(self, tp: TopicPartition, records: Sequence[Any]) -> Sequence[Any]:
+        # Records come in offset order: take them while the span stays in the window.
+        lowest = self._tracker.lowest_pending(tp)
+        for count, record in enumerate(records):
+            if lowest is None:
+                lowest = record.offset
+            if record.offset + 1 - lowest > self._window:
+                return records[:count]
+        return records
+
     def _job_or_dead_letter(self, record: Any, epoch: int) -> Job | None:
         task = decode_task(record)
         if isinstance(task, str):
-            self._write_dead_letter(_DeadLetter(record, task, epoch, 0.0))
+            log.warning(
+                "poison record: writing it to the dead-letter topic",
+                reason=task,
+                dead_letter_topic=self._dead_letter_writer.topic,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+            self._dead_letters.put(DeadLetter(record, task, epoch))
             return None
         if record.key is not None and record.key != task.id.encode():
             log.warning(
@@ -263,7 +393,7 @@ class KafkaJobSource:
     def _pause_full_partitions(self) -> None:
         owned = self._owned()
         with self._lock:
-            full = {tp for tp in owned if self._tracker.in_flight(tp) >= self._window}
+            full = {tp for tp in owned if self._tracker.span(tp) >= self._window}
         paused = set(self._consumer.paused())
         self._pause(full - paused)
         self._resume((owned - full) & paused)
@@ -379,52 +509,22 @@ class KafkaJobSource:
             self._tracker.forget(tp)
             self._epochs.pop(tp, None)
             self._held.discard(tp)
-            self._next_offsets.pop(tp, None)
+            self._start_offsets.pop(tp, None)
             self._committed.pop(tp, None)
 
     # -- dead letters -------------------------------------------------------------------
 
-    def _write_dead_letter(self, letter: _DeadLetter) -> None:
-        tp = TopicPartition(letter.record.topic, letter.record.partition)
-        offset = letter.record.offset
-        log.warning(
-            "poison record: writing it to the dead-letter topic",
-            reason=letter.reason,
-            dead_letter_topic=self._dead_letter_writer.topic,
-            topic=tp.topic,
-            partition=tp.partition,
-            offset=offset,
-        )
-
-        def written() -> None:
-            self.counters["dlq_records"] += 1
-            self._mark_done(tp, offset, letter.epoch)
-
-        def failed(error: BaseException) -> None:
-            log.warning("dead letter not written; will retry", error=str(error), offset=offset)
-            retry_at = self._clock() + self._dead_letter_retry_s
-            with self._lock:
-                self._dead_letters_to_retry.append(
-                    _DeadLetter(letter.record, letter.reason, letter.epoch, retry_at)
-                )
-
-        try:
-            self._dead_letter_writer.write(letter.record, letter.reason, written, failed)
-        except Exception as error:
-            failed(error)
-
-    def _retry_dead_letters(self) -> None:
-        now = self._clock()
+    def _dead_letter_written(self, letter: DeadLetter) -> None:
+        # On the producer's I/O thread: the record is safe in the dead-letter topic.
         with self._lock:
-            ready = [d for d in self._dead_letters_to_retry if d.not_before <= now]
-            self._dead_letters_to_retry = [
-                d for d in self._dead_letters_to_retry if d.not_before > now
-            ]
-            owned = dict(self._epochs)
-        for letter in ready:
-            tp = TopicPartition(letter.record.topic, letter.record.partition)
-            if owned.get(tp) == letter.epoch:
-                self._write_dead_letter(letter)
+            self.counters["dlq_records"] += 1
+        tp = TopicPartition(letter.record.topic, letter.record.partition)
+        self._mark_done(tp, letter.record.offset, letter.epoch)
+
+    def _still_owned(self, letter: DeadLetter) -> bool:
+        tp = TopicPartition(letter.record.topic, letter.record.partition)
+        with self._lock:
+            return self._epochs.get(tp) == letter.epoch
 
 
 class _RebalanceListener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
@@ -441,6 +541,29 @@ class _RebalanceListener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
         self._source._lose(lost)
+
+
+def _release_parked_records(consumer: KafkaConsumer) -> None:
+    """Work around a kafka-python 3.0 fetcher bug that stalls a resumed partition for good.
+
+    Records buffered for a partition when it is paused are parked; the fetcher restores
+    them only when its current-records slot is None, and never fetches the partition
+    while they are parked. But a slot whose records were all returned stays set (empty,
+    falsy) until another partition is paused, so with two or more partitions a
+    partition paused for a full window may never be read again. An empty slot holds
+    nothing, so emptying it changes nothing else. Does nothing if the internals differ.
+    """
+    fetcher: Any = getattr(consumer, "_fetcher", None)
+    current = getattr(fetcher, "_next_partition_records", None)
+    if current is not None and not current:
+        fetcher._next_partition_records = None
+
+
+def _check_topic(variable: str, topic: str) -> None:
+    try:
+        ensure_valid_topic_name(topic)
+    except (TypeError, ValueError) as error:
+        raise ConfigurationError(variable, str(error)) from None
 
 
 def _printable(partitions: Iterable[Any]) -> list[str]:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from kafka import TopicPartition
 
 from adapters.kafka import KafkaClientSettings, KafkaJobPublisher, KafkaJobSource, KafkaReceipt
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
@@ -195,14 +196,64 @@ def test_a_full_in_flight_window_pauses_the_partition_until_it_drains(
     first = take(source, 3)
     assert fetch_for(source, 1.0) == []
 
-    source.ack(first[1])  # the window has room for one
-    second = take(source, 1)
+    source.ack(first[1])  # done above the oldest job: the window does not move
     assert fetch_for(source, 0.5) == []
-    for job in (first[0], first[2], second[0]):
+    source.ack(first[0])  # the oldest job is done: the window moves up by two
+    second = take(source, 2)
+    assert fetch_for(source, 0.5) == []
+    for job in (first[2], *second):
         source.ack(job)
-    rest = take(source, 3)
+    rest = take(source, 2)
 
     assert [offset_of(job) for job in first + second + rest] == list(range(7))
+
+
+def test_one_job_never_acked_pauses_its_partition_at_the_window_however_many_finish(
+    kafka_servers: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    source_factory: SourceFactory,
+) -> None:
+    topic = topic_factory(2)
+    produce_jobs(kafka_servers, topic, [f"a-{i}" for i in range(60)], partition=0)
+    produce_jobs(kafka_servers, topic, [f"b-{i}" for i in range(60)], partition=1)
+    window = 10
+    source = source_factory(
+        topic, group_id, max_in_flight_per_partition=window, commit_interval_s=0
+    )
+    stuck = TopicPartition(topic, 0)
+    free = TopicPartition(topic, 1)
+
+    taken: list[Job] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len([j for j in taken if j.id.startswith("b")]) < 60:
+        jobs = source.fetch(100, 0.2)
+        taken.extend(jobs)
+        for job in jobs:
+            if job.id != "a-0":  # a-0 never finishes
+                source.ack(job)
+        assert all(span <= window for span in source.spans().values()), source.spans()
+    fetch_for(source, 1.0)
+
+    from_stuck = [job.id for job in taken if job.id.startswith("a")]
+    assert from_stuck == [f"a-{i}" for i in range(window)]  # and then the partition paused
+    assert source.spans() == {stuck: window, free: 0}
+    assert source._tracker.held(stuck) <= window  # done offsets above a-0 stay bounded
+    # Partition 0 commits nothing past a-0 (so nothing at all); partition 1 is unhindered.
+    assert committed_offsets(kafka_servers, group_id, topic) == {1: 60}
+
+    source.ack(next(job for job in taken if job.id == "a-0"))
+
+    rest: list[Job] = []
+    deadline = time.monotonic() + 30
+    while len(rest) < 50 and time.monotonic() < deadline:
+        jobs = source.fetch(100, 0.2)
+        rest.extend(jobs)
+        for job in jobs:
+            source.ack(job)
+    fetch_for(source, 0.3)
+    assert [job.id for job in rest] == [f"a-{i}" for i in range(window, 60)]
+    assert committed_offsets(kafka_servers, group_id, topic) == {0: 60, 1: 60}
 
 
 def test_a_consumer_with_no_room_stays_in_its_group_past_max_poll_interval(
