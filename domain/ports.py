@@ -18,6 +18,8 @@ class JobSource(Protocol):
         engine has no room: the source must keep its connection alive (a Kafka source
         pauses its partitions and still polls, to stay in its group) and return
         nothing. Undeliverable input never raises here; a source deals with it itself.
+        Raises ``SourceFailed`` only when it cannot go on at all (credentials refused,
+        invalid group settings); any other error is taken as passing and fetch is retried.
         """
         ...
 

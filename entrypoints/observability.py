@@ -65,7 +65,9 @@ def _readiness(kafka: KafkaJobSource | None, sink: Any) -> Callable[[], Mapping[
     def checks() -> Mapping[str, bool]:
         result = {}
         if kafka is not None:
-            result["partitions_assigned"] = bool(kafka.assigned())
+            # Joined, not "owns partitions": replicas beyond the partition count are
+            # healthy standbys, and must not hold up a rollout by never being ready.
+            result["joined_group"] = kafka.joined_group()
         if ping is not None:
             result["core_reachable"] = bool(ping(timeout_s=_CORE_PING_TIMEOUT_S))
         return result

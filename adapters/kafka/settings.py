@@ -150,6 +150,9 @@ class KafkaClientSettings:
             "bootstrap_servers": list(self.bootstrap_servers),
             "client_id": self.client_id,
             "security_protocol": self.security_protocol,
+            # kafka-python backs off reconnects up to 30 s by default (Java: 1 s): after
+            # a broker restart that left partitions idle for half a minute.
+            "reconnect_backoff_max_ms": 2_000,
         }
         if self.security_protocol.startswith("SASL_"):
             kwargs |= {

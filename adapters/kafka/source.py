@@ -39,6 +39,8 @@ from domain.model import Job
 
 log = structlog.get_logger(__name__)
 
+_PERIODIC_COMMIT_TIMEOUT_S = 2.0
+
 
 @dataclass(frozen=True, slots=True)
 class KafkaReceipt:
@@ -426,9 +428,12 @@ class KafkaJobSource:
     def _maybe_commit(self) -> None:
         due = self._clock() - self._last_commit >= self._commit_interval_s
         if due or self._acks_since_commit >= self._commit_every:
-            self._commit()
+            # Short: this runs in the poll loop, and with the broker away a long wait
+            # would hold up jobs the consumer already has. A failed commit is retried
+            # at the next cadence; nothing done is lost meanwhile.
+            self._commit(_PERIODIC_COMMIT_TIMEOUT_S)
 
-    def _commit(self) -> None:
+    def _commit(self, timeout_s: float | None = None) -> None:
         with self._lock:
             offsets = self._committable(set(self._epochs) - self._held)
             self._acks_since_commit = 0
@@ -436,7 +441,8 @@ class KafkaJobSource:
         if not offsets:
             return
         try:
-            self._consumer.commit(offsets, timeout_ms=int(self._close_timeout_s * 1000))
+            timeout_ms = int((timeout_s or self._close_timeout_s) * 1000)
+            self._consumer.commit(offsets, timeout_ms=timeout_ms)
         except KafkaError as error:
             # Nothing is lost: these offsets are committed later or redelivered.
             log.warning("offset commit failed", error=str(error), offsets=_printable(offsets))
