@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from adapters.kafka.source import KafkaJobSource
 from adapters.observability.http_server import ObservabilityServer
-from adapters.observability.metrics import LiveState, LiveStateCollector
+from adapters.observability.metrics import LiveState, LiveStateCollector, Reading
 from application.engine import WorkerEngine
 
 # A readiness probe must answer fast; a Core that takes longer to accept a connection
@@ -41,8 +41,14 @@ def start_observability_server(
                 lambda: engine.results_queue_depth,
             ),
         },
+        counters={
+            "jobworker_results_refused": (
+                "Times the sink refused a result that is then offered again.",
+                lambda: engine.results_refused,
+            ),
+            **(_kafka_counters(kafka) if kafka else {}),
+        },
         consumer_lag=_lag_reader(kafka) if kafka else None,
-        source_counters=(lambda: dict(kafka.counters)) if kafka else None,
     )
     registry.register(LiveStateCollector(state))
     server = ObservabilityServer(
@@ -50,6 +56,19 @@ def start_observability_server(
     )
     server.start()
     return server
+
+
+def _kafka_counters(source: KafkaJobSource) -> dict[str, Reading]:
+    return {
+        "jobworker_offset_commits": (
+            "Offset commits made to Kafka.",
+            lambda: source.counters["offset_commits"],
+        ),
+        "jobworker_dlq_records": (
+            "Poison messages written to the dead-letter topic.",
+            lambda: source.counters["dlq_records"],
+        ),
+    }
 
 
 def _lag_reader(source: KafkaJobSource) -> Callable[[], Mapping[tuple[str, int], int]]:

@@ -84,17 +84,24 @@ class ResultSendRetries:
         self._counter.labels(code).inc()
 
 
+Reading = tuple[str, Callable[[], float]]  # (help text, read the value now)
+
+
 @dataclass
 class LiveState:
-    """Where the collector reads state at scrape time; each reader is optional."""
+    """Where the collector reads state at scrape time; each reader is optional.
 
-    gauges: Mapping[str, tuple[str, Callable[[], float]]] = field(default_factory=dict)
+    ``counters`` are totals their owners keep (the Kafka source's commits and dead
+    letters, the engine's refused results); ``gauges`` are levels.
+    """
+
+    gauges: Mapping[str, Reading] = field(default_factory=dict)
+    counters: Mapping[str, Reading] = field(default_factory=dict)
     consumer_lag: Callable[[], Mapping[tuple[str, int], int]] | None = None
-    source_counters: Callable[[], Mapping[str, int]] | None = None
 
 
 class LiveStateCollector(Collector):
-    """Exposes engine and consumer state as gauges (and the source's own counters)."""
+    """Exposes engine and consumer state, read when Prometheus scrapes."""
 
     def __init__(self, state: LiveState) -> None:
         self._state = state
@@ -102,6 +109,8 @@ class LiveStateCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         for name, (doc, read) in self._state.gauges.items():
             yield GaugeMetricFamily(name, doc, value=read())
+        for name, (doc, read) in self._state.counters.items():
+            yield CounterMetricFamily(name, doc, value=read())
         if self._state.consumer_lag is not None:
             lag = GaugeMetricFamily(
                 "jobworker_consumer_lag",
@@ -111,14 +120,3 @@ class LiveStateCollector(Collector):
             for (topic, partition), value in sorted(self._state.consumer_lag().items()):
                 lag.add_metric([topic, str(partition)], value)
             yield lag
-        if self._state.source_counters is not None:
-            for name, value in sorted(self._state.source_counters().items()):
-                yield CounterMetricFamily(
-                    f"jobworker_{name}", _COUNTER_DOCS.get(name, name), value=value
-                )
-
-
-_COUNTER_DOCS = {
-    "offset_commits": "Offset commits made to Kafka.",
-    "dlq_records": "Poison messages written to the dead-letter topic.",
-}

@@ -72,8 +72,11 @@ def test_live_state_is_read_at_scrape_time() -> None:
         LiveStateCollector(
             LiveState(
                 gauges={"jobworker_jobs_queue_depth": ("doc", lambda: depth["now"])},
+                counters={
+                    "jobworker_offset_commits": ("doc", lambda: 7),
+                    "jobworker_dlq_records": ("doc", lambda: 1),
+                },
                 consumer_lag=lambda: lag,
-                source_counters=lambda: {"offset_commits": 7, "dlq_records": 1},
             )
         )
     )
