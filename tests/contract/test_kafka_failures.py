@@ -138,6 +138,12 @@ def test_an_unwritable_dead_letter_topic_never_blocks_the_fetch_loop(
     jobs: list[Job] = []
     slowest = 0.0
     with capture_logs() as logs:
+        # The clock starts once the group gave us the partition (slow on a new broker).
+        joined_by = time.monotonic() + 30
+        while not jobs and time.monotonic() < joined_by:
+            jobs.extend(fetched := source.fetch(100, 0.2))
+            for job in fetched:
+                source.ack(job)
         deadline = time.monotonic() + 7
         while time.monotonic() < deadline:
             started = time.monotonic()

@@ -20,13 +20,12 @@ from types import TracebackType
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.codec import task_from_job
 from adapters.core.store import ResultStore
 from domain.model import Job, JobStatus
-from tests.support.kafka import unique_name
+from tests.support.kafka import create_topic
 from tests.support.processes import ROOT, WorkerProcess, free_port
 
 StartWorker = Callable[[str, dict[str, str]], WorkerProcess]
@@ -110,22 +109,7 @@ def create_topic_with(
     servers: str, partitions: int, configs: dict[str, str] | None = None, prefix: str = "faults"
 ) -> str:
     """A fresh topic with ``partitions`` partitions and topic-level ``configs``."""
-    topic = unique_name(prefix)
-    admin = KafkaAdminClient(bootstrap_servers=servers, client_id="faults-admin")
-    try:
-        admin.create_topics(
-            [
-                NewTopic(
-                    topic,
-                    num_partitions=partitions,
-                    replication_factor=1,
-                    topic_configs=configs or {},
-                )
-            ]
-        )
-    finally:
-        admin.close()
-    return topic
+    return create_topic(servers, partitions, prefix, configs)
 
 
 def job_record(job: Job, partition: int) -> tuple[bytes, bytes, int]:

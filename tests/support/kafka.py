@@ -60,15 +60,48 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def create_topic(servers: str, partitions: int = 1, prefix: str = "jobs") -> str:
-    """Create a fresh topic with ``partitions`` partitions and return its name."""
+def create_topic(
+    servers: str,
+    partitions: int = 1,
+    prefix: str = "jobs",
+    configs: dict[str, str] | None = None,
+) -> str:
+    """Create a fresh topic with ``partitions`` partitions and return its name.
+
+    Returns only once the broker's metadata shows every partition: a consumer group
+    formed before that is given no partitions ("No partition metadata for topic") and
+    waits for a metadata refresh, which made tests flaky on a freshly started broker.
+    """
     topic = unique_name(prefix)
     admin = KafkaAdminClient(bootstrap_servers=servers, client_id="tests-admin")
     try:
-        admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+        admin.create_topics(
+            [
+                NewTopic(
+                    topic,
+                    num_partitions=partitions,
+                    replication_factor=1,
+                    topic_configs=configs or {},
+                )
+            ]
+        )
     finally:
         admin.close()
+    _wait_for_partitions(servers, topic, partitions)
     return topic
+
+
+def _wait_for_partitions(servers: str, topic: str, partitions: int, timeout_s: float = 30) -> None:
+    consumer = KafkaConsumer(bootstrap_servers=servers, client_id="tests-metadata")
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if len(consumer.partitions_for_topic(topic) or ()) == partitions:
+                return
+            time.sleep(0.1)
+    finally:
+        consumer.close()
+    raise AssertionError(f"topic {topic} has no metadata for {partitions} partitions")
 
 
 def produce(
