@@ -116,7 +116,7 @@ class WorkerEngine:
         self._idle = Event()
         self._unreported = 0  # jobs taken from the queue whose result is not yet sent
         self._sending = 0
-        self.results_refused = 0  # sink refusals, retried; for metrics and readiness
+        self.results_refused = 0  # sink refusals (each retried), for metrics
         self.failed = Event()  # set when the engine cannot go on; ``failure`` says why
         self.failure: BaseException | None = None
         self._started = False
