@@ -8,6 +8,9 @@ import pytest
 
 from tests.support.kafka import kafka_bootstrap
 
+# Core and worker-process fixtures, shared by the e2e and faults tiers.
+pytest_plugins = ["tests.support.fixtures"]
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The folder is the tier: a test in tests/contract is a contract test even if its

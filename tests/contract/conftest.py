@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 
 from adapters.kafka import KafkaClientSettings, KafkaJobSource
-from tests.support.kafka import create_topic, unique_name
+from tests.support.kafka import create_topic, produce, task_bytes, unique_name
+
+JobsTopic = Callable[..., str]
+"""The ``jobs_topic`` fixture: ``jobs_topic(ids_on_partition_0, ids_on_partition_1, …)``."""
 
 
 @pytest.fixture
@@ -24,7 +27,28 @@ def settings(kafka_servers: str) -> KafkaClientSettings:
 
 @pytest.fixture
 def topic_factory(kafka_servers: str) -> Callable[[int], str]:
-    return lambda partitions=1: create_topic(kafka_servers, partitions)
+    def make(partitions: int = 1) -> str:
+        return create_topic(kafka_servers, partitions)
+
+    return make
+
+
+@pytest.fixture
+def jobs_topic(kafka_servers: str) -> JobsTopic:
+    """A fresh topic with one partition per sequence of job ids, each holding its jobs
+    (key = id, value = a 1 ms SLEEP task) in that order."""
+
+    def make(*ids_per_partition: Sequence[str]) -> str:
+        topic = create_topic(kafka_servers, len(ids_per_partition))
+        records = [
+            (job_id.encode(), task_bytes(job_id), partition)
+            for partition, ids in enumerate(ids_per_partition)
+            for job_id in ids
+        ]
+        produce(kafka_servers, topic, records)
+        return topic
+
+    return make
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from adapters.kafka import KafkaClientSettings, KafkaJobSource
 from adapters.kafka.source import fatal_error_message
 from domain.errors import ConfigurationError, SourceFailed
 from domain.model import Job
-from tests.contract.test_kafka_job_source import produce_jobs, task_bytes
-from tests.support.kafka import committed_offsets, produce, unique_name
+from tests.contract.conftest import JobsTopic
+from tests.support.kafka import committed_offsets, produce, task_bytes, unique_name
 
 pytestmark = pytest.mark.contract
 
@@ -27,12 +27,11 @@ ABOVE_BROKER_MAX_SESSION_MS = 30 * 60 * 1000 + 1
 
 def test_a_session_timeout_the_broker_refuses_stops_the_source_naming_the_setting(
     kafka_servers: str,
-    topic_factory: Callable[[int], str],
+    jobs_topic: JobsTopic,
     group_id: str,
     source_factory: SourceFactory,
 ) -> None:
-    topic = topic_factory(1)
-    produce_jobs(kafka_servers, topic, ["job-0"])
+    topic = jobs_topic(["job-0"])
     settings = KafkaClientSettings([kafka_servers], session_timeout_ms=ABOVE_BROKER_MAX_SESSION_MS)
     source = source_factory(topic, group_id, settings=settings)
 

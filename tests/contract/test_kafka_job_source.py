@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,20 +17,13 @@ from kafka import TopicPartition
 from adapters.kafka import KafkaClientSettings, KafkaJobPublisher, KafkaJobSource, KafkaReceipt
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from domain.model import Job
-from tests.support.kafka import committed_offsets, produce, read_all
+from tests.contract.conftest import JobsTopic
+from tests.support.kafka import committed_offsets, produce, read_all, task_bytes
 
 pytestmark = pytest.mark.contract
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SourceFactory = Callable[..., KafkaJobSource]
-
-
-def task_bytes(job_id: str, job_type: int = pb.JobTask.SLEEP) -> bytes:
-    return pb.JobTask(id=job_id, type=job_type, payload='{"ms": 1}').SerializeToString()  # type: ignore[arg-type]
-
-
-def produce_jobs(servers: str, topic: str, ids: Sequence[str], partition: int = 0) -> None:
-    produce(servers, topic, [(job_id.encode(), task_bytes(job_id), partition) for job_id in ids])
 
 
 def take(source: KafkaJobSource, count: int, timeout_s: float = 30.0) -> list[Job]:
@@ -58,12 +51,11 @@ def offset_of(job: Job) -> int:
 
 def test_a_slow_job_holds_the_committed_offset_until_it_is_acked(
     kafka_servers: str,
-    topic_factory: Callable[[int], str],
+    jobs_topic: JobsTopic,
     group_id: str,
     source_factory: SourceFactory,
 ) -> None:
-    topic = topic_factory(1)
-    produce_jobs(kafka_servers, topic, [f"job-{i}" for i in range(6)])
+    topic = jobs_topic([f"job-{i}" for i in range(6)])
     source = source_factory(topic, group_id, commit_interval_s=0)
 
     jobs = take(source, 6)
@@ -84,12 +76,11 @@ def test_a_slow_job_holds_the_committed_offset_until_it_is_acked(
 
 def test_a_restart_redelivers_from_the_first_unacked_job_and_loses_none(
     kafka_servers: str,
-    topic_factory: Callable[[int], str],
+    jobs_topic: JobsTopic,
     group_id: str,
     source_factory: SourceFactory,
 ) -> None:
-    topic = topic_factory(1)
-    produce_jobs(kafka_servers, topic, [f"job-{i}" for i in range(10)])
+    topic = jobs_topic([f"job-{i}" for i in range(10)])
     first = source_factory(topic, group_id, commit_interval_s=60, commit_every=1000)
     jobs = take(first, 10)
     for index in (4, 1, 0, 3):  # out of order, and job-2 never finishes
@@ -106,13 +97,11 @@ def test_a_restart_redelivers_from_the_first_unacked_job_and_loses_none(
 
 def test_a_restart_after_acking_a_prefix_redelivers_exactly_the_unacked_jobs(
     kafka_servers: str,
-    topic_factory: Callable[[int], str],
+    jobs_topic: JobsTopic,
     group_id: str,
     source_factory: SourceFactory,
 ) -> None:
-    topic = topic_factory(2)
-    produce_jobs(kafka_servers, topic, [f"a-{i}" for i in range(5)], partition=0)
-    produce_jobs(kafka_servers, topic, [f"b-{i}" for i in range(5)], partition=1)
+    topic = jobs_topic([f"a-{i}" for i in range(5)], [f"b-{i}" for i in range(5)])
     first = source_factory(topic, group_id, commit_interval_s=60, commit_every=1000)
     jobs = take(first, 10)
     acked = {"a-0", "a-1", "a-2", "b-0"}
@@ -185,12 +174,11 @@ def test_poison_records_go_to_the_dead_letter_topic_and_the_offset_moves_on(
 
 def test_a_full_in_flight_window_pauses_the_partition_until_it_drains(
     kafka_servers: str,
-    topic_factory: Callable[[int], str],
+    jobs_topic: JobsTopic,
     group_id: str,
     source_factory: SourceFactory,
 ) -> None:
-    topic = topic_factory(1)
-    produce_jobs(kafka_servers, topic, [f"job-{i}" for i in range(7)])
+    topic = jobs_topic([f"job-{i}" for i in range(7)])
     source = source_factory(topic, group_id, max_in_flight_per_partition=3, commit_interval_s=0)
 
     first = take(source, 3)
@@ -210,13 +198,11 @@ def test_a_full_in_flight_window_pauses_the_partition_until_it_drains(
 
 def test_one_job_never_acked_pauses_its_partition_at_the_window_however_many_finish(
     kafka_servers: str,
-    topic_factory: Callable[[int], str],
+    jobs_topic: JobsTopic,
     group_id: str,
     source_factory: SourceFactory,
 ) -> None:
-    topic = topic_factory(2)
-    produce_jobs(kafka_servers, topic, [f"a-{i}" for i in range(60)], partition=0)
-    produce_jobs(kafka_servers, topic, [f"b-{i}" for i in range(60)], partition=1)
+    topic = jobs_topic([f"a-{i}" for i in range(60)], [f"b-{i}" for i in range(60)])
     window = 10
     source = source_factory(
         topic, group_id, max_in_flight_per_partition=window, commit_interval_s=0
@@ -258,14 +244,12 @@ def test_one_job_never_acked_pauses_its_partition_at_the_window_however_many_fin
 
 def test_a_consumer_with_no_room_stays_in_its_group_past_max_poll_interval(
     kafka_servers: str,
-    topic_factory: Callable[[int], str],
+    jobs_topic: JobsTopic,
     group_id: str,
     source_factory: SourceFactory,
     settings: KafkaClientSettings,
 ) -> None:
-    topic = topic_factory(2)
-    produce_jobs(kafka_servers, topic, [f"a-{i}" for i in range(5)], partition=0)
-    produce_jobs(kafka_servers, topic, [f"b-{i}" for i in range(5)], partition=1)
+    topic = jobs_topic([f"a-{i}" for i in range(5)], [f"b-{i}" for i in range(5)])
     impatient = KafkaClientSettings(
         settings.bootstrap_servers,
         session_timeout_ms=6_000,
@@ -290,13 +274,11 @@ def test_a_consumer_with_no_room_stays_in_its_group_past_max_poll_interval(
 
 def test_a_revoke_commits_done_jobs_and_loses_nothing(
     kafka_servers: str,
-    topic_factory: Callable[[int], str],
+    jobs_topic: JobsTopic,
     group_id: str,
     source_factory: SourceFactory,
 ) -> None:
-    topic = topic_factory(2)
-    for partition in (0, 1):
-        produce_jobs(kafka_servers, topic, [f"{partition}-{i}" for i in range(10)], partition)
+    topic = jobs_topic(*([f"{partition}-{i}" for i in range(10)] for partition in (0, 1)))
     # Only a revoke commits here: no cadence commits get in the way.
     first = source_factory(topic, group_id, commit_interval_s=600, commit_every=10_000)
     before = take(first, 20)
@@ -407,12 +389,10 @@ GEVENT_SCRIPT = textwrap.dedent(
 
 @pytest.mark.timeout(90)
 def test_the_source_runs_in_a_gevent_patched_process(
-    kafka_servers: str, topic_factory: Callable[[int], str], group_id: str
+    kafka_servers: str, jobs_topic: JobsTopic, group_id: str
 ) -> None:
-    topic = topic_factory(2)
     ids = [f"job-{i}" for i in range(20)]
-    produce_jobs(kafka_servers, topic, ids[:10], partition=0)
-    produce_jobs(kafka_servers, topic, ids[10:], partition=1)
+    topic = jobs_topic(ids[:10], ids[10:])
 
     completed = subprocess.run(
         [sys.executable, "-c", GEVENT_SCRIPT, kafka_servers, topic, group_id, str(len(ids))],

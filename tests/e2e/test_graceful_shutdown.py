@@ -9,16 +9,17 @@ import time
 import pytest
 
 from adapters.core.process import CoreProcess
-from tests.e2e.conftest import StartWorker
-from tests.support.e2e import publish, sleep_jobs, tally
-from tests.support.group import (
-    events_named,
+from tests.support.e2e import (
+    publish,
     reports_per_job,
     results_in_core,
-    wait_while_running,
+    sleep_jobs,
+    tally,
     worker_settings,
 )
+from tests.support.fixtures import StartWorker
 from tests.support.kafka import create_topic, unique_name
+from tests.support.processes import events_named, wait_while_running
 
 SHUTDOWN_TIMEOUT_S = 10
 # Closing the consumer (a final commit, leaving the group) and the gRPC channel comes
@@ -43,9 +44,9 @@ def test_sigterm_mid_run_drains_commits_and_exits_0(
         topic,
         group_id,
         core.address,
-        "worker-1",
         WORKER_POOL_SIZE="10",
         SHUTDOWN_TIMEOUT=f"{SHUTDOWN_TIMEOUT_S}s",
+        KAFKA_SESSION_TIMEOUT="8s",
     )
 
     def results() -> int:
@@ -68,7 +69,7 @@ def test_sigterm_mid_run_drains_commits_and_exits_0(
     assert reported_before_exit == finished
     assert len(reported_before_exit) < len(jobs)
 
-    successor = start_worker("worker-2", settings | {"WORKER_ID": "worker-2"})
+    successor = start_worker("worker-2", settings)
     assert wait_while_running(lambda: results() >= len(jobs), RESULTS_TIMEOUT_S, successor), (
         f"only {results()} of {len(jobs)} results reached Core"
     )
@@ -107,7 +108,6 @@ def test_a_second_signal_exits_at_once_and_the_jobs_come_back(
         topic,
         group_id,
         core.address,
-        "worker-1",
         WORKER_POOL_SIZE="10",
         SHUTDOWN_TIMEOUT="60s",
         # The broker's minimum: the successor joins once the dead worker's session ends.
@@ -132,7 +132,7 @@ def test_a_second_signal_exits_at_once_and_the_jobs_come_back(
     # It did not wait for them: none of the long jobs had finished.
     assert not results_in_core(core.db_path, [j.id for j in long])
 
-    successor = start_worker("worker-2", settings | {"WORKER_ID": "worker-2"})
+    successor = start_worker("worker-2", settings)
     assert wait_while_running(
         lambda: len(results_in_core(core.db_path, job_ids)) == len(job_ids),
         RESULTS_TIMEOUT_S,

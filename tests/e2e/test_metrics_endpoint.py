@@ -10,11 +10,10 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.core.process import CoreProcess
-from tests.e2e.conftest import StartWorker
-from tests.support.e2e import publish, sleep_jobs
-from tests.support.group import results_in_core, wait_while_running, worker_settings
+from tests.support.e2e import publish, results_in_core, sleep_jobs, worker_settings
+from tests.support.fixtures import StartWorker
 from tests.support.kafka import create_topic, unique_name
-from tests.support.processes import free_port
+from tests.support.processes import free_port, wait_while_running
 
 JOBS = 200
 PARTITIONS = 2
@@ -78,8 +77,8 @@ def test_metrics_follow_the_run_and_readiness_follows_core(
             topic,
             unique_name("group"),
             core.address,
-            "worker-1",
             WORKER_POOL_SIZE="4",
+            KAFKA_SESSION_TIMEOUT="8s",
             METRICS_HOST="127.0.0.1",
             METRICS_PORT=str(port),
         ),

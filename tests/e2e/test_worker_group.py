@@ -8,20 +8,17 @@ import signal
 import pytest
 
 from adapters.core.process import CoreProcess
-from tests.e2e.conftest import StartWorker
-from tests.support.e2e import sleep_jobs, tally
-from tests.support.group import (
-    SteadyPublisher,
-    end_offsets,
-    events_named,
-    group_is_settled,
-    jobs_finished_by,
+from tests.support.e2e import (
     reporting_workers,
     results_in_core,
-    wait_while_running,
+    sleep_jobs,
+    tally,
     worker_settings,
 )
-from tests.support.kafka import committed_offsets, create_topic, unique_name
+from tests.support.fixtures import StartWorker
+from tests.support.group import SteadyPublisher, group_is_settled
+from tests.support.kafka import committed_offsets, create_topic, end_offsets, unique_name
+from tests.support.processes import events_named, jobs_finished_by, wait_while_running
 
 PARTITIONS = 6
 JOBS = 1200
@@ -47,16 +44,22 @@ def test_group_survives_a_join_and_a_sigkill_mid_run(
     job_ids = [job.id for job in jobs]
     db = core.db_path
 
-    def settings(worker_id: str) -> dict[str, str]:
-        return worker_settings(
-            kafka_servers, topic, group_id, core.address, worker_id, WORKER_POOL_SIZE="5"
-        )
+    # A short group session (the broker's minimum is 6 s): the killed member is noticed
+    # quickly.
+    settings = worker_settings(
+        kafka_servers,
+        topic,
+        group_id,
+        core.address,
+        WORKER_POOL_SIZE="5",
+        KAFKA_SESSION_TIMEOUT="8s",
+    )
 
     def results() -> int:
         return len(results_in_core(db, job_ids))
 
-    first = start_worker("worker-a", settings("worker-a"))
-    doomed = start_worker("worker-b", settings("worker-b"))
+    first = start_worker("worker-a", settings)
+    doomed = start_worker("worker-b", settings)
     # Both own partitions before any job is out, so each of them gets work.
     assert wait_while_running(
         lambda: group_is_settled([first, doomed], PARTITIONS), STEP_TIMEOUT_S, first, doomed
@@ -73,7 +76,7 @@ def test_group_survives_a_join_and_a_sigkill_mid_run(
         ), "the first two workers did not both run jobs"
 
         # A third member joins while jobs flow: the group rebalances.
-        joiner = start_worker("worker-c", settings("worker-c"))
+        joiner = start_worker("worker-c", settings)
         assert wait_while_running(
             lambda: group_is_settled([first, doomed, joiner], PARTITIONS),
             STEP_TIMEOUT_S,

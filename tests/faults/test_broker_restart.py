@@ -14,18 +14,11 @@ from pathlib import Path
 import pytest
 
 from adapters.core.process import CoreProcess
-from tests.support.e2e import publish, sleep_jobs, tally
-from tests.support.faults import (
-    PrivateBroker,
-    Report,
-    StartWorker,
-    end_offsets,
-    log_tail,
-    wait_while_running,
-    worker_settings,
-)
-from tests.support.kafka import committed_offsets, create_topic, unique_name
-from tests.support.processes import wait_until
+from tests.support.e2e import publish, sleep_jobs, tally, worker_settings
+from tests.support.faults import PrivateBroker
+from tests.support.fixtures import Report, StartWorker
+from tests.support.kafka import committed_offsets, create_topic, end_offsets, unique_name
+from tests.support.processes import log_tail, wait_until, wait_while_running
 
 pytestmark = pytest.mark.faults
 
@@ -55,25 +48,27 @@ def test_worker_carries_on_across_a_broker_restart(
     publish(servers, topic, first)
     worker = start_worker(
         "restart-worker",
-        worker_settings(servers, topic, group, core.address, WORKER_POOL_SIZE="5"),
+        worker_settings(
+            servers, topic, group, core.address, WORKER_POOL_SIZE="5", SHUTDOWN_TIMEOUT="20s"
+        ),
     )
     db = core.db_path
     assert wait_while_running(
-        worker, lambda: len(tally(db, ids).received) >= FIRST_BATCH // 3, 90
-    ), log_tail(worker.log())
+        lambda: len(tally(db, ids).received) >= FIRST_BATCH // 3, 90, worker
+    ), log_tail(worker)
 
     stopping = time.monotonic()
     broker.down()
     done_at_stop = len(tally(db, ids).received)
     broker.up()
     back = time.monotonic()
-    assert worker.process.poll() is None, log_tail(worker.log())  # type: ignore[union-attr]
+    assert worker.process.poll() is None, log_tail(worker)  # type: ignore[union-attr]
     # Only a consumer that reconnected can take jobs published after the restart.
     publish(servers, topic, second)
 
-    wait_while_running(worker, lambda: not tally(db, ids).lost, 120, interval_s=0.5)
+    wait_while_running(lambda: not tally(db, ids).lost, 120, worker, interval_s=0.5)
     caught_up = time.monotonic()
-    ends = end_offsets(servers, topic, PARTITIONS)
+    ends = end_offsets(servers, topic)
     committed_to_end = wait_until(lambda: committed_offsets(servers, group, topic) == ends, 30)
     result = tally(db, ids)
     report(
@@ -82,6 +77,6 @@ def test_worker_carries_on_across_a_broker_restart(
         f" all in Core {caught_up - back:.0f} s after its return; committed to the end: "
         f"{committed_to_end}"
     )
-    assert not result.lost, f"{len(result.lost)} lost\n{log_tail(worker.log())}"
+    assert not result.lost, f"{len(result.lost)} lost\n{log_tail(worker)}"
     assert committed_to_end, (committed_offsets(servers, group, topic), ends)
-    assert worker.stop() == 0, log_tail(worker.log())
+    assert worker.stop() == 0, log_tail(worker)

@@ -8,20 +8,11 @@ import time
 import pytest
 
 from adapters.core.process import CoreProcess
-from tests.support.e2e import publish, sleep_jobs, tally
-from tests.support.faults import (
-    MIB,
-    Report,
-    StartWorker,
-    log_tail,
-    metrics_answer,
-    rss_bytes,
-    scrape_metric,
-    wait_while_running,
-    worker_settings,
-)
+from tests.support.e2e import publish, sleep_jobs, tally, worker_settings
+from tests.support.faults import MIB, metrics_answer, rss_bytes, scrape_metric
+from tests.support.fixtures import Report, StartWorker
 from tests.support.kafka import create_topic, unique_name
-from tests.support.processes import free_port, wait_until
+from tests.support.processes import free_port, log_tail, wait_until, wait_while_running
 
 pytestmark = pytest.mark.faults
 
@@ -62,11 +53,12 @@ def test_core_down_for_20s_loses_nothing_and_pauses_consumption(
             GRPC_CALL_TIMEOUT="2s",
             # Back within a second or two of Core's return, not after a 10 s backoff.
             GRPC_RETRY_BACKOFF_MAX="1s",
+            SHUTDOWN_TIMEOUT="20s",
         ),
     )
     db = core.db_path
-    assert wait_while_running(worker, lambda: len(tally(db, ids).received) >= 100, 90), log_tail(
-        worker.log()
+    assert wait_while_running(lambda: len(tally(db, ids).received) >= 100, 90, worker), log_tail(
+        worker
     )
 
     core.kill()
@@ -83,10 +75,10 @@ def test_core_down_for_20s_loses_nothing_and_pauses_consumption(
     time.sleep(max(0.0, outage_ends - time.monotonic()))
     rss_at_end = rss_bytes(pid)
     consumed_at_end = scrape_metric(metrics_port, CONSUMED)
-    assert worker.process.poll() is None, log_tail(worker.log())  # type: ignore[union-attr]
+    assert worker.process.poll() is None, log_tail(worker)  # type: ignore[union-attr]
 
     core.start()
-    wait_while_running(worker, lambda: not tally(db, ids).lost, 120, interval_s=0.5)
+    wait_while_running(lambda: not tally(db, ids).lost, 120, worker, interval_s=0.5)
     result = tally(db, ids)
     report(
         result.line("core outage 20s")
@@ -95,11 +87,11 @@ def test_core_down_for_20s_loses_nothing_and_pauses_consumption(
         f" (pipeline holds {PIPELINE_CAPACITY}); worker RSS {rss_at_start / MIB:.1f} -> "
         f"{rss_at_end / MIB:.1f} MiB"
     )
-    assert not result.lost, f"{len(result.lost)} lost\n{log_tail(worker.log())}"
+    assert not result.lost, f"{len(result.lost)} lost\n{log_tail(worker)}"
     assert consumed_second - consumed_first <= PIPELINE_CAPACITY
     # Stronger: nothing is taken from Kafka beyond what the pipeline can hold.
     assert consumed_at_end <= delivered_before + PIPELINE_CAPACITY
     assert rss_at_end - rss_at_start < RSS_GROWTH_LIMIT
     assert "Core call failed; retrying" in worker.log()
-    assert worker.stop() == 0, log_tail(worker.log())
+    assert worker.stop() == 0, log_tail(worker)
     assert "Traceback" not in worker.log()

@@ -19,26 +19,19 @@ from google.protobuf.message import DecodeError
 from adapters.core.process import CoreProcess
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from domain.model import JobStatus
-from tests.support.e2e import sleep_jobs, tally
-from tests.support.faults import (
-    MIB,
-    Report,
-    SilentServer,
-    StartWorker,
-    create_topic_with,
-    decompression_bomb_png,
+from tests.support.e2e import sleep_jobs, statuses, tally, worker_settings
+from tests.support.faults import MIB, SilentServer, decompression_bomb_png, png_bytes
+from tests.support.fixtures import Report, StartWorker
+from tests.support.kafka import (
+    committed_offsets,
+    create_topic,
     end_offsets,
     job_record,
-    log_tail,
-    png_bytes,
-    produce_large,
-    read_topic,
-    statuses,
-    wait_while_running,
-    worker_settings,
+    produce,
+    read_all,
+    unique_name,
 )
-from tests.support.kafka import committed_offsets, unique_name
-from tests.support.processes import wait_until
+from tests.support.processes import log_tail, wait_until, wait_while_running
 
 pytestmark = pytest.mark.faults
 
@@ -154,8 +147,8 @@ def test_poison_records_are_each_accounted_for_and_no_partition_stalls(
     tmp_path: Path,
 ) -> None:
     # Room for the 1 MiB record: the broker's default limit is just above 1 MB.
-    topic = create_topic_with(
-        kafka_servers, PARTITIONS, {"max.message.bytes": str(4 * MIB)}, prefix="faults-poison"
+    topic = create_topic(
+        kafka_servers, PARTITIONS, "faults-poison", configs={"max.message.bytes": str(4 * MIB)}
     )
     group = unique_name("faults-poison")
     with SilentServer() as hanging:
@@ -171,7 +164,7 @@ def test_poison_records_are_each_accounted_for_and_no_partition_stalls(
             records += [job_record(job, p) for job in valid[p][:half]]
             records += [(poison.key.encode(), poison.value, p) for poison in mine]
             records += [job_record(job, p) for job in valid[p][half:]]
-        produce_large(kafka_servers, topic, records)
+        produce(kafka_servers, topic, records, max_request_size=4 * MIB)
         (tmp_path / "in").mkdir()
         worker = start_worker(
             "poison-worker",
@@ -186,6 +179,7 @@ def test_poison_records_are_each_accounted_for_and_no_partition_stalls(
                 HTTP_ALLOW_PRIVATE_NETWORKS="true",
                 IMAGE_INPUT_ROOT=str(tmp_path / "in"),
                 IMAGE_OUTPUT_ROOT=str(tmp_path / "out"),
+                SHUTDOWN_TIMEOUT="20s",
             ),
         )
 
@@ -193,11 +187,11 @@ def test_poison_records_are_each_accounted_for_and_no_partition_stalls(
         valid_ids = [job.id for jobs in valid.values() for job in jobs]
         with_id = [poison for poison in corpus if poison.statuses]
         expected_ids = valid_ids + [poison.key for poison in with_id]
-        wait_while_running(worker, lambda: not tally(db, expected_ids).lost, 90, interval_s=0.5)
-        assert worker.process.poll() is None, log_tail(worker.log())  # type: ignore[union-attr]
+        wait_while_running(lambda: not tally(db, expected_ids).lost, 90, worker, interval_s=0.5)
+        assert worker.process.poll() is None, log_tail(worker)  # type: ignore[union-attr]
         dead = [poison for poison in corpus if poison.dead_letter]
-        dead_letters = read_topic(kafka_servers, f"{topic}.dlq", len(dead), timeout_s=30)
-        ends = end_offsets(kafka_servers, topic, PARTITIONS)
+        dead_letters = read_all(kafka_servers, f"{topic}.dlq", len(dead), timeout_s=30)
+        ends = end_offsets(kafka_servers, topic)
         committed_to_end = wait_until(
             lambda: committed_offsets(kafka_servers, group, topic) == ends, 30
         )
@@ -218,8 +212,8 @@ def test_poison_records_are_each_accounted_for_and_no_partition_stalls(
         f" committed to the end: {committed_to_end}\n  poison results: {poison_statuses}"
         f"\n  dead-letter reasons: {reasons}"
     )
-    assert alive, log_tail(worker.log())
-    assert exit_code == 0, log_tail(worker.log())
+    assert alive, log_tail(worker)
+    assert exit_code == 0, log_tail(worker)
     assert not result.lost, sorted(result.lost)
     assert all(kept[job_id] is JobStatus.SUCCEEDED for job_id in valid_ids)
     for poison in with_id:

@@ -1,8 +1,10 @@
-"""Building blocks for end-to-end and fault scenarios: Core, jobs in Kafka, counting."""
+"""Building blocks for end-to-end and fault scenarios: Core, jobs in Kafka, a worker's
+settings, and what Core holds."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ from adapters.core.process import CoreProcess
 from adapters.core.store import ResultStore
 from adapters.kafka import KafkaClientSettings
 from adapters.kafka.publisher import KafkaJobPublisher
-from domain.model import Job
+from domain.model import Job, JobStatus
 from tests.support.processes import free_port
 
 
@@ -25,6 +27,25 @@ def running_core(workdir: Path) -> Iterator[CoreProcess]:
         yield core
     finally:
         core.kill()
+
+
+def worker_settings(
+    servers: str, topic: str, group_id: str, core_address: str, **overrides: str
+) -> dict[str, str]:
+    """A Kafka-to-Core worker's settings, with frequent commits; ``overrides`` win.
+
+    The ``start_worker`` fixture sets ``WORKER_ID`` to the name it is given.
+    """
+    return {
+        "JOB_SOURCE": "kafka",
+        "RESULT_SINK": "grpc",
+        "KAFKA_BROKERS": servers,
+        "KAFKA_TOPIC": topic,
+        "KAFKA_GROUP_ID": group_id,
+        "GRPC_SERVER_ADDRESS": core_address,
+        "KAFKA_COMMIT_INTERVAL": "500ms",
+        "LOG_FORMAT": "json",
+    } | overrides
 
 
 def sleep_jobs(count: int, ms: int = 20, prefix: str = "job") -> list[Job]:
@@ -79,3 +100,40 @@ def tally(db: Path, expected: Iterable[str]) -> CoreTally:
     with ResultStore(db, create=False) as store:
         summary = store.summary()
         return CoreTally(frozenset(expected), frozenset(store.job_ids()), summary["reports"])
+
+
+def results_in_core(db: Path, job_ids: Iterable[str]) -> frozenset[str]:
+    """Which of ``job_ids`` Core has a result for."""
+    count = tally(db, job_ids)
+    return count.received & count.expected
+
+
+def reports_per_job(db: Path, job_ids: Iterable[str]) -> dict[str, int]:
+    """How often Core received each job's result (0: never)."""
+    with ResultStore(db, create=False) as store:
+        stored = {job_id: store.get(job_id) for job_id in job_ids}
+    return {job_id: s.reports if s else 0 for job_id, s in stored.items()}
+
+
+def statuses(db: Path, job_ids: Iterable[str]) -> dict[str, JobStatus | None]:
+    """Each job's kept status in Core (None: no result yet)."""
+    ids = list(job_ids)
+    if not db.exists():
+        return dict.fromkeys(ids)
+    with ResultStore(db, create=False) as store:
+        kept = {job_id: store.get(job_id) for job_id in ids}
+    return {job_id: (s.result.status if s else None) for job_id, s in kept.items()}
+
+
+def reporters(db: Path) -> dict[str, str]:
+    """job id -> the worker id of the result Core kept (the first success of each job)."""
+    if not db.exists():
+        return {}
+    with ResultStore(db, create=False) as store:
+        kept = {job_id: store.get(job_id) for job_id in store.job_ids()}
+    return {job_id: s.result.worker_id for job_id, s in kept.items() if s is not None}
+
+
+def reporting_workers(db: Path) -> Counter[str]:
+    """Jobs per worker id, as Core kept them."""
+    return Counter(reporters(db).values())

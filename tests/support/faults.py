@@ -1,37 +1,22 @@
-"""Building blocks for the fault scenarios: a private broker to restart, probes into a
-running worker (memory, metrics), what Core holds per job, and poison inputs."""
+"""Tools only the fault scenarios need: a private broker to restart, probes into a
+running worker (memory, metrics), and poison inputs."""
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import socket
 import struct
 import subprocess
 import threading
-import time
 import urllib.request
 import zlib
-from collections import Counter
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.codec import task_from_job
-from adapters.core.store import ResultStore
-from domain.model import Job, JobStatus
-from tests.support.kafka import create_topic
-from tests.support.processes import ROOT, WorkerProcess, free_port
-
-StartWorker = Callable[[str, dict[str, str]], WorkerProcess]
-"""The ``start_worker`` fixture: ``start_worker(name, settings)``."""
-Report = Callable[[str], None]
-"""The ``report`` fixture: prints a scenario's line past pytest's capture."""
+from tests.support.processes import ROOT, free_port
 
 BROKER_SCRIPT = ROOT / "tools" / "kafka" / "broker.sh"
 MIB = 1024 * 1024
@@ -100,102 +85,6 @@ def free_port_pair() -> int:
                 continue
         return port
     raise RuntimeError("no two consecutive free ports on 127.0.0.1")
-
-
-# -- topics, records, offsets ----------------------------------------------------------
-
-
-def create_topic_with(
-    servers: str, partitions: int, configs: dict[str, str] | None = None, prefix: str = "faults"
-) -> str:
-    """A fresh topic with ``partitions`` partitions and topic-level ``configs``."""
-    return create_topic(servers, partitions, prefix, configs)
-
-
-def job_record(job: Job, partition: int) -> tuple[bytes, bytes, int]:
-    """A ``(key, value, partition)`` record as the wire contract says."""
-    return job.id.encode(), task_from_job(job).SerializeToString(), partition
-
-
-def produce_large(
-    servers: str,
-    topic: str,
-    records: Iterable[tuple[bytes | None, bytes | None, int]],
-    max_request_size: int = 4 * MIB,
-) -> None:
-    """``tests.support.kafka.produce`` for records above the producer's 1 MiB default."""
-    producer = KafkaProducer(
-        bootstrap_servers=servers, acks="all", max_request_size=max_request_size
-    )
-    try:
-        futures = [
-            producer.send(topic, key=key, value=value, partition=partition)
-            for key, value, partition in records
-        ]
-        producer.flush(timeout=60)
-        for future in futures:
-            future.get(timeout=0)
-    finally:
-        producer.close()
-
-
-def end_offsets(servers: str, topic: str, partitions: int) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=servers)
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        return {tp.partition: offset for tp, offset in consumer.end_offsets(tps).items()}
-    finally:
-        consumer.close()
-
-
-def read_topic(servers: str, topic: str, count: int, timeout_s: float = 30.0) -> list[Any]:
-    """At least ``count`` records from every partition of ``topic`` (no group), or fewer
-    when the timeout comes first."""
-    consumer = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
-    records: list[Any] = []
-    try:
-        deadline = time.monotonic() + timeout_s
-        partitions = consumer.partitions_for_topic(topic)
-        while not partitions and time.monotonic() < deadline:
-            time.sleep(0.2)
-            partitions = consumer.partitions_for_topic(topic)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions or ())]
-        if not tps:
-            return records
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        while len(records) < count and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close()
-
-
-# -- what Core holds -------------------------------------------------------------------
-
-
-def statuses(db: Path, job_ids: Iterable[str]) -> dict[str, JobStatus | None]:
-    """Each job's kept status in Core (None: no result yet)."""
-    ids = list(job_ids)
-    if not db.exists():
-        return dict.fromkeys(ids)
-    with ResultStore(db, create=False) as store:
-        kept = {job_id: store.get(job_id) for job_id in ids}
-    return {job_id: (s.result.status if s else None) for job_id, s in kept.items()}
-
-
-def reporters(db: Path) -> dict[str, str]:
-    """job id -> the worker id of the result Core kept."""
-    if not db.exists():
-        return {}
-    with ResultStore(db, create=False) as store:
-        kept = {job_id: store.get(job_id) for job_id in store.job_ids()}
-    return {job_id: s.result.worker_id for job_id, s in kept.items() if s is not None}
-
-
-def count_by_worker(db: Path) -> Counter[str]:
-    return Counter(reporters(db).values())
 
 
 # -- probes into a running worker ------------------------------------------------------
@@ -293,53 +182,3 @@ def decompression_bomb_png(width: int, height: int) -> bytes:
     crc = zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF
     data[29:33] = struct.pack(">I", crc)
     return bytes(data)
-
-
-# -- workers ---------------------------------------------------------------------------
-
-
-def worker_settings(
-    servers: str, topic: str, group_id: str, core_address: str, **overrides: str
-) -> dict[str, str]:
-    """Settings of a worker in a fault scenario: quick commits, a short drain on SIGTERM."""
-    return {
-        "KAFKA_BROKERS": servers,
-        "KAFKA_TOPIC": topic,
-        "KAFKA_GROUP_ID": group_id,
-        "GRPC_SERVER_ADDRESS": core_address,
-        "KAFKA_COMMIT_INTERVAL": "500ms",
-        "SHUTDOWN_TIMEOUT": "20s",
-    } | overrides
-
-
-def log_tail(log: str, lines: int = 40) -> str:
-    return "\n".join(log.splitlines()[-lines:])
-
-
-def last_assignment(log: str) -> set[int]:
-    """The partitions of the last "partitions assigned" event in a worker's JSON log."""
-    assigned: set[int] = set()
-    for line in log.splitlines():
-        if '"partitions assigned"' not in line:
-            continue
-        event = json.loads(line)
-        assigned = {int(name.rsplit("[", 1)[1].rstrip("]")) for name in event["partitions"]}
-    return assigned
-
-
-def wait_while_running(
-    worker: WorkerProcess,
-    condition: Callable[[], bool],
-    timeout_s: float,
-    interval_s: float = 0.2,
-) -> bool:
-    """``wait_until``, but give up as soon as ``worker`` has exited: a crashed worker
-    makes no more progress, and waiting out the timeout only hides the crash."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        if worker.process is not None and worker.process.poll() is not None:
-            break
-        time.sleep(interval_s)
-    return bool(condition())

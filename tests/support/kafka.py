@@ -19,6 +19,10 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from adapters.codec import task_from_job
+from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from domain.model import Job
+
 NO_BROKER = (
     "no Kafka broker: set KAFKA_BOOTSTRAP_SERVERS, run the tests through "
     "tools/kafka/with-broker.sh (starts a local broker with java + mvn), or start Docker"
@@ -104,17 +108,36 @@ def _wait_for_partitions(servers: str, topic: str, partitions: int, timeout_s: f
     raise AssertionError(f"topic {topic} has no metadata for {partitions} partitions")
 
 
+def job_record(job: Job, partition: int) -> tuple[bytes, bytes, int]:
+    """A ``(key, value, partition)`` record as the wire contract says."""
+    return job.id.encode(), task_from_job(job).SerializeToString(), partition
+
+
+def task_bytes(job_id: str, job_type: int = pb.JobTask.SLEEP) -> bytes:
+    """A JobTask record value: a 1 ms job of ``job_type``."""
+    return pb.JobTask(id=job_id, type=job_type, payload='{"ms": 1}').SerializeToString()  # type: ignore[arg-type]
+
+
 def produce(
-    servers: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None, int]]
+    servers: str,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes | None, int]],
+    max_request_size: int = 1024 * 1024,
 ) -> None:
-    """Write raw ``(key, value, partition)`` records and wait until all are acknowledged."""
-    producer = KafkaProducer(bootstrap_servers=servers, acks="all")
+    """Write raw ``(key, value, partition)`` records and wait until all are acknowledged.
+
+    ``max_request_size`` is the producer's limit (its default, 1 MiB): raise it for
+    larger records, on a topic whose ``max.message.bytes`` allows them.
+    """
+    producer = KafkaProducer(
+        bootstrap_servers=servers, acks="all", max_request_size=max_request_size
+    )
     try:
         futures = [
             producer.send(topic, key=key, value=value, partition=partition)
             for key, value, partition in records
         ]
-        producer.flush(timeout=30)
+        producer.flush(timeout=60)
         for future in futures:
             future.get(timeout=0)
     finally:
@@ -131,15 +154,34 @@ def committed_offsets(servers: str, group_id: str, topic: str) -> dict[int, int]
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
-def read_all(servers: str, topic: str, count: int, timeout_s: float = 30.0) -> list[Any]:
-    """Read ``count`` records from partition 0 of ``topic`` from the start (no group)."""
-    consumer = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
+def end_offsets(servers: str, topic: str) -> dict[int, int]:
+    """The end (high-water mark) of every partition of ``topic``."""
+    consumer = KafkaConsumer(bootstrap_servers=servers, client_id="tests-offsets")
     try:
-        partition = TopicPartition(topic, 0)
-        consumer.assign([partition])
-        consumer.seek_to_beginning(partition)
-        records: list[Any] = []
+        partitions = consumer.partitions_for_topic(topic) or set()
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+    finally:
+        consumer.close()
+    return {tp.partition: offset for tp, offset in ends.items()}
+
+
+def read_all(servers: str, topic: str, count: int, timeout_s: float = 30.0) -> list[Any]:
+    """At least ``count`` records from every partition of ``topic``, from the start (no
+    group), or fewer when the timeout comes first. Waits for the topic to exist: a
+    dead-letter topic appears only with its first letter."""
+    consumer = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
+    records: list[Any] = []
+    try:
         deadline = time.monotonic() + timeout_s
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions and time.monotonic() < deadline:
+            time.sleep(0.2)
+            partitions = consumer.partitions_for_topic(topic)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions or ())]
+        if not tps:
+            return records
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
         while len(records) < count and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500).values():
                 records.extend(batch)

@@ -1,15 +1,18 @@
-"""The real ``jobworker`` CLI as a child process, for end-to-end and fault tests."""
+"""The real ``jobworker`` CLI as a child process, for end-to-end and fault tests: start
+it, wait on it, and read what its JSON log says."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,10 +80,71 @@ class WorkerProcess:
             self.process.wait(10)
 
 
-def wait_until(condition, timeout_s: float, interval_s: float = 0.2) -> bool:  # type: ignore[no-untyped-def]
+def wait_until(condition: Callable[[], object], timeout_s: float, interval_s: float = 0.2) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():
             return True
         time.sleep(interval_s)
     return bool(condition())
+
+
+def wait_while_running(
+    condition: Callable[[], object],
+    timeout_s: float,
+    *workers: WorkerProcess,
+    interval_s: float = 0.2,
+) -> bool:
+    """``wait_until``, but a watched worker that exits meanwhile fails the wait at once
+    (with the end of its log): a crashed worker makes no more progress, and waiting out
+    the timeout only hides the crash."""
+
+    def check() -> bool:
+        for worker in workers:
+            if worker.process is not None and worker.process.poll() is not None:
+                raise AssertionError(
+                    f"a worker exited ({worker.process.returncode}) while the test waited on it:"
+                    f"\n{log_tail(worker)}"
+                )
+        return bool(condition())
+
+    return wait_until(check, timeout_s, interval_s)
+
+
+def log_tail(worker: WorkerProcess, lines: int = 40) -> str:
+    return "\n".join(worker.log().splitlines()[-lines:])
+
+
+def log_events(worker: WorkerProcess) -> list[dict[str, Any]]:
+    """The worker's JSON log lines, parsed (other output, like a traceback, is skipped)."""
+    events = []
+    for line in worker.log().splitlines():
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return events
+
+
+def events_named(worker: WorkerProcess, prefix: str) -> list[dict[str, Any]]:
+    """Log events whose message starts with ``prefix``."""
+    return [e for e in log_events(worker) if str(e.get("event", "")).startswith(prefix)]
+
+
+def jobs_finished_by(worker: WorkerProcess) -> int:
+    return len(events_named(worker, "job finished"))
+
+
+def assigned_partitions(worker: WorkerProcess) -> set[int]:
+    """The partitions the worker owns now, by its last "partitions assigned/revoked" line."""
+    owned: set[int] = set()
+    for event in log_events(worker):
+        if event.get("event") == "partitions assigned":
+            owned = {int(p.rsplit("[", 1)[1].rstrip("]")) for p in event["partitions"]}
+        elif event.get("event") in {
+            "partitions revoked",
+            "partitions lost (group membership expired)",
+        }:
+            owned = set()
+    return owned
