@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     core = commands.add_parser("core", help="run the reference Core service (SQLite)")
     core.add_argument("--address", default="127.0.0.1:50051", help="host:port to listen on")
     core.add_argument("--db", type=Path, default=Path("core.db"), help="SQLite file")
+    core.add_argument("--max-workers", type=int, default=16, help="concurrent RPC handlers")
+    core.add_argument("--grace", type=float, default=5.0, help="seconds to drain on SIGTERM")
     core.add_argument("--log-format", choices=["json", "text"], default="text")
     core.set_defaults(handler=cmd_core)
 
@@ -100,9 +102,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_core(args: argparse.Namespace) -> int:
     configure_logging(args.log_format)
+    from adapters.core.process import READY_LINE_PREFIX  # noqa: PLC0415
     from adapters.core.server import serve_core  # noqa: PLC0415 - grpc after patching
 
-    serve_core(args.address, args.db)
+    def announce(port: int) -> None:
+        # The one line CoreProcess (tests, demo) waits for: Core accepts calls now.
+        print(f"{READY_LINE_PREFIX}{port}", flush=True)
+
+    serve_core(
+        args.address, args.db, max_workers=args.max_workers, grace_s=args.grace, on_started=announce
+    )
     return 0
 
 

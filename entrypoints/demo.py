@@ -26,6 +26,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from adapters.core.process import CoreProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_JOBS = ROOT / "examples" / "demo-jobs.jsonl"
 WORKER_TIMEOUT_S = 120
@@ -144,38 +146,16 @@ def _command(args: list[str]) -> list[str]:
 
 @contextmanager
 def _core(workdir: Path) -> Iterator[str]:
-    address = f"127.0.0.1:{_free_port()}"
-    log = (workdir / "core.log").open("wb")
-    core = subprocess.Popen(
-        _command(["core", "--address", address, "--db", str(workdir / "core.db")]),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    core = CoreProcess(_free_port(), workdir / "core.db", log_path=workdir / "core.log")
     try:
-        _wait_for_port(address, core)
-        _say(f"reference Core listening on {address} (SQLite: {workdir / 'core.db'})")
-        yield address
+        core.start(timeout_s=30)
+    except RuntimeError as error:
+        raise SystemExit(f"demo: {error}") from None
+    try:
+        _say(f"reference Core listening on {core.address} (SQLite: {core.db_path})")
+        yield core.address
     finally:
-        core.send_signal(signal.SIGTERM)
-        try:
-            core.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            core.kill()
-        log.close()
-
-
-def _wait_for_port(address: str, process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
-    host, port = address.rsplit(":", 1)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"Core exited early with status {process.returncode}")
-        try:
-            with socket.create_connection((host, int(port)), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"Core did not listen on {address} within {timeout_s}s")
+        core.stop(timeout_s=15)
 
 
 def _free_port() -> int:

@@ -22,7 +22,7 @@ _READY_POLL_S = 0.02
 
 
 class CoreProcess:
-    """``python -m adapters.core`` on ``127.0.0.1:port`` with results in ``db_path``.
+    """``jobworker core`` on ``127.0.0.1:port`` with results in ``db_path``.
 
     ``start`` returns once Core accepts calls; ``stop`` (SIGTERM, graceful) and ``kill``
     (SIGKILL, an outage) end it; ``start`` again brings it back on the same port and file.
@@ -49,7 +49,7 @@ class CoreProcess:
         """Start Core and wait until it serves; raises ``RuntimeError`` if it does not."""
         if self._process is not None:
             raise RuntimeError("Core is already running")
-        command = [sys.executable, "-m", "adapters.core"]
+        command = [sys.executable, "-m", "entrypoints", "core"]
         command += ["--address", self.address, "--db", str(self.db_path)]
         with self.log_path.open("ab") as log:
             log_offset = log.tell()

@@ -129,7 +129,16 @@ def test_the_core_process_explains_an_unusable_database_in_one_line(tmp_path: Pa
     unusable = tmp_path / "missing-dir" / "core.db"
 
     finished = subprocess.run(
-        [sys.executable, "-m", "adapters.core", "--address", "127.0.0.1:0", "--db", str(unusable)],
+        [
+            sys.executable,
+            "-m",
+            "entrypoints",
+            "core",
+            "--address",
+            "127.0.0.1:0",
+            "--db",
+            str(unusable),
+        ],
         cwd=SOURCE_ROOT,
         env={"PYTHONPATH": str(SOURCE_ROOT), "PATH": "/usr/bin:/bin"},
         capture_output=True,
@@ -139,5 +148,5 @@ def test_the_core_process_explains_an_unusable_database_in_one_line(tmp_path: Pa
     )
 
     assert finished.returncode == 2
-    assert finished.stderr.startswith(f"core: cannot open results database {unusable}")
+    assert finished.stderr.startswith(f"jobworker: cannot open results database {unusable}")
     assert "Traceback" not in finished.stderr + finished.stdout
