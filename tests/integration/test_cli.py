@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,19 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.processes import worker_env
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def clean_env(**values: str) -> dict[str, str]:
-    """The environment minus every jobworker setting, plus ``values``."""
-    from entrypoints.settings import SETTINGS
-
-    names = {s.name for s in SETTINGS}
-    env = {k: v for k, v in os.environ.items() if k not in names}
-    env["PYTHONPATH"] = str(ROOT)
-    return env | values
 
 
 def jobworker(
@@ -42,7 +33,7 @@ def jobworker(
 
 
 def test_missing_kafka_brokers_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    done = jobworker("run", env=clean_env(), cwd=tmp_path)
+    done = jobworker("run", env=worker_env(), cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "jobworker: configuration error: KAFKA_BROKERS: is required "
@@ -52,7 +43,7 @@ def test_missing_kafka_brokers_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 
 def test_a_malformed_duration_names_its_variable(tmp_path: Path) -> None:
-    env = clean_env(
+    env = worker_env(
         KAFKA_BROKERS="127.0.0.1:9",
         KAFKA_GROUP_ID="g",
         GRPC_SERVER_ADDRESS="127.0.0.1:9",
@@ -68,7 +59,7 @@ def test_settings_come_from_dotenv_in_the_working_directory(tmp_path: Path) -> N
     (tmp_path / ".env").write_text(
         "KAFKA_BROKERS=127.0.0.1:9\nKAFKA_GROUP_ID=g\nWORKER_POOL_SIZE=-3\n"
     )
-    done = jobworker("run", env=clean_env(), cwd=tmp_path)
+    done = jobworker("run", env=worker_env(), cwd=tmp_path)
     assert done.returncode == 2
     assert "WORKER_POOL_SIZE: '-3' must be greater than zero" in done.stderr
 
@@ -95,7 +86,7 @@ def test_file_to_file_run_reports_every_job(tmp_path: Path) -> None:
         str(jobs),
         "--results",
         str(results),
-        env=clean_env(LOG_FORMAT="json"),
+        env=worker_env(LOG_FORMAT="json"),
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
@@ -134,7 +125,7 @@ def test_sigterm_lets_running_jobs_finish(tmp_path: Path) -> None:
                 "--results",
                 str(results),
             ],
-            env=clean_env(WORKER_POOL_SIZE="4", JOBS_QUEUE_SIZE="2"),
+            env=worker_env(WORKER_POOL_SIZE="4", JOBS_QUEUE_SIZE="2"),
             cwd=tmp_path,
             stderr=stderr,
         )
@@ -154,7 +145,7 @@ def test_sigterm_lets_running_jobs_finish(tmp_path: Path) -> None:
 
 def test_submit_to_a_file_then_run_it(tmp_path: Path) -> None:
     jobs = tmp_path / "jobs.jsonl"
-    env = clean_env()
+    env = worker_env()
     done = jobworker(
         "submit",
         "--type",
@@ -196,7 +187,7 @@ def test_submit_refuses_a_payload_that_is_not_json(tmp_path: Path) -> None:
         "{ms: 1}",
         "--to-file",
         "x.jsonl",
-        env=clean_env(),
+        env=worker_env(),
         cwd=tmp_path,
     )
     assert done.returncode == 2
@@ -207,7 +198,7 @@ def test_submit_refuses_a_payload_that_is_not_json(tmp_path: Path) -> None:
 def test_demo_reports_every_example_job_to_core(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "entrypoints.demo", "--workdir", str(tmp_path / "demo")],
-        env=clean_env(),
+        env=worker_env(),
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,16 +17,11 @@ from adapters.core.store import ResultStore
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from domain.model import JobResult, JobStatus
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.integration
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

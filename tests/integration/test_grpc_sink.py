@@ -5,7 +5,6 @@ answers, a Core in this process whose handler waits."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -27,16 +26,11 @@ from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from application.retry import full_jitter_delay
 from domain.errors import ConfigurationError, ResultNotDelivered
 from domain.model import JobResult, JobStatus
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.integration
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def a_result(job_id: str, **fields: object) -> JobResult:
