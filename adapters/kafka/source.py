@@ -40,6 +40,8 @@ from domain.model import Job
 log = structlog.get_logger(__name__)
 
 _PERIODIC_COMMIT_TIMEOUT_S = 2.0
+# How often a member that owns no partition asks for fresh metadata.
+_IDLE_METADATA_REFRESH_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +182,7 @@ class KafkaJobSource:
         self._committed: dict[TopicPartition, int] = {}
         self.counters = {"offset_commits": 0, "dlq_records": 0}
         self._last_commit = clock()
+        self._last_metadata_nudge = clock()
         self._no_room = False
         self._closed = False
         self._consumer = KafkaConsumer(
@@ -218,6 +221,7 @@ class KafkaJobSource:
             jobs = self._take(self._poll(timeout_s, max_records=max_jobs))
         self._dead_letters.drain(self._still_owned)
         self._maybe_commit()
+        self._nudge_metadata_while_idle()
         gevent.sleep(0)
         return jobs
 
@@ -425,6 +429,20 @@ class KafkaJobSource:
             if self._tracker.done(tp, offset):
                 self._acks_since_commit += 1
 
+    def _nudge_metadata_while_idle(self) -> None:
+        """Ask for fresh metadata every few seconds while this worker owns no partition.
+
+        A group that formed before the consumer knew the topic's partitions (a topic
+        just created, a broker just started) assigns nothing, and kafka-python rejoins
+        only when a metadata refresh shows the partitions: by default not before
+        ``metadata_max_age_ms``. One small request per few seconds from an idle member
+        turns that wait into seconds; a member that owns partitions never pays it.
+        """
+        if self._owned() or self._clock() - self._last_metadata_nudge < _IDLE_METADATA_REFRESH_S:
+            return
+        self._last_metadata_nudge = self._clock()
+        _request_metadata_update(self._consumer)
+
     def _maybe_commit(self) -> None:
         due = self._clock() - self._last_commit >= self._commit_interval_s
         if due or self._acks_since_commit >= self._commit_every:
@@ -547,6 +565,18 @@ class _RebalanceListener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
         self._source._lose(lost)
+
+
+def _request_metadata_update(consumer: KafkaConsumer) -> None:
+    """Flag the consumer's cluster metadata for refresh on its next network round.
+
+    kafka-python has no public non-blocking call for this (``partitions_for_topic``
+    waits without a deadline). Does nothing if the internals differ.
+    """
+    cluster: Any = getattr(consumer, "_cluster", None)
+    request_update = getattr(cluster, "request_update", None)
+    if callable(request_update):
+        request_update()
 
 
 def _release_parked_records(consumer: KafkaConsumer) -> None:

@@ -138,11 +138,16 @@ def test_an_unwritable_dead_letter_topic_never_blocks_the_fetch_loop(
     slowest = 0.0
     with capture_logs() as logs:
         # The clock starts once the group gave us the partition (slow on a new broker).
-        joined_by = time.monotonic() + 30
+        joined_by = time.monotonic() + 60
         while not jobs and time.monotonic() < joined_by:
             jobs.extend(fetched := source.fetch(100, 0.2))
             for job in fetched:
                 source.ack(job)
+        assert jobs, (
+            f"no job within 60 s: generation {source.group_generation()}, "
+            f"assigned {source.assigned()}, warnings "
+            f"{[e for e in logs if e['log_level'] in ('warning', 'error')][:5]}"
+        )
         deadline = time.monotonic() + 7
         while time.monotonic() < deadline:
             started = time.monotonic()
