@@ -40,8 +40,6 @@ from domain.model import Job
 log = structlog.get_logger(__name__)
 
 _PERIODIC_COMMIT_TIMEOUT_S = 2.0
-# How often a member that owns no partition asks for fresh metadata.
-_IDLE_METADATA_REFRESH_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +180,6 @@ class KafkaJobSource:
         self._committed: dict[TopicPartition, int] = {}
         self.counters = {"offset_commits": 0, "dlq_records": 0}
         self._last_commit = clock()
-        self._last_metadata_nudge = clock()
         self._no_room = False
         self._closed = False
         self._consumer = KafkaConsumer(
@@ -221,7 +218,6 @@ class KafkaJobSource:
             jobs = self._take(self._poll(timeout_s, max_records=max_jobs))
         self._dead_letters.drain(self._still_owned)
         self._maybe_commit()
-        self._nudge_metadata_while_idle()
         gevent.sleep(0)
         return jobs
 
@@ -311,6 +307,7 @@ class KafkaJobSource:
 
     def _poll(self, timeout_s: float, max_records: int) -> dict[TopicPartition, list[Any]]:
         _release_parked_records(self._consumer)
+        _resume_interrupted_join(self._consumer)
         try:
             records: dict[TopicPartition, list[Any]] = self._consumer.poll(
                 timeout_ms=max(0, int(timeout_s * 1000)), max_records=max_records
@@ -428,20 +425,6 @@ class KafkaJobSource:
                 return  # the partition went to another worker, which redoes the job
             if self._tracker.done(tp, offset):
                 self._acks_since_commit += 1
-
-    def _nudge_metadata_while_idle(self) -> None:
-        """Ask for fresh metadata every few seconds while this worker owns no partition.
-
-        A group that formed before the consumer knew the topic's partitions (a topic
-        just created, a broker just started) assigns nothing, and kafka-python rejoins
-        only when a metadata refresh shows the partitions: by default not before
-        ``metadata_max_age_ms``. One small request per few seconds from an idle member
-        turns that wait into seconds; a member that owns partitions never pays it.
-        """
-        if self._owned() or self._clock() - self._last_metadata_nudge < _IDLE_METADATA_REFRESH_S:
-            return
-        self._last_metadata_nudge = self._clock()
-        _request_metadata_update(self._consumer)
 
     def _maybe_commit(self) -> None:
         due = self._clock() - self._last_commit >= self._commit_interval_s
@@ -567,16 +550,23 @@ class _RebalanceListener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
         self._source._lose(lost)
 
 
-def _request_metadata_update(consumer: KafkaConsumer) -> None:
-    """Flag the consumer's cluster metadata for refresh on its next network round.
+def _resume_interrupted_join(consumer: KafkaConsumer) -> None:
+    """Work around a kafka-python 3.0 coordinator bug that leaves a member with no partitions.
 
-    kafka-python has no public non-blocking call for this (``partitions_for_topic``
-    waits without a deadline). Does nothing if the internals differ.
+    A rebalance started by a metadata change (a topic's partitions appear or grow) is
+    not flagged ``rejoin_needed``: the coordinator rejoins because its assignment
+    snapshot differs from the metadata. The leader's assignment makes them equal
+    again, so when a poll's timeout ends before the join finishes, the next poll sees
+    nothing to rejoin and never applies the assignment the join brought back: the
+    member owns nothing and stops heartbeating until the group expels it. A join task
+    still held is unfinished business: flagging the rejoin makes the next poll await
+    it, or start a fresh join if it ended unseen. Does nothing if the internals differ.
     """
-    cluster: Any = getattr(consumer, "_cluster", None)
-    request_update = getattr(cluster, "request_update", None)
-    if callable(request_update):
-        request_update()
+    coordinator: Any = getattr(consumer, "_coordinator", None)
+    if getattr(coordinator, "_join_task", None) is None:
+        return
+    if getattr(coordinator, "rejoin_needed", True) is False:
+        coordinator.request_rejoin()
 
 
 def _release_parked_records(consumer: KafkaConsumer) -> None:
