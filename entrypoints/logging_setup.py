@@ -42,3 +42,6 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
     root.setLevel(level.upper())
     # kafka-python is chatty at INFO (every rebalance step); its warnings still show.
     logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+    # A new group's first assignment is often made before the topic's metadata arrived;
+    # the group rejoins at once with the partitions. The warning says nothing to act on.
+    logging.getLogger("kafka.coordinator.assignors.range").setLevel(max(logging.ERROR, root.level))

@@ -45,6 +45,11 @@ class DeadLetterWriter:
     exactly one of its callbacks runs when the broker has acknowledged (all in-sync
     replicas) or refused the record, on the producer's I/O thread. ``api_version``
     (the consumer's) spares the producer its own blocking version probe.
+
+    A producer that failed a record is replaced before the next write: kafka-python's
+    idempotent producer treats some refusals (a record over the topic's
+    ``max.message.bytes``) as fatal and fails every later send, so without a new one
+    the topic would never be written again, even once fixed.
     """
 
     def __init__(
@@ -59,6 +64,8 @@ class DeadLetterWriter:
         self._worker_id = worker_id
         self._api_version = api_version
         self._producer: KafkaProducer | None = None
+        # The producer that last failed a record: replaced before the next write.
+        self._failed_producer: KafkaProducer | None = None
 
     def write(
         self,
@@ -68,6 +75,8 @@ class DeadLetterWriter:
         on_failed: Callable[[BaseException], None],
     ) -> None:
         """Send ``record`` with its original key and value; raises KafkaError if it cannot."""
+        if self._producer is not None and self._producer is self._failed_producer:
+            self._replace_failed_producer()
         if self._producer is None:
             extra = {} if self._api_version is None else {"api_version": self._api_version}
             self._producer = KafkaProducer(
@@ -79,9 +88,32 @@ class DeadLetterWriter:
             # A record needs a key or a value; say that the empty value stands for none.
             value = b""
             headers.append(("x-dlq-source-value-null", b"true"))
-        future = self._producer.send(self.topic, key=record.key, value=value, headers=headers)
+        producer = self._producer
+        try:
+            future = producer.send(self.topic, key=record.key, value=value, headers=headers)
+        except Exception:
+            self._failed_producer = producer
+            raise
         future.add_callback(lambda _metadata: on_written())
-        future.add_errback(on_failed)
+        future.add_errback(self._failed_with(producer, on_failed))
+
+    def _failed_with(
+        self, producer: KafkaProducer, on_failed: Callable[[BaseException], None]
+    ) -> Callable[[BaseException], None]:
+        def failed(error: BaseException) -> None:
+            # On the producer's I/O thread, which cannot close its own producer.
+            # Late failures of a replaced producer leave its successor alone.
+            self._failed_producer = producer
+            on_failed(error)
+
+        return failed
+
+    def _replace_failed_producer(self) -> None:
+        # Records still in the old producer fail now and are queued again.
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            log.info("replacing the dead-letter producer after a failed write")
+            producer.close(timeout=0)
 
     def flush(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for sent records to be acknowledged."""

@@ -242,6 +242,12 @@ class KafkaJobSource:
             self._dead_letter_writer.flush(self._close_timeout_s)
         except KafkaError as error:
             log.warning("dead letters not confirmed before close", error=str(error))
+        if waiting := self._dead_letters.waiting():
+            log.warning(
+                "poison records not written to the dead-letter topic before close; "
+                "their partitions' commits stay before them and they are read again",
+                dead_letters_waiting=waiting,
+            )
         self._commit()
         try:
             # Revokes the partitions: the listener commits acks that came since.

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import errors as kafka_errors
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from structlog.testing import capture_logs
 
 from adapters.kafka import KafkaClientSettings, KafkaJobSource
@@ -16,7 +17,14 @@ from adapters.kafka.source import fatal_error_message
 from domain.errors import ConfigurationError, SourceFailed
 from domain.model import Job
 from tests.contract.conftest import JobsTopic
-from tests.support.kafka import committed_offsets, produce, task_bytes, unique_name
+from tests.support.kafka import (
+    committed_offsets,
+    create_topic,
+    produce,
+    read_all,
+    task_bytes,
+    unique_name,
+)
 
 pytestmark = pytest.mark.contract
 
@@ -168,3 +176,64 @@ def test_an_unwritable_dead_letter_topic_never_blocks_the_fetch_loop(
     assert all(w["waiting"] >= 30 for w in warnings)
     # The first poison record is not done, so the commit stays before it.
     assert committed_offsets(kafka_servers, group_id, topic) == {0: 5}
+
+
+@pytest.mark.timeout(120)
+def test_a_dead_letter_topic_that_refused_a_record_is_written_once_it_accepts_it(
+    kafka_servers: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    source_factory: SourceFactory,
+) -> None:
+    # A record over the topic's max.message.bytes is a fatal error to kafka-python's
+    # idempotent producer: it fails every later send. Once the topic is fixed, the
+    # letters must still land, without a restart.
+    topic = topic_factory(1)
+    dlq_topic = create_topic(kafka_servers, 1, prefix="dlq", configs={"max.message.bytes": "64"})
+    poison = [(f"bad-{i}".encode(), b"\xff" * 200, 0) for i in range(3)]
+    produce(kafka_servers, topic, [*poison, (b"job-0", task_bytes("job-0"), 0)])
+    source = source_factory(
+        topic,
+        group_id,
+        dlq_topic=dlq_topic,
+        commit_interval_s=0,
+        dead_letter_retry_s=0.25,
+        dead_letter_max_backoff_s=1.0,
+    )
+
+    jobs: list[Job] = []
+    with capture_logs() as logs:
+        deadline = time.monotonic() + 60
+        while not _dead_letter_refusals(logs) and time.monotonic() < deadline:
+            jobs.extend(fetched := source.fetch(100, 0.2))
+            for job in fetched:
+                source.ack(job)
+        assert _dead_letter_refusals(logs), "the dead-letter topic never refused a record"
+        assert committed_offsets(kafka_servers, group_id, topic) in ({}, {0: 0})
+
+        _set_topic_config(kafka_servers, dlq_topic, "max.message.bytes", "1048588")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            jobs.extend(fetched := source.fetch(100, 0.2))
+            for job in fetched:
+                source.ack(job)
+            if committed_offsets(kafka_servers, group_id, topic) == {0: 4}:
+                break
+
+    assert [job.id for job in jobs] == ["job-0"]
+    assert committed_offsets(kafka_servers, group_id, topic) == {0: 4}
+    letters = read_all(kafka_servers, dlq_topic, 3)
+    assert sorted(letter.key for letter in letters) == [b"bad-0", b"bad-1", b"bad-2"]
+    assert {letter.value for letter in letters} == {b"\xff" * 200}
+
+
+def _dead_letter_refusals(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in logs if "dead-letter topic (KAFKA_DLQ_TOPIC)" in e["event"]]
+
+
+def _set_topic_config(servers: str, topic: str, name: str, value: str) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=servers, client_id="tests-admin")
+    try:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {name: value})])
+    finally:
+        admin.close()
