@@ -22,6 +22,7 @@ from adapters.executors.image_resize import ImageResizeExecutor
 from adapters.executors.safe_http import SafeHttpClient
 from adapters.executors.sleep import SleepExecutor
 from adapters.file import FileJobSource, FileResultSink
+from adapters.kafka.lag import BrokerOffsetsMonitor, GroupOffsetsProbe
 from adapters.kafka.settings import KafkaClientSettings
 from adapters.kafka.source import KafkaJobSource
 from adapters.observability.metrics import PrometheusJobObserver, ResultSendRetries
@@ -75,6 +76,18 @@ def kafka_source(settings: Settings) -> Iterator[KafkaJobSource]:
         brokers = ",".join(settings.get("KAFKA_BROKERS"))
         raise JobWorkerError(f"cannot reach Kafka at {brokers} (KAFKA_BROKERS): {error}") from None
     yield from _closing(source)
+
+
+def broker_offsets_monitor(
+    settings: Settings, source: KafkaJobSource
+) -> Iterator[BrokerOffsetsMonitor]:
+    probe = GroupOffsetsProbe(kafka_client_settings(settings), settings.get("KAFKA_GROUP_ID"))
+    monitor = BrokerOffsetsMonitor(probe, source.assigned)
+    monitor.start()
+    try:
+        yield monitor
+    finally:
+        monitor.stop()
 
 
 def file_source(settings: Settings) -> Iterator[FileJobSource]:
@@ -200,6 +213,8 @@ class Container(containers.DeclarativeContainer):
         kafka=providers.Resource(kafka_source, settings),
         file=providers.Resource(file_source, settings),
     )
+    # Only with the Kafka source and a metrics endpoint: it feeds the lag gauge.
+    broker_offsets = providers.Resource(broker_offsets_monitor, settings, job_source)
     result_sink = providers.Selector(
         providers.Callable(lambda s: s.get("RESULT_SINK"), settings),
         grpc=providers.Resource(grpc_sink, settings, send_retries),

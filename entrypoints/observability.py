@@ -7,6 +7,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from adapters.kafka.lag import BrokerOffsetsMonitor
 from adapters.kafka.source import KafkaJobSource
 from adapters.observability.http_server import ObservabilityServer
 from adapters.observability.metrics import LiveState, LiveStateCollector, Reading
@@ -24,6 +25,7 @@ def start_observability_server(
     engine: WorkerEngine,
     source: Any,
     sink: Any,
+    broker_offsets: BrokerOffsetsMonitor | None = None,
 ) -> ObservabilityServer:
     kafka = source if isinstance(source, KafkaJobSource) else None
     state = LiveState(
@@ -48,7 +50,7 @@ def start_observability_server(
             ),
             **(_kafka_counters(kafka) if kafka else {}),
         },
-        consumer_lag=_lag_reader(kafka) if kafka else None,
+        consumer_lag=_lag_reader(kafka, broker_offsets) if kafka else None,
     )
     registry.register(LiveStateCollector(state))
     server = ObservabilityServer(
@@ -71,9 +73,12 @@ def _kafka_counters(source: KafkaJobSource) -> dict[str, Reading]:
     }
 
 
-def _lag_reader(source: KafkaJobSource) -> Callable[[], Mapping[tuple[str, int], int]]:
+def _lag_reader(
+    source: KafkaJobSource, broker_offsets: BrokerOffsetsMonitor | None
+) -> Callable[[], Mapping[tuple[str, int], int]]:
     def read() -> Mapping[tuple[str, int], int]:
-        return {(tp.topic, tp.partition): lag for tp, lag in source.lag().items()}
+        broker = broker_offsets.latest() if broker_offsets is not None else None
+        return {(tp.topic, tp.partition): lag for tp, lag in source.lag(broker).items()}
 
     return read
 

@@ -10,7 +10,6 @@ from typing import Any
 import gevent
 import structlog
 from gevent.event import Event
-from prometheus_client import CollectorRegistry
 
 from adapters.observability.http_server import ObservabilityServer
 from application.engine import StopReport, WorkerEngine
@@ -59,9 +58,7 @@ def run_worker(settings: Settings) -> int:
     try:
         engine = container.engine()
         source, sink = container.job_source(), container.result_sink()
-        metrics_server = _start_metrics(
-            settings, container.metrics_registry(), engine, source, sink
-        )
+        metrics_server = _start_metrics(settings, container, engine, source, sink)
     except Exception as error:
         container.shutdown_resources()
         if isinstance(error, JobWorkerError):
@@ -116,14 +113,21 @@ def _size_hub_threadpool(settings: Settings) -> None:
 
 
 def _start_metrics(
-    settings: Settings, registry: CollectorRegistry, engine: WorkerEngine, source: Any, sink: Any
+    settings: Settings, container: Container, engine: WorkerEngine, source: Any, sink: Any
 ) -> ObservabilityServer | None:
     port = settings.get("METRICS_PORT")
     if not port:
         return None
+    broker_offsets = container.broker_offsets() if settings.get("JOB_SOURCE") == "kafka" else None
     try:
         server = start_observability_server(
-            settings.get("METRICS_HOST"), port, registry, engine, source, sink
+            settings.get("METRICS_HOST"),
+            port,
+            container.metrics_registry(),
+            engine,
+            source,
+            sink,
+            broker_offsets,
         )
     except OSError as error:
         raise ConfigurationError(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import gevent
 import grpc
+import structlog
 
 from adapters.codec import result_to_proto
 from adapters.grpc.channel import client_channel_options, open_channel
@@ -15,6 +16,8 @@ from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from application.retry import full_jitter_delay
 from domain.errors import ResultNotDelivered
 from domain.model import JobResult
+
+log = structlog.get_logger(__name__)
 
 RetryListener = Callable[[str, int, float], None]
 """Called before each retry sleep with (status code name, failed attempt number, delay_s)."""
@@ -121,6 +124,14 @@ class GrpcResultSink:
             attempt += 1
             error = self._attempt(request, result.job_id)
             if error is None:
+                if attempt > 1:
+                    # Retries are logged sparsely in an outage; say when it is over.
+                    log.info(
+                        "Core accepted a result after retrying",
+                        address=self._target,
+                        job_id=result.job_id,
+                        attempts=attempt,
+                    )
                 return
             code = error.code()
             if code not in RETRYABLE_CODES:

@@ -175,8 +175,8 @@ class KafkaClientSettings:
             "heartbeat_interval_ms": self.heartbeat_interval_ms,
             "max_poll_records": self.max_poll_records,
             "max_poll_interval_ms": self.max_poll_interval_ms,
-            # A group formed before its topic's partitions were known assigns nothing
-            # until metadata is refreshed: every 30 s rather than kafka-python's 5 min.
+            # Partitions added to the topic are noticed (and rebalanced onto the
+            # group) within 30 s rather than kafka-python's 5 min.
             "metadata_max_age_ms": 30_000,
         }
 

@@ -31,6 +31,7 @@ from kafka.util import ensure_valid_topic_name
 
 from adapters.codec import job_from_task
 from adapters.kafka.dlq import DeadLetter, DeadLetterOutbox, DeadLetterWriter
+from adapters.kafka.lag import PartitionOffsets
 from adapters.kafka.settings import KafkaClientSettings
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from application.delivery import DeliveryTracker
@@ -288,25 +289,33 @@ class KafkaJobSource:
         with self._lock:
             return {tp: self._tracker.span(tp) for tp in owned}
 
-    def lag(self) -> dict[TopicPartition, int]:
-        """Records per owned partition past this worker's position in the group.
+    def lag(
+        self, broker: Mapping[TopicPartition, PartitionOffsets] | None = None
+    ) -> dict[TopicPartition, int]:
+        """Records per owned partition past the group's position: what is left to do.
 
-        The position is the offset this worker last committed for the partition; before
-        its first commit in this assignment, the offset it first read there (where the
-        group's committed offset, or ``earliest`` without one, put the consumer). So
-        this is the lag ``kafka-consumer-groups --describe`` shows once this worker has
-        committed: it reaches zero only once every record was taken, finished, reported
-        and committed. Partitions with nothing read yet (no baseline, no high-water mark)
-        are left out. Makes no request to the broker.
+        The position is the offset this worker last committed there; before its first
+        commit in this assignment, the offset it first read (where the group's
+        committed offset, or ``earliest`` without one, put the consumer). The end is
+        the consumer's high-water mark, which it learns only from fetches: ``broker``
+        (from a ``BrokerOffsetsMonitor``) fills in partitions not read yet and new
+        records on paused partitions, so the lag grows while Core is down. It is the
+        LAG ``kafka-consumer-groups --describe`` shows, reaching zero only once every
+        record was taken, finished, reported and committed. Partitions with neither
+        figure are left out. Makes no request to the broker.
         """
+        broker = broker or {}
         lags = {}
         assignment = self._consumer.assignment()
         for tp in self._owned():
-            highwater = self._consumer.highwater(tp) if tp in assignment else None
+            end = self._consumer.highwater(tp) if tp in assignment else None
             with self._lock:
                 position = self._committed.get(tp, self._start_offsets.get(tp))
-            if highwater is not None and position is not None:
-                lags[tp] = max(0, highwater - position)
+            if (known := broker.get(tp)) is not None:
+                end = max(end or 0, known.end)
+                position = max(position or 0, known.position)
+            if end is not None and position is not None:
+                lags[tp] = max(0, end - position)
         return lags
 
     # -- polling ------------------------------------------------------------------------

@@ -26,7 +26,10 @@ SENDERS = 4
 PIPELINE_CAPACITY = JOBS_QUEUE + POOL + RESULTS_QUEUE + SENDERS
 OUTAGE_S = 20.0
 RSS_GROWTH_LIMIT = 50 * MIB
+# Published while Core is away: the lag gauge must count them though no fetch sees them.
+LATE_JOBS = 200
 CONSUMED = "jobworker_jobs_consumed_total"
+LAG = "jobworker_consumer_lag"
 
 
 def test_core_down_for_20s_loses_nothing_and_pauses_consumption(
@@ -34,7 +37,8 @@ def test_core_down_for_20s_loses_nothing_and_pauses_consumption(
 ) -> None:
     topic = create_topic(kafka_servers, partitions=2, prefix="faults-core")
     jobs = sleep_jobs(JOBS, ms=50, prefix="outage")
-    ids = [job.id for job in jobs]
+    late_jobs = sleep_jobs(LATE_JOBS, ms=50, prefix="outage-late")
+    ids = [job.id for job in jobs + late_jobs]
     publish(kafka_servers, topic, jobs)
     metrics_port = free_port()
     worker = start_worker(
@@ -65,6 +69,7 @@ def test_core_down_for_20s_loses_nothing_and_pauses_consumption(
     outage_ends = time.monotonic() + OUTAGE_S
     delivered_before = len(tally(db, ids).received)
     assert delivered_before < JOBS - PIPELINE_CAPACITY, "the run ended before the outage"
+    publish(kafka_servers, topic, late_jobs)
     assert wait_until(lambda: metrics_answer(metrics_port), 10)
     time.sleep(1)  # let the pipeline fill up and stall
     pid = worker.process.pid  # type: ignore[union-attr]
@@ -75,6 +80,7 @@ def test_core_down_for_20s_loses_nothing_and_pauses_consumption(
     time.sleep(max(0.0, outage_ends - time.monotonic()))
     rss_at_end = rss_bytes(pid)
     consumed_at_end = scrape_metric(metrics_port, CONSUMED)
+    lag_at_end = scrape_metric(metrics_port, LAG)
     assert worker.process.poll() is None, log_tail(worker)  # type: ignore[union-attr]
 
     core.start()
@@ -84,14 +90,18 @@ def test_core_down_for_20s_loses_nothing_and_pauses_consumption(
         result.line("core outage 20s")
         + f"; delivered before the outage: {delivered_before}, consumed by its end: "
         f"{consumed_at_end:.0f}, consumed over 5 s of it: {consumed_second - consumed_first:.0f}"
-        f" (pipeline holds {PIPELINE_CAPACITY}); worker RSS {rss_at_start / MIB:.1f} -> "
-        f"{rss_at_end / MIB:.1f} MiB"
+        f" (pipeline holds {PIPELINE_CAPACITY}); lag gauge at its end: {lag_at_end:.0f} "
+        f"(backlog at least {JOBS + LATE_JOBS - delivered_before}); worker RSS "
+        f"{rss_at_start / MIB:.1f} -> {rss_at_end / MIB:.1f} MiB"
     )
     assert not result.lost, f"{len(result.lost)} lost\n{log_tail(worker)}"
     assert consumed_second - consumed_first <= PIPELINE_CAPACITY
     # Stronger: nothing is taken from Kafka beyond what the pipeline can hold.
     assert consumed_at_end <= delivered_before + PIPELINE_CAPACITY
     assert rss_at_end - rss_at_start < RSS_GROWTH_LIMIT
+    # Only done jobs are committed, so the lag is at least what Core has not received,
+    # the late jobs included, though the paused partitions fetched none of them.
+    assert lag_at_end >= JOBS + LATE_JOBS - delivered_before
     assert "Core call failed; retrying" in worker.log()
     assert worker.stop() == 0, log_tail(worker)
     assert "Traceback" not in worker.log()

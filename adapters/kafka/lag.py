@@ -1,0 +1,143 @@
+"""Consumer lag as the broker sees it, for partitions this worker owns.
+
+The consumer alone cannot say how far behind it is: it learns a partition's end only
+from fetches, so a partition it has not read yet, or one it paused while Core is down,
+shows stale or no figures exactly when the backlog grows. A separate admin client asks
+the broker instead, every few seconds, off the fetch loop.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+
+import gevent
+import structlog
+from kafka import TopicPartition
+from kafka.admin import KafkaAdminClient, OffsetSpec
+
+from adapters.kafka.settings import KafkaClientSettings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionOffsets:
+    """A partition's end and the group's position in it, as the broker last said."""
+
+    end: int
+    position: int
+
+
+class GroupOffsetsProbe:
+    """Asks the broker for the end of partitions and the group's committed offsets.
+
+    A partition the group never committed counts from its earliest offset, where the
+    worker (``auto_offset_reset=earliest``) starts reading it. This is the figure
+    ``kafka-consumer-groups --describe`` shows as LAG.
+    """
+
+    def __init__(
+        self, settings: KafkaClientSettings, group_id: str, timeout_s: float = 5.0
+    ) -> None:
+        self._settings = settings
+        self._group_id = group_id
+        self._timeout_ms = int(timeout_s * 1000)
+        self._admin: KafkaAdminClient | None = None
+
+    def measure(
+        self, partitions: Collection[TopicPartition]
+    ) -> dict[TopicPartition, PartitionOffsets]:
+        """Raises KafkaError when the broker cannot answer."""
+        if not partitions:
+            return {}
+        admin = self._client()
+        ends = admin.list_partition_offsets(
+            dict.fromkeys(partitions, OffsetSpec.LATEST), timeout_ms=self._timeout_ms
+        )
+        committed = admin.list_group_offsets({self._group_id: list(partitions)}).get(
+            self._group_id, {}
+        )
+        positions = {tp: meta.offset for tp, meta in committed.items() if meta.offset >= 0}
+        never_committed = [tp for tp in partitions if tp not in positions]
+        if never_committed:
+            starts = admin.list_partition_offsets(
+                dict.fromkeys(never_committed, OffsetSpec.EARLIEST), timeout_ms=self._timeout_ms
+            )
+            positions.update({tp: found.offset for tp, found in starts.items()})
+        return {
+            tp: PartitionOffsets(ends[tp].offset, positions[tp])
+            for tp in partitions
+            if tp in ends and tp in positions
+        }
+
+    def close(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            admin.close()
+
+    def _client(self) -> KafkaAdminClient:
+        if self._admin is None:
+            self._admin = KafkaAdminClient(
+                **self._settings.client_kwargs(), request_timeout_ms=self._timeout_ms
+            )
+        return self._admin
+
+
+class BrokerOffsetsMonitor:
+    """Keeps the broker's offsets for the owned partitions fresh, on its own greenlet.
+
+    ``latest()`` never blocks: a scrape reads the last answer. While the broker does
+    not answer, the last answer stays and one warning says so.
+    """
+
+    def __init__(
+        self,
+        probe: GroupOffsetsProbe,
+        owned: Callable[[], Collection[TopicPartition]],
+        interval_s: float = 5.0,
+    ) -> None:
+        self._probe = probe
+        self._owned = owned
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._latest: dict[TopicPartition, PartitionOffsets] = {}
+        self._greenlet: gevent.Greenlet | None = None
+        self._failing = False
+
+    def start(self) -> None:
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        greenlet, self._greenlet = self._greenlet, None
+        if greenlet is not None:
+            greenlet.kill(block=True, timeout=5)
+        self._probe.close()
+
+    def latest(self) -> Mapping[TopicPartition, PartitionOffsets]:
+        with self._lock:
+            return dict(self._latest)
+
+    def refresh(self) -> None:
+        """Ask once now (the greenlet does this every ``interval_s``)."""
+        try:
+            measured = self._probe.measure(sorted(self._owned()))
+        except Exception as error:  # the broker may be away; the gauge keeps its last value
+            if not self._failing:
+                log.warning(
+                    "cannot read partition offsets for the lag gauge; retrying",
+                    error=str(error),
+                    error_type=type(error).__name__,
+                )
+            self._failing = True
+            return
+        self._failing = False
+        with self._lock:
+            self._latest = measured
+
+    def _run(self) -> None:
+        while True:
+            self.refresh()
+            gevent.sleep(self._interval_s)

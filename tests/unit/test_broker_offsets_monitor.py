@@ -1,0 +1,75 @@
+"""BrokerOffsetsMonitor: the lag gauge's broker figures, kept through broker outages."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any, cast
+
+from kafka import TopicPartition
+from kafka.errors import KafkaConnectionError
+from structlog.testing import capture_logs
+
+from adapters.kafka.lag import BrokerOffsetsMonitor, GroupOffsetsProbe, PartitionOffsets
+
+TP = TopicPartition("jobs", 0)
+
+
+class ScriptedProbe:
+    """Answers measure() from a script: an offsets dict, or an exception to raise."""
+
+    def __init__(self, *answers: Any) -> None:
+        self.answers = list(answers)
+        self.asked: list[list[TopicPartition]] = []
+        self.closed = False
+
+    def measure(self, partitions: Collection[TopicPartition]) -> dict[TopicPartition, Any]:
+        self.asked.append(list(partitions))
+        answer = self.answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return cast(dict[TopicPartition, Any], answer)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def monitor_for(probe: ScriptedProbe, owned: list[TopicPartition]) -> BrokerOffsetsMonitor:
+    return BrokerOffsetsMonitor(cast(GroupOffsetsProbe, probe), lambda: owned)
+
+
+def test_it_asks_for_the_owned_partitions_and_keeps_the_answer() -> None:
+    probe = ScriptedProbe({TP: PartitionOffsets(10, 4)})
+    monitor = monitor_for(probe, [TP])
+
+    monitor.refresh()
+
+    assert probe.asked == [[TP]]
+    assert monitor.latest() == {TP: PartitionOffsets(10, 4)}
+
+
+def test_a_broker_that_does_not_answer_leaves_the_last_figures_and_warns_once() -> None:
+    down = KafkaConnectionError("connection refused")
+    probe = ScriptedProbe({TP: PartitionOffsets(10, 4)}, down, down, {TP: PartitionOffsets(12, 12)})
+    monitor = monitor_for(probe, [TP])
+
+    with capture_logs() as logs:
+        monitor.refresh()
+        monitor.refresh()
+        monitor.refresh()
+        kept = monitor.latest()
+        monitor.refresh()
+
+    assert kept == {TP: PartitionOffsets(10, 4)}
+    assert monitor.latest() == {TP: PartitionOffsets(12, 12)}
+    assert [e["error_type"] for e in logs if e["log_level"] == "warning"] == [
+        "KafkaConnectionError"
+    ]
+
+
+def test_stop_closes_the_probe() -> None:
+    probe = ScriptedProbe({})
+    monitor = monitor_for(probe, [])
+    monitor.start()
+    monitor.stop()
+
+    assert probe.closed
