@@ -321,6 +321,11 @@ class WorkerEngine:
     # -- introspection (metrics, readiness, tests) ------------------------------------
 
     @property
+    def taking_jobs(self) -> bool:
+        """True once started until intake stops: ``stop()``, a failure, a finished source."""
+        return self._started and not self._intake_stopped.is_set()
+
+    @property
     def jobs_queue_depth(self) -> int:
         return int(self._jobs.qsize())
 

@@ -54,7 +54,11 @@ def start_observability_server(
     )
     registry.register(LiveStateCollector(state))
     server = ObservabilityServer(
-        host, port, registry, _readiness(kafka, sink), liveness=lambda: not engine.failed.is_set()
+        host,
+        port,
+        registry,
+        _readiness(engine, kafka, sink),
+        liveness=lambda: not engine.failed.is_set(),
     )
     server.start()
     return server
@@ -83,11 +87,14 @@ def _lag_reader(
     return read
 
 
-def _readiness(kafka: KafkaJobSource | None, sink: Any) -> Callable[[], Mapping[str, bool]]:
+def _readiness(
+    engine: WorkerEngine, kafka: KafkaJobSource | None, sink: Any
+) -> Callable[[], Mapping[str, bool]]:
     ping = getattr(sink, "ping", None)
 
     def checks() -> Mapping[str, bool]:
-        result = {}
+        # False from a shutdown's first moment: the worker is leaving, whatever else holds.
+        result = {"taking_jobs": engine.taking_jobs}
         if kafka is not None:
             # Joined, not "owns partitions": replicas beyond the partition count are
             # healthy standbys, and must not hold up a rollout by never being ready.

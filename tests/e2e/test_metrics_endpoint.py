@@ -85,7 +85,11 @@ def test_metrics_follow_the_run_and_readiness_follows_core(
     )
     assert wait_while_running(lambda: get(f"{base}/healthz")[0] == 200, TIMEOUT_S, worker)
     assert wait_while_running(lambda: readiness(base)[0] == 200, TIMEOUT_S, worker)
-    assert readiness(base)[1]["checks"] == {"joined_group": True, "core_reachable": True}
+    assert readiness(base)[1]["checks"] == {
+        "taking_jobs": True,
+        "joined_group": True,
+        "core_reachable": True,
+    }
 
     # Scrape while the jobs run: the finished counter climbs, lag shows per partition.
     finished_seen: set[float] = set()

@@ -307,10 +307,13 @@ def test_stop_drains_in_flight_jobs_and_leaves_queued_ones_unacked() -> None:
     sink = InMemoryResultSink()
     cfg = config(pool_size=2, jobs_queue_size=3)
     engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": executor}), cfg)
+    assert not engine.taking_jobs
     engine.start()
     gevent.sleep(0.01)
+    assert engine.taking_jobs
     assert len(executor.started) == 2
     report = engine.stop(timeout=2)
+    assert not engine.taking_jobs
     assert report.jobs_abandoned_in_flight == 0
     assert report.results_not_delivered == 0
     assert report.jobs_not_started == 3
