@@ -213,8 +213,9 @@ class Container(containers.DeclarativeContainer):
         kafka=providers.Resource(kafka_source, settings),
         file=providers.Resource(file_source, settings),
     )
-    # Only with the Kafka source and a metrics endpoint: it feeds the lag gauge.
-    broker_offsets = providers.Resource(broker_offsets_monitor, settings, job_source)
+    # Only with the Kafka source and a metrics endpoint: it feeds the lag gauge. It
+    # depends on the Kafka resource itself, so it is shut down before the source.
+    broker_offsets = providers.Resource(broker_offsets_monitor, settings, job_source.kafka)
     result_sink = providers.Selector(
         providers.Callable(lambda s: s.get("RESULT_SINK"), settings),
         grpc=providers.Resource(grpc_sink, settings, send_retries),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 
 import structlog
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
 from adapters.kafka.settings import KafkaClientSettings
 
@@ -46,10 +48,11 @@ class DeadLetterWriter:
     replicas) or refused the record, on the producer's I/O thread. ``api_version``
     (the consumer's) spares the producer its own blocking version probe.
 
-    A producer that failed a record is replaced before the next write: kafka-python's
-    idempotent producer treats some refusals (a record over the topic's
+    A producer that hit an error retrying cannot fix is replaced before the next write:
+    kafka-python's idempotent producer treats some refusals (a record over the topic's
     ``max.message.bytes``) as fatal and fails every later send, so without a new one
-    the topic would never be written again, even once fixed.
+    the topic would never be written again, even once fixed. Timeouts and other
+    retriable errors keep the producer, which goes on connecting in the background.
     """
 
     def __init__(
@@ -64,8 +67,10 @@ class DeadLetterWriter:
         self._worker_id = worker_id
         self._api_version = api_version
         self._producer: KafkaProducer | None = None
-        # The producer that last failed a record: replaced before the next write.
-        self._failed_producer: KafkaProducer | None = None
+        # Producers that hit a fatal error; marked from their own I/O threads.
+        self._broken: weakref.WeakSet[KafkaProducer] = weakref.WeakSet()
+        # Replaced producers that still had records in flight: closed with the writer.
+        self._retired: list[KafkaProducer] = []
 
     def write(
         self,
@@ -75,8 +80,9 @@ class DeadLetterWriter:
         on_failed: Callable[[BaseException], None],
     ) -> None:
         """Send ``record`` with its original key and value; raises KafkaError if it cannot."""
-        if self._producer is not None and self._producer is self._failed_producer:
-            self._replace_failed_producer()
+        if self._producer is not None and self._producer in self._broken:
+            self._retire(self._producer)
+            self._producer = None
         if self._producer is None:
             extra = {} if self._api_version is None else {"api_version": self._api_version}
             self._producer = KafkaProducer(
@@ -91,40 +97,53 @@ class DeadLetterWriter:
         producer = self._producer
         try:
             future = producer.send(self.topic, key=record.key, value=value, headers=headers)
-        except Exception:
-            self._failed_producer = producer
+        except Exception as error:
+            self._note_failure(producer, error)
             raise
         future.add_callback(lambda _metadata: on_written())
         future.add_errback(self._failed_with(producer, on_failed))
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for sent records to be acknowledged."""
+        deadline = time.monotonic() + timeout_s
+        for producer in [*self._retired, self._producer]:
+            if producer is not None:
+                producer.flush(timeout=max(0.0, deadline - time.monotonic()))
+
+    def close(self, timeout_s: float) -> None:
+        """Flush and release the producers, waiting up to ``timeout_s``. Idempotent."""
+        deadline = time.monotonic() + timeout_s
+        producers, self._retired = [*self._retired, self._producer], []
+        self._producer = None
+        for producer in producers:
+            if producer is None:
+                continue
+            try:
+                producer.close(timeout=max(0.0, deadline - time.monotonic()))
+            except KafkaError as error:
+                log.warning("dead-letter producer did not close cleanly", error=str(error))
+
+    def _note_failure(self, producer: KafkaProducer, error: BaseException) -> None:
+        if not getattr(error, "retriable", False):
+            self._broken.add(producer)
 
     def _failed_with(
         self, producer: KafkaProducer, on_failed: Callable[[BaseException], None]
     ) -> Callable[[BaseException], None]:
         def failed(error: BaseException) -> None:
             # On the producer's I/O thread, which cannot close its own producer.
-            # Late failures of a replaced producer leave its successor alone.
-            self._failed_producer = producer
+            self._note_failure(producer, error)
             on_failed(error)
 
         return failed
 
-    def _replace_failed_producer(self) -> None:
-        # Records still in the old producer fail now and are queued again.
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            log.info("replacing the dead-letter producer after a failed write")
+    def _retire(self, producer: KafkaProducer) -> None:
+        log.info("replacing the dead-letter producer after a fatal error")
+        try:
             producer.close(timeout=0)
-
-    def flush(self, timeout_s: float) -> None:
-        """Wait up to ``timeout_s`` for sent records to be acknowledged."""
-        if self._producer is not None:
-            self._producer.flush(timeout=timeout_s)
-
-    def close(self, timeout_s: float) -> None:
-        """Flush and release the producer. Idempotent."""
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            producer.close(timeout=timeout_s)
+        except KafkaError:
+            # Records still in flight: their callbacks run when they end; closed later.
+            self._retired.append(producer)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import gevent
 import structlog
@@ -33,9 +34,10 @@ class PartitionOffsets:
 class GroupOffsetsProbe:
     """Asks the broker for the end of partitions and the group's committed offsets.
 
-    A partition the group never committed counts from its earliest offset, where the
-    worker (``auto_offset_reset=earliest``) starts reading it. This is the figure
-    ``kafka-consumer-groups --describe`` shows as LAG.
+    For a partition the group has committed, end minus committed is the LAG that
+    ``kafka-consumer-groups --describe`` shows; one it never committed counts from its
+    earliest offset, where the worker (``auto_offset_reset=earliest``) starts reading
+    (that tool shows ``-`` there).
     """
 
     def __init__(
@@ -73,16 +75,38 @@ class GroupOffsetsProbe:
         }
 
     def close(self) -> None:
+        """Release the admin client; the next ``measure`` opens a new one."""
         admin, self._admin = self._admin, None
         if admin is not None:
             admin.close()
 
     def _client(self) -> KafkaAdminClient:
         if self._admin is None:
-            self._admin = KafkaAdminClient(
-                **self._settings.client_kwargs(), request_timeout_ms=self._timeout_ms
+            self._admin = _open_admin_client(
+                **self._settings.client_kwargs(),
+                request_timeout_ms=self._timeout_ms,
+                bootstrap_timeout_ms=self._timeout_ms,
             )
         return self._admin
+
+
+def _open_admin_client(**config: Any) -> KafkaAdminClient:
+    """A KafkaAdminClient, or the error that kept it from starting, leaving no thread behind.
+
+    kafka-python 3.0 starts the client's I/O thread before it bootstraps and leaves
+    it running when bootstrapping fails (no broker answers): one leaked thread per
+    try of a probe that retries through a broker outage.
+    """
+    admin = KafkaAdminClient.__new__(KafkaAdminClient)
+    try:
+        admin.__init__(**config)
+    except BaseException:
+        for part, stop in (("_client", "close"), ("_net", "stop")):
+            halt = getattr(getattr(admin, part, None), stop, None)
+            if callable(halt):
+                halt()
+        raise
+    return admin
 
 
 class BrokerOffsetsMonitor:
@@ -125,6 +149,9 @@ class BrokerOffsetsMonitor:
         try:
             measured = self._probe.measure(sorted(self._owned()))
         except Exception as error:  # the broker may be away; the gauge keeps its last value
+            # A new client next time: kafka-python's admin client caches the group's
+            # coordinator for good, so a coordinator that moved would fail it forever.
+            self._probe.close()
             if not self._failing:
                 log.warning(
                     "cannot read partition offsets for the lag gauge; retrying",

@@ -308,14 +308,12 @@ class KafkaJobSource:
         lags = {}
         assignment = self._consumer.assignment()
         for tp in self._owned():
-            end = self._consumer.highwater(tp) if tp in assignment else None
+            highwater = self._consumer.highwater(tp) if tp in assignment else None
             with self._lock:
                 position = self._committed.get(tp, self._start_offsets.get(tp))
-            if (known := broker.get(tp)) is not None:
-                end = max(end or 0, known.end)
-                position = max(position or 0, known.position)
-            if end is not None and position is not None:
-                lags[tp] = max(0, end - position)
+            lag = partition_lag(highwater, position, broker.get(tp))
+            if lag is not None:
+                lags[tp] = lag
         return lags
 
     # -- polling ------------------------------------------------------------------------
@@ -563,6 +561,24 @@ class _RebalanceListener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
         self._source._lose(lost)
+
+
+def partition_lag(
+    highwater: int | None, position: int | None, broker: PartitionOffsets | None
+) -> int | None:
+    """Records left in a partition, from what the consumer and the broker last said.
+
+    Both ends and both positions only grow, so the larger of each is the fresher: the
+    consumer's after a fetch or a commit, the broker's for a partition paused or not
+    read yet. None when neither knows the end or the position.
+    """
+    end = highwater
+    if broker is not None:
+        end = broker.end if end is None else max(end, broker.end)
+        position = broker.position if position is None else max(position, broker.position)
+    if end is None or position is None:
+        return None
+    return max(0, end - position)
 
 
 def _resume_interrupted_join(consumer: KafkaConsumer) -> None:

@@ -69,12 +69,13 @@ def test_core_down_for_20s_loses_nothing_and_pauses_consumption(
     outage_ends = time.monotonic() + OUTAGE_S
     delivered_before = len(tally(db, ids).received)
     assert delivered_before < JOBS - PIPELINE_CAPACITY, "the run ended before the outage"
-    publish(kafka_servers, topic, late_jobs)
     assert wait_until(lambda: metrics_answer(metrics_port), 10)
     time.sleep(1)  # let the pipeline fill up and stall
     pid = worker.process.pid  # type: ignore[union-attr]
     rss_at_start = rss_bytes(pid)
     consumed_first = scrape_metric(metrics_port, CONSUMED)
+    # The pipeline is full and the partitions paused: no fetch will see these.
+    publish(kafka_servers, topic, late_jobs)
     time.sleep(5)
     consumed_second = scrape_metric(metrics_port, CONSUMED)
     time.sleep(max(0.0, outage_ends - time.monotonic()))

@@ -1,15 +1,17 @@
-"""BrokerOffsetsMonitor: the lag gauge's broker figures, kept through broker outages."""
+"""The lag gauge: the broker's figures kept through broker outages, merged with the consumer's."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from typing import Any, cast
 
+import pytest
 from kafka import TopicPartition
 from kafka.errors import KafkaConnectionError
 from structlog.testing import capture_logs
 
 from adapters.kafka.lag import BrokerOffsetsMonitor, GroupOffsetsProbe, PartitionOffsets
+from adapters.kafka.source import partition_lag
 
 TP = TopicPartition("jobs", 0)
 
@@ -60,6 +62,7 @@ def test_a_broker_that_does_not_answer_leaves_the_last_figures_and_warns_once() 
         monitor.refresh()
 
     assert kept == {TP: PartitionOffsets(10, 4)}
+    assert probe.closed, "a failed probe starts over with a new client (a moved coordinator)"
     assert monitor.latest() == {TP: PartitionOffsets(12, 12)}
     assert [e["error_type"] for e in logs if e["log_level"] == "warning"] == [
         "KafkaConnectionError"
@@ -73,3 +76,26 @@ def test_stop_closes_the_probe() -> None:
     monitor.stop()
 
     assert probe.closed
+
+
+@pytest.mark.parametrize(
+    ("highwater", "position", "broker", "lag"),
+    [
+        # What the consumer alone knows: after a fetch and a commit.
+        (10, 4, None, 6),
+        # A partition paused while records kept coming: the broker's end is newer.
+        (10, 4, PartitionOffsets(25, 4), 21),
+        # A commit since the broker was asked: the consumer's position is newer.
+        (25, 20, PartitionOffsets(25, 4), 5),
+        # A partition not read yet: only the broker knows anything.
+        (None, None, PartitionOffsets(7, 2), 5),
+        # Nothing known about the end: no figure rather than a wrong one.
+        (None, 3, None, None),
+        # Never negative, though the figures come from different moments.
+        (10, 12, None, 0),
+    ],
+)
+def test_partition_lag_takes_the_fresher_figure_of_each(
+    highwater: int | None, position: int | None, broker: PartitionOffsets | None, lag: int | None
+) -> None:
+    assert partition_lag(highwater, position, broker) == lag
