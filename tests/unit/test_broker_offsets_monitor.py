@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection
 from typing import Any, cast
 
 import pytest
 from kafka import TopicPartition
-from kafka.errors import KafkaConnectionError
+from kafka.errors import KafkaConnectionError, KafkaError
 from structlog.testing import capture_logs
 
+from adapters.kafka import KafkaClientSettings
 from adapters.kafka.lag import BrokerOffsetsMonitor, GroupOffsetsProbe, PartitionOffsets
 from adapters.kafka.source import partition_lag
 
@@ -99,3 +101,15 @@ def test_partition_lag_takes_the_fresher_figure_of_each(
     highwater: int | None, position: int | None, broker: PartitionOffsets | None, lag: int | None
 ) -> None:
     assert partition_lag(highwater, position, broker) == lag
+
+
+def test_a_probe_that_cannot_reach_a_broker_fails_and_leaves_no_thread_behind() -> None:
+    # Port 1 on loopback refuses at once: every try fails to bootstrap.
+    probe = GroupOffsetsProbe(KafkaClientSettings(["127.0.0.1:1"]), "workers", timeout_s=0.3)
+    threads_before = threading.active_count()
+
+    for _ in range(3):
+        with pytest.raises(KafkaError):
+            probe.measure([TP])
+
+    assert threading.active_count() == threads_before
