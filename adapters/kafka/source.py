@@ -26,6 +26,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka import errors as kafka_errors
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
+from kafka.future import Future
 from kafka.structs import OffsetAndMetadata
 from kafka.util import ensure_valid_topic_name
 
@@ -582,22 +583,57 @@ def partition_lag(
 
 
 def _resume_interrupted_join(consumer: KafkaConsumer) -> None:
-    """Work around a kafka-python 3.0 coordinator bug that leaves a member with no partitions.
+    """Work around two kafka-python 3.0 coordinator bugs around a join a poll gave up on.
 
-    A rebalance started by a metadata change (a topic's partitions appear or grow) is
-    not flagged ``rejoin_needed``: the coordinator rejoins because its assignment
-    snapshot differs from the metadata. The leader's assignment makes them equal
-    again, so when a poll's timeout ends before the join finishes, the next poll sees
-    nothing to rejoin and never applies the assignment the join brought back: the
-    member owns nothing and stops heartbeating until the group expels it. A join task
-    still held is unfinished business: flagging the rejoin makes the next poll await
-    it, or start a fresh join if it ended unseen. Does nothing if the internals differ.
+    When a poll's timeout ends mid-join, the join goes on as a task for the next poll
+    to await. Two things then go wrong:
+
+    - A rebalance started by a metadata change (a topic's partitions appear or grow)
+      is not flagged ``rejoin_needed``: the coordinator rejoins because its assignment
+      snapshot differs from the metadata, and the leader's assignment makes them equal
+      again. The next poll sees nothing to rejoin and never applies the assignment:
+      the member owns nothing and stops heartbeating until the group expels it.
+    - A join that finished between polls is thrown away and a new one started: a new
+      rebalance for the whole group. Members that do not poll all the time (two in one
+      thread, a busy worker) can then make each other rejoin for ever.
+
+    So while a join task is held, the rejoin is flagged, and a finished one is handed
+    back as pending, which makes the next poll take its result. Does nothing if the
+    internals differ.
     """
     coordinator: Any = getattr(consumer, "_coordinator", None)
-    if getattr(coordinator, "_join_task", None) is None:
+    task = getattr(coordinator, "_join_task", None)
+    if task is None:
         return
+    if isinstance(task, Future) and task.succeeded():
+        coordinator._join_task = _FinishedJoin(task)
     if getattr(coordinator, "rejoin_needed", True) is False:
         coordinator.request_rejoin()
+
+
+class _FinishedJoin(Future):  # type: ignore[misc]
+    """A join task that succeeded while no poll awaited it, made to look pending.
+
+    kafka-python starts a new join when its task is done; awaiting this one instead
+    gives the finished task's result at once.
+    """
+
+    __slots__ = ("_finished",)
+
+    def __init__(self, finished: Future) -> None:
+        super().__init__()
+        self._finished = finished
+
+    def add_callback(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> _FinishedJoin:
+        self._finished.add_callback(f, *args, **kwargs)
+        return self
+
+    def add_errback(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> _FinishedJoin:
+        self._finished.add_errback(f, *args, **kwargs)
+        return self
+
+    def __await__(self) -> Any:
+        return self._finished.__await__()
 
 
 def _release_parked_records(consumer: KafkaConsumer) -> None:
