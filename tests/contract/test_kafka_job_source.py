@@ -26,13 +26,26 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SourceFactory = Callable[..., KafkaJobSource]
 
 
-def take(source: KafkaJobSource, count: int, timeout_s: float = 30.0) -> list[Job]:
-    """Fetch until ``count`` jobs came (fails on timeout); acks nothing."""
+def take(
+    source: KafkaJobSource,
+    count: int,
+    timeout_s: float = 30.0,
+    poll_s: float = 0.2,
+    pause_s: float = 0.0,
+) -> list[Job]:
+    """Fetch until ``count`` jobs came (fails on timeout); acks nothing.
+
+    Each fetch polls for ``poll_s``; ``pause_s`` is a gap between fetches.
+    """
     jobs: list[Job] = []
     deadline = time.monotonic() + timeout_s
     while len(jobs) < count and time.monotonic() < deadline:
-        jobs.extend(source.fetch(count - len(jobs), 0.2))
-    assert len(jobs) == count, f"expected {count} jobs, got {[job.id for job in jobs]}"
+        jobs.extend(source.fetch(count - len(jobs), poll_s))
+        time.sleep(pause_s)
+    assert len(jobs) == count, (
+        f"expected {count} jobs, got {[job.id for job in jobs]} (generation "
+        f"{source.group_generation()}, assigned {source.assigned()})"
+    )
     return jobs
 
 
@@ -282,19 +295,12 @@ def test_a_rebalance_a_short_poll_cut_short_still_gives_the_member_its_partition
     # 3.0 when a poll's timeout ended mid-join, leaving the member with no partitions
     # for good. Polls of 10 ms end mid-join nearly every time: ten fresh groups in a
     # row each have to get their partition and its job.
-    for attempt in range(10):
+    for _ in range(10):
         topic = topic_factory(1)
         produce(kafka_servers, topic, [(b"job", task_bytes("job"), 0)])
         source = source_factory(topic, unique_name("group"))
-        jobs: list[Job] = []
-        deadline = time.monotonic() + 15
-        while not jobs and time.monotonic() < deadline:
-            jobs.extend(source.fetch(10, 0.01))
-            time.sleep(0.005)
-        assert [job.id for job in jobs] == ["job"], (
-            f"attempt {attempt}: no partition after 15 s "
-            f"(generation {source.group_generation()}, assigned {source.assigned()})"
-        )
+        jobs = take(source, 1, timeout_s=15, poll_s=0.01, pause_s=0.005)
+        assert [job.id for job in jobs] == ["job"]
         source.close()
 
 
@@ -310,11 +316,7 @@ def test_a_join_that_finishes_between_polls_is_taken_not_started_again(
     topic = topic_factory(1)
     produce(kafka_servers, topic, [(b"job", task_bytes("job"), 0)])
     source = source_factory(topic, unique_name("group"))
-    jobs: list[Job] = []
-    deadline = time.monotonic() + 15
-    while not jobs and time.monotonic() < deadline:
-        jobs.extend(source.fetch(10, 0))
-        time.sleep(0.01)
+    jobs = take(source, 1, timeout_s=15, poll_s=0, pause_s=0.01)
 
     assert [job.id for job in jobs] == ["job"]
     # One join for the first (often empty) assignment, one when the metadata came, and

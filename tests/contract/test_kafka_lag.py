@@ -6,12 +6,11 @@ from collections.abc import Callable
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
-from kafka.admin import KafkaAdminClient
 from kafka.structs import OffsetAndMetadata
 
 from adapters.kafka import KafkaClientSettings
 from adapters.kafka.lag import GroupOffsetsProbe, PartitionOffsets
-from tests.support.kafka import produce, task_bytes
+from tests.support.kafka import admin_client, produce, task_bytes
 
 pytestmark = pytest.mark.contract
 
@@ -39,11 +38,8 @@ def test_the_probe_reads_ends_and_committed_offsets_or_the_start_where_none(
     first, second = TopicPartition(topic, 0), TopicPartition(topic, 1)
     _commit(kafka_servers, group_id, {first: 2})
     # The partition never committed counts from its earliest offset, which is not 0.
-    admin = KafkaAdminClient(bootstrap_servers=kafka_servers, client_id="tests-admin")
-    try:
+    with admin_client(kafka_servers) as admin:
         admin.delete_records({second: 1})
-    finally:
-        admin.close()
     probe = GroupOffsetsProbe(settings, group_id)
     try:
         measured = probe.measure([first, second])

@@ -60,6 +60,16 @@ def kafka_bootstrap() -> Iterator[str]:
     pytest.skip(NO_BROKER)
 
 
+@contextmanager
+def admin_client(servers: str) -> Iterator[KafkaAdminClient]:
+    """A KafkaAdminClient for tests, closed on leaving."""
+    admin = KafkaAdminClient(bootstrap_servers=servers, client_id="tests-admin")
+    try:
+        yield admin
+    finally:
+        admin.close()
+
+
 def unique_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
@@ -77,8 +87,7 @@ def create_topic(
     waits for a metadata refresh, which made tests flaky on a freshly started broker.
     """
     topic = unique_name(prefix)
-    admin = KafkaAdminClient(bootstrap_servers=servers, client_id="tests-admin")
-    try:
+    with admin_client(servers) as admin:
         admin.create_topics(
             [
                 NewTopic(
@@ -89,8 +98,6 @@ def create_topic(
                 )
             ]
         )
-    finally:
-        admin.close()
     _wait_for_partitions(servers, topic, partitions)
     return topic
 
@@ -146,11 +153,8 @@ def produce(
 
 def committed_offsets(servers: str, group_id: str, topic: str) -> dict[int, int]:
     """The group's committed offset per partition of ``topic`` (partitions without one left out)."""
-    admin = KafkaAdminClient(bootstrap_servers=servers, client_id="tests-admin")
-    try:
+    with admin_client(servers) as admin:
         offsets = admin.list_group_offsets(group_id).get(group_id, {})
-    finally:
-        admin.close()
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
