@@ -33,6 +33,9 @@ class Setting:
     default: str | None  # None: empty / derived; REQUIRED: must be given (when used)
     help: str
     parse: Callable[[str], Any] = str
+    # Set but empty: for most settings "use the default" (compose files write `X=`);
+    # for a name (a topic) it is a slip that would silently use another one.
+    empty_means_default: bool = True
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -80,10 +83,46 @@ def _at_least(minimum_s: float) -> Callable[[str], float]:
 
 
 def _address(text: str) -> str:
-    host, _, port = text.strip().rpartition(":")
-    if not host or not port.isdigit():
+    address = text.strip()
+    if "://" in address or address.startswith(("unix:", "dns:")):
+        raise ValueError(f"{text!r}: give host:port, without a scheme (TLS is set by GRPC_TLS_*)")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or any(c.isspace() or c in "/@" for c in host):
         raise ValueError(f"{text!r} is not host:port")
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: the port must be 1-65535")
+    return address
+
+
+def _port(text: str) -> int:
+    value = parse_int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{text!r} is not a port: 0 (off) or 1-65535")
+    return value
+
+
+def _at_most(limit: int, why: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def check(text: str) -> Any:
+        value = parse(text)
+        if value > limit:
+            raise ValueError(f"{text!r} is above the limit of {limit}: {why}")
+        return value
+
+    return check
+
+
+def _topic(text: str) -> str:
+    # Kafka's own rules (length, characters) are checked where the topic is used.
     return text.strip()
+
+
+# A greenlet per pool slot is cheap, but each slot may hold one of the hub's threads
+# (DNS look-ups of HTTP jobs) and a connection: past this, run more worker processes.
+MAX_POOL_SIZE = 10_000
+# Core takes one gRPC message of at most 4 MiB per result; the output shares it with the
+# error text, the metadata and the ids, which the worker caps well below this margin.
+CORE_MESSAGE_LIMIT = 4 * 1024 * 1024
+MAX_OUTPUT_BYTES_FOR_CORE = CORE_MESSAGE_LIMIT - 256 * 1024
 
 
 SETTINGS: list[Setting] = [
@@ -96,9 +135,22 @@ SETTINGS: list[Setting] = [
     Setting(
         "KAFKA_BROKERS", REQUIRED, "comma-separated bootstrap servers (JOB_SOURCE=kafka)", _brokers
     ),
-    Setting("KAFKA_TOPIC", "job_requests", "jobs topic"),
+    Setting("KAFKA_TOPIC", "job_requests", "jobs topic", _topic, empty_means_default=False),
     Setting("KAFKA_GROUP_ID", REQUIRED, "consumer group (JOB_SOURCE=kafka)"),
-    Setting("KAFKA_DLQ_TOPIC", None, "dead-letter topic for poison messages (`<topic>.dlq`)"),
+    Setting(
+        "KAFKA_DLQ_TOPIC",
+        None,
+        "dead-letter topic for poison messages and unreadable batches (`<topic>.dlq`)",
+        _topic,
+        empty_means_default=False,
+    ),
+    Setting(
+        "KAFKA_RESULTS_DLQ_TOPIC",
+        None,
+        "dead-letter topic for results Core refused for good (`<topic>.results.dlq`)",
+        _topic,
+        empty_means_default=False,
+    ),
     Setting("KAFKA_CLIENT_ID", None, "Kafka client id (`jobworker-<WORKER_ID>`)"),
     Setting(
         "KAFKA_SECURITY_PROTOCOL",
@@ -128,7 +180,24 @@ SETTINGS: list[Setting] = [
         _positive(parse_duration),
     ),
     Setting("KAFKA_COMMIT_EVERY", "100", "…or after this many finished jobs", _positive(parse_int)),
-    Setting("WORKER_POOL_SIZE", "10", "concurrent jobs (greenlets)", _positive(parse_int)),
+    Setting(
+        "KAFKA_ISOLATION_LEVEL",
+        "read_committed",
+        "read_committed (skip aborted transactions) or read_uncommitted",
+        _choice("read_committed", "read_uncommitted"),
+    ),
+    Setting(
+        "KAFKA_UNREADABLE_BATCHES",
+        "dead-letter",
+        "a batch that cannot be decoded: dead-letter (and move on) or fail (stop the worker)",
+        _choice("dead-letter", "fail"),
+    ),
+    Setting(
+        "WORKER_POOL_SIZE",
+        "10",
+        f"concurrent jobs (greenlets), at most {MAX_POOL_SIZE}",
+        _at_most(MAX_POOL_SIZE, "run more worker processes instead", _positive(parse_int)),
+    ),
     Setting("WORKER_ID", None, "worker id reported with results (`<host>-<pid>`)"),
     Setting(
         "JOBS_QUEUE_SIZE",
@@ -143,6 +212,24 @@ SETTINGS: list[Setting] = [
         _positive(parse_int),
     ),
     Setting("RESULT_SENDERS", "4", "greenlets sending results concurrently", _positive(parse_int)),
+    Setting(
+        "RESULT_REFUSED",
+        "dead-letter",
+        "a result Core refuses for good: dead-letter (then ack the job) or hold (retry for ever)",
+        _choice("dead-letter", "hold"),
+    ),
+    Setting(
+        "RESULT_REFUSED_ATTEMPTS",
+        "3",
+        "times a refused result is offered to Core before it is dead-lettered",
+        _positive(parse_int),
+    ),
+    Setting(
+        "RESULTS_DLQ_FILE",
+        None,
+        "refused results when jobs come from a file (`<RESULT_FILE>.refused.jsonl`,"
+        " else `refused-results.jsonl`)",
+    ),
     Setting("GRPC_SERVER_ADDRESS", REQUIRED, "Core service host:port (RESULT_SINK=grpc)", _address),
     Setting(
         "GRPC_CALL_TIMEOUT", "5s", "deadline of one ReportResult call", _positive(parse_duration)
@@ -162,7 +249,14 @@ SETTINGS: list[Setting] = [
     Setting(
         "MAX_OUTPUT_BYTES",
         "1MiB",
-        "larger job outputs end the job FAILED (Core's message limit is 4 MiB)",
+        "larger job outputs end the job FAILED (at most 3840KiB with RESULT_SINK=grpc:"
+        " Core's message limit is 4 MiB)",
+        _positive(parse_size),
+    ),
+    Setting(
+        "MAX_PAYLOAD_BYTES",
+        "1MiB",
+        "larger job payloads end the job REJECTED",
         _positive(parse_size),
     ),
     Setting(
@@ -195,7 +289,7 @@ SETTINGS: list[Setting] = [
         "METRICS_PORT",
         "0",
         "Prometheus /metrics, /healthz, /readyz port (0 = off)",
-        _non_negative(parse_int),
+        _port,
     ),
     Setting("METRICS_HOST", "0.0.0.0", "address the metrics server listens on"),  # noqa: S104
     Setting(
@@ -273,6 +367,10 @@ class Settings:
         raw = self._raw.get(setting.name)
         text = "" if raw is None else str(raw).strip()
         if not text:
+            if raw is not None and not setting.empty_means_default:
+                raise ConfigurationError(
+                    setting.name, "is set but empty: give a value, or unset it for the default"
+                )
             if setting.default == REQUIRED:
                 raise ConfigurationError(setting.name, f"is required ({setting.help})")
             if setting.default is None:
@@ -294,6 +392,19 @@ class Settings:
     @property
     def dlq_topic(self) -> str:
         return self.get("KAFKA_DLQ_TOPIC") or f"{self.get('KAFKA_TOPIC')}.dlq"
+
+    @property
+    def results_dlq_topic(self) -> str:
+        return self.get("KAFKA_RESULTS_DLQ_TOPIC") or f"{self.get('KAFKA_TOPIC')}.results.dlq"
+
+    @property
+    def results_dlq_file(self) -> str:
+        if self.get("RESULTS_DLQ_FILE"):
+            return str(self.get("RESULTS_DLQ_FILE"))
+        result_file = self.get("RESULT_FILE")
+        if self.get("RESULT_SINK") == "file" and result_file and result_file != "-":
+            return f"{result_file}.refused.jsonl"
+        return "refused-results.jsonl"
 
     @property
     def kafka_client_id(self) -> str:
@@ -329,6 +440,15 @@ class Settings:
             self.require_file("JOB_FILE")
         if self.get("RESULT_SINK") == "file":
             self.require_file("RESULT_FILE")
+        if self.get("RESULT_SINK") == "grpc" and (
+            self.get("MAX_OUTPUT_BYTES") > MAX_OUTPUT_BYTES_FOR_CORE
+        ):
+            raise ConfigurationError(
+                "MAX_OUTPUT_BYTES",
+                f"{self.get('MAX_OUTPUT_BYTES')} bytes is more than Core can take: a result"
+                f" travels in one gRPC message of at most {CORE_MESSAGE_LIMIT} bytes, so"
+                f" outputs may be {MAX_OUTPUT_BYTES_FOR_CORE} bytes (3840KiB) at most",
+            )
         if self.get("KAFKA_SECURITY_PROTOCOL") in {"SASL_PLAINTEXT", "SASL_SSL"} and (
             self.get("JOB_SOURCE") == "kafka" and not self.get("KAFKA_SASL_MECHANISM")
         ):

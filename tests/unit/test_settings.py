@@ -70,12 +70,58 @@ def test_a_missing_required_setting_is_named(missing: str) -> None:
         ("GRPC_SERVER_ADDRESS", "core", "'core' is not host:port"),
         ("HTTP_ALLOW_PRIVATE_NETWORKS", "maybe", "not a boolean"),
         ("JOB_SOURCE", "redis", "not one of kafka, file"),
+        ("METRICS_PORT", "70000", "'70000' is not a port: 0 .off. or 1-65535"),
+        ("METRICS_PORT", "-1", "is not a port"),
+        ("WORKER_POOL_SIZE", "10000000", "above the limit of 10000: run more worker processes"),
+        ("GRPC_SERVER_ADDRESS", "http://127.0.0.1:50051", "without a scheme"),
+        ("GRPC_SERVER_ADDRESS", "127.0.0.1:0", "the port must be 1-65535"),
+        ("GRPC_SERVER_ADDRESS", "core:99999", "the port must be 1-65535"),
+        ("KAFKA_TOPIC", "", "is set but empty"),
+        ("KAFKA_TOPIC", "   ", "is set but empty"),
+        ("KAFKA_DLQ_TOPIC", "", "is set but empty"),
+        ("KAFKA_RESULTS_DLQ_TOPIC", "", "is set but empty"),
+        ("KAFKA_ISOLATION_LEVEL", "serializable", "not one of read_committed, read_uncommitted"),
+        ("KAFKA_UNREADABLE_BATCHES", "skip", "not one of dead-letter, fail"),
+        ("RESULT_REFUSED", "drop", "not one of dead-letter, hold"),
+        ("MAX_OUTPUT_BYTES", "8MiB", "more than Core can take"),
     ],
 )
 def test_a_malformed_setting_is_named_with_the_problem(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message) as caught:
         Settings(KAFKA_RUN | {name: value}).validate_for_run()
     assert caught.value.variable == name
+
+
+def test_an_empty_value_of_an_ordinary_setting_means_its_default() -> None:
+    settings = Settings(KAFKA_RUN | {"LOG_LEVEL": "", "WORKER_POOL_SIZE": " "})
+    settings.validate_for_run()
+    assert settings.get("LOG_LEVEL") == "info"
+    assert settings.get("WORKER_POOL_SIZE") == 10
+
+
+def test_valid_edge_values_are_accepted() -> None:
+    settings = Settings(
+        KAFKA_RUN
+        | {
+            "METRICS_PORT": "65535",
+            "WORKER_POOL_SIZE": "10000",
+            "GRPC_SERVER_ADDRESS": "[::1]:50051",
+            "MAX_OUTPUT_BYTES": "3840KiB",
+        }
+    )
+    settings.validate_for_run()
+    assert settings.get("GRPC_SERVER_ADDRESS") == "[::1]:50051"
+    assert settings.results_dlq_topic == "job_requests.results.dlq"
+    assert settings.get("KAFKA_ISOLATION_LEVEL") == "read_committed"
+
+
+def test_outputs_above_cores_limit_are_fine_when_results_go_to_a_file() -> None:
+    settings = Settings(
+        {"JOB_SOURCE": "file", "JOB_FILE": "j", "RESULT_SINK": "file", "RESULT_FILE": "r.jsonl"}
+        | {"MAX_OUTPUT_BYTES": "8MiB"}
+    )
+    settings.validate_for_run()
+    assert settings.results_dlq_file == "r.jsonl.refused.jsonl"
 
 
 def test_file_runs_need_no_kafka_or_core_settings() -> None:
