@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import gevent
 import structlog
 from dependency_injector import containers, providers
 from gevent.threadpool import ThreadPool
@@ -22,6 +23,7 @@ from adapters.executors.image_resize import ImageResizeExecutor
 from adapters.executors.safe_http import SafeHttpClient
 from adapters.executors.sleep import SleepExecutor
 from adapters.file import FileJobSource, FileResultSink
+from adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
 from adapters.kafka.lag import BrokerOffsetsMonitor, GroupOffsetsProbe
 from adapters.kafka.settings import KafkaClientSettings
 from adapters.kafka.source import KafkaJobSource
@@ -94,7 +96,9 @@ def file_source(settings: Settings) -> Iterator[FileJobSource]:
     yield from _closing(FileJobSource(settings.require_file("JOB_FILE")))
 
 
-def grpc_sink(settings: Settings, on_retry: ResultSendRetries) -> Iterator[Any]:
+def grpc_sink(
+    settings: Settings, on_retry: ResultSendRetries, core_tls: CoreTlsDiagnosis
+) -> Iterator[Any]:
     from adapters.grpc.sink import GrpcResultSink  # noqa: PLC0415 - grpc after gevent setup
 
     address = settings.get("GRPC_SERVER_ADDRESS")
@@ -102,6 +106,7 @@ def grpc_sink(settings: Settings, on_retry: ResultSendRetries) -> Iterator[Any]:
 
     def retrying(code: str, attempt: int, delay_s: float) -> None:
         on_retry(code, attempt, delay_s)
+        core_tls.on_call_failed(code)
         # Every retry of a long outage would flood the log: the first few, then 1 in 50.
         if attempt <= 3 or attempt % 50 == 0:
             log.warning(
@@ -134,6 +139,21 @@ _TLS_SETTINGS = {
     "tls_cert_file": "GRPC_TLS_CERT_FILE",
     "tls_key_file": "GRPC_TLS_KEY_FILE",
 }
+
+
+def core_tls_diagnosis(settings: Settings) -> Iterator[CoreTlsDiagnosis]:
+    diagnosis = CoreTlsDiagnosis(
+        settings.get("GRPC_SERVER_ADDRESS"),
+        tls_ca_file=settings.get("GRPC_TLS_CA_FILE"),
+        tls_cert_file=settings.get("GRPC_TLS_CERT_FILE"),
+        tls_key_file=settings.get("GRPC_TLS_KEY_FILE"),
+        setting_names=_TLS_SETTINGS,
+    )
+    watcher = gevent.spawn(diagnosis.recheck_while_failing)
+    try:
+        yield diagnosis
+    finally:
+        watcher.kill()
 
 
 def file_sink(settings: Settings) -> Iterator[FileResultSink]:
@@ -216,9 +236,11 @@ class Container(containers.DeclarativeContainer):
     # Only with the Kafka source and a metrics endpoint: it feeds the lag gauge. It
     # depends on the Kafka resource itself, so it is shut down before the source.
     broker_offsets = providers.Resource(broker_offsets_monitor, settings, job_source.kafka)
+    # Why TLS to Core fails, if it does: asked on failed calls, by /readyz and at start.
+    core_tls = providers.Resource(core_tls_diagnosis, settings)
     result_sink = providers.Selector(
         providers.Callable(lambda s: s.get("RESULT_SINK"), settings),
-        grpc=providers.Resource(grpc_sink, settings, send_retries),
+        grpc=providers.Resource(grpc_sink, settings, send_retries, core_tls),
         file=providers.Resource(file_sink, settings),
     )
 

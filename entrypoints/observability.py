@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import gevent
 from prometheus_client import CollectorRegistry
 
+from adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
 from adapters.kafka.lag import BrokerOffsetsMonitor
 from adapters.kafka.source import KafkaJobSource
-from adapters.observability.http_server import ObservabilityServer
+from adapters.observability.http_server import NotReady, ObservabilityServer
 from adapters.observability.metrics import LiveState, LiveStateCollector, Reading
 from application.engine import WorkerEngine
 
@@ -26,6 +28,7 @@ def start_observability_server(
     source: Any,
     sink: Any,
     broker_offsets: BrokerOffsetsMonitor | None = None,
+    core_tls: CoreTlsDiagnosis | None = None,
 ) -> ObservabilityServer:
     kafka = source if isinstance(source, KafkaJobSource) else None
     state = LiveState(
@@ -57,7 +60,7 @@ def start_observability_server(
         host,
         port,
         registry,
-        _readiness(engine, kafka, sink),
+        _readiness(engine, kafka, sink, core_tls),
         liveness=lambda: not engine.failed.is_set(),
     )
     server.start()
@@ -88,19 +91,37 @@ def _lag_reader(
 
 
 def _readiness(
-    engine: WorkerEngine, kafka: KafkaJobSource | None, sink: Any
-) -> Callable[[], Mapping[str, bool]]:
+    engine: WorkerEngine,
+    kafka: KafkaJobSource | None,
+    sink: Any,
+    core_tls: CoreTlsDiagnosis | None = None,
+) -> Callable[[], Mapping[str, bool | NotReady]]:
     ping = getattr(sink, "ping", None)
 
-    def checks() -> Mapping[str, bool]:
+    def checks() -> Mapping[str, bool | NotReady]:
         # False from a shutdown's first moment: the worker is leaving, whatever else holds.
-        result = {"taking_jobs": engine.taking_jobs}
+        result: dict[str, bool | NotReady] = {"taking_jobs": engine.taking_jobs}
         if kafka is not None:
             # Joined, not "owns partitions": replicas beyond the partition count are
             # healthy standbys, and must not hold up a rollout by never being ready.
             result["joined_group"] = kafka.joined_group()
         if ping is not None:
-            result["core_reachable"] = bool(ping(timeout_s=_CORE_PING_TIMEOUT_S))
+            result["core_reachable"] = _core_reachable(
+                bool(ping(timeout_s=_CORE_PING_TIMEOUT_S)), core_tls
+            )
         return result
 
     return checks
+
+
+def _core_reachable(reachable: bool, core_tls: CoreTlsDiagnosis | None) -> bool | NotReady:
+    if core_tls is None:
+        return reachable
+    if reachable:
+        core_tls.connected()
+        return True
+    # An idle worker makes no calls that would find a TLS mistake: the probe looks for
+    # one, off the probe's own greenlet (a handshake may outlast the probe's timeout),
+    # so its reason shows from the next probe on.
+    gevent.spawn(core_tls.recheck)
+    return NotReady(core_tls.reason) if core_tls.reason else False

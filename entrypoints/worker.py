@@ -11,6 +11,7 @@ import gevent
 import structlog
 from gevent.event import Event
 
+from adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
 from adapters.observability.http_server import ObservabilityServer
 from application.engine import StopReport, WorkerEngine
 from domain.errors import ConfigurationError, JobWorkerError, SourceFailed
@@ -73,7 +74,7 @@ def run_worker(settings: Settings) -> int:
         job_types=container.registry().job_types(),
     )
     if settings.get("RESULT_SINK") == "grpc":
-        _warn_if_core_unreachable(sink, settings.get("GRPC_SERVER_ADDRESS"))
+        _warn_if_core_unreachable(sink, settings.get("GRPC_SERVER_ADDRESS"), container.core_tls())
     engine.start()
     _wait_for_end(engine, signals.requested, finite=settings.get("JOB_SOURCE") == "file")
     report = engine.stop(settings.get("SHUTDOWN_TIMEOUT"))
@@ -119,6 +120,7 @@ def _start_metrics(
     if not port:
         return None
     broker_offsets = container.broker_offsets() if settings.get("JOB_SOURCE") == "kafka" else None
+    core_tls = container.core_tls() if settings.get("RESULT_SINK") == "grpc" else None
     try:
         server = start_observability_server(
             settings.get("METRICS_HOST"),
@@ -128,6 +130,7 @@ def _start_metrics(
             source,
             sink,
             broker_offsets,
+            core_tls,
         )
     except OSError as error:
         raise ConfigurationError(
@@ -146,8 +149,11 @@ def _wait_for_end(engine: WorkerEngine, stop_requested: Event, finite: bool) -> 
         waiting.kill()
 
 
-def _warn_if_core_unreachable(sink: Any, address: str) -> None:
-    if not sink.ping(timeout_s=2.0):
+def _warn_if_core_unreachable(sink: Any, address: str, core_tls: CoreTlsDiagnosis) -> None:
+    if sink.ping(timeout_s=2.0):
+        return
+    # A TLS mistake is logged by the diagnosis itself, with its reason, once per change.
+    if core_tls.check() is None:
         log.error(
             "Core is unreachable; results are held and retried until it answers",
             address=address,

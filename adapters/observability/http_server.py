@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-ReadinessChecks = Callable[[], Mapping[str, bool]]
+
+@dataclass(frozen=True)
+class NotReady:
+    """A failed readiness check that knows why: the reason goes into ``/readyz``'s body."""
+
+    reason: str
+
+
+ReadinessChecks = Callable[[], Mapping[str, bool | NotReady]]
+"""Check name -> passed (True), failed (False), or failed for a reason (``NotReady``)."""
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
@@ -50,11 +60,18 @@ class ObservabilityServer:
                 return _reply(start_response, "200 OK", {"status": "alive"})
             return _reply(start_response, "503 Service Unavailable", {"status": "failed"})
         if path == "/readyz":
-            checks = dict(self._readiness())
-            ready = all(checks.values())
-            body = {"status": "ready" if ready else "not ready", "checks": checks}
+            body = readiness_body(self._readiness())
+            ready = body["status"] == "ready"
             return _reply(start_response, "200 OK" if ready else "503 Service Unavailable", body)
         return _reply(start_response, "404 Not Found", {"error": f"no such endpoint: {path}"})
+
+
+def readiness_body(results: Mapping[str, bool | NotReady]) -> dict[str, Any]:
+    """``/readyz``'s JSON: status, each check as a boolean, and the reasons known."""
+    checks = {name: not isinstance(r, NotReady) and bool(r) for name, r in results.items()}
+    reasons = {name: r.reason for name, r in results.items() if isinstance(r, NotReady)}
+    ready = all(checks.values())
+    return {"status": "ready" if ready else "not ready", "checks": checks, "reasons": reasons}
 
 
 def _reply(start_response: StartResponse, status: str, body: object) -> list[bytes]:
