@@ -1,4 +1,4 @@
-"""Running one job to its result: executor lookup, deadline, retries, classification."""
+"""Running one job to its result: limits, executor lookup, deadline, retries, classification."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 
 import gevent
 
+from application.job_limits import DEFAULT_LIMITS, JobLimits
 from application.registry import ExecutorRegistry
 from application.retry import RetryPolicy
 from domain.errors import InvalidPayload, JobFailed, RetryableJobError, UnknownJobType
@@ -30,7 +31,8 @@ class JobRunner:
 
     The deadline, ``min(job.timeout_ms, max_job_timeout_s)``, bounds the whole job,
     retries and their backoff included: it is the job's hard limit, and gevent.Timeout
-    really interrupts a cooperative executor at it.
+    really interrupts a cooperative executor at it. A job over ``limits`` ends REJECTED
+    before any executor sees it, and only the capped metadata is copied into a result.
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class JobRunner:
         retry: RetryPolicy,
         observer: JobObserver,
         max_output_bytes: int = 1_048_576,
+        limits: JobLimits = DEFAULT_LIMITS,
     ) -> None:
         self._registry = registry
         self._worker_id = worker_id
@@ -48,6 +51,7 @@ class JobRunner:
         self._max_output_bytes = max_output_bytes
         self._retry = retry
         self._observer = observer
+        self._limits = limits
 
     def timeout_s(self, job: Job) -> float:
         if job.timeout_ms > 0:
@@ -58,6 +62,9 @@ class JobRunner:
         started_ms = _now_ms()
         attempt = 0
         status, output, error = JobStatus.FAILED, "", ""
+        violation = self._limits.violation(job)
+        if violation is not None:
+            return self._result(job, JobStatus.REJECTED, "", violation, 0, started_ms)
         try:
             executor = self._registry.get(job.type)
         except UnknownJobType as unknown:
@@ -132,7 +139,7 @@ class JobRunner:
             started_at_unix_ms=started_ms,
             finished_at_unix_ms=_now_ms(),
             worker_id=self._worker_id,
-            metadata=dict(job.metadata),
+            metadata=self._limits.capped_metadata(job.metadata),
         )
 
 

@@ -7,19 +7,27 @@ files the worker can reach.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 
+from adapters.executors.payload_fields import shown
 from domain.errors import InvalidPayload
+
+# Linux refuses a file name over 255 bytes and a path over 4096 with ENAMETOOLONG, an
+# OSError deep in pathlib; checked here first, a long path is a plain invalid payload.
+# 1 KiB leaves the root directory 3 KiB, and no sane job names a deeper file.
+MAX_RELATIVE_PATH_BYTES = 1024
+MAX_NAME_BYTES = 255
 
 
 def resolve_inside(root: Path, relative: str, field: str) -> Path:
     """Return ``root / relative`` with symlinks resolved, refusing anything outside ``root``.
 
     ``root`` must already be resolved. Raises ``InvalidPayload`` naming ``field`` for an
-    empty, absolute or ``..``-containing path, or one that a symlink leads out of root.
+    empty, absolute, too long or ``..``-containing path, or one that a symlink leads out
+    of root.
     """
-    if not relative or "\x00" in relative:
-        raise InvalidPayload(f"field {field!r} must be a non-empty relative path")
+    check_relative_path(relative, field)
     pure = PurePosixPath(relative)
     if pure.is_absolute():
         raise InvalidPayload(
@@ -34,3 +42,24 @@ def resolve_inside(root: Path, relative: str, field: str) -> Path:
     if resolved == root or not resolved.is_relative_to(root):
         raise InvalidPayload(f"field {field!r} leads outside its root directory: {relative!r}")
     return resolved
+
+
+def check_relative_path(relative: str, field: str) -> None:
+    """Raise ``InvalidPayload`` unless ``relative`` is a path the file system can take."""
+    if not relative or "\x00" in relative:
+        raise InvalidPayload(f"field {field!r} must be a non-empty relative path")
+    try:
+        encoded = os.fsencode(relative)
+    except UnicodeEncodeError:
+        raise InvalidPayload(f"field {field!r} is not valid Unicode text") from None
+    if len(encoded) > MAX_RELATIVE_PATH_BYTES:
+        raise InvalidPayload(
+            f"field {field!r} is a path of {len(encoded)} bytes, above the "
+            f"{MAX_RELATIVE_PATH_BYTES}-byte limit (starts {shown(relative)})"
+        )
+    longest = max(encoded.split(b"/"), key=len)
+    if len(longest) > MAX_NAME_BYTES:
+        raise InvalidPayload(
+            f"field {field!r} has a file name of {len(longest)} bytes, above the "
+            f"{MAX_NAME_BYTES}-byte limit (starts {shown(os.fsdecode(longest))})"
+        )

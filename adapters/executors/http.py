@@ -19,7 +19,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.executors.payload_fields import load_object, optional_int, optional_str, required_str
+from adapters.executors.payload_fields import (
+    MAX_URL_CHARS,
+    checked_str,
+    load_object,
+    optional_int,
+    optional_str,
+    required_str,
+    shown,
+)
 from adapters.executors.safe_http import SafeHttpClient, raise_for_http_status
 from domain.errors import InvalidPayload
 from domain.model import Job
@@ -28,6 +36,12 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 # requests computes framing itself; a caller's value could desynchronise the connection.
 FORBIDDEN_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "upgrade"})
 MAX_TIMEOUT_MS = 3_600_000
+# Common servers refuse a header line above 8 KiB (nginx, Apache), as they do a URL
+# over MAX_URL_CHARS: a longer value cannot work anyway.
+MAX_HEADER_VALUE_CHARS = 8192
+MAX_HEADER_NAME_CHARS = 256
+MAX_HEADERS = 100
+_MAX_METHOD_CHARS = 16
 _FIELDS = ("method", "url", "headers", "body", "timeout_ms")
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEADER_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
@@ -51,13 +65,17 @@ def parse_http_request(payload: str, default_timeout_s: float) -> HttpRequest:
     The URL is checked by the client (scheme, host, address), not here.
     """
     fields = load_object(payload, _FIELDS)
-    url = required_str(fields, "url")
-    method = optional_str(fields, "method", default="GET").upper()
+    url = required_str(fields, "url", max_length=MAX_URL_CHARS)
+    method = optional_str(fields, "method", default="GET", max_length=_MAX_METHOD_CHARS).upper()
     if method not in METHODS:
         raise InvalidPayload(f"field 'method' must be one of {', '.join(METHODS)}, got {method!r}")
     body = fields.get("body")
     if body is not None and not isinstance(body, str):
         raise InvalidPayload("field 'body' must be a string (send JSON as text)")
+    try:
+        encoded_body = body.encode() if body is not None else None
+    except UnicodeEncodeError:  # a lone surrogate, which JSON can spell
+        raise InvalidPayload("field 'body' is not valid Unicode text") from None
     timeout_ms = optional_int(
         fields,
         "timeout_ms",
@@ -69,7 +87,7 @@ def parse_http_request(payload: str, default_timeout_s: float) -> HttpRequest:
         method=method,
         url=url,
         headers=_headers(fields.get("headers")),
-        body=body.encode() if body is not None else None,
+        body=encoded_body,
         timeout_s=min(timeout_ms / 1000, default_timeout_s),
     )
 
@@ -116,13 +134,37 @@ def _headers(value: Any) -> dict[str, str]:
         return {}
     if not isinstance(value, dict):
         raise InvalidPayload("field 'headers' must be an object of header names to strings")
+    if len(value) > MAX_HEADERS:
+        raise InvalidPayload(
+            f"field 'headers' has {len(value)} headers, above the {MAX_HEADERS} limit"
+        )
     for name, header_value in value.items():
+        if len(name) > MAX_HEADER_NAME_CHARS:
+            raise InvalidPayload(
+                f"header name {shown(name)} is {len(name)} characters, "
+                f"above the {MAX_HEADER_NAME_CHARS} limit"
+            )
         if not _HEADER_NAME.fullmatch(name):
-            raise InvalidPayload(f"header name {name!r} is not a valid HTTP header name")
+            raise InvalidPayload(f"header name {shown(name)} is not a valid HTTP header name")
         if name.lower() in FORBIDDEN_HEADERS:
             raise InvalidPayload(f"header {name!r} is set by the client and may not be given")
         if not isinstance(header_value, str):
-            raise InvalidPayload(f"header {name!r} must have a string value")
+            raise InvalidPayload(f"header {shown(name)} must have a string value")
+        checked_str(header_value, f"header {shown(name)}", MAX_HEADER_VALUE_CHARS)
         if _HEADER_VALUE_FORBIDDEN.search(header_value):
-            raise InvalidPayload(f"header {name!r} contains a line break or NUL")
+            raise InvalidPayload(f"header {shown(name)} contains a line break or NUL")
+        if not header_value.isascii() and not _is_latin1(header_value):
+            # http.client sends header values as Latin-1 and would fail mid-request.
+            raise InvalidPayload(
+                f"header {shown(name)} has characters outside Latin-1; "
+                "percent-encode them or use RFC 8187 encoding"
+            )
     return dict(value)
+
+
+def _is_latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True

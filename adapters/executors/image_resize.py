@@ -31,11 +31,12 @@ from typing import Any, TypeVar, cast
 
 from gevent.threadpool import ThreadPool
 
-from adapters.executors.contained_paths import resolve_inside
+from adapters.executors.contained_paths import MAX_RELATIVE_PATH_BYTES, resolve_inside
 from adapters.executors.image_source import (
     ImageSource,
     SourceFetcher,
     decode_data,
+    max_source_chars,
     parse_source,
     read_file,
 )
@@ -60,6 +61,8 @@ from domain.model import Job
 
 MIB = 1024 * 1024
 _FIELDS = ("source", "width", "height", "mode", "format", "destination", "quality")
+# Enough for every name the executor knows ("exact", "JPEG"); a longer one is a typo.
+_MAX_NAME_CHARS = 16
 _T = TypeVar("_T")
 
 
@@ -72,21 +75,26 @@ class ResizeRequest:
     destination: str
 
 
-def parse_resize_request(payload: str, max_output_side: int) -> ResizeRequest:
+def parse_resize_request(
+    payload: str, max_output_side: int, max_source_bytes: int = 20 * MIB
+) -> ResizeRequest:
     """Validate an IMAGE_RESIZE payload; raise ``InvalidPayload`` naming the bad field."""
     fields = load_object(payload, _FIELDS)
-    source = parse_source(required_str(fields, "source"))
-    destination = required_str(fields, "destination")
+    source_field = required_str(fields, "source", max_length=max_source_chars(max_source_bytes))
+    source = parse_source(source_field, max_source_bytes)
+    destination = required_str(fields, "destination", max_length=MAX_RELATIVE_PATH_BYTES)
     width = required_int(fields, "width", minimum=1, maximum=max_output_side)
     height = required_int(fields, "height", minimum=1, maximum=max_output_side)
-    mode = optional_str(fields, "mode", default="fit").lower()
+    mode = optional_str(fields, "mode", default="fit", max_length=_MAX_NAME_CHARS).lower()
     if mode not in RESIZE_MODES:
         raise InvalidPayload(f"field 'mode' must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
     spec = ResizeSpec(
         width=width,
         height=height,
         mode=mode,
-        format=_output_format(optional_str(fields, "format", default=""), destination),
+        format=_output_format(
+            optional_str(fields, "format", default="", max_length=_MAX_NAME_CHARS), destination
+        ),
         quality=optional_int(fields, "quality", default=85, minimum=1, maximum=100),
     )
     return ResizeRequest(source=source, spec=spec, destination=destination)
@@ -121,7 +129,7 @@ class ImageResizeExecutor:
         self.fetch_timeout_s = fetch_timeout_s
 
     def execute(self, job: Job) -> str:
-        request = parse_resize_request(job.payload, self.max_output_side)
+        request = parse_resize_request(job.payload, self.max_output_side, self.max_source_bytes)
         fetched = self._fetch(request.source) if request.source.kind == "url" else None
         return _run_in(self.threadpool, self._resize_and_write, request, fetched)
 

@@ -10,13 +10,13 @@ A source string is one of:
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from adapters.executors.contained_paths import resolve_inside
+from adapters.executors.contained_paths import check_relative_path, resolve_inside
+from adapters.executors.payload_fields import MAX_URL_CHARS, checked_str, shown
 from domain.errors import InvalidPayload
 
 _DATA_URL = re.compile(r"data:(?P<media_type>[^,;]*)(?P<params>(;[^,;]*)*),(?P<data>.*)", re.DOTALL)
@@ -39,12 +39,26 @@ class ImageSource:
     location: str
 
 
-def parse_source(value: str) -> ImageSource:
-    """Classify a ``source`` field; raise ``InvalidPayload`` for a malformed data: URL."""
+def max_source_chars(max_source_bytes: int) -> int:
+    """The longest ``source`` field worth reading: a data: URL of ``max_source_bytes``.
+
+    That is its base64 text, an eighth more for line breaks in it, and room for the
+    ``data:image/png;base64,`` header and its parameters.
+    """
+    return (max_source_bytes + 2) // 3 * 4 * 9 // 8 + 256
+
+
+def parse_source(value: str, max_source_bytes: int) -> ImageSource:
+    """Classify a ``source`` field; raise ``InvalidPayload`` for a malformed or too long one.
+
+    Each kind has its own length limit: a URL ``MAX_URL_CHARS``, a path that of
+    ``check_relative_path``, a data: URL ``max_source_chars(max_source_bytes)``.
+    """
     lowered = value[:8].lower()
     if lowered.startswith(("http://", "https://")):
-        return ImageSource("url", value)
+        return ImageSource("url", checked_str(value, "field 'source' URL", MAX_URL_CHARS))
     if lowered.startswith("data:"):
+        checked_str(value, "field 'source' data URL", max_source_chars(max_source_bytes))
         match = _DATA_URL.fullmatch(value)
         if match is None or ";base64" not in match["params"].lower():
             raise InvalidPayload(
@@ -54,9 +68,10 @@ def parse_source(value: str) -> ImageSource:
     if "://" in value:
         scheme = value.split("://", 1)[0]
         raise InvalidPayload(
-            f"field 'source' has unsupported scheme {scheme!r}; use an http(s) URL, "
+            f"field 'source' has unsupported scheme {shown(scheme)}; use an http(s) URL, "
             "a base64 data: URL or a path relative to the input directory"
         )
+    check_relative_path(value, "source")
     return ImageSource("file", value)
 
 
@@ -69,7 +84,7 @@ def decode_data(encoded: str, max_bytes: int) -> bytes:
         )
     try:
         data = base64.b64decode(compact, validate=True)
-    except binascii.Error as error:
+    except ValueError as error:  # binascii.Error, or non-ASCII characters
         raise InvalidPayload(f"field 'source' data URL is not valid base64: {error}") from error
     if len(data) > max_bytes:
         raise InvalidPayload(
@@ -81,11 +96,11 @@ def decode_data(encoded: str, max_bytes: int) -> bytes:
 def read_file(input_root: Path, relative: str, max_bytes: int) -> bytes:
     """Read a source file under ``input_root`` (resolved); blocking, run it off the hub."""
     path = resolve_inside(input_root, relative, "source")
-    if not path.exists():
-        raise InvalidPayload(f"field 'source': no file {relative!r} in the input directory")
-    if not path.is_file():  # a FIFO or device would block the reading thread forever
-        raise InvalidPayload(f"field 'source': {relative!r} is not a regular file")
     try:
+        if not path.exists():
+            raise InvalidPayload(f"field 'source': no file {relative!r} in the input directory")
+        if not path.is_file():  # a FIFO or device would block the reading thread forever
+            raise InvalidPayload(f"field 'source': {relative!r} is not a regular file")
         with path.open("rb") as source:
             data = source.read(max_bytes + 1)
     except OSError as error:

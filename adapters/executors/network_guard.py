@@ -15,6 +15,8 @@ import ipaddress
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
+from adapters.executors.payload_fields import shown
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
@@ -122,8 +124,8 @@ class AddressGuard:
             raise RefusedDestination(f"malformed URL {url!r}: {error}") from error
         scheme = parts.scheme.lower()
         if scheme not in ALLOWED_SCHEMES:
-            shown = f"scheme {scheme!r}" if scheme else "no scheme"
-            raise RefusedDestination(f"URL {url!r} has {shown}; only http and https are allowed")
+            found = f"scheme {scheme!r}" if scheme else "no scheme"
+            raise RefusedDestination(f"URL {url!r} has {found}; only http and https are allowed")
         host = (parts.hostname or "").rstrip(".").lower()
         if not host:
             raise RefusedDestination(f"URL {url!r} has no host")
@@ -137,6 +139,11 @@ class AddressGuard:
         literal = _literal_address(host)
         if literal is not None:
             self.check_address(literal, host)
+        elif not _valid_ascii_host_name(host):
+            raise RefusedDestination(
+                f"host {shown(host)} is not a valid host name "
+                "(a label is empty or longer than 63 characters)"
+            )
         default_port = 443 if scheme == "https" else 80
         return CheckedUrl(url=url, scheme=scheme, host=host, port=port or default_port)
 
@@ -148,9 +155,9 @@ class AddressGuard:
             return
         reason = non_public_reason(address)
         if reason is not None:
-            shown = str(address) if host == str(address) else f"{host} resolves to {address}"
+            where = str(address) if host == str(address) else f"{host} resolves to {address}"
             raise RefusedDestination(
-                f"{shown}, {reason}; private networks are not allowed for jobs"
+                f"{where}, {reason}; private networks are not allowed for jobs"
             )
 
     def check_address_text(self, address: str, host: str) -> None:
@@ -163,6 +170,19 @@ def _literal_address(host: str) -> IPAddress | None:
         return ipaddress.ip_address(host)
     except ValueError:
         return None
+
+
+def _valid_ascii_host_name(host: str) -> bool:
+    # The resolver encodes an ASCII name with the idna codec, which raises a bare
+    # UnicodeError for an empty or too long label. requests has already turned a
+    # non-ASCII name into ASCII with stricter rules of its own, or refused it.
+    if not host.isascii():
+        return True
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def _without_credentials(parts: SplitResult) -> str:

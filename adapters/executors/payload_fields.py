@@ -1,7 +1,9 @@
 """Reading typed fields out of a JSON payload, with errors that name the field.
 
 Every failure raises ``InvalidPayload`` (the job ends REJECTED) with a message a
-producer can act on: which field, what was expected, what was found.
+producer can act on: which field, what was expected, what was found. A message quotes
+at most the start of a value (``shown``): the reason goes to Core and to the log, and
+the value may be a megabyte long.
 """
 
 from __future__ import annotations
@@ -11,6 +13,12 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from domain.errors import InvalidPayload
+
+# Common servers refuse a request line above 8 KiB (nginx, Apache): a longer URL
+# cannot work anyway.
+MAX_URL_CHARS = 8192
+_SHOWN_CHARS = 64
+_UNKNOWN_FIELDS_SHOWN = 5
 
 
 def load_object(payload: str, known_fields: Collection[str]) -> dict[str, Any]:
@@ -27,32 +35,53 @@ def load_object(payload: str, known_fields: Collection[str]) -> dict[str, Any]:
         raise InvalidPayload(f"payload must be a JSON object, got {_json_type(fields)}")
     unknown = sorted(set(fields) - set(known_fields))
     if unknown:
+        listed = ", ".join(map(shown, unknown[:_UNKNOWN_FIELDS_SHOWN]))
+        more = len(unknown) - _UNKNOWN_FIELDS_SHOWN
         raise InvalidPayload(
-            f"unknown payload field(s) {', '.join(map(repr, unknown))}; "
+            f"unknown payload field(s) {listed}{f' and {more} more' if more > 0 else ''}; "
             f"known fields: {', '.join(sorted(known_fields))}"
         )
     return fields
 
 
-def required_str(fields: Mapping[str, Any], name: str) -> str:
-    """A non-empty string field that must be present."""
+def required_str(fields: Mapping[str, Any], name: str, *, max_length: int) -> str:
+    """A non-empty string field of at most ``max_length`` characters that must be present."""
     value = fields.get(name)
     if value is None:
         raise InvalidPayload(f"field {name!r} is required")
-    if not isinstance(value, str):
-        raise InvalidPayload(f"field {name!r} must be a string, got {_json_type(value)}")
-    if not value:
+    if not value and isinstance(value, str):
         raise InvalidPayload(f"field {name!r} must not be empty")
-    return value
+    return checked_str(value, f"field {name!r}", max_length)
 
 
-def optional_str(fields: Mapping[str, Any], name: str, default: str) -> str:
+def optional_str(fields: Mapping[str, Any], name: str, default: str, *, max_length: int) -> str:
+    """A string field of at most ``max_length`` characters; ``default`` when absent or null."""
     value = fields.get(name)
     if value is None:
         return default
+    return checked_str(value, f"field {name!r}", max_length)
+
+
+def checked_str(value: object, what: str, max_length: int) -> str:
+    """``value`` if it is a string of at most ``max_length`` characters.
+
+    ``what`` names it in the error (``"field 'url'"``, ``"header 'Accept'"``).
+    """
     if not isinstance(value, str):
-        raise InvalidPayload(f"field {name!r} must be a string, got {_json_type(value)}")
+        raise InvalidPayload(f"{what} must be a string, got {_json_type(value)}")
+    if len(value) > max_length:
+        raise InvalidPayload(
+            f"{what} is {len(value)} characters, above the {max_length} limit "
+            f"(starts {shown(value)})"
+        )
     return value
+
+
+def shown(value: str, max_chars: int = _SHOWN_CHARS) -> str:
+    """``repr(value)``, cut to its first ``max_chars`` characters (marked with …)."""
+    if len(value) <= max_chars:
+        return repr(value)
+    return f"{value[:max_chars]!r}…"
 
 
 def optional_bool(fields: Mapping[str, Any], name: str, default: bool) -> bool:

@@ -31,6 +31,9 @@ from domain.model import Job
 ONE_HOUR_MS = 3_600_000
 _FIELDS = ("ms", "fail", "output", "retryable_failures")
 _MAX_RETRYABLE_FAILURES = 100
+# Echoed into the result, which the runner caps at its output limit (1 MiB by
+# default); this only stops a benchmark's echo from growing past any use.
+_MAX_OUTPUT_CHARS = 65_536
 
 
 class SleepExecutor:
@@ -45,7 +48,7 @@ class SleepExecutor:
         fields = load_object(job.payload, _FIELDS)
         ms = required_int(fields, "ms", minimum=0, maximum=self.max_ms)
         fail = optional_bool(fields, "fail", default=False)
-        output = optional_str(fields, "output", default="")
+        output = optional_str(fields, "output", default="", max_length=_MAX_OUTPUT_CHARS)
         retryable_failures = optional_int(
             fields, "retryable_failures", default=0, minimum=0, maximum=_MAX_RETRYABLE_FAILURES
         )
