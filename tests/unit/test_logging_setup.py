@@ -1,0 +1,146 @@
+"""The configured logging, writing to a captured stderr: every line has a length cap."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+
+import pytest
+import structlog
+
+from adapters.executors import HttpExecutor, SafeHttpClient
+from adapters.memory import InMemoryJobSource, InMemoryResultSink
+from application.engine import EngineConfig, WorkerEngine
+from application.registry import ExecutorRegistry
+from domain.model import Job, JobStatus
+from entrypoints.logging_setup import (
+    MAX_FIELD_CHARS,
+    MAX_TRACEBACK_CHARS,
+    FieldCap,
+    configure_logging,
+)
+from entrypoints.observers import LoggingJobObserver
+
+KB = 1000
+# A line holds several fields, each capped; this bounds a line with a few long ones.
+MAX_LINE_CHARS = 4 * MAX_FIELD_CHARS + MAX_TRACEBACK_CHARS
+
+ReadLines = Callable[[], list[str]]
+
+
+@pytest.fixture
+def logged(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[str], ReadLines]]:
+    """Configure logging in a format onto the captured stderr; undone afterwards."""
+    root = logging.getLogger()
+    saved_root = (root.handlers[:], root.level)
+    saved_structlog = structlog.get_config()
+    named = [logging.getLogger(name) for name in ("kafka", "kafka.coordinator.assignors.range")]
+    saved_levels = [logger.level for logger in named]
+
+    def configure(fmt: str) -> ReadLines:
+        configure_logging(fmt, "debug")
+
+        def read() -> list[str]:
+            return capsys.readouterr().err.splitlines()
+
+        return read
+
+    yield configure
+    root.handlers[:], level = saved_root
+    root.setLevel(level)
+    structlog.configure(**saved_structlog)
+    for logger, logger_level in zip(named, saved_levels, strict=True):
+        logger.setLevel(logger_level)
+
+
+def test_a_long_field_is_cut_and_marked_in_json(logged: Callable[[str], ReadLines]) -> None:
+    read = logged("json")
+
+    structlog.get_logger("t").info("long", url="u" * 900 * KB, short="kept", count=3)
+
+    [line] = read()
+    event = json.loads(line)
+    cut_chars = 900 * KB - MAX_FIELD_CHARS
+    assert event["url"] == "u" * MAX_FIELD_CHARS + f"…[cut {cut_chars} chars]"
+    assert (event["short"], event["count"]) == ("kept", 3)
+
+
+def test_library_records_and_their_tracebacks_are_cut_too(
+    logged: Callable[[str], ReadLines],
+) -> None:
+    read = logged("json")
+
+    try:
+        raise OSError(36, "File name too long", "a" * 900 * KB)
+    except OSError:
+        logging.getLogger("some.library").exception(
+            "failed on %s", "m" * 900 * KB, extra={"job_id": "j" * 900 * KB}
+        )
+
+    [line] = read()
+    event = json.loads(line)
+    assert len(line) < MAX_LINE_CHARS
+    assert event["event"].endswith("chars]")
+    assert event["job_id"].endswith(f"…[cut {900 * KB - MAX_FIELD_CHARS} chars]")
+    assert event["exception"].startswith("Traceback (most recent call last)")
+    assert len(event["exception"]) <= MAX_TRACEBACK_CHARS + 30
+
+
+def test_the_text_format_is_capped_as_well(logged: Callable[[str], ReadLines]) -> None:
+    read = logged("text")
+
+    try:
+        raise ValueError("v" * 900 * KB)
+    except ValueError:
+        structlog.get_logger("t").exception("boom", url="u" * 900 * KB)
+
+    output = "\n".join(read())
+    assert len(output) < MAX_LINE_CHARS
+    assert "…[cut 898000 chars]" in output
+    assert "ValueError: vvv" in output
+
+
+def test_a_job_with_a_900_kb_url_or_id_leaves_only_short_log_lines(
+    logged: Callable[[str], ReadLines],
+) -> None:
+    read = logged("json")
+    # Loopback URLs: refused before any connection, whatever else the worker checks.
+    jobs = [
+        Job(id="u", type="HTTP", payload=json.dumps({"url": "http://127.0.0.1/" + "a" * 900 * KB})),
+        Job(id="i" * 900 * KB, type="HTTP", payload=json.dumps({"url": "http://127.0.0.1/"})),
+    ]
+    source, sink = InMemoryJobSource(jobs), InMemoryResultSink()
+    client = SafeHttpClient(pool_size=1)
+    engine = WorkerEngine(
+        source,
+        sink,
+        ExecutorRegistry({"HTTP": HttpExecutor(client)}),
+        EngineConfig(fetch_timeout_s=0.005),
+        observers=[LoggingJobObserver()],
+    )
+    engine.start()
+    assert engine.wait_until_drained(timeout=5)
+    engine.stop(timeout=1)
+    client.close()
+
+    assert [result.status for result in sink.results] == [JobStatus.REJECTED] * 2
+    lines = read()
+    finished = [json.loads(line) for line in lines if '"job finished"' in line]
+    assert len(finished) == 2
+    assert all(len(line) < MAX_LINE_CHARS for line in lines)
+
+
+def test_short_fields_are_left_alone() -> None:
+    cap = FieldCap(max_chars=10)
+    event = {"event": "short", "n": 10**30, "flag": None, "items": [1, 2], "obj": {"a": 1}}
+
+    assert cap(None, "info", dict(event)) == event
+
+
+def test_values_are_measured_by_their_repr() -> None:
+    cap = FieldCap(max_chars=10)
+
+    capped = cap(None, "info", {"event": "e", "items": list(range(100))})
+
+    assert capped["items"] == "[0, 1, 2, …[cut 380 chars]"
