@@ -24,11 +24,12 @@ from gevent.queue import Queue
 
 from application.observers import ObserverGroup
 from application.registry import ExecutorRegistry
-from application.retry import RetryPolicy, backoff_ceiling
+from application.result_delivery import RefusalPolicy, ResultCourier
+from application.retry import RetryPolicy
 from application.run_job import JobRunner
-from domain.errors import ResultNotDelivered, SourceFailed
+from domain.errors import SourceFailed
 from domain.model import Job, JobResult
-from domain.ports import JobObserver, JobSource, ResultSink
+from domain.ports import JobObserver, JobSource, RefusedResultStore, ResultSink
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +51,8 @@ class EngineConfig:
     # Larger outputs end the job FAILED: a result Core can never accept (gRPC's message
     # limit) would otherwise be redelivered for ever.
     max_output_bytes: int = 1_048_576
-    # Pauses between attempts at a result the sink refused (see WorkerEngine._deliver).
-    redeliver_base_s: float = 1.0
-    redeliver_max_s: float = 60.0
+    # What happens to a result the sink refuses for good (see ResultCourier).
+    refusals: RefusalPolicy = field(default_factory=RefusalPolicy)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
@@ -94,6 +94,7 @@ class WorkerEngine:
         registry: ExecutorRegistry,
         config: EngineConfig | None = None,
         observers: Sequence[JobObserver] = (),
+        refused_results: RefusedResultStore | None = None,
     ) -> None:
         self._source = source
         self._sink = sink
@@ -114,9 +115,16 @@ class WorkerEngine:
         self._intake_stopped = Event()
         self._room_available = Event()
         self._idle = Event()
-        self._unreported = 0  # jobs taken from the queue whose result is not yet sent
+        self._unreported = 0  # jobs taken from the queue whose result is not yet settled
         self._sending = 0
-        self.results_refused = 0  # sink refusals (each retried), for metrics
+        self._courier = ResultCourier(
+            sink,
+            refused_results,
+            self._config.refusals,
+            self._observer,
+            self._settled,
+            max_parked=self._config.results_queue_size,
+        )
         self.failed = Event()  # set when the engine cannot go on; ``failure`` says why
         self.failure: BaseException | None = None
         self._started = False
@@ -180,8 +188,10 @@ class WorkerEngine:
         if in_flight:
             logger.warning("shutdown timeout: interrupting running jobs", extra={"jobs": in_flight})
             self._pool.kill(block=True, timeout=1)
+        self._courier.stop_waiting()
         self._wait_results_flushed(deadline)
-        undelivered = self._results.qsize() + self._sending
+        self._courier.flush(_left(deadline))
+        undelivered = self._results.qsize() + self._sending + self._courier.abandoned
         gevent.killall([g for g in senders if g is not None], block=True, timeout=1)
         drained.set()  # let the last poll finish: killing one mid-call could hurt the client
         keepalive.join(timeout=self._config.fetch_timeout_s + 1)
@@ -265,44 +275,16 @@ class WorkerEngine:
             job, result = self._results.get()
             self._sending += 1
             try:
-                self._deliver(result)
-                self._observer.result_delivered(result)
-                self._ack(job)
+                # Returns once the result is settled, or parked off this sender.
+                self._courier.deliver(job, result)
             finally:
                 self._sending -= 1
-                self._unreported -= 1
-                self._mark_idle_if_drained()
 
-    def _deliver(self, result: JobResult) -> None:
-        """Send until the sink takes it: a result is never dropped in this process.
-
-        The sink retries transient errors itself; what it gives up on (a refusal, a
-        bug) is tried again here, slowly and loudly. While a result waits, its job is
-        not acked, so the source cannot commit past it and nothing is lost; if the
-        refusals go on, the queues fill and intake pauses, which is the alarm.
-        """
-        attempt = 0
-        while True:
-            try:
-                self._sink.send(result)
-            except Exception as error:
-                attempt += 1
-                self.results_refused += 1
-                config = self._config
-                delay = backoff_ceiling(attempt, config.redeliver_base_s, config.redeliver_max_s)
-                logger.error(
-                    "result not accepted by the sink; trying again",
-                    exc_info=not isinstance(error, ResultNotDelivered),
-                    extra={
-                        "job_id": result.job_id,
-                        "reason": str(error),
-                        "attempt": attempt,
-                        "retry_in_s": delay,
-                    },
-                )
-                gevent.sleep(delay)
-            else:
-                return
+    def _settled(self, job: Job, kept: bool) -> None:
+        if kept:
+            self._ack(job)
+        self._unreported -= 1
+        self._mark_idle_if_drained()
 
     def _ack(self, job: Job) -> None:
         try:
@@ -336,6 +318,21 @@ class WorkerEngine:
     @property
     def jobs_in_flight(self) -> int:
         return len(self._pool)
+
+    @property
+    def results_refused(self) -> int:
+        """Final refusals from the sink so far, each counted (a result may have several)."""
+        return self._courier.refusals
+
+    @property
+    def results_dead_lettered(self) -> int:
+        """Refused results kept by the refused-result store, their jobs acked."""
+        return self._courier.dead_lettered
+
+    @property
+    def results_waiting_to_retry(self) -> int:
+        """Results off the senders, waiting to be offered (or stored) again."""
+        return self._courier.parked
 
 
 def _left(deadline: float) -> float:

@@ -35,6 +35,28 @@ class ResultNotDelivered(JobWorkerError):  # noqa: N818
     """The sink gave up on a result: the job stays not done and is redelivered later."""
 
 
+class ResultRefused(ResultNotDelivered):
+    """The sink answered that it will not take this result: a final verdict, not an outage.
+
+    ``code`` and ``details`` are the sink's own words (for Core: the gRPC status code
+    name and its details). Offering the same result again is not expected to help.
+    """
+
+    def __init__(self, message: str, code: str, details: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details
+
+
+class ResultTooLarge(ResultNotDelivered):
+    """The result is larger than the sink can ever take; ``size`` and ``limit`` in bytes."""
+
+    def __init__(self, message: str, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
 class SourceFailed(JobWorkerError):  # noqa: N818
     """The job source cannot go on (authentication refused, invalid group settings…).
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from domain.errors import ResultRefused
 from domain.model import Job, JobResult
 
 
@@ -46,13 +47,31 @@ class ResultSink(Protocol):
     def send(self, result: JobResult) -> None:
         """Deliver ``result``, blocking (cooperatively) until the sink accepted it.
 
-        Transient failures are retried inside. Raises ``ResultNotDelivered`` when the
-        result will not be accepted; the job then stays not done.
+        Transient failures are retried inside. Raises ``ResultRefused`` when the sink
+        answers that it will not take this result, ``ResultTooLarge`` when it never
+        could, and ``ResultNotDelivered`` for any other give-up (the sink closed);
+        the job then stays not done.
         """
         ...
 
     def close(self) -> None:
         """Release connections. Idempotent."""
+        ...
+
+
+class RefusedResultStore(Protocol):
+    """Where results go that the sink refused for good (a results dead-letter topic)."""
+
+    def store(self, job: Job, result: JobResult, refusal: ResultRefused) -> None:
+        """Keep ``result`` with why it was refused, blocking until it is safely stored.
+
+        Only then may ``job`` be acked. Raises ``ResultNotDelivered`` when it cannot be
+        stored now; the job then stays not done and storing is tried again later.
+        """
+        ...
+
+    def close(self) -> None:
+        """Flush and release connections. Idempotent."""
         ...
 
 

@@ -23,13 +23,16 @@ from adapters.executors.image_resize import ImageResizeExecutor
 from adapters.executors.safe_http import SafeHttpClient
 from adapters.executors.sleep import SleepExecutor
 from adapters.file import FileJobSource, FileResultSink
+from adapters.file.refused import FileRefusedResultStore
 from adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
 from adapters.kafka.lag import BrokerOffsetsMonitor, GroupOffsetsProbe
+from adapters.kafka.refused_results import KafkaRefusedResultStore
 from adapters.kafka.settings import KafkaClientSettings
 from adapters.kafka.source import KafkaJobSource
 from adapters.observability.metrics import PrometheusJobObserver, ResultSendRetries
 from application.engine import EngineConfig, WorkerEngine
 from application.registry import ExecutorRegistry
+from application.result_delivery import RefusalPolicy
 from application.retry import RetryPolicy
 from domain.errors import ConfigurationError, JobWorkerError
 from domain.model import JobType
@@ -99,22 +102,27 @@ def file_source(settings: Settings) -> Iterator[FileJobSource]:
 def grpc_sink(
     settings: Settings, on_retry: ResultSendRetries, core_tls: CoreTlsDiagnosis
 ) -> Iterator[Any]:
-    from adapters.grpc.sink import GrpcResultSink  # noqa: PLC0415 - grpc after gevent setup
+    from adapters.grpc.sink import (  # noqa: PLC0415 - grpc after gevent setup
+        GrpcResultSink,
+        RetryNotice,
+    )
 
     address = settings.get("GRPC_SERVER_ADDRESS")
     log = structlog.get_logger("jobworker.core_client")
 
-    def retrying(code: str, attempt: int, delay_s: float) -> None:
-        on_retry(code, attempt, delay_s)
-        core_tls.on_call_failed(code)
+    def retrying(notice: RetryNotice) -> None:
+        on_retry(notice.code, notice.attempt, notice.delay_s)
+        core_tls.on_call_failed(notice.code)
         # Every retry of a long outage would flood the log: the first few, then 1 in 50.
-        if attempt <= 3 or attempt % 50 == 0:
+        if notice.attempt <= 3 or notice.attempt % 50 == 0:
             log.warning(
                 "Core call failed; retrying",
                 address=address,
-                code=code,
-                attempt=attempt,
-                retry_in_s=round(delay_s, 3),
+                job_id=notice.job_id,
+                code=notice.code,
+                details=notice.details,
+                attempt=notice.attempt,
+                retry_in_s=round(notice.delay_s, 3),
             )
 
     try:
@@ -158,6 +166,32 @@ def core_tls_diagnosis(settings: Settings) -> Iterator[CoreTlsDiagnosis]:
 
 def file_sink(settings: Settings) -> Iterator[FileResultSink]:
     yield from _closing(FileResultSink(settings.require_file("RESULT_FILE")))
+
+
+def kafka_refused_results(settings: Settings) -> Iterator[KafkaRefusedResultStore]:
+    topic = settings.results_dlq_topic
+    _check_results_dlq_topic(topic, settings)
+    yield from _closing(
+        KafkaRefusedResultStore(kafka_client_settings(settings), topic, settings.worker_id)
+    )
+
+
+def _check_results_dlq_topic(topic: str, settings: Settings) -> None:
+    if topic in {settings.get("KAFKA_TOPIC"), settings.dlq_topic}:
+        raise ConfigurationError(
+            "KAFKA_RESULTS_DLQ_TOPIC", f"{topic!r} must differ from KAFKA_TOPIC and KAFKA_DLQ_TOPIC"
+        )
+
+
+def file_refused_results(settings: Settings) -> Iterator[FileRefusedResultStore]:
+    yield from _closing(FileRefusedResultStore(settings.results_dlq_file))
+
+
+def refusal_policy(settings: Settings) -> RefusalPolicy:
+    return RefusalPolicy(
+        dead_letter=settings.get("RESULT_REFUSED") == "dead-letter",
+        attempts=settings.get("RESULT_REFUSED_ATTEMPTS"),
+    )
 
 
 def http_client(settings: Settings) -> Iterator[SafeHttpClient]:
@@ -212,6 +246,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         result_senders=settings.get("RESULT_SENDERS"),
         max_job_timeout_s=settings.get("MAX_JOB_TIMEOUT"),
         max_output_bytes=settings.get("MAX_OUTPUT_BYTES"),
+        refusals=refusal_policy(settings),
         retry=RetryPolicy(
             max_attempts=settings.get("RETRY_MAX_ATTEMPTS"),
             backoff_base_s=settings.get("RETRY_BACKOFF_BASE"),
@@ -242,6 +277,12 @@ class Container(containers.DeclarativeContainer):
         providers.Callable(lambda s: s.get("RESULT_SINK"), settings),
         grpc=providers.Resource(grpc_sink, settings, send_retries, core_tls),
         file=providers.Resource(file_sink, settings),
+    )
+    # Where results Core refused for good go: beside the jobs in Kafka, or to a file.
+    refused_results = providers.Selector(
+        providers.Callable(lambda s: s.get("JOB_SOURCE"), settings),
+        kafka=providers.Resource(kafka_refused_results, settings),
+        file=providers.Resource(file_refused_results, settings),
     )
 
     http_client = providers.Resource(http_client, settings)
@@ -285,4 +326,5 @@ class Container(containers.DeclarativeContainer):
         registry=registry,
         config=providers.Callable(engine_config, settings),
         observers=observers,
+        refused_results=refused_results,
     )

@@ -45,11 +45,20 @@ def start_observability_server(
                 "Results waiting to be sent to Core.",
                 lambda: engine.results_queue_depth,
             ),
+            "jobworker_results_waiting_to_retry": (
+                "Results Core refused or could not take, waiting to be offered again.",
+                lambda: engine.results_waiting_to_retry,
+            ),
         },
         counters={
             "jobworker_results_refused": (
-                "Times the sink refused a result that is then offered again.",
+                "Final refusals from Core (each offer of a result counted).",
                 lambda: engine.results_refused,
+            ),
+            "jobworker_results_dead_lettered": (
+                "Results Core refused for good, written to the results dead-letter topic"
+                " (or file) and their jobs acked.",
+                lambda: engine.results_dead_lettered,
             ),
             **(_kafka_counters(kafka) if kafka else {}),
         },

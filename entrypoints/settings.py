@@ -227,8 +227,8 @@ SETTINGS: list[Setting] = [
     Setting(
         "RESULTS_DLQ_FILE",
         None,
-        "refused results when jobs come from a file (`<RESULT_FILE>.refused.jsonl`,"
-        " else `refused-results.jsonl`)",
+        "results refused for good when jobs come from a file (`<RESULT_FILE>.refused.jsonl`"
+        " with RESULT_SINK=file, else `<JOB_FILE>.refused.jsonl`)",
     ),
     Setting("GRPC_SERVER_ADDRESS", REQUIRED, "Core service host:port (RESULT_SINK=grpc)", _address),
     Setting(
@@ -404,6 +404,9 @@ class Settings:
         result_file = self.get("RESULT_FILE")
         if self.get("RESULT_SINK") == "file" and result_file and result_file != "-":
             return f"{result_file}.refused.jsonl"
+        job_file = self.get("JOB_FILE")
+        if job_file and job_file != "-":
+            return f"{job_file}.refused.jsonl"
         return "refused-results.jsonl"
 
     @property

@@ -42,9 +42,13 @@ class FileResultSink:
         return self._stream
 
     def send(self, result: JobResult) -> None:
+        self.write_record(result_to_record(result))
+
+    def write_record(self, record: dict[str, object]) -> None:
+        """Append ``record`` as one JSON line and flush it."""
         try:
             stream = self._open()
-            stream.write(json.dumps(result_to_record(result), ensure_ascii=False) + "\n")
+            stream.write(json.dumps(record, ensure_ascii=False) + "\n")
             stream.flush()
         except OSError as error:
             raise ResultNotDelivered(f"cannot write results file {self._path}: {error}") from error

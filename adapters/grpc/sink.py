@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import gevent
@@ -14,18 +15,30 @@ from adapters.grpc.channel import client_channel_options, open_channel
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from application.retry import full_jitter_delay
-from domain.errors import ResultNotDelivered
+from domain.errors import ResultNotDelivered, ResultRefused, ResultTooLarge
 from domain.model import JobResult
 
 log = structlog.get_logger(__name__)
 
-RetryListener = Callable[[str, int, float], None]
-"""Called before each retry sleep with (status code name, failed attempt number, delay_s)."""
+
+@dataclass(frozen=True, slots=True)
+class RetryNotice:
+    """What a retry listener hears before each pause: which result, why, how long."""
+
+    job_id: str
+    code: str  # the gRPC status code name
+    details: str  # Core's details, or gRPC's for a transport error
+    attempt: int  # the failed attempt, from 1
+    delay_s: float
+
+
+RetryListener = Callable[[RetryNotice], None]
 
 # Codes after which the same request may succeed later. DEADLINE_EXCEEDED and ABORTED
 # may mean Core stored the result and the answer was lost: the retry is then a duplicate,
-# which Core de-duplicates by job_id. RESOURCE_EXHAUSTED is Core shedding load; a message
-# above Core's size limit would get it too, forever, so `send` refuses those up front.
+# which Core de-duplicates by job_id. RESOURCE_EXHAUSTED is Core shedding load, but also
+# what a server answers a message above its size limit, for ever: see
+# ``RESOURCE_EXHAUSTED_REFUSAL_AFTER``.
 RETRYABLE_CODES = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -37,6 +50,11 @@ RETRYABLE_CODES = frozenset(
 
 # gRPC servers receive at most 4 MiB per message unless configured otherwise.
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# RESOURCE_EXHAUSTED this many times in a row for one result is Core refusing that
+# result (a receive limit below ours), not load: it becomes a ResultRefused. gRPC's own
+# answer to an oversized message says so, and is a refusal at once.
+RESOURCE_EXHAUSTED_REFUSAL_AFTER = 3
+_OVERSIZED_MESSAGE = "larger than max"
 
 
 class GrpcResultSink:
@@ -107,19 +125,23 @@ class GrpcResultSink:
     def send(self, result: JobResult) -> None:
         """Deliver ``result`` to Core, blocking cooperatively until Core accepted it.
 
-        Raises ``ResultNotDelivered`` when Core answers with a final status (its code and
-        details are in the message), when ``max_attempts`` attempts all failed, when the
-        request is too large, or when the sink is (or gets) closed. ``GreenletExit``
-        from a kill propagates.
+        Raises ``ResultRefused`` when Core answers with a final status, or with
+        RESOURCE_EXHAUSTED for this result again and again (its code and details are on
+        the error); ``ResultTooLarge`` when the request is above the message limit (no
+        call is made); ``ResultNotDelivered`` when ``max_attempts`` attempts all failed
+        or the sink is (or gets) closed. ``GreenletExit`` from a kill propagates.
         """
         request = pb.ReportResultRequest(result=result_to_proto(result))
         size = request.ByteSize()
         if size > self._max_message_bytes:
-            raise ResultNotDelivered(
+            raise ResultTooLarge(
                 f"result of job {result.job_id!r} is {size} bytes on the wire, above the "
-                f"{self._max_message_bytes}-byte message limit for Core"
+                f"{self._max_message_bytes}-byte message limit for Core",
+                size,
+                self._max_message_bytes,
             )
         attempt = 0
+        exhausted = 0
         while True:
             attempt += 1
             error = self._attempt(request, result.job_id)
@@ -134,9 +156,17 @@ class GrpcResultSink:
                     )
                 return
             code = error.code()
-            if code not in RETRYABLE_CODES:
-                raise ResultNotDelivered(
-                    f"Core refused the result of job {result.job_id!r}: {_describe(error)}"
+            details = error.details() or ""
+            exhausted = exhausted + 1 if code == grpc.StatusCode.RESOURCE_EXHAUSTED else 0
+            if (
+                code not in RETRYABLE_CODES
+                or exhausted >= RESOURCE_EXHAUSTED_REFUSAL_AFTER
+                or (exhausted and _OVERSIZED_MESSAGE in details)
+            ):
+                raise ResultRefused(
+                    f"Core refused the result of job {result.job_id!r}: {_describe(error)}",
+                    code.name,
+                    details,
                 )
             if self._max_attempts and attempt >= self._max_attempts:
                 raise ResultNotDelivered(
@@ -146,7 +176,7 @@ class GrpcResultSink:
                 )
             delay_s = full_jitter_delay(attempt, self._backoff_base_s, self._backoff_cap_s)
             if self._on_retry is not None:
-                self._on_retry(code.name, attempt, delay_s)
+                self._on_retry(RetryNotice(result.job_id, code.name, details, attempt, delay_s))
             gevent.sleep(delay_s)
 
     def ping(self, timeout_s: float = 1.0) -> bool:

@@ -5,21 +5,33 @@ from __future__ import annotations
 import gevent
 import gevent.event
 
-from domain.errors import ResultNotDelivered
-from domain.model import JobResult
+from domain.errors import ResultNotDelivered, ResultRefused, ResultTooLarge
+from domain.model import Job, JobResult
 
 
 class InMemoryResultSink:
     """Accepts results into ``results``.
 
     ``delay_s`` makes every send slow (a congested Core); ``blocked`` holds every send
-    until ``unblock()`` (Core down); ``refuse`` names job ids whose results are refused.
+    until ``unblock()`` (Core down); ``refuse`` names job ids whose results are refused
+    for good (``ResultRefused``), ``fail`` those that fail otherwise (a sink closed);
+    results with a longer output than ``max_output_chars`` are ``ResultTooLarge``.
     """
 
-    def __init__(self, delay_s: float = 0.0, *, refuse: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        delay_s: float = 0.0,
+        *,
+        refuse: frozenset[str] = frozenset(),
+        fail: frozenset[str] = frozenset(),
+        max_output_chars: int | None = None,
+    ) -> None:
         self.results: list[JobResult] = []
         self.delay_s = delay_s
         self.refuse = refuse
+        self.fail = fail
+        self.max_output_chars = max_output_chars
+        self.offers: dict[str, int] = {}
         self._gate = gevent.event.Event()
         self._gate.set()
         self.closed = False
@@ -34,8 +46,14 @@ class InMemoryResultSink:
         self._gate.wait()
         if self.delay_s:
             gevent.sleep(self.delay_s)
+        self.offers[result.job_id] = self.offers.get(result.job_id, 0) + 1
         if result.job_id in self.refuse:
-            raise ResultNotDelivered(f"sink refuses job {result.job_id}")
+            raise ResultRefused(f"sink refuses job {result.job_id}", "REFUSED", "test refusal")
+        if result.job_id in self.fail:
+            raise ResultNotDelivered(f"sink cannot take job {result.job_id} now")
+        limit = self.max_output_chars
+        if limit is not None and len(result.output) > limit:
+            raise ResultTooLarge(f"output of {result.job_id} too large", len(result.output), limit)
         self.results.append(result)
 
     def close(self) -> None:
@@ -51,3 +69,27 @@ class InMemoryResultSink:
                 gevent.sleep(0.001)
             return True
         return False
+
+
+class InMemoryRefusedResultStore:
+    """A RefusedResultStore keeping ``(job, result, refusal)`` in ``stored``.
+
+    ``failing`` makes every ``store`` raise (a dead-letter topic that refuses writes).
+    """
+
+    def __init__(self) -> None:
+        self.stored: list[tuple[Job, JobResult, ResultRefused]] = []
+        self.failing = False
+        self.closed = False
+
+    def store(self, job: Job, result: JobResult, refusal: ResultRefused) -> None:
+        if self.failing:
+            raise ResultNotDelivered("refused-result store is failing")
+        self.stored.append((job, result, refusal))
+
+    def close(self) -> None:
+        self.closed = True
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [job.id for job, _, _ in self.stored]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from kafka import errors as kafka_errors
-from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+from kafka.admin import NewTopic
 from structlog.testing import capture_logs
 
 from adapters.kafka import KafkaClientSettings, KafkaJobSource
@@ -23,6 +23,7 @@ from tests.support.kafka import (
     create_topic,
     produce,
     read_all,
+    set_topic_config,
     task_bytes,
     unique_name,
 )
@@ -202,7 +203,7 @@ def test_a_dead_letter_topic_that_refused_a_record_is_written_once_it_accepts_it
         assert _dead_letter_refusals(logs), "the dead-letter topic never refused a record"
         assert committed_offsets(kafka_servers, group_id, topic) in ({}, {0: 0})
 
-        _set_topic_config(kafka_servers, dlq_topic, "max.message.bytes", "1048588")
+        set_topic_config(kafka_servers, dlq_topic, "max.message.bytes", "1048588")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             jobs.extend(_fetch_and_ack(source))
@@ -218,11 +219,6 @@ def test_a_dead_letter_topic_that_refused_a_record_is_written_once_it_accepts_it
 
 def _dead_letter_refusals(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in logs if "dead-letter topic (KAFKA_DLQ_TOPIC)" in e["event"]]
-
-
-def _set_topic_config(servers: str, topic: str, name: str, value: str) -> None:
-    with admin_client(servers) as admin:
-        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {name: value})])
 
 
 def _fetch_and_ack(source: KafkaJobSource) -> list[Job]:

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from adapters.file import FileJobSource, FileResultSink, JobFileError, parse_job_line
-from domain.errors import ResultNotDelivered
-from domain.model import JobResult, JobStatus
+from adapters.file.refused import FileRefusedResultStore
+from domain.errors import ResultNotDelivered, ResultRefused
+from domain.model import Job, JobResult, JobStatus
 
 pytestmark = pytest.mark.integration
 
@@ -92,3 +93,34 @@ def test_an_unwritable_results_file_is_not_delivered(tmp_path: Path) -> None:
     sink = FileResultSink(tmp_path / "dir")
     with pytest.raises(ResultNotDelivered, match="cannot write results file"):
         sink.send(JobResult(job_id="a", type="SLEEP", status=JobStatus.SUCCEEDED))
+
+
+def test_a_refused_result_is_kept_in_its_file_with_the_refusal(tmp_path: Path) -> None:
+    store = FileRefusedResultStore(tmp_path / "out" / "results.jsonl.refused.jsonl")
+    refusal = ResultRefused(
+        "Core refused the result of job 'a': INVALID_ARGUMENT: no", "INVALID_ARGUMENT", "no"
+    )
+    store.store(
+        Job(id="a", type="SLEEP"),
+        JobResult(job_id="a", type="SLEEP", status=JobStatus.SUCCEEDED, output="{}"),
+        refusal,
+    )
+    store.close()
+    [record] = [json.loads(line) for line in Path(store.path).read_text().splitlines()]
+    assert (record["job_id"], record["status"], record["output"]) == ("a", "SUCCEEDED", "{}")
+    assert record["refusal"] == {
+        "code": "INVALID_ARGUMENT",
+        "details": "no",
+        "reason": str(refusal),
+    }
+
+
+def test_an_unwritable_refused_results_file_leaves_the_result_not_stored(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    store = FileRefusedResultStore(tmp_path / "dir")
+    with pytest.raises(ResultNotDelivered):
+        store.store(
+            Job(id="a", type="SLEEP"),
+            JobResult(job_id="a", type="SLEEP", status=JobStatus.SUCCEEDED),
+            ResultRefused("refused", "INVALID_ARGUMENT", "no"),
+        )

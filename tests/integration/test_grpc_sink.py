@@ -11,7 +11,9 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import gevent
 import grpc
@@ -20,11 +22,11 @@ import pytest
 from adapters.core.process import CoreProcess
 from adapters.core.server import CoreServicer
 from adapters.core.store import ResultStore
-from adapters.grpc.sink import GrpcResultSink
+from adapters.grpc.sink import GrpcResultSink, RetryNotice
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from application.retry import full_jitter_delay
-from domain.errors import ConfigurationError, ResultNotDelivered
+from domain.errors import ConfigurationError, ResultNotDelivered, ResultRefused, ResultTooLarge
 from domain.model import JobResult, JobStatus
 from tests.support.processes import free_port
 
@@ -42,11 +44,13 @@ class RetryLog:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, int, float]] = []
+        self.notices: list[RetryNotice] = []
         self._lock = threading.Lock()
 
-    def __call__(self, code: str, attempt: int, delay_s: float) -> None:
+    def __call__(self, notice: RetryNotice) -> None:
         with self._lock:
-            self.calls.append((code, attempt, delay_s))
+            self.calls.append((notice.code, notice.attempt, notice.delay_s))
+            self.notices.append(notice)
 
     @property
     def codes(self) -> set[str]:
@@ -153,11 +157,12 @@ def test_a_refused_result_fails_at_once_with_core_s_reason(
     core.start()
 
     started = time.monotonic()
-    with pytest.raises(ResultNotDelivered, match=r"INVALID_ARGUMENT: result\.job_id is required"):
+    with pytest.raises(ResultRefused, match=r"INVALID_ARGUMENT: result\.job_id is required") as e:
         sink.send(a_result(""))
 
     assert time.monotonic() - started < 1.0
     assert retries.calls == []
+    assert (e.value.code, e.value.details) == ("INVALID_ARGUMENT", "result.job_id is required")
 
 
 def test_after_max_attempts_the_sink_gives_up_with_the_last_error(
@@ -236,6 +241,91 @@ def test_a_late_answer_is_cut_at_the_deadline_and_its_retry_deduplicated_by_core
     assert stored.reports == 2
 
 
+class SheddingCoreServicer(CoreServicer):
+    """Answers RESOURCE_EXHAUSTED to its first ``shed`` calls, then stores as usual."""
+
+    def __init__(self, store: ResultStore, shed: int) -> None:
+        super().__init__(store)
+        self.shed = shed
+        self.calls = 0
+
+    def ReportResult(  # noqa: N802
+        self, request: pb.ReportResultRequest, context: grpc.ServicerContext
+    ) -> pb.ReportResultResponse:
+        self.calls += 1
+        if self.calls <= self.shed:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too busy, try later")
+        return super().ReportResult(request, context)
+
+
+@contextmanager
+def in_process_core(
+    tmp_path: Path, servicer_factory: Any = CoreServicer, **options: int
+) -> Iterator[tuple[str, Any]]:
+    with ResultStore(tmp_path / "core.db") as store:
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=4), options=list(options.items())
+        )
+        servicer = servicer_factory(store)
+        pb_grpc.add_CoreServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        try:
+            yield f"127.0.0.1:{port}", servicer
+        finally:
+            server.stop(grace=None).wait()
+
+
+def test_resource_exhausted_now_and_then_is_load_and_retried(
+    tmp_path: Path, retries: RetryLog
+) -> None:
+    with in_process_core(tmp_path, lambda store: SheddingCoreServicer(store, shed=2)) as (
+        address,
+        servicer,
+    ):
+        sink = GrpcResultSink(address, backoff_base_s=0.01, backoff_cap_s=0.02, on_retry=retries)
+        sink.send(a_result("job-1"))
+        sink.close()
+    assert servicer.calls == 3
+    assert [(n.job_id, n.code, n.details) for n in retries.notices] == [
+        ("job-1", "RESOURCE_EXHAUSTED", "too busy, try later")
+    ] * 2
+
+
+def test_resource_exhausted_again_and_again_for_one_result_is_a_refusal(
+    tmp_path: Path, retries: RetryLog
+) -> None:
+    with in_process_core(tmp_path, lambda store: SheddingCoreServicer(store, shed=100)) as (
+        address,
+        servicer,
+    ):
+        sink = GrpcResultSink(address, backoff_base_s=0.01, backoff_cap_s=0.02, on_retry=retries)
+        with pytest.raises(ResultRefused, match="RESOURCE_EXHAUSTED: too busy") as caught:
+            sink.send(a_result("job-1"))
+        sink.close()
+    assert servicer.calls == 3
+    assert (caught.value.code, caught.value.details) == (
+        "RESOURCE_EXHAUSTED",
+        "too busy, try later",
+    )
+
+
+def test_a_result_above_cores_own_receive_limit_is_refused_at_once(
+    tmp_path: Path, retries: RetryLog
+) -> None:
+    with in_process_core(tmp_path, **{"grpc.max_receive_message_length": 256 * 1024}) as (
+        address,
+        _,
+    ):
+        sink = GrpcResultSink(address, backoff_base_s=0.01, backoff_cap_s=0.02, on_retry=retries)
+        with pytest.raises(ResultRefused, match="RESOURCE_EXHAUSTED") as caught:
+            sink.send(a_result("job-1", output="x" * 300_000))
+        sink.send(a_result("job-2", output="x" * 1000))
+        sink.close()
+    assert "larger than max" in caught.value.details
+    assert retries.calls == []
+
+
 def test_killing_a_waiting_send_stops_it(sink: GrpcResultSink, retries: RetryLog) -> None:
     sender = gevent.spawn(sink.send, a_result("job-1"))
     gevent.sleep(0.3)
@@ -276,8 +366,11 @@ def test_a_result_above_the_message_limit_is_refused_without_a_call(
 ) -> None:
     sink = GrpcResultSink(core.address, max_message_bytes=1024, on_retry=retries)
 
-    with pytest.raises(ResultNotDelivered, match=r"job 'job-1' is \d+ bytes .* 1024-byte"):
+    with pytest.raises(ResultTooLarge, match=r"job 'job-1' is \d+ bytes .* 1024-byte") as caught:
         sink.send(a_result("job-1", output="x" * 2000))
+
+    assert caught.value.size > 2000
+    assert caught.value.limit == 1024
 
     assert retries.calls == []
     sink.close()
@@ -303,7 +396,7 @@ import json, socket, sys
 from adapters.grpc.runtime import init_grpc_for_gevent
 init_grpc_for_gevent(concurrent_calls=100)
 import gevent
-from adapters.grpc.sink import GrpcResultSink
+from adapters.grpc.sink import GrpcResultSink, RetryNotice
 from domain.errors import ResultNotDelivered
 from domain.model import JobResult, JobStatus
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 
 from adapters.codec import task_from_job
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
@@ -68,6 +68,12 @@ def admin_client(servers: str) -> Iterator[KafkaAdminClient]:
         yield admin
     finally:
         admin.close()
+
+
+def set_topic_config(servers: str, topic: str, name: str, value: str) -> None:
+    """Change one config of ``topic`` (e.g. ``max.message.bytes``) on the broker."""
+    with admin_client(servers) as admin:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {name: value})])
 
 
 def unique_name(prefix: str) -> str:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import gevent
 import pytest
 
-from adapters.memory import InMemoryJobSource, InMemoryResultSink
+from adapters.memory import InMemoryJobSource, InMemoryRefusedResultStore, InMemoryResultSink
 from application.engine import EngineConfig, WorkerEngine
 from application.registry import ExecutorRegistry
+from application.result_delivery import RefusalPolicy
 from application.retry import RetryPolicy
 from domain.errors import InvalidPayload, JobFailed, RetryableJobError, SourceFailed
 from domain.model import Job, JobResult, JobStatus
@@ -47,6 +50,11 @@ class Raises:
 
     def execute(self, job: Job) -> str:
         raise self.error
+
+
+class Echo:
+    def execute(self, job: Job) -> str:
+        return job.payload
 
 
 class RecordingObserver:
@@ -95,11 +103,13 @@ def run_to_end(
     jobs: list[Job],
     registry: ExecutorRegistry,
     sink: InMemoryResultSink | None = None,
+    store: InMemoryRefusedResultStore | None = None,
     **cfg: object,
 ) -> tuple[InMemoryJobSource, InMemoryResultSink, WorkerEngine]:
     source = InMemoryJobSource(jobs)
     sink = sink or InMemoryResultSink()
-    engine = WorkerEngine(source, sink, registry, config(**cfg))
+    cfg.setdefault("refusals", fast_refusals())
+    engine = WorkerEngine(source, sink, registry, config(**cfg), (), store)
     engine.start()
     assert engine.wait_until_drained(timeout=5), "engine did not drain"
     engine.stop(timeout=1)
@@ -228,20 +238,128 @@ def test_nothing_is_acked_before_the_sink_accepted_it() -> None:
     assert sorted(source.acked_ids) == ["j0", "j1", "j2"]
 
 
-def test_a_refused_result_is_tried_again_and_acked_only_once_accepted() -> None:
+def fast_refusals(**overrides: object) -> RefusalPolicy:
+    values: dict[str, object] = {"attempts": 3, "retry_base_s": 0.005, "retry_max_s": 0.01}
+    values.update(overrides)
+    return RefusalPolicy(**values)  # type: ignore[arg-type]
+
+
+def test_a_result_refused_for_good_is_dead_lettered_and_its_job_acked() -> None:
     sink = InMemoryResultSink(refuse=frozenset({"j1"}))
+    store = InMemoryRefusedResultStore()
+    source, _, engine = run_to_end(
+        sleep_jobs(3), ExecutorRegistry({"SLEEP": SleepFor()}), sink, store=store
+    )
+    assert sorted(source.acked_ids) == ["j0", "j1", "j2"]
+    assert sink.offers["j1"] == 3, "offered RefusalPolicy.attempts times, then dead-lettered"
+    [(job, result, refusal)] = store.stored
+    assert (job.id, result.job_id, result.status) == ("j1", "j1", JobStatus.SUCCEEDED)
+    assert (refusal.code, refusal.details) == ("REFUSED", "test refusal")
+    assert engine.results_refused == 3
+    assert engine.results_dead_lettered == 1
+    assert [r.job_id for r in sink.results] == ["j0", "j2"]
+
+
+def test_refused_results_never_hold_a_sender_from_the_others() -> None:
+    # One sender, five results refused with long pauses between offers: every other
+    # result still goes through while they wait.
+    refused = frozenset(f"j{i}" for i in range(5))
+    sink = InMemoryResultSink(refuse=refused)
+    store = InMemoryRefusedResultStore()
+    source = InMemoryJobSource(sleep_jobs(60))
+    policy = fast_refusals(retry_base_s=10, retry_max_s=10)
+    # Room for the five to wait: at most results_queue_size results are parked at once.
+    cfg = config(result_senders=1, results_queue_size=8, refusals=policy)
+    engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), cfg, (), store)
+    engine.start()
+    assert source.wait_for_acks(55, timeout_s=3), f"only {len(source.acked)} acked"
+    assert {r.job_id for r in sink.results} == {f"j{i}" for i in range(5, 60)}
+    assert engine.results_waiting_to_retry == 5
+    assert store.stored == [], "still waiting for their next offer"
+    report = engine.stop(timeout=2)
+    # Stopping stores them at once rather than waiting out their pauses.
+    assert sorted(store.job_ids) == sorted(refused)
+    assert sorted(source.acked_ids) == sorted(f"j{i}" for i in range(60))
+    assert report.clean
+
+
+def test_the_hold_policy_offers_a_refused_result_until_it_is_accepted() -> None:
+    sink = InMemoryResultSink(refuse=frozenset({"j1"}))
+    store = InMemoryRefusedResultStore()
     source = InMemoryJobSource(sleep_jobs(3))
-    cfg = config(redeliver_base_s=0.005, redeliver_max_s=0.01)
-    engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), cfg)
+    cfg = config(result_senders=1, refusals=fast_refusals(dead_letter=False))
+    engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), cfg, (), store)
     engine.start()
     assert source.wait_for_acks(2)
-    gevent.sleep(0.05)
+    gevent.sleep(0.1)
     assert sorted(source.acked_ids) == ["j0", "j2"], "j1 is not acked while refused"
-    assert engine.results_refused >= 3, "the refused result keeps being offered"
+    assert engine.results_refused >= 5, "the refused result keeps being offered"
     sink.refuse = frozenset()
     assert engine.wait_until_drained(2)
     assert sorted(source.acked_ids) == ["j0", "j1", "j2"]
+    assert store.stored == []
     assert engine.stop(1).clean
+
+
+def test_a_held_result_is_abandoned_at_stop_and_its_job_not_acked() -> None:
+    sink = InMemoryResultSink(refuse=frozenset({"j1"}))
+    source = InMemoryJobSource(sleep_jobs(3), finite=False)
+    cfg = config(refusals=fast_refusals(dead_letter=False, retry_base_s=30, retry_max_s=30))
+    engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), cfg)
+    engine.start()
+    assert source.wait_for_acks(2)
+    started = time.monotonic()
+    report = engine.stop(timeout=5)
+    assert time.monotonic() - started < 2, "stop does not wait out a 30 s pause"
+    assert sorted(source.acked_ids) == ["j0", "j2"]
+    assert report.results_not_delivered == 1
+
+
+def test_a_store_that_refuses_writes_leaves_the_job_not_acked_until_it_works() -> None:
+    sink = InMemoryResultSink(refuse=frozenset({"j1"}))
+    store = InMemoryRefusedResultStore()
+    store.failing = True
+    source = InMemoryJobSource(sleep_jobs(3))
+    cfg = config(refusals=fast_refusals(attempts=1))
+    engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), cfg, (), store)
+    engine.start()
+    assert source.wait_for_acks(2)
+    gevent.sleep(0.05)
+    assert sorted(source.acked_ids) == ["j0", "j2"]
+    store.failing = False
+    assert engine.wait_until_drained(2)
+    assert store.job_ids == ["j1"]
+    assert sorted(source.acked_ids) == ["j0", "j1", "j2"]
+
+
+def test_other_sink_failures_are_retried_off_the_sender_and_never_dead_lettered() -> None:
+    sink = InMemoryResultSink(fail=frozenset({"j0"}))
+    store = InMemoryRefusedResultStore()
+    source = InMemoryJobSource(sleep_jobs(10))
+    cfg = config(result_senders=1, refusals=fast_refusals(attempts=1))
+    engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), cfg, (), store)
+    engine.start()
+    assert source.wait_for_acks(9)
+    gevent.sleep(0.05)
+    assert "j0" not in source.acked_ids
+    assert sink.offers["j0"] >= 3
+    sink.fail = frozenset()
+    assert engine.wait_until_drained(2)
+    assert store.stored == []
+    assert engine.results_refused == 0
+
+
+def test_a_result_too_large_for_the_sink_is_sent_as_failed_with_a_short_reason() -> None:
+    sink = InMemoryResultSink(max_output_chars=10)
+    jobs = [Job(id="big", type="ECHO", payload="x" * 100), Job(id="small", type="ECHO")]
+    source, sink, _ = run_to_end(jobs, ExecutorRegistry({"ECHO": Echo()}), sink)
+    by_id = sink.by_id()
+    assert by_id["big"].status is JobStatus.FAILED
+    assert by_id["big"].output == ""
+    assert "100 bytes is above the 10-byte limit" in by_id["big"].error
+    assert "had ended SUCCEEDED" in by_id["big"].error
+    assert by_id["small"].status is JobStatus.SUCCEEDED
+    assert sorted(source.acked_ids) == ["big", "small"]
 
 
 def test_queues_stay_bounded_under_a_stalled_sink() -> None:
@@ -463,3 +581,15 @@ def test_the_source_is_kept_alive_while_stop_drains_the_pool() -> None:
     during_drain = source.fetch_sizes[asked_before_stop:]
     assert len(during_drain) >= 3, "polled (for nothing) while the job finished"
     assert set(during_drain) == {0}, "and never asked for new jobs"
+
+
+def test_refused_results_waiting_at_once_are_bounded_by_the_results_queue() -> None:
+    sink = InMemoryResultSink(refuse=frozenset(f"j{i}" for i in range(10)))
+    source = InMemoryJobSource(sleep_jobs(10), finite=False)
+    policy = fast_refusals(dead_letter=False, retry_base_s=30, retry_max_s=30)
+    cfg = config(result_senders=1, results_queue_size=2, refusals=policy)
+    engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), cfg)
+    engine.start()
+    gevent.sleep(0.1)
+    assert engine.results_waiting_to_retry == 2, "the rest wait in the bounded queues"
+    assert engine.stop(timeout=2).results_not_delivered >= 3
