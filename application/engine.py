@@ -22,6 +22,7 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.queue import Queue
 
+from application.job_limits import DEFAULT_LIMITS, JobLimits
 from application.observers import ObserverGroup
 from application.registry import ExecutorRegistry
 from application.result_delivery import RefusalPolicy, ResultCourier
@@ -53,6 +54,8 @@ class EngineConfig:
     max_output_bytes: int = 1_048_576
     # What happens to a result the sink refuses for good (see ResultCourier).
     refusals: RefusalPolicy = field(default_factory=RefusalPolicy)
+    # The largest job that is run; bigger ones end REJECTED before any executor sees them.
+    limits: JobLimits = DEFAULT_LIMITS
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
@@ -107,6 +110,7 @@ class WorkerEngine:
             max_output_bytes=self._config.max_output_bytes,
             retry=self._config.retry,
             observer=self._observer,
+            limits=self._config.limits,
         )
         self._jobs: Queue[Job] = Queue(self._config.jobs_queue_size)
         self._results: Queue[tuple[Job, JobResult]] = Queue(self._config.results_queue_size)

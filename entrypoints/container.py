@@ -31,6 +31,7 @@ from adapters.kafka.settings import KafkaClientSettings
 from adapters.kafka.source import KafkaJobSource
 from adapters.observability.metrics import PrometheusJobObserver, ResultSendRetries
 from application.engine import EngineConfig, WorkerEngine
+from application.job_limits import JobLimits
 from application.registry import ExecutorRegistry
 from application.result_delivery import RefusalPolicy
 from application.retry import RetryPolicy
@@ -247,6 +248,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_job_timeout_s=settings.get("MAX_JOB_TIMEOUT"),
         max_output_bytes=settings.get("MAX_OUTPUT_BYTES"),
         refusals=refusal_policy(settings),
+        limits=JobLimits(max_payload_bytes=settings.get("MAX_PAYLOAD_BYTES")),
         retry=RetryPolicy(
             max_attempts=settings.get("RETRY_MAX_ATTEMPTS"),
             backoff_base_s=settings.get("RETRY_BACKOFF_BASE"),

@@ -208,3 +208,38 @@ def test_demo_reports_every_example_job_to_core(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "demo: all 17 jobs reached Core" in done.stdout
     assert "duplicates         0" in done.stdout
+
+
+def test_max_payload_bytes_rejects_larger_payloads_and_metrics_port_is_checked(
+    tmp_path: Path,
+) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    big = {"ms": 1, "output": "x" * 500}
+    jobs.write_text(
+        json.dumps({"id": "big", "type": "SLEEP", "payload": big})
+        + "\n"
+        + json.dumps({"id": "small", "type": "SLEEP", "payload": {"ms": 1}})
+        + "\n"
+    )
+    results = tmp_path / "results.jsonl"
+    env = worker_env(MAX_PAYLOAD_BYTES="200")
+    done = jobworker("run", "--jobs", str(jobs), "--results", str(results), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    by_id = {r["job_id"]: r for r in map(json.loads, results.read_text().splitlines())}
+    assert by_id["big"]["status"] == "REJECTED"
+    assert "above the 200-byte limit" in by_id["big"]["error"]
+    assert by_id["small"]["status"] == "SUCCEEDED"
+
+    done = jobworker(
+        "run",
+        "--jobs",
+        str(jobs),
+        "--results",
+        str(results),
+        env=worker_env(METRICS_PORT="70000"),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "jobworker: configuration error: METRICS_PORT: '70000' is not a port: 0 (off) or 1-65535"
+    ]
