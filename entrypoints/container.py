@@ -63,6 +63,7 @@ def kafka_client_settings(settings: Settings) -> KafkaClientSettings:
         session_timeout_ms=int(settings.get("KAFKA_SESSION_TIMEOUT") * 1000),
         max_poll_records=settings.get("KAFKA_MAX_POLL_RECORDS"),
         max_poll_interval_ms=int(settings.get("KAFKA_MAX_POLL_INTERVAL") * 1000),
+        isolation_level=settings.get("KAFKA_ISOLATION_LEVEL"),
     )
 
 
@@ -77,6 +78,7 @@ def kafka_source(settings: Settings) -> Iterator[KafkaJobSource]:
             max_in_flight_per_partition=settings.get("KAFKA_MAX_IN_FLIGHT_PER_PARTITION"),
             commit_interval_s=settings.get("KAFKA_COMMIT_INTERVAL"),
             commit_every=settings.get("KAFKA_COMMIT_EVERY"),
+            unreadable_batches=settings.get("KAFKA_UNREADABLE_BATCHES"),
         )
     except KafkaError as error:
         brokers = ",".join(settings.get("KAFKA_BROKERS"))

@@ -83,8 +83,13 @@ def _kafka_counters(source: KafkaJobSource) -> dict[str, Reading]:
             lambda: source.counters["offset_commits"],
         ),
         "jobworker_dlq_records": (
-            "Poison messages written to the dead-letter topic.",
+            "Records written to the dead-letter topic: poison messages and unreadable batches.",
             lambda: source.counters["dlq_records"],
+        ),
+        "jobworker_unreadable_batches": (
+            "Record batches the consumer could not decode (dead-lettered and skipped,"
+            " or the reason the worker stopped).",
+            lambda: source.counters["unreadable_batches"],
         ),
     }
 

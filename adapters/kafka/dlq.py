@@ -1,4 +1,5 @@
-"""The dead-letter topic: where records go that carry no job to run or reject."""
+"""The dead-letter topic: where records go that carry no job to run or reject, and
+record batches the consumer cannot decode."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import structlog
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from adapters.kafka.quirks import UnreadableBatch
 from adapters.kafka.settings import KafkaClientSettings
 
 log = structlog.get_logger(__name__)
@@ -22,6 +24,12 @@ REASON_HEADER = "x-dlq-reason"
 # How long a send may wait for the dead-letter topic's metadata. It runs on the fetch
 # greenlet: a missing or forbidden topic must cost a second, not ten.
 MAX_BLOCK_MS = 1_000
+# Says what the value of a dead letter for an unreadable batch holds: the batch as the
+# broker sent it (Kafka's record-batch format, still compressed), or nothing.
+VALUE_FORMAT_HEADER = "x-dlq-value-format"
+# A batch larger than this goes without its bytes: with the headers it must stay under
+# the producer's max_request_size (1 MiB) and the topic's max.message.bytes (~1 MiB).
+MAX_BATCH_BYTES = 1_000_000
 
 
 def dead_letter_headers(record: Any, reason: str, worker_id: str) -> list[tuple[str, bytes]]:
@@ -39,8 +47,33 @@ def dead_letter_headers(record: Any, reason: str, worker_id: str) -> list[tuple[
     return [*(record.headers or ()), *ours]
 
 
+def unreadable_batch_message(
+    batch: UnreadableBatch, worker_id: str
+) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The value and headers of the dead letter for ``batch``.
+
+    The headers name the source topic, partition, first and last offset and the error;
+    the value is the raw batch when there is one and it fits (else empty, and
+    ``x-dlq-value-format`` says ``none``), so an operator can decode and replay it.
+    """
+    headers = [
+        (REASON_HEADER, batch.error.encode()),
+        ("x-dlq-source-topic", batch.topic.encode()),
+        ("x-dlq-source-partition", str(batch.partition).encode()),
+        ("x-dlq-source-offset", str(batch.first_offset).encode()),
+        ("x-dlq-source-last-offset", str(batch.last_offset).encode()),
+        ("x-dlq-worker", worker_id.encode()),
+    ]
+    raw = batch.raw
+    if raw is not None and len(raw) <= MAX_BATCH_BYTES:
+        return raw, [*headers, (VALUE_FORMAT_HEADER, b"record-batch")]
+    if raw is not None:
+        headers.append(("x-dlq-batch-bytes", str(len(raw)).encode()))
+    return b"", [*headers, (VALUE_FORMAT_HEADER, b"none")]
+
+
 class DeadLetterWriter:
-    """Copies poison records, byte for byte, to the dead-letter topic.
+    """Copies poison records, byte for byte, and unreadable batches to the dead-letter topic.
 
     The producer is made on the first poison record: most workers never need one.
     ``write`` blocks at most ``MAX_BLOCK_MS`` (for the topic's metadata), then returns;
@@ -79,7 +112,8 @@ class DeadLetterWriter:
         on_written: Callable[[], None],
         on_failed: Callable[[BaseException], None],
     ) -> None:
-        """Send ``record`` with its original key and value; raises KafkaError if it cannot."""
+        """Send ``record`` with its original key and value, or an ``UnreadableBatch`` as
+        ``unreadable_batch_message`` says; raises KafkaError if it cannot."""
         if self._producer is not None and self._producer in self._broken:
             self._retire(self._producer)
             self._producer = None
@@ -88,20 +122,29 @@ class DeadLetterWriter:
             self._producer = KafkaProducer(
                 **self._settings.producer_kwargs(), **extra, acks="all", max_block_ms=MAX_BLOCK_MS
             )
+        key, value, headers = self._message(record, reason)
+        producer = self._producer
+        try:
+            future = producer.send(self.topic, key=key, value=value, headers=headers)
+        except Exception as error:
+            self._note_failure(producer, error)
+            raise
+        future.add_callback(lambda _metadata: on_written())
+        future.add_errback(self._failed_with(producer, on_failed))
+
+    def _message(
+        self, record: Any, reason: str
+    ) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+        if isinstance(record, UnreadableBatch):
+            value, headers = unreadable_batch_message(record, self._worker_id)
+            return None, value, headers
         headers = dead_letter_headers(record, reason, self._worker_id)
         value = record.value
         if record.key is None and value is None:
             # A record needs a key or a value; say that the empty value stands for none.
             value = b""
             headers.append(("x-dlq-source-value-null", b"true"))
-        producer = self._producer
-        try:
-            future = producer.send(self.topic, key=record.key, value=value, headers=headers)
-        except Exception as error:
-            self._note_failure(producer, error)
-            raise
-        future.add_callback(lambda _metadata: on_written())
-        future.add_errback(self._failed_with(producer, on_failed))
+        return record.key, value, headers
 
     def flush(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for sent records to be acknowledged."""
@@ -148,7 +191,11 @@ class DeadLetterWriter:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A poison record, why it is poison, and the assignment it was read in."""
+    """A poison record, why it is poison, and the assignment it was read in.
+
+    ``record`` is a kafka-python ConsumerRecord, or an ``UnreadableBatch`` (``reason``
+    is then its error).
+    """
 
     record: Any
     reason: str

@@ -16,6 +16,7 @@ from domain.errors import ConfigurationError
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
 # kafka-python's default; a heartbeat every third of the session is the usual ratio.
 MAX_DERIVED_HEARTBEAT_MS = 3_000
 
@@ -48,7 +49,9 @@ class KafkaClientSettings:
     ``client_id`` KAFKA_CLIENT_ID, ``security_protocol`` KAFKA_SECURITY_PROTOCOL,
     ``sasl_*`` KAFKA_SASL_*, ``ssl_*`` KAFKA_SSL_*, ``session_timeout_ms``
     KAFKA_SESSION_TIMEOUT, ``max_poll_interval_ms`` KAFKA_MAX_POLL_INTERVAL (both are
-    durations there) and ``max_poll_records`` KAFKA_MAX_POLL_RECORDS. The one exception,
+    durations there), ``max_poll_records`` KAFKA_MAX_POLL_RECORDS and
+    ``isolation_level`` KAFKA_ISOLATION_LEVEL (``read_committed``: records of aborted or
+    still open transactions are never read). The one exception,
     ``heartbeat_interval_ms``, has no variable: left None it is a third of the session
     timeout, at most 3 s. The TLS files must be readable when the settings are made.
     """
@@ -66,6 +69,7 @@ class KafkaClientSettings:
     max_poll_records: int = 500
     max_poll_interval_ms: int = 300_000
     heartbeat_interval_ms: int | None = None
+    isolation_level: str = "read_committed"
 
     def __post_init__(self) -> None:
         servers = self.bootstrap_servers
@@ -79,6 +83,11 @@ class KafkaClientSettings:
         if self.security_protocol.startswith("SASL_"):
             self._check_sasl()
         self._check_tls_files()
+        if self.isolation_level not in ISOLATION_LEVELS:
+            raise ConfigurationError(
+                "KAFKA_ISOLATION_LEVEL",
+                f"{self.isolation_level!r} is not one of {', '.join(ISOLATION_LEVELS)}",
+            )
         for variable, value, unit in (
             ("KAFKA_SESSION_TIMEOUT", self.session_timeout_ms, " ms"),
             ("KAFKA_MAX_POLL_INTERVAL", self.max_poll_interval_ms, " ms"),
@@ -175,6 +184,7 @@ class KafkaClientSettings:
             "heartbeat_interval_ms": self.heartbeat_interval_ms,
             "max_poll_records": self.max_poll_records,
             "max_poll_interval_ms": self.max_poll_interval_ms,
+            "isolation_level": self.isolation_level,
             # Partitions added to the topic are noticed (and rebalanced onto the
             # group) within 30 s rather than kafka-python's 5 min.
             "metadata_max_age_ms": 30_000,

@@ -7,7 +7,9 @@ the bookkeeping under one lock that is never held across I/O.
 
 Errors from the consumer are retried, except those retrying cannot fix (authentication
 or authorization refused, group settings the broker rejects): ``fetch`` raises
-``SourceFailed`` for them, naming the setting to look at.
+``SourceFailed`` for them, naming the setting to look at. A record batch the consumer
+cannot decode (a codec it lacks, a CRC mismatch, corrupt bytes) is written to the
+dead-letter topic and skipped, or with ``unreadable_batches="fail"`` stops the source.
 """
 
 from __future__ import annotations
@@ -26,13 +28,18 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka import errors as kafka_errors
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
-from kafka.future import Future
 from kafka.structs import OffsetAndMetadata
 from kafka.util import ensure_valid_topic_name
 
 from adapters.codec import job_from_task
 from adapters.kafka.dlq import DeadLetter, DeadLetterOutbox, DeadLetterWriter
 from adapters.kafka.lag import PartitionOffsets
+from adapters.kafka.quirks import (
+    UnreadableBatch,
+    UnreadableBatchDetector,
+    release_parked_records,
+    resume_interrupted_join,
+)
 from adapters.kafka.settings import KafkaClientSettings
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from application.delivery import DeliveryTracker
@@ -42,6 +49,11 @@ from domain.model import Job
 log = structlog.get_logger(__name__)
 
 _PERIODIC_COMMIT_TIMEOUT_S = 2.0
+# A failed poll waits at least this long before the next: an error that recurs at once
+# must not turn the fetch loop into a spin, even when the engine asks for no wait.
+_POLL_RETRY_MIN_S = 0.1
+# What to do with a record batch the consumer cannot decode (KAFKA_UNREADABLE_BATCHES).
+UNREADABLE_BATCH_POLICIES = ("dead-letter", "fail")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +146,14 @@ class KafkaJobSource:
     Poison records go to the dead-letter topic in slices of at most
     ``dead_letter_budget_s`` per fetch; while that topic refuses them, retries wait
     ``dead_letter_retry_s``, doubling up to ``dead_letter_max_backoff_s``.
+
+    A record batch the consumer cannot decode is, with ``unreadable_batches``
+    "dead-letter", logged at ERROR, written to the dead-letter topic (its raw bytes and
+    where it came from) and skipped: the partition reads on at once, and its commit
+    passes the batch only once the dead letter is written. With "fail", it is logged at
+    ERROR too, the jobs read before it are still returned, and then every ``fetch``
+    raises ``SourceFailed`` naming the partition and offsets; nothing is committed past
+    the batch.
     """
 
     def __init__(
@@ -150,6 +170,7 @@ class KafkaJobSource:
         dead_letter_retry_s: float = 1.0,
         dead_letter_max_backoff_s: float = 30.0,
         dead_letter_budget_s: float = 1.0,
+        unreadable_batches: str = "dead-letter",
         close_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -162,6 +183,12 @@ class KafkaJobSource:
             raise ConfigurationError("KAFKA_DLQ_TOPIC", "must differ from KAFKA_TOPIC")
         if not group_id.strip():
             raise ConfigurationError("KAFKA_GROUP_ID", "must not be empty")
+        if unreadable_batches not in UNREADABLE_BATCH_POLICIES:
+            raise ConfigurationError(
+                "KAFKA_UNREADABLE_BATCHES",
+                f"{unreadable_batches!r} is not one of {', '.join(UNREADABLE_BATCH_POLICIES)}",
+            )
+        self._fail_on_unreadable = unreadable_batches == "fail"
         self.topic = topic
         self._group_id = group_id
         self._session_timeout_ms = settings.session_timeout_ms
@@ -180,9 +207,14 @@ class KafkaJobSource:
         self._start_offsets: dict[TopicPartition, int] = {}
         self._acks_since_commit = 0
         self._committed: dict[TopicPartition, int] = {}
-        self.counters = {"offset_commits": 0, "dlq_records": 0}
+        self.counters = {"offset_commits": 0, "dlq_records": 0, "unreadable_batches": 0}
         self._last_commit = clock()
         self._no_room = False
+        # With unreadable_batches="fail", why the source stopped: raised by every fetch
+        # from the first that returns no jobs (the jobs before the batch run first).
+        self._stopped_by: SourceFailed | None = None
+        # Partitions sought back in this fetch, to records before any unreadable batch.
+        self._read_again: set[TopicPartition] = set()
         self._closed = False
         self._consumer = KafkaConsumer(
             **settings.consumer_kwargs(),
@@ -190,6 +222,12 @@ class KafkaJobSource:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
+        self._unreadable = UnreadableBatchDetector(self._consumer)
+        if not self._unreadable.installed:
+            log.warning(
+                "this kafka-python version is not the one the unreadable-batch workaround"
+                " knows: a batch the consumer cannot decode may stall it"
+            )
         self._dead_letter_writer = DeadLetterWriter(
             settings, dlq_topic, worker_id, api_version=self._consumer.config["api_version"]
         )
@@ -209,7 +247,13 @@ class KafkaJobSource:
         if self._closed:
             gevent.sleep(timeout_s)
             return []
+        if self._stopped_by is not None:
+            # The engine goes on fetching while in-flight jobs drain: each repeat must
+            # wait like a poll would, or that loop spins and starves those jobs.
+            gevent.sleep(max(_POLL_RETRY_MIN_S, timeout_s))
+            raise self._stopped_by
         self._no_room = max_jobs <= 0
+        self._read_again.clear()
         if self._no_room:
             self._pause(self._owned())
             # Polling while everything is paused is what keeps us in the group.
@@ -218,6 +262,10 @@ class KafkaJobSource:
         else:
             self._pause_full_partitions()
             jobs = self._take(self._poll(timeout_s, max_records=max_jobs))
+        # After the records read before them are taken (or sought back to).
+        self._set_aside(self._unreadable.take())
+        if self._stopped_by is not None and not jobs:
+            raise self._stopped_by
         self._dead_letters.drain(self._still_owned)
         self._maybe_commit()
         gevent.sleep(0)
@@ -320,26 +368,80 @@ class KafkaJobSource:
     # -- polling ------------------------------------------------------------------------
 
     def _poll(self, timeout_s: float, max_records: int) -> dict[TopicPartition, list[Any]]:
-        _release_parked_records(self._consumer)
-        _resume_interrupted_join(self._consumer)
+        release_parked_records(self._consumer)
+        resume_interrupted_join(self._consumer)
         try:
             records: dict[TopicPartition, list[Any]] = self._consumer.poll(
                 timeout_ms=max(0, int(timeout_s * 1000)), max_records=max_records
             )
-        except KafkaError as error:
+        except Exception as error:
+            # Decoding errors are not all KafkaErrors (a codec library's own, struct's).
+            # ``fetch`` sets the batch aside; the next poll reads on without waiting.
+            if self._unreadable.found():
+                return {}
+            if not isinstance(error, KafkaError):
+                raise
             reason = fatal_error_message(
                 error, self.topic, self._group_id, self._session_timeout_ms
             )
             if reason is not None:
                 raise SourceFailed(reason) from error
             log.warning("kafka poll failed", error=str(error), error_type=type(error).__name__)
-            gevent.sleep(min(timeout_s, 1.0))
+            gevent.sleep(max(_POLL_RETRY_MIN_S, min(timeout_s, 1.0)))
             return {}
         with self._lock:
             for tp, batch in records.items():
                 if batch and tp in self._epochs:
                     self._start_offsets.setdefault(tp, batch[0].offset)
         return records
+
+    def _set_aside(self, batches: Sequence[UnreadableBatch]) -> None:
+        """Dead-letter and skip the batches the consumer could not decode, or stop.
+
+        Batches of partitions no longer owned are left to the next owner; those of
+        partitions sought back to records before them are met again when read up to.
+        """
+        for batch in batches:
+            tp = TopicPartition(batch.topic, batch.partition)
+            with self._lock:
+                epoch = self._epochs.get(tp) if tp not in self._held else None
+                if epoch is None or tp in self._read_again:
+                    continue
+                self.counters["unreadable_batches"] += 1
+            if self._fail_on_unreadable:
+                self._stop_at(batch)
+            else:
+                self._skip(tp, batch, epoch)
+
+    def _stop_at(self, batch: UnreadableBatch) -> None:
+        log.error(
+            "unreadable record batch: stopping (KAFKA_UNREADABLE_BATCHES=fail)",
+            **_where(batch),
+            error=batch.error,
+        )
+        self._stopped_by = self._stopped_by or SourceFailed(
+            f"cannot read the record batch at {batch.topic}[{batch.partition}] offsets"
+            f" {batch.first_offset}-{batch.last_offset}: {batch.error} — the worker stops"
+            " with nothing committed past it (KAFKA_UNREADABLE_BATCHES=fail; dead-letter"
+            " sets such batches aside)"
+        )
+
+    def _skip(self, tp: TopicPartition, batch: UnreadableBatch, epoch: int) -> None:
+        log.error(
+            "unreadable record batch: writing it to the dead-letter topic and skipping it",
+            **_where(batch),
+            error=batch.error,
+            batch_bytes=None if batch.raw is None else len(batch.raw),
+            dead_letter_topic=self._dead_letter_writer.topic,
+        )
+        with self._lock:
+            # Both ends pending: the commit stays before the batch until its dead letter
+            # is written, then moves past its last offset.
+            self._tracker.started(tp, batch.first_offset)
+            self._tracker.started(tp, batch.last_offset)
+            self._start_offsets.setdefault(tp, batch.first_offset)
+        self._dead_letters.put(DeadLetter(batch, batch.error, epoch))
+        self._seek(tp, batch.last_offset + 1)
 
     def _take(self, batches: dict[TopicPartition, list[Any]]) -> list[Job]:
         jobs = []
@@ -352,6 +454,7 @@ class KafkaJobSource:
             if len(taken) < len(records):
                 # Over the window: read these again once the partition has drained.
                 self._seek(tp, records[len(taken)].offset)
+                self._read_again.add(tp)
             for record in taken:
                 job = self._job_or_dead_letter(record, epoch or 0)
                 if job is not None:
@@ -398,6 +501,7 @@ class KafkaJobSource:
         for tp, records in batches.items():
             if records:
                 self._seek(tp, records[0].offset)
+                self._read_again.add(tp)
 
     def _seek(self, tp: TopicPartition, offset: int) -> None:
         try:
@@ -540,7 +644,11 @@ class KafkaJobSource:
         with self._lock:
             self.counters["dlq_records"] += 1
         tp = TopicPartition(letter.record.topic, letter.record.partition)
-        self._mark_done(tp, letter.record.offset, letter.epoch)
+        if isinstance(letter.record, UnreadableBatch):
+            self._mark_done(tp, letter.record.first_offset, letter.epoch)
+            self._mark_done(tp, letter.record.last_offset, letter.epoch)
+        else:
+            self._mark_done(tp, letter.record.offset, letter.epoch)
 
     def _still_owned(self, letter: DeadLetter) -> bool:
         tp = TopicPartition(letter.record.topic, letter.record.partition)
@@ -582,81 +690,20 @@ def partition_lag(
     return max(0, end - position)
 
 
-def _resume_interrupted_join(consumer: KafkaConsumer) -> None:
-    """Work around two kafka-python 3.0 coordinator bugs around a join a poll gave up on.
-
-    When a poll's timeout ends mid-join, the join goes on as a task for the next poll
-    to await. Two things then go wrong:
-
-    - A rebalance started by a metadata change (a topic's partitions appear or grow)
-      is not flagged ``rejoin_needed``: the coordinator rejoins because its assignment
-      snapshot differs from the metadata, and the leader's assignment makes them equal
-      again. The next poll sees nothing to rejoin and never applies the assignment:
-      the member owns nothing and stops heartbeating until the group expels it.
-    - A join that finished between polls is thrown away and a new one started: a new
-      rebalance for the whole group. Members that do not poll all the time (two in one
-      thread, a busy worker) can then make each other rejoin for ever.
-
-    So while a join task is held, the rejoin is flagged, and a finished one is handed
-    back as pending, which makes the next poll take its result. Does nothing if the
-    internals differ.
-    """
-    coordinator: Any = getattr(consumer, "_coordinator", None)
-    task = getattr(coordinator, "_join_task", None)
-    if task is None:
-        return
-    if isinstance(task, Future) and task.succeeded():
-        coordinator._join_task = _FinishedJoin(task)
-    if getattr(coordinator, "rejoin_needed", True) is False:
-        coordinator.request_rejoin()
-
-
-class _FinishedJoin(Future):  # type: ignore[misc]
-    """A join task that succeeded while no poll awaited it, made to look pending.
-
-    kafka-python starts a new join when its task is done; awaiting this one instead
-    gives the finished task's result at once.
-    """
-
-    __slots__ = ("_finished",)
-
-    def __init__(self, finished: Future) -> None:
-        super().__init__()
-        self._finished = finished
-
-    def add_callback(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> _FinishedJoin:
-        self._finished.add_callback(f, *args, **kwargs)
-        return self
-
-    def add_errback(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> _FinishedJoin:
-        self._finished.add_errback(f, *args, **kwargs)
-        return self
-
-    def __await__(self) -> Any:
-        return self._finished.__await__()
-
-
-def _release_parked_records(consumer: KafkaConsumer) -> None:
-    """Work around a kafka-python 3.0 fetcher bug that stalls a resumed partition for good.
-
-    Records buffered for a partition when it is paused are parked; the fetcher restores
-    them only when its current-records slot is None, and never fetches the partition
-    while they are parked. But a slot whose records were all returned stays set (empty,
-    falsy) until another partition is paused, so with two or more partitions a
-    partition paused for a full window may never be read again. An empty slot holds
-    nothing, so emptying it changes nothing else. Does nothing if the internals differ.
-    """
-    fetcher: Any = getattr(consumer, "_fetcher", None)
-    current = getattr(fetcher, "_next_partition_records", None)
-    if current is not None and not current:
-        fetcher._next_partition_records = None
-
-
 def _check_topic(variable: str, topic: str) -> None:
     try:
         ensure_valid_topic_name(topic)
     except (TypeError, ValueError) as error:
         raise ConfigurationError(variable, str(error)) from None
+
+
+def _where(batch: UnreadableBatch) -> dict[str, Any]:
+    return {
+        "topic": batch.topic,
+        "partition": batch.partition,
+        "first_offset": batch.first_offset,
+        "last_offset": batch.last_offset,
+    }
 
 
 def _printable(partitions: Iterable[Any]) -> list[str]:

@@ -157,6 +157,38 @@ def produce(
         producer.close()
 
 
+def produce_batch(
+    servers: str,
+    topic: str,
+    job_ids: Iterable[str],
+    partition: int = 0,
+    compression_type: str | None = None,
+) -> list[int]:
+    """Write 1 ms SLEEP jobs (key = id) to ``partition`` as one record batch, compressed
+    with ``compression_type``; return their offsets once all are acknowledged.
+
+    One batch: the producer lingers a second, far longer than the sends take, and the
+    jobs are far smaller than its batch size. Fails if the batch went uncompressed, as
+    kafka-python sends one that compressing would not make smaller (a few tiny jobs).
+    """
+    producer = KafkaProducer(
+        bootstrap_servers=servers, acks="all", compression_type=compression_type, linger_ms=1000
+    )
+    try:
+        futures = [
+            producer.send(topic, key=job_id.encode(), value=task_bytes(job_id), partition=partition)
+            for job_id in job_ids
+        ]
+        producer.flush(timeout=60)
+        offsets = [future.get(timeout=0).offset for future in futures]
+        if compression_type is not None:
+            rate = producer.metrics()["producer-metrics"]["compression-rate-avg"]
+            assert rate < 1, f"the {compression_type} batch was sent uncompressed: add jobs"
+        return offsets
+    finally:
+        producer.close()
+
+
 def committed_offsets(servers: str, group_id: str, topic: str) -> dict[int, int]:
     """The group's committed offset per partition of ``topic`` (partitions without one left out)."""
     with admin_client(servers) as admin:

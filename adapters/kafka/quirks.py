@@ -1,0 +1,237 @@
+"""Workarounds for kafka-python 3.0 bugs, all in one place.
+
+Each one reaches into kafka-python's internals, says which bug it works around, and
+does nothing when those internals are not there (another version): the contract tests
+then show whether the bug is back.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.future import Future
+
+
+def release_parked_records(consumer: KafkaConsumer) -> None:
+    """Work around a kafka-python 3.0 fetcher bug that stalls a resumed partition for good.
+
+    Records buffered for a partition when it is paused are parked; the fetcher restores
+    them only when its current-records slot is None, and never fetches the partition
+    while they are parked. But a slot whose records were all returned stays set (empty,
+    falsy) until another partition is paused, so with two or more partitions a
+    partition paused for a full window may never be read again. An empty slot holds
+    nothing, so emptying it changes nothing else. Does nothing if the internals differ.
+    """
+    fetcher: Any = getattr(consumer, "_fetcher", None)
+    current = getattr(fetcher, "_next_partition_records", None)
+    if current is not None and not current:
+        fetcher._next_partition_records = None
+
+
+def resume_interrupted_join(consumer: KafkaConsumer) -> None:
+    """Work around two kafka-python 3.0 coordinator bugs around a join a poll gave up on.
+
+    When a poll's timeout ends mid-join, the join goes on as a task for the next poll
+    to await. Two things then go wrong:
+
+    - A rebalance started by a metadata change (a topic's partitions appear or grow)
+      is not flagged ``rejoin_needed``: the coordinator rejoins because its assignment
+      snapshot differs from the metadata, and the leader's assignment makes them equal
+      again. The next poll sees nothing to rejoin and never applies the assignment:
+      the member owns nothing and stops heartbeating until the group expels it.
+    - A join that finished between polls is thrown away and a new one started: a new
+      rebalance for the whole group. Members that do not poll all the time (two in one
+      thread, a busy worker) can then make each other rejoin for ever.
+
+    So while a join task is held, the rejoin is flagged, and a finished one is handed
+    back as pending, which makes the next poll take its result. Does nothing if the
+    internals differ.
+    """
+    coordinator: Any = getattr(consumer, "_coordinator", None)
+    task = getattr(coordinator, "_join_task", None)
+    if task is None:
+        return
+    if isinstance(task, Future) and task.succeeded():
+        coordinator._join_task = _FinishedJoin(task)
+    if getattr(coordinator, "rejoin_needed", True) is False:
+        coordinator.request_rejoin()
+
+
+class _FinishedJoin(Future):  # type: ignore[misc]
+    """A join task that succeeded while no poll awaited it, made to look pending.
+
+    kafka-python starts a new join when its task is done; awaiting this one instead
+    gives the finished task's result at once.
+    """
+
+    __slots__ = ("_finished",)
+
+    def __init__(self, finished: Future) -> None:
+        super().__init__()
+        self._finished = finished
+
+    def add_callback(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> _FinishedJoin:
+        self._finished.add_callback(f, *args, **kwargs)
+        return self
+
+    def add_errback(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> _FinishedJoin:
+        self._finished.add_errback(f, *args, **kwargs)
+        return self
+
+    def __await__(self) -> Any:
+        return self._finished.__await__()
+
+
+# -- record batches the consumer cannot decode ------------------------------------------
+
+_Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableBatch:
+    """A record batch the consumer cannot decode, and where it lies in its partition.
+
+    ``first_offset`` to ``last_offset`` is what a consumer skips to move on: the batch
+    from its first record not yet returned. ``raw`` is the batch exactly as the broker
+    sent it (Kafka's record-batch format, still compressed), or None when kafka-python
+    did not keep it or the batch was cut off.
+    """
+
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    error: str
+    raw: bytes | None
+
+
+class UnreadableBatchDetector:
+    """Works around a kafka-python 3.0 fetcher bug that spins for ever on an undecodable batch.
+
+    When decoding a batch raises (a codec library missing, a CRC mismatch, a corrupt
+    record), the partition's record generator dies with the error, but the fetcher
+    keeps it as its current records (``Fetcher._next_partition_records``, still truthy:
+    it is drained only when the generator ends normally). The error reaches ``poll``
+    once; from then on every ``fetched_records`` takes nothing from the dead generator
+    and goes round its ``while records_remaining > 0`` loop for ever, never returning,
+    never yielding to the gevent hub.
+
+    Installed on one consumer, this wraps each partition's record iterator as the
+    fetcher parses a fetch response. When decoding fails it notes the batch (offsets,
+    raw bytes, error) for ``take``, drains those records so the fetcher moves on to
+    other partitions' responses, and lets the error go on to ``poll`` as before, which
+    makes ``poll`` return at once. The consumer's position stays at the batch: moving
+    past it or stopping is the caller's choice. ``installed`` is False, and nothing is
+    changed, if the internals differ.
+    """
+
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        self._lock = threading.Lock()
+        self._found: dict[TopicPartition, UnreadableBatch] = {}
+        fetcher: Any = getattr(consumer, "_fetcher", None)
+        parse = getattr(fetcher, "_parse_fetched_data", None)
+        self.installed = False
+        if callable(parse) and hasattr(fetcher, "_next_partition_records"):
+            fetcher._parse_fetched_data = self._parsing_with(parse)
+            self.installed = True
+
+    def found(self) -> bool:
+        """Whether batches were found since the last ``take``."""
+        with self._lock:
+            return bool(self._found)
+
+    def take(self) -> list[UnreadableBatch]:
+        """The batches found since the last call, at most one per partition (the latest)."""
+        with self._lock:
+            found, self._found = list(self._found.values()), {}
+        return found
+
+    def _parsing_with(self, parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def parse_guarded(completed_fetch: Any) -> Any:
+            raw = _fetched_bytes(completed_fetch)
+            try:
+                parsed = parse(completed_fetch)
+            except Exception as error:
+                # The broker said the data is fine (no error code): reading it failed.
+                if raw and getattr(completed_fetch.partition_data, "error_code", None) == 0:
+                    tp = completed_fetch.topic_partition
+                    self._note(tp, completed_fetch.fetched_offset, raw, error)
+                raise
+            iterator = getattr(parsed, "record_iterator", None)
+            if iterator is not None:
+                parsed.record_iterator = self._guarded(iterator, parsed, raw)
+            return parsed
+
+        return parse_guarded
+
+    def _guarded(self, records: Iterator[Any], parsed: Any, raw: _Buffer | None) -> Iterator[Any]:
+        try:
+            yield from records
+        except Exception as error:
+            self._note(parsed.topic_partition, parsed.next_fetch_offset, raw, error)
+            # Emptied, the slot no longer holds the fetcher: it takes the next response.
+            parsed.drain()
+            raise
+
+    def _note(
+        self,
+        tp: TopicPartition,
+        offset: int,
+        raw: _Buffer | None,
+        error: Exception,
+    ) -> None:
+        first, last, batch = offset, offset, None
+        located = _batch_holding(raw, offset) if raw else None
+        if located is not None:
+            base, last, batch = located
+            first = max(offset, base)
+        name, text = type(error).__name__, str(error)
+        # kafka-python's errors name themselves; others do not.
+        reason = text if name in text else f"{name}: {text}"
+        found = UnreadableBatch(tp.topic, tp.partition, first, last, reason, batch)
+        with self._lock:
+            self._found[tp] = found
+
+
+def _fetched_bytes(completed_fetch: Any) -> _Buffer | None:
+    # The response's own buffer, not a copy: this runs for every fetch response.
+    records = getattr(getattr(completed_fetch, "partition_data", None), "records", None)
+    return records if isinstance(records, bytes | bytearray | memoryview) else None
+
+
+# Kafka's log format, the same framing for every message format version: each entry
+# starts with its offset (int64; the base offset from v2 on) and its length (int32).
+# From v2 on the magic byte is at 16 and the last offset delta (int32) at 23.
+_ENTRY_HEADER = struct.Struct(">qi")
+_MAGIC_AT = 16
+_LAST_OFFSET_DELTA = struct.Struct(">i")
+_LAST_OFFSET_DELTA_AT = 23
+
+
+def _batch_holding(raw: _Buffer, offset: int) -> tuple[int, int, bytes] | None:
+    """The first whole batch in ``raw`` that ends at or after ``offset``: (base, last, bytes).
+
+    None when there is none (the batch was cut off by the fetch size, or the framing is
+    corrupt). Reads only the batch headers: nothing is decompressed.
+    """
+    view = memoryview(raw)
+    pos = 0
+    while pos + _ENTRY_HEADER.size <= len(view):
+        base, length = _ENTRY_HEADER.unpack_from(view, pos)
+        end = pos + _ENTRY_HEADER.size + length
+        if length <= 0 or end > len(view):
+            return None
+        last = base  # v0/v1: an entry's offset is its last (a compressed wrapper's too)
+        has_delta = pos + _LAST_OFFSET_DELTA_AT + _LAST_OFFSET_DELTA.size <= end
+        if has_delta and view[pos + _MAGIC_AT] >= 2:
+            (delta,) = _LAST_OFFSET_DELTA.unpack_from(view, pos + _LAST_OFFSET_DELTA_AT)
+            last = base + delta
+        if last >= offset:
+            return base, last, bytes(view[pos:end])
+        pos = end
+    return None
