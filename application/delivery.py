@@ -81,6 +81,23 @@ class DeliveryTracker:
         position = ledger.next_after_started if lowest is None else lowest
         return position if position > ledger.committed else None
 
+    def skipped_to(self, partition: Hashable, offset: int, start: int) -> None:
+        """Record that the consumer moved on to ``offset`` past records it never handed out.
+
+        Transaction markers and aborted transactions' records take offsets but carry no
+        job: with nothing pending, the partition may commit up to ``offset``, so a
+        transactional topic's committed offset reaches its end. ``start`` is where the
+        consumer began reading, for a partition with no job started yet. Never moves
+        the partition back.
+        """
+        ledger = self._ledgers.get(partition)
+        if ledger is None:
+            if offset <= start:
+                return
+            ledger = _PartitionLedger(next_after_started=start, committed=start)
+            self._ledgers[partition] = ledger
+        ledger.next_after_started = max(ledger.next_after_started, offset)
+
     def mark_committed(self, partition: Hashable, offset: int) -> None:
         """Record that ``offset`` was committed for ``partition`` (ignored when unknown)."""
         ledger = self._ledgers.get(partition)

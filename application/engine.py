@@ -251,6 +251,8 @@ class WorkerEngine:
         except SourceFailed as fatal:
             self._intake_stopped.set()
             self._fail(fatal)
+            # The keep-alive loop goes on asking while jobs drain: never a spin.
+            gevent.sleep(min(1.0, self._config.fetch_timeout_s))
             return []
         except Exception:
             # A source's own errors (broker gone for a moment) must not end intake:

@@ -87,6 +87,20 @@ class _FinishedJoin(Future):  # type: ignore[misc]
         return self._finished.__await__()
 
 
+def fetch_position(consumer: KafkaConsumer, tp: TopicPartition) -> int | None:
+    """The consumer's next fetch offset for ``tp``, read without any request to the broker.
+
+    ``KafkaConsumer.position`` may block on offset look-ups; this only reads what the
+    consumer knows. It is past transaction markers and aborted records the consumer
+    skipped (``read_committed``). None when unknown or if the internals differ.
+    """
+    subscription: Any = getattr(consumer, "_subscription", None)
+    state = getattr(subscription, "assignment", {}).get(tp)
+    position = getattr(state, "position", None)
+    offset = getattr(position, "offset", None)
+    return offset if isinstance(offset, int) else None
+
+
 # -- record batches the consumer cannot decode ------------------------------------------
 
 _Buffer = bytes | bytearray | memoryview

@@ -37,6 +37,7 @@ from adapters.kafka.lag import PartitionOffsets
 from adapters.kafka.quirks import (
     UnreadableBatch,
     UnreadableBatchDetector,
+    fetch_position,
     release_parked_records,
     resume_interrupted_join,
 )
@@ -205,6 +206,8 @@ class KafkaJobSource:
         # The offset each partition was first read from in this assignment: lag's
         # baseline until this worker commits one.
         self._start_offsets: dict[TopicPartition, int] = {}
+        # The consumer's first known position in each partition of this assignment.
+        self._first_positions: dict[TopicPartition, int] = {}
         self._acks_since_commit = 0
         self._committed: dict[TopicPartition, int] = {}
         self.counters = {"offset_commits": 0, "dlq_records": 0, "unreadable_batches": 0}
@@ -264,6 +267,7 @@ class KafkaJobSource:
             jobs = self._take(self._poll(timeout_s, max_records=max_jobs))
         # After the records read before them are taken (or sought back to).
         self._set_aside(self._unreadable.take())
+        self._note_skipped_offsets()
         if self._stopped_by is not None and not jobs:
             raise self._stopped_by
         self._dead_letters.drain(self._still_owned)
@@ -370,6 +374,7 @@ class KafkaJobSource:
     def _poll(self, timeout_s: float, max_records: int) -> dict[TopicPartition, list[Any]]:
         release_parked_records(self._consumer)
         resume_interrupted_join(self._consumer)
+        self._note_first_positions()
         try:
             records: dict[TopicPartition, list[Any]] = self._consumer.poll(
                 timeout_ms=max(0, int(timeout_s * 1000)), max_records=max_records
@@ -394,6 +399,28 @@ class KafkaJobSource:
                 if batch and tp in self._epochs:
                     self._start_offsets.setdefault(tp, batch[0].offset)
         return records
+
+    def _note_first_positions(self) -> None:
+        # Before a poll: where each partition starts being read (its committed offset,
+        # or the reset), for one whose first records are all skipped (see below).
+        for tp in self._owned() - self._first_positions.keys():
+            position = fetch_position(self._consumer, tp)
+            if position is not None:
+                with self._lock:
+                    self._first_positions.setdefault(tp, position)
+
+    def _note_skipped_offsets(self) -> None:
+        # Every record a poll returned was taken or sought back to, so a position past
+        # the last taken offset is offsets the consumer skipped: transaction markers and
+        # aborted records. Without this, the commit of a transactional topic would stay
+        # before them, and its lag never reach 0.
+        for tp in self._owned():
+            position = fetch_position(self._consumer, tp)
+            if position is None:
+                continue
+            with self._lock:
+                start = self._first_positions.setdefault(tp, position)
+                self._tracker.skipped_to(tp, position, start)
 
     def _set_aside(self, batches: Sequence[UnreadableBatch]) -> None:
         """Dead-letter and skip the batches the consumer could not decode, or stop.
@@ -635,6 +662,7 @@ class KafkaJobSource:
             self._epochs.pop(tp, None)
             self._held.discard(tp)
             self._start_offsets.pop(tp, None)
+            self._first_positions.pop(tp, None)
             self._committed.pop(tp, None)
 
     # -- dead letters -------------------------------------------------------------------

@@ -21,6 +21,7 @@ from domain.errors import SourceFailed
 from domain.model import Job
 from tests.support.kafka import (
     committed_offsets,
+    end_offsets,
     produce_batch,
     read_all,
     task_bytes,
@@ -135,6 +136,42 @@ def test_jobs_of_aborted_transactions_are_never_read(
     assert not {job.id for job in jobs} & set(aborted)
     # 15 committed and aborted records, 3 transaction markers, 1 plain record.
     assert committed_offsets(kafka_servers, group_id, topic) == {0: 19}
+
+
+def test_offsets_are_committed_past_transaction_markers_and_aborted_records(
+    kafka_servers: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    source_factory: SourceFactory,
+) -> None:
+    # A partition that ends in an aborted transaction: the group's committed offset must
+    # still reach its end (lag 0), as a Java consumer's would.
+    topic = topic_factory(1)
+    producer = KafkaProducer(bootstrap_servers=kafka_servers, transactional_id=unique_name("tx"))
+    try:
+        producer.init_transactions()
+        for name, commit in (("kept", True), ("gone", False)):
+            producer.begin_transaction()
+            for job_id in ids(name, 5):
+                producer.send(topic, key=job_id.encode(), value=task_bytes(job_id), partition=0)
+            producer.flush(timeout=30)
+            if commit:
+                producer.commit_transaction()
+            else:
+                producer.abort_transaction()
+    finally:
+        producer.close()
+    ends = end_offsets(kafka_servers, topic)
+    assert ends == {0: 12}, "5 + 5 records and two transaction markers"
+    source = source_factory(topic, group_id, commit_interval_s=0)
+
+    jobs = fetch_until(source, set(ids("kept", 5)))
+    deadline = time.monotonic() + 20
+    while committed_offsets(kafka_servers, group_id, topic) != ends and time.monotonic() < deadline:
+        jobs += fetch_for(source, 0.5)
+
+    assert [job.id for job in jobs] == ids("kept", 5)
+    assert committed_offsets(kafka_servers, group_id, topic) == ends
 
 
 def test_read_uncommitted_reads_aborted_transactions_too(

@@ -235,3 +235,24 @@ def test_a_gap_in_offsets_counts_in_the_span() -> None:
     assert tracker.span(P0) == 7
     assert tracker.span(P1) == 0
     assert tracker.held(P1) == 0
+
+
+def test_offsets_the_consumer_skipped_move_the_commit_once_nothing_is_pending() -> None:
+    tracker = DeliveryTracker()
+    tracker.started("p", 0)
+    tracker.started("p", 1)
+    tracker.skipped_to("p", 5, start=0)  # a transaction marker and aborted records
+    assert tracker.committable("p") is None, "never past a pending job"
+    tracker.done("p", 0)
+    tracker.done("p", 1)
+    assert tracker.committable("p") == 5
+    tracker.skipped_to("p", 3, start=0)
+    assert tracker.committable("p") == 5, "never moves back"
+
+
+def test_skipped_offsets_of_a_partition_with_no_job_yet_start_where_reading_began() -> None:
+    tracker = DeliveryTracker()
+    tracker.skipped_to("p", 7, start=7)
+    assert tracker.committable("p") is None
+    tracker.skipped_to("p", 9, start=7)
+    assert tracker.committable("p") == 9
