@@ -93,14 +93,17 @@ def test_batches_in_every_codec_on_one_topic_are_all_read(
     assert committed_offsets(kafka_servers, group_id, topic) == {0: 200, 1: 200}
 
 
-def _transactions(servers: str, topic: str) -> tuple[list[str], list[str]]:
-    """One transaction committed, one aborted (after its records reached the log), one
-    committed; then a job outside any transaction. Returns (committed ids, aborted ids)."""
+def _in_transactions(
+    servers: str, topic: str, plan: list[tuple[str, bool]]
+) -> tuple[list[str], list[str]]:
+    """Per ``(name, commit)`` of ``plan``, a transaction of five jobs on partition 0,
+    committed or aborted (after its records reached the log). Returns (committed ids,
+    aborted ids)."""
     producer = KafkaProducer(bootstrap_servers=servers, transactional_id=unique_name("tx"))
     committed, aborted = [], []
     try:
         producer.init_transactions()
-        for name, commit in (("committed-a", True), ("aborted", False), ("committed-b", True)):
+        for name, commit in plan:
             producer.begin_transaction()
             batch = ids(name, 5)
             for job_id in batch:
@@ -114,6 +117,14 @@ def _transactions(servers: str, topic: str) -> tuple[list[str], list[str]]:
                 aborted += batch
     finally:
         producer.close()
+    return committed, aborted
+
+
+def _transactions(servers: str, topic: str) -> tuple[list[str], list[str]]:
+    """One transaction committed, one aborted, one committed; then a job outside any
+    transaction. Returns (committed ids, aborted ids)."""
+    plan = [("committed-a", True), ("aborted", False), ("committed-b", True)]
+    committed, aborted = _in_transactions(servers, topic, plan)
     produce_batch(servers, topic, ["plain-0"])
     return [*committed, "plain-0"], aborted
 
@@ -147,20 +158,7 @@ def test_offsets_are_committed_past_transaction_markers_and_aborted_records(
     # A partition that ends in an aborted transaction: the group's committed offset must
     # still reach its end (lag 0), as a Java consumer's would.
     topic = topic_factory(1)
-    producer = KafkaProducer(bootstrap_servers=kafka_servers, transactional_id=unique_name("tx"))
-    try:
-        producer.init_transactions()
-        for name, commit in (("kept", True), ("gone", False)):
-            producer.begin_transaction()
-            for job_id in ids(name, 5):
-                producer.send(topic, key=job_id.encode(), value=task_bytes(job_id), partition=0)
-            producer.flush(timeout=30)
-            if commit:
-                producer.commit_transaction()
-            else:
-                producer.abort_transaction()
-    finally:
-        producer.close()
+    _in_transactions(kafka_servers, topic, [("kept", True), ("gone", False)])
     ends = end_offsets(kafka_servers, topic)
     assert ends == {0: 12}, "5 + 5 records and two transaction markers"
     source = source_factory(topic, group_id, commit_interval_s=0)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
-from concurrent import futures
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,8 +15,7 @@ from adapters.codec import task_from_job
 from adapters.core.server import CoreServicer
 from adapters.core.store import ResultStore
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
-from tests.support.e2e import sleep_jobs, tally, worker_settings
+from tests.support.e2e import core_in_this_process, sleep_jobs, tally, worker_settings
 from tests.support.fixtures import StartWorker
 from tests.support.kafka import (
     committed_offsets,
@@ -51,16 +49,8 @@ class RefusingCoreServicer(CoreServicer):
 
 @contextmanager
 def refusing_core(db: Path, refused: frozenset[str]) -> Iterator[tuple[str, RefusingCoreServicer]]:
-    with ResultStore(db) as store:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        servicer = RefusingCoreServicer(store, refused)
-        pb_grpc.add_CoreServiceServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
-        try:
-            yield f"127.0.0.1:{port}", servicer
-        finally:
-            server.stop(grace=None).wait()
+    with core_in_this_process(db, lambda store: RefusingCoreServicer(store, refused)) as core:
+        yield core
 
 
 def test_results_refused_for_good_are_dead_lettered_and_every_partition_moves_on(

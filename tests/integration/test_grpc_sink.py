@@ -11,9 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import gevent
 import grpc
@@ -28,6 +26,7 @@ from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from application.retry import full_jitter_delay
 from domain.errors import ConfigurationError, ResultNotDelivered, ResultRefused, ResultTooLarge
 from domain.model import JobResult, JobStatus
+from tests.support.e2e import core_in_this_process
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.integration
@@ -258,28 +257,12 @@ class SheddingCoreServicer(CoreServicer):
         return super().ReportResult(request, context)
 
 
-@contextmanager
-def in_process_core(
-    tmp_path: Path, servicer_factory: Any = CoreServicer, **options: int
-) -> Iterator[tuple[str, Any]]:
-    with ResultStore(tmp_path / "core.db") as store:
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=4), options=list(options.items())
-        )
-        servicer = servicer_factory(store)
-        pb_grpc.add_CoreServiceServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
-        try:
-            yield f"127.0.0.1:{port}", servicer
-        finally:
-            server.stop(grace=None).wait()
-
-
 def test_resource_exhausted_now_and_then_is_load_and_retried(
     tmp_path: Path, retries: RetryLog
 ) -> None:
-    with in_process_core(tmp_path, lambda store: SheddingCoreServicer(store, shed=2)) as (
+    with core_in_this_process(
+        tmp_path / "core.db", lambda store: SheddingCoreServicer(store, shed=2)
+    ) as (
         address,
         servicer,
     ):
@@ -295,7 +278,9 @@ def test_resource_exhausted_now_and_then_is_load_and_retried(
 def test_resource_exhausted_again_and_again_for_one_result_is_a_refusal(
     tmp_path: Path, retries: RetryLog
 ) -> None:
-    with in_process_core(tmp_path, lambda store: SheddingCoreServicer(store, shed=100)) as (
+    with core_in_this_process(
+        tmp_path / "core.db", lambda store: SheddingCoreServicer(store, shed=100)
+    ) as (
         address,
         servicer,
     ):
@@ -313,7 +298,9 @@ def test_resource_exhausted_again_and_again_for_one_result_is_a_refusal(
 def test_a_result_above_cores_own_receive_limit_is_refused_at_once(
     tmp_path: Path, retries: RetryLog
 ) -> None:
-    with in_process_core(tmp_path, **{"grpc.max_receive_message_length": 256 * 1024}) as (
+    with core_in_this_process(
+        tmp_path / "core.db", **{"grpc.max_receive_message_length": 256 * 1024}
+    ) as (
         address,
         _,
     ):

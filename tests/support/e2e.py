@@ -5,17 +5,46 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import grpc
 
 from adapters.core.process import CoreProcess
+from adapters.core.server import CoreServicer
 from adapters.core.store import ResultStore
 from adapters.kafka import KafkaClientSettings
 from adapters.kafka.publisher import KafkaJobPublisher
+from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from domain.model import Job, JobStatus
 from tests.support.processes import free_port
+
+
+@contextmanager
+def core_in_this_process(
+    db_path: Path,
+    servicer_factory: Callable[[ResultStore], CoreServicer] = CoreServicer,
+    **options: int,
+) -> Iterator[tuple[str, Any]]:
+    """A Core served from this process (threads), for a servicer a test shapes: one
+    that refuses, sheds load or answers late. Yields its ``host:port`` and servicer;
+    ``options`` are gRPC server options (``grpc.max_receive_message_length``…)."""
+    with ResultStore(db_path) as store:
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=8), options=list(options.items())
+        )
+        servicer = servicer_factory(store)
+        pb_grpc.add_CoreServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        try:
+            yield f"127.0.0.1:{port}", servicer
+        finally:
+            server.stop(grace=None).wait()
 
 
 @contextmanager
