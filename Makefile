@@ -67,8 +67,11 @@ demo: venv
 demo-kafka: venv
 	tools/kafka/with-broker.sh $(BIN)/python -m entrypoints.demo --kafka
 
+# The engine in one process (bench/run.py), then end to end (bench/e2e.py): the local
+# broker, a Core process and the worker CLI. BENCH_E2E_ARGS=--quick for a shorter run.
 bench: venv
 	$(BIN)/python bench/run.py
+	tools/kafka/with-broker.sh $(BIN)/python bench/e2e.py $(BENCH_E2E_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

@@ -51,7 +51,10 @@ class KafkaClientSettings:
     KAFKA_SESSION_TIMEOUT, ``max_poll_interval_ms`` KAFKA_MAX_POLL_INTERVAL (both are
     durations there), ``max_poll_records`` KAFKA_MAX_POLL_RECORDS and
     ``isolation_level`` KAFKA_ISOLATION_LEVEL (``read_committed``: records of aborted or
-    still open transactions are never read). The one exception,
+    still open transactions are never read), ``max_partition_fetch_bytes``
+    KAFKA_MAX_PARTITION_FETCH_BYTES and ``fetch_max_bytes`` KAFKA_FETCH_MAX_BYTES (what
+    one fetch may bring per partition and in all: the records read ahead of the engine,
+    so a consumer's memory is bounded however long the backlog). The one exception,
     ``heartbeat_interval_ms``, has no variable: left None it is a third of the session
     timeout, at most 3 s. The TLS files must be readable when the settings are made.
     """
@@ -70,6 +73,10 @@ class KafkaClientSettings:
     max_poll_interval_ms: int = 300_000
     heartbeat_interval_ms: int | None = None
     isolation_level: str = "read_committed"
+    # Kafka's own defaults (1 MiB, 50 MiB): a single record larger than either is still
+    # read, one at a time.
+    max_partition_fetch_bytes: int = 1_048_576
+    fetch_max_bytes: int = 52_428_800
 
     def __post_init__(self) -> None:
         servers = self.bootstrap_servers
@@ -92,6 +99,8 @@ class KafkaClientSettings:
             ("KAFKA_SESSION_TIMEOUT", self.session_timeout_ms, " ms"),
             ("KAFKA_MAX_POLL_INTERVAL", self.max_poll_interval_ms, " ms"),
             ("KAFKA_MAX_POLL_RECORDS", self.max_poll_records, ""),
+            ("KAFKA_MAX_PARTITION_FETCH_BYTES", self.max_partition_fetch_bytes, " bytes"),
+            ("KAFKA_FETCH_MAX_BYTES", self.fetch_max_bytes, " bytes"),
         ):
             if value <= 0:
                 raise ConfigurationError(variable, f"must be greater than zero (got {value}{unit})")
@@ -185,6 +194,8 @@ class KafkaClientSettings:
             "max_poll_records": self.max_poll_records,
             "max_poll_interval_ms": self.max_poll_interval_ms,
             "isolation_level": self.isolation_level,
+            "max_partition_fetch_bytes": self.max_partition_fetch_bytes,
+            "fetch_max_bytes": self.fetch_max_bytes,
             # Partitions added to the topic are noticed (and rebalanced onto the
             # group) within 30 s rather than kafka-python's 5 min.
             "metadata_max_age_ms": 30_000,
