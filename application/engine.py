@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 import gevent
 from gevent.event import Event
 from gevent.pool import Pool
-from gevent.queue import Queue
+from gevent.queue import Empty, Queue
 
 from application.job_limits import DEFAULT_LIMITS, JobLimits
 from application.observers import ObserverGroup
 from application.registry import ExecutorRegistry
-from application.result_delivery import RefusalPolicy, ResultCourier
+from application.result_delivery import RefusalPolicy, ResultCourier, approximate_bytes
 from application.retry import RetryPolicy
 from application.run_job import JobRunner
 from domain.errors import SourceFailed
@@ -56,14 +56,28 @@ class EngineConfig:
     refusals: RefusalPolicy = field(default_factory=RefusalPolicy)
     # The largest job that is run; bigger ones end REJECTED before any executor sees them.
     limits: JobLimits = DEFAULT_LIMITS
+    # Results per call to the sink, how long a part-filled batch waits for more, and
+    # about how many bytes a batch may carry (under Core's 4 MiB message limit).
+    result_batch_size: int = 100
+    result_batch_linger_s: float = 0.005
+    result_batch_max_bytes: int = 3 * 1024 * 1024
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
-        for name in ("pool_size", "jobs_queue_size", "results_queue_size", "result_senders"):
+        for name in (
+            "pool_size",
+            "jobs_queue_size",
+            "results_queue_size",
+            "result_senders",
+            "result_batch_size",
+            "result_batch_max_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_job_timeout_s <= 0:
             raise ValueError("max_job_timeout_s must be positive")
+        if self.result_batch_linger_s < 0:
+            raise ValueError("result_batch_linger_s must not be negative")
 
     @property
     def low_water(self) -> int:
@@ -278,13 +292,52 @@ class WorkerEngine:
 
     def _send_loop(self) -> None:
         while True:
-            job, result = self._results.get()
-            self._sending += 1
+            batch: list[tuple[Job, JobResult]] = []
+            handed_over = False
             try:
-                # Returns once the result is settled, or parked off this sender.
-                self._courier.deliver(job, result)
+                self._fill_batch(batch)
+                handed_over = True
+                # Returns once every result is settled, or parked off this sender.
+                self._courier.deliver_batch(batch)
+            except BaseException:
+                if not handed_over:  # killed while gathering: these stay not done
+                    for job, _ in batch:
+                        self._settled(job, kept=False)
+                raise
             finally:
-                self._sending -= 1
+                self._sending -= len(batch)
+
+    def _fill_batch(self, batch: list[tuple[Job, JobResult]]) -> None:
+        """Gather the next results to send: wait for one, then take more while they come.
+
+        Up to ``result_batch_size`` results and about ``result_batch_max_bytes``, waiting
+        at most ``result_batch_linger_s`` for more: under load batches fill at once,
+        and a lone result waits no longer than the linger. Each result taken counts as
+        being sent at once, so a stop never mistakes a gathering sender for an idle one.
+        """
+        config = self._config
+        self._take_result(batch, self._results.get())
+        # A sink that takes one result at a time gets them without waiting for more.
+        most = config.result_batch_size if self._courier.takes_batches else 1
+        size = approximate_bytes(batch[0][1])
+        deadline = time.monotonic() + config.result_batch_linger_s
+        while len(batch) < most and size < config.result_batch_max_bytes:
+            try:
+                item = self._results.get_nowait()
+            except Empty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    item = self._results.get(timeout=left)
+                except Empty:
+                    break
+            self._take_result(batch, item)
+            size += approximate_bytes(item[1])
+
+    def _take_result(self, batch: list[tuple[Job, JobResult]], item: tuple[Job, JobResult]) -> None:
+        batch.append(item)
+        self._sending += 1
 
     def _settled(self, job: Job, kept: bool) -> None:
         if kept:

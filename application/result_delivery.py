@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,7 +21,7 @@ from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 
 from application.retry import backoff_ceiling
-from domain.errors import ResultNotDelivered, ResultRefused, ResultTooLarge
+from domain.errors import BatchesUnsupported, ResultNotDelivered, ResultRefused, ResultTooLarge
 from domain.model import Job, JobResult, JobStatus
 from domain.ports import JobObserver, RefusedResultStore, ResultSink
 
@@ -92,14 +93,58 @@ class ResultCourier:
         self._parking = BoundedSemaphore(max(1, max_parked))
         self._parked: set[gevent.Greenlet[..., object]] = set()
         self._stopping = Event()
+        self._batches = True  # until the sink says it takes one result at a time
         self.refusals = 0  # final answers from the sink, each counted (metrics)
         self.dead_lettered = 0  # results the refused-result store kept (metrics)
         self.abandoned = 0  # results given up at stop: their jobs stay not done
 
     @property
+    def takes_batches(self) -> bool:
+        """False once the sink said it takes one result at a time."""
+        return self._batches
+
+    @property
     def parked(self) -> int:
         """Results waiting for another try."""
         return len(self._parked)
+
+    def deliver_batch(self, items: Sequence[tuple[Job, JobResult]]) -> None:
+        """``deliver`` for many results: one call to the sink when it takes batches.
+
+        A batch the sink does not accept whole (a refusal, a result too large, a sink
+        that takes one result at a time) is narrowed down: its results are delivered one
+        by one, so one result the sink refuses never holds back the others.
+        """
+        pending = deque(items)
+        try:
+            if len(pending) > 1 and self._batches and self._sent_whole(pending):
+                while pending:
+                    job, result = pending.popleft()
+                    self._observer.result_delivered(result)
+                    self._settle(job, True)
+                return
+            while pending:
+                job, result = pending.popleft()
+                self.deliver(job, result)  # settles (or abandons) its own result
+        except BaseException:
+            for job, result in pending:
+                self._abandon(_Delivery(job, result))
+            raise
+
+    def _sent_whole(self, items: Sequence[tuple[Job, JobResult]]) -> bool:
+        try:
+            self._sink.send_batch([result for _, result in items])
+        except BatchesUnsupported:
+            self._batches = False
+            return False
+        except Exception as error:
+            logger.warning(
+                "the sink did not take a batch whole; sending its results one at a time",
+                exc_info=not isinstance(error, ResultNotDelivered),
+                extra={"results": len(items), "reason": str(error)},
+            )
+            return False
+        return True
 
     def deliver(self, job: Job, result: JobResult) -> None:
         delivery = _Delivery(job, result)
@@ -225,7 +270,7 @@ class ResultCourier:
             delivery.stage = "store"
             return self._try_store(delivery)
         delay = self._delay(delivery.refusals)
-        logger.error(
+        logger.warning(
             "the sink refused a result; offering it again",
             extra={
                 "job_id": delivery.job.id,
@@ -278,3 +323,9 @@ def _failed_for_size(result: JobResult, too_large: ResultTooLarge) -> JobResult:
     return dataclasses.replace(
         result, status=JobStatus.FAILED, output="", error=reason[:_MAX_TOO_LARGE_REASON_CHARS]
     )
+
+
+def approximate_bytes(result: JobResult) -> int:
+    """About how large ``result`` is on the wire: enough to bound a batch, cheaply."""
+    metadata = sum(len(key) + len(value) + 4 for key, value in result.metadata.items())
+    return len(result.output) + len(result.error) + len(result.job_id) + metadata + 64

@@ -48,6 +48,10 @@ class ResultRefused(ResultNotDelivered):
         self.details = details
 
 
+class BatchesUnsupported(ResultNotDelivered):
+    """The sink takes results one at a time only (a Core without ``ReportResults``)."""
+
+
 class ResultTooLarge(ResultNotDelivered):
     """The result is larger than the sink can ever take; ``size`` and ``limit`` in bytes."""
 

@@ -54,6 +54,16 @@ class ResultSink(Protocol):
         """
         ...
 
+    def send_batch(self, results: Sequence[JobResult]) -> None:
+        """Deliver all of ``results`` at once, blocking (cooperatively) until accepted.
+
+        All or nothing: on any raise, none counts as delivered. Transient failures are
+        retried inside. Raises what ``send`` raises, for the batch as a whole (which
+        result a refusal is about is found by sending them one at a time), and
+        ``BatchesUnsupported`` when the sink takes results one at a time only.
+        """
+        ...
+
     def close(self) -> None:
         """Release connections. Idempotent."""
         ...

@@ -64,6 +64,8 @@ def kafka_client_settings(settings: Settings) -> KafkaClientSettings:
         max_poll_records=settings.get("KAFKA_MAX_POLL_RECORDS"),
         max_poll_interval_ms=int(settings.get("KAFKA_MAX_POLL_INTERVAL") * 1000),
         isolation_level=settings.get("KAFKA_ISOLATION_LEVEL"),
+        max_partition_fetch_bytes=settings.get("KAFKA_MAX_PARTITION_FETCH_BYTES"),
+        fetch_max_bytes=settings.get("KAFKA_FETCH_MAX_BYTES"),
     )
 
 
@@ -247,6 +249,9 @@ def engine_config(settings: Settings) -> EngineConfig:
         jobs_queue_size=settings.jobs_queue_size,
         results_queue_size=settings.results_queue_size,
         result_senders=settings.get("RESULT_SENDERS"),
+        result_batch_size=settings.get("RESULT_BATCH_SIZE"),
+        result_batch_linger_s=settings.get("RESULT_BATCH_LINGER"),
+        result_batch_max_bytes=settings.get("RESULT_BATCH_MAX_BYTES"),
         max_job_timeout_s=settings.get("MAX_JOB_TIMEOUT"),
         max_output_bytes=settings.get("MAX_OUTPUT_BYTES"),
         refusals=refusal_policy(settings),

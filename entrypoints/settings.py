@@ -181,6 +181,15 @@ SETTINGS: list[Setting] = [
     ),
     Setting("KAFKA_COMMIT_EVERY", "100", "…or after this many finished jobs", _positive(parse_int)),
     Setting(
+        "KAFKA_MAX_PARTITION_FETCH_BYTES",
+        "1MiB",
+        "bytes read ahead per partition at most (memory is about partitions times this)",
+        _positive(parse_size),
+    ),
+    Setting(
+        "KAFKA_FETCH_MAX_BYTES", "50MiB", "bytes one fetch brings at most", _positive(parse_size)
+    ),
+    Setting(
         "KAFKA_ISOLATION_LEVEL",
         "read_committed",
         "read_committed (skip aborted transactions) or read_uncommitted",
@@ -211,7 +220,31 @@ SETTINGS: list[Setting] = [
         "results buffered ahead of the sender (2x pool size)",
         _positive(parse_int),
     ),
-    Setting("RESULT_SENDERS", "4", "greenlets sending results concurrently", _positive(parse_int)),
+    Setting(
+        "RESULT_SENDERS",
+        "4",
+        "calls to Core in flight (greenlets sending results)",
+        _positive(parse_int),
+    ),
+    Setting(
+        "RESULT_BATCH_SIZE", "100", "results per ReportResults call at most", _positive(parse_int)
+    ),
+    Setting(
+        "RESULT_BATCH_LINGER",
+        "5ms",
+        "how long a part-filled batch waits for more results (adds up to this latency)",
+        _positive(parse_duration),
+    ),
+    Setting(
+        "RESULT_BATCH_MAX_BYTES",
+        "3MiB",
+        "about how many bytes of results one call carries (below Core's 4 MiB limit)",
+        _at_most(
+            CORE_MESSAGE_LIMIT - 64 * 1024,
+            "Core takes one gRPC message of at most 4 MiB",
+            _positive(parse_size),
+        ),
+    ),
     Setting(
         "RESULT_REFUSED",
         "dead-letter",

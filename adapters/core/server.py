@@ -1,4 +1,4 @@
-"""The reference Core's gRPC server: ``CoreService.ReportResult`` into a ``ResultStore``."""
+"""The reference Core's gRPC server: ``CoreService.ReportResult(s)`` into a ``ResultStore``."""
 
 from __future__ import annotations
 
@@ -58,14 +58,39 @@ class CoreServicer(pb_grpc.CoreServiceServicer):
             logger.info("core.duplicate_report", job_id=result.job_id, status=result.status)
         return pb.ReportResultResponse()
 
+    def ReportResults(  # noqa: N802 - the RPC's name
+        self, request: pb.ReportResultsRequest, context: grpc.ServicerContext
+    ) -> pb.ReportResultsResponse:
+        """All results in one SQLite transaction: every one is stored, or none is."""
+        for index, message in enumerate(request.results):
+            problem = _invalid_result_reason(message)
+            if problem is not None:
+                # The whole batch is refused: the worker narrows it down to this one.
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"results[{index}]: {problem}")
+        results = [result_from_proto(message) for message in request.results]
+        try:
+            firsts = self._store.record_all(results)
+        except sqlite3.Error as exc:
+            logger.exception("core.store_failed", results=len(results))
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"result store failed: {exc}")
+        duplicates = [r.job_id for r, first in zip(results, firsts, strict=True) if not first]
+        if duplicates:
+            logger.info("core.duplicate_reports", job_ids=duplicates[:20], count=len(duplicates))
+        return pb.ReportResultsResponse()
+
 
 def _invalid_request_reason(request: pb.ReportResultRequest) -> str | None:
     if not request.HasField("result"):
         return "result is required"
-    if not request.result.job_id:
-        return "result.job_id is required"
-    if request.result.status == pb.JobResult.Status.STATUS_UNSPECIFIED:
-        return "result.status is required (STATUS_UNSPECIFIED is not an outcome)"
+    problem = _invalid_result_reason(request.result)
+    return None if problem is None else f"result.{problem}"
+
+
+def _invalid_result_reason(result: pb.JobResult) -> str | None:
+    if not result.job_id:
+        return "job_id is required"
+    if result.status == pb.JobResult.Status.STATUS_UNSPECIFIED:
+        return "status is required (STATUS_UNSPECIFIED is not an outcome)"
     return None
 
 

@@ -6,7 +6,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -117,7 +117,20 @@ class ResultStore:
         result only while that is not SUCCEEDED (see ``_replaces``). Raises
         ``sqlite3.Error`` when the database fails (full disk, I/O error).
         """
+        return self.record_all([result])[0]
+
+    def record_all(self, results: Sequence[JobResult]) -> list[bool]:
+        """Store reports of ``results`` in one transaction: all of them, or none.
+
+        Per result, True when it is the first for its job (as ``record``). A job id
+        twice in ``results`` counts as two reports. Raises ``sqlite3.Error`` (nothing
+        stored) when the database fails.
+        """
         now_ms = int(self._clock() * 1000)
+        with self._lock, self._transaction():
+            return [self._record_one(result, now_ms) for result in results]
+
+    def _record_one(self, result: JobResult, now_ms: int) -> bool:
         values = (
             result.type,
             result.status.value,
@@ -129,29 +142,28 @@ class ResultStore:
             result.worker_id,
             json.dumps(dict(result.metadata), sort_keys=True),
         )
-        with self._lock, self._transaction():
-            kept = self._connection.execute(
-                "SELECT status FROM results WHERE job_id = ?", (result.job_id,)
-            ).fetchone()
-            if kept is None:
-                self._connection.execute(
-                    f"INSERT INTO results (job_id, {_RESULT_COLUMNS}, first_received_at,"  # noqa: S608 - constant column list
-                    " last_received_at, reports) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
-                    (result.job_id, *values, now_ms, now_ms),
-                )
-                return True
-            if _replaces(kept["status"]):
-                self._connection.execute(
-                    "UPDATE results SET type = ?, status = ?, output = ?, error = ?, attempts = ?,"
-                    " started_at = ?, finished_at = ?, worker_id = ?, metadata_json = ?"
-                    " WHERE job_id = ?",
-                    (*values, result.job_id),
-                )
+        kept = self._connection.execute(
+            "SELECT status FROM results WHERE job_id = ?", (result.job_id,)
+        ).fetchone()
+        if kept is None:
             self._connection.execute(
-                "UPDATE results SET reports = reports + 1, last_received_at = ? WHERE job_id = ?",
-                (now_ms, result.job_id),
+                f"INSERT INTO results (job_id, {_RESULT_COLUMNS}, first_received_at,"  # noqa: S608 - constant column list
+                " last_received_at, reports) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                (result.job_id, *values, now_ms, now_ms),
             )
-            return False
+            return True
+        if _replaces(kept["status"]):
+            self._connection.execute(
+                "UPDATE results SET type = ?, status = ?, output = ?, error = ?, attempts = ?,"
+                " started_at = ?, finished_at = ?, worker_id = ?, metadata_json = ?"
+                " WHERE job_id = ?",
+                (*values, result.job_id),
+            )
+        self._connection.execute(
+            "UPDATE results SET reports = reports + 1, last_received_at = ? WHERE job_id = ?",
+            (now_ms, result.job_id),
+        )
+        return False
 
     def get(self, job_id: str) -> StoredResult | None:
         """The kept result of ``job_id``, or None when Core never received one."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -43,6 +44,10 @@ class FileResultSink:
 
     def send(self, result: JobResult) -> None:
         self.write_record(result_to_record(result))
+
+    def send_batch(self, results: Sequence[JobResult]) -> None:
+        for result in results:
+            self.write_record(result_to_record(result))
 
     def write_record(self, record: dict[str, object]) -> None:
         """Append ``record`` as one JSON line and flush it."""

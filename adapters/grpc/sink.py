@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gevent
 import grpc
 import structlog
+from google.protobuf.message import Message
 
 from adapters.codec import result_to_proto
 from adapters.grpc.channel import client_channel_options, open_channel
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from application.retry import full_jitter_delay
-from domain.errors import ResultNotDelivered, ResultRefused, ResultTooLarge
+from domain.errors import BatchesUnsupported, ResultNotDelivered, ResultRefused, ResultTooLarge
 from domain.model import JobResult
 
 log = structlog.get_logger(__name__)
@@ -55,6 +57,11 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # answer to an oversized message says so, and is a refusal at once.
 RESOURCE_EXHAUSTED_REFUSAL_AFTER = 3
 _OVERSIZED_MESSAGE = "larger than max"
+# DEADLINE_EXCEEDED this many times in a row for one request makes the sink ask Core an
+# empty ReportResults: when that is answered at once, Core hangs on this request only
+# (a result it chokes on), which is a refusal, not an outage.
+DEADLINE_EXCEEDED_PROBE_AFTER = 3
+_NO_ANSWER = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE})
 
 
 class GrpcResultSink:
@@ -119,7 +126,10 @@ class GrpcResultSink:
             tls_cert_file=tls_cert_file,
             tls_key_file=tls_key_file,
         )
-        self._report_result = pb_grpc.CoreServiceStub(self._channel).ReportResult
+        stub = pb_grpc.CoreServiceStub(self._channel)
+        self._report_result = stub.ReportResult
+        self._report_results = stub.ReportResults
+        self._batches_supported = True
         self._closed = False
 
     def send(self, result: JobResult) -> None:
@@ -140,44 +150,101 @@ class GrpcResultSink:
                 size,
                 self._max_message_bytes,
             )
+        self._call(
+            self._report_result, request, result.job_id, f"the result of job {result.job_id!r}"
+        )
+
+    def send_batch(self, results: Sequence[JobResult]) -> None:
+        """Deliver ``results`` with ``ReportResults`` calls, all or nothing per call.
+
+        A request above the message limit is split in halves (and so on) before it is
+        sent; each part is retried whole like ``send`` retries one result. Raises what
+        ``send`` raises, for the part that failed (parts sent before it stay
+        delivered: Core is idempotent by job id, so sending them again is safe), and
+        ``BatchesUnsupported`` once Core has answered UNIMPLEMENTED: from then on
+        without a call.
+        """
+        if not self._batches_supported:
+            raise BatchesUnsupported("Core does not implement ReportResults")
+        if not results:
+            return
+        request = pb.ReportResultsRequest(results=[result_to_proto(r) for r in results])
+        if request.ByteSize() > self._max_message_bytes and len(results) > 1:
+            middle = len(results) // 2
+            self.send_batch(results[:middle])
+            self.send_batch(results[middle:])
+            return
+        if len(results) == 1:
+            self.send(results[0])
+            return
+        first = results[0].job_id
+        what = f"a batch of {len(results)} results (the first of job {first!r})"
+        try:
+            self._call(self._report_results, request, first, what)
+        except ResultRefused as refusal:
+            if refusal.code != grpc.StatusCode.UNIMPLEMENTED.name:
+                raise
+            self._batches_supported = False
+            log.warning(
+                "Core does not implement ReportResults: sending one ReportResult per result"
+                " from now on",
+                address=self._target,
+            )
+            raise BatchesUnsupported("Core does not implement ReportResults") from refusal
+
+    def _call(self, method: Callable[..., Any], request: Message, job_id: str, what: str) -> None:
+        """Call until Core accepts ``request``; see ``send`` for what is retried."""
         attempt = 0
         exhausted = 0
+        timeouts = 0
         while True:
             attempt += 1
-            error = self._attempt(request, result.job_id)
+            error = self._attempt(method, request, what)
             if error is None:
                 if attempt > 1:
                     # Retries are logged sparsely in an outage; say when it is over.
                     log.info(
                         "Core accepted a result after retrying",
                         address=self._target,
-                        job_id=result.job_id,
+                        job_id=job_id,
                         attempts=attempt,
                     )
                 return
             code = error.code()
             details = error.details() or ""
             exhausted = exhausted + 1 if code == grpc.StatusCode.RESOURCE_EXHAUSTED else 0
+            timeouts = timeouts + 1 if code == grpc.StatusCode.DEADLINE_EXCEEDED else 0
             if (
                 code not in RETRYABLE_CODES
                 or exhausted >= RESOURCE_EXHAUSTED_REFUSAL_AFTER
                 or (exhausted and _OVERSIZED_MESSAGE in details)
             ):
-                raise ResultRefused(
-                    f"Core refused the result of job {result.job_id!r}: {_describe(error)}",
-                    code.name,
-                    details,
+                raise ResultRefused(f"Core refused {what}: {_describe(error)}", code.name, details)
+            if timeouts and timeouts % DEADLINE_EXCEEDED_PROBE_AFTER == 0 and self._core_answers():
+                details = (
+                    f"no answer within {self._call_timeout_s:g}s (GRPC_CALL_TIMEOUT), {timeouts}"
+                    " times in a row, while Core answers other calls at once"
                 )
+                raise ResultRefused(f"Core never answers {what}: {details}", code.name, details)
             if self._max_attempts and attempt >= self._max_attempts:
                 raise ResultNotDelivered(
-                    f"gave up on the result of job {result.job_id!r} after {attempt} "
+                    f"gave up on {what} after {attempt} "
                     f"attempt{'s' if attempt > 1 else ''} to reach Core at {self._target}: "
                     f"{_describe(error)}"
                 )
             delay_s = full_jitter_delay(attempt, self._backoff_base_s, self._backoff_cap_s)
             if self._on_retry is not None:
-                self._on_retry(RetryNotice(result.job_id, code.name, details, attempt, delay_s))
+                self._on_retry(RetryNotice(job_id, code.name, details, attempt, delay_s))
             gevent.sleep(delay_s)
+
+    def _core_answers(self) -> bool:
+        """Whether Core answers an empty ``ReportResults`` in time, whatever it says.
+
+        Tells a Core that never answers one request (it hangs on that result) from a
+        Core that is slow or away: only the first is a refusal.
+        """
+        error = self._attempt(self._report_results, pb.ReportResultsRequest(), "a probe")
+        return error is None or error.code() not in _NO_ANSWER
 
     def ping(self, timeout_s: float = 1.0) -> bool:
         """True when the channel to Core is connected (or connects within ``timeout_s``).
@@ -203,23 +270,23 @@ class GrpcResultSink:
         self._closed = True
         self._channel.close()
 
-    def _attempt(self, request: pb.ReportResultRequest, job_id: str) -> grpc.RpcError | None:
-        """One call; None when Core accepted the result, else the call's error."""
+    def _attempt(
+        self, method: Callable[..., Any], request: Message, what: str
+    ) -> grpc.RpcError | None:
+        """One call; None when Core accepted the request, else the call's error."""
         if self._closed:
-            raise ResultNotDelivered(f"result of job {job_id!r} not sent: the sink is closed")
+            raise ResultNotDelivered(f"{what} not sent: the sink is closed")
         try:
-            self._report_result(request, timeout=self._call_timeout_s)
+            method(request, timeout=self._call_timeout_s)
         except grpc.RpcError as error:
             if self._closed:
                 raise ResultNotDelivered(
-                    f"result of job {job_id!r} not delivered: the sink was closed during the call"
+                    f"{what} not delivered: the sink was closed during the call"
                 ) from error
             return error
         except ValueError as error:
             # grpcio raises ValueError for a call on a channel closed under our feet.
-            raise ResultNotDelivered(
-                f"result of job {job_id!r} not sent: the sink is closed"
-            ) from error
+            raise ResultNotDelivered(f"{what} not sent: the sink is closed") from error
         return None
 
 

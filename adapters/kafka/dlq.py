@@ -72,6 +72,36 @@ def unreadable_batch_message(
     return b"", [*headers, (VALUE_FORMAT_HEADER, b"none")]
 
 
+def fitted_dead_letter(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """The dead letter, made to fit ``MAX_BATCH_BYTES`` if it is larger.
+
+    A record the broker took (up to its ~1 MiB limit) plus our headers can be too large
+    to write back: that is no passing error, and retrying it would hold its partition
+    for good. So what does not fit is left out, largest first, and a header says how
+    big it was; the source headers still say where the record is, to read it there.
+    """
+
+    def size() -> int:
+        return len(key or b"") + len(value or b"") + sum(len(n) + len(v) for n, v in headers)
+
+    if size() <= MAX_BATCH_BYTES:
+        return key, value, headers
+    headers = [(n, v) for n, v in headers if n != "x-dlq-source-key"]  # the key is kept
+    if size() > MAX_BATCH_BYTES:
+        headers.append(("x-dlq-value-dropped-bytes", str(len(value or b"")).encode()))
+        value = b""
+    if size() > MAX_BATCH_BYTES:
+        # Then the record's own headers: ours say where it is, to read it there.
+        headers = [(n, v) for n, v in headers if n.startswith("x-dlq-")]
+        headers.append(("x-dlq-source-headers-dropped", b"true"))
+    if size() > MAX_BATCH_BYTES and key is not None:
+        headers.append(("x-dlq-key-dropped-bytes", str(len(key)).encode()))
+        key = None
+    return key, value, headers
+
+
 class DeadLetterWriter:
     """Copies poison records, byte for byte, and unreadable batches to the dead-letter topic.
 
@@ -134,7 +164,7 @@ class DeadLetterWriter:
 
     def _message(
         self, record: Any, reason: str
-    ) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
         if isinstance(record, UnreadableBatch):
             value, headers = unreadable_batch_message(record, self._worker_id)
             return None, value, headers
@@ -144,7 +174,7 @@ class DeadLetterWriter:
             # A record needs a key or a value; say that the empty value stands for none.
             value = b""
             headers.append(("x-dlq-source-value-null", b"true"))
-        return record.key, value, headers
+        return fitted_dead_letter(record.key, value, headers)
 
     def flush(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for sent records to be acknowledged."""

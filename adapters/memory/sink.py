@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import gevent
 import gevent.event
 
-from domain.errors import ResultNotDelivered, ResultRefused, ResultTooLarge
+from domain.errors import BatchesUnsupported, ResultNotDelivered, ResultRefused, ResultTooLarge
 from domain.model import Job, JobResult
 
 
@@ -32,6 +34,8 @@ class InMemoryResultSink:
         self.fail = fail
         self.max_output_chars = max_output_chars
         self.offers: dict[str, int] = {}
+        self.batches: list[int] = []  # the size of each send_batch call
+        self.refuse_batches = False  # True: like a Core without ReportResults
         self._gate = gevent.event.Event()
         self._gate.set()
         self.closed = False
@@ -44,9 +48,16 @@ class InMemoryResultSink:
 
     def send(self, result: JobResult) -> None:
         self._gate.wait()
+        self._check(result)
+        self.results.append(result)
+
+    def _check(self, result: JobResult, offer: bool = True) -> None:
+        # ``offers`` counts results offered one at a time (a batch is counted in
+        # ``batches``), which is what the refusal policy is about.
         if self.delay_s:
             gevent.sleep(self.delay_s)
-        self.offers[result.job_id] = self.offers.get(result.job_id, 0) + 1
+        if offer:
+            self.offers[result.job_id] = self.offers.get(result.job_id, 0) + 1
         if result.job_id in self.refuse:
             raise ResultRefused(f"sink refuses job {result.job_id}", "REFUSED", "test refusal")
         if result.job_id in self.fail:
@@ -54,7 +65,16 @@ class InMemoryResultSink:
         limit = self.max_output_chars
         if limit is not None and len(result.output) > limit:
             raise ResultTooLarge(f"output of {result.job_id} too large", len(result.output), limit)
-        self.results.append(result)
+
+    def send_batch(self, results: Sequence[JobResult]) -> None:
+        """All or nothing, like Core's ``ReportResults``; ``batches`` counts the calls."""
+        self._gate.wait()
+        self.batches.append(len(results))
+        if self.refuse_batches:
+            raise BatchesUnsupported("this sink takes results one at a time")
+        for result in results:
+            self._check(result, offer=False)
+        self.results.extend(results)
 
     def close(self) -> None:
         self.closed = True

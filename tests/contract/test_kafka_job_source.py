@@ -462,3 +462,37 @@ def test_the_source_runs_in_a_gevent_patched_process(
     # The ticker asked to run every 50 ms; a poll blocking the hub would starve it.
     assert outcome["ticks"] >= outcome["span"] / 0.05 / 2
     assert committed_offsets(kafka_servers, group_id, topic) == {0: 10, 1: 10}
+
+
+def test_a_poison_record_too_large_to_copy_whole_is_dead_lettered_without_its_value(
+    kafka_servers: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    source_factory: SourceFactory,
+) -> None:
+    # The broker took it (under its ~1 MiB limit), but with our headers (the key again
+    # among them) a copy would be too large to write: that must not hold the partition.
+    topic = topic_factory(1)
+    big_key, big_value = b"k" * 60_000, b"\xff" * 980_000
+    produce(
+        kafka_servers,
+        topic,
+        [(big_key, big_value, 0), (b"job-1", task_bytes("job-1"), 0)],
+        max_request_size=2 * 1024 * 1024,
+    )
+    source = source_factory(topic, group_id, commit_interval_s=0)
+
+    jobs = take(source, 1)
+    source.ack(jobs[0])
+    deadline = time.monotonic() + 30
+    while committed_offsets(kafka_servers, group_id, topic) != {0: 2}:
+        assert time.monotonic() < deadline, "the partition never moved past the record"
+        source.fetch(10, 0.2)
+
+    [letter] = read_all(kafka_servers, f"{topic}.dlq", 1)
+    headers = dict(letter.headers)
+    assert letter.key == big_key
+    assert letter.value == b""
+    assert headers["x-dlq-value-dropped-bytes"] == b"980000"
+    assert headers["x-dlq-source-offset"] == b"0"
+    assert "x-dlq-source-key" not in headers

@@ -46,6 +46,14 @@ class RefusingCoreServicer(CoreServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant unknown to Core")
         return super().ReportResult(request, context)
 
+    def ReportResults(  # noqa: N802
+        self, request: pb.ReportResultsRequest, context: grpc.ServicerContext
+    ) -> pb.ReportResultsResponse:
+        # A batch holding a refused result is refused whole, as a real Core would.
+        if any(result.job_id in self.refused for result in request.results):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant unknown to Core")
+        return super().ReportResults(request, context)
+
 
 @contextmanager
 def refusing_core(db: Path, refused: frozenset[str]) -> Iterator[tuple[str, RefusingCoreServicer]]:

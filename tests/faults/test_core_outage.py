@@ -21,9 +21,10 @@ POOL = 10
 JOBS_QUEUE = 10
 RESULTS_QUEUE = 10
 SENDERS = 4
+BATCH = 5
 # A job taken from Kafka and not yet reported is in the jobs queue, the pool, the
-# results queue or a sender's hands: nowhere else, however long Core is away.
-PIPELINE_CAPACITY = JOBS_QUEUE + POOL + RESULTS_QUEUE + SENDERS
+# results queue or a sender's batch: nowhere else, however long Core is away.
+PIPELINE_CAPACITY = JOBS_QUEUE + POOL + RESULTS_QUEUE + SENDERS * BATCH
 OUTAGE_S = 20.0
 RSS_GROWTH_LIMIT = 50 * MIB
 # Published while Core is away: the lag gauge must count them though no fetch sees them.
@@ -52,6 +53,7 @@ def test_core_down_for_20s_loses_nothing_and_pauses_consumption(
             JOBS_QUEUE_SIZE=str(JOBS_QUEUE),
             RESULTS_QUEUE_SIZE=str(RESULTS_QUEUE),
             RESULT_SENDERS=str(SENDERS),
+            RESULT_BATCH_SIZE=str(BATCH),
             METRICS_PORT=str(metrics_port),
             METRICS_HOST="127.0.0.1",
             GRPC_CALL_TIMEOUT="2s",

@@ -16,6 +16,7 @@ from pathlib import Path
 import gevent
 import grpc
 import pytest
+from structlog.testing import capture_logs
 
 from adapters.core.process import CoreProcess
 from adapters.core.server import CoreServicer
@@ -24,7 +25,13 @@ from adapters.grpc.sink import GrpcResultSink, RetryNotice
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from application.retry import full_jitter_delay
-from domain.errors import ConfigurationError, ResultNotDelivered, ResultRefused, ResultTooLarge
+from domain.errors import (
+    BatchesUnsupported,
+    ConfigurationError,
+    ResultNotDelivered,
+    ResultRefused,
+    ResultTooLarge,
+)
 from domain.model import JobResult, JobStatus
 from tests.support.e2e import core_in_this_process
 from tests.support.processes import free_port
@@ -469,3 +476,137 @@ def test_backoff_grows_exponentially_up_to_the_cap_and_never_overflows() -> None
 
     assert windows == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
     assert full_jitter_delay(3, 0.1, 1.0, lambda low, _high: low) == 0.0
+
+
+def test_a_batch_reaches_core_in_one_call_and_is_stored_whole(
+    core: CoreProcess, sink: GrpcResultSink
+) -> None:
+    core.start()
+    sink.send_batch([a_result(f"job-{i}", output=f'{{"n": {i}}}') for i in range(50)])
+    with stored_results(core) as store:
+        assert store.summary()["jobs"] == 50
+        stored = store.get("job-7")
+    assert stored is not None
+    assert stored.result.output == '{"n": 7}'
+
+
+def test_a_batch_above_the_message_limit_is_split_and_sent_in_parts(core: CoreProcess) -> None:
+    core.start()
+    sink = GrpcResultSink(core.address, max_message_bytes=5_000)
+    sink.send_batch([a_result(f"job-{i}", output="x" * 1000) for i in range(20)])
+    sink.close()
+    with stored_results(core) as store:
+        assert store.summary()["jobs"] == 20
+
+
+def test_a_batch_core_refuses_is_refused_whole_with_cores_reason(
+    core: CoreProcess, sink: GrpcResultSink
+) -> None:
+    core.start()
+    with pytest.raises(ResultRefused, match=r"results\[1\]: job_id is required") as caught:
+        sink.send_batch([a_result("job-1"), a_result(""), a_result("job-3")])
+    assert caught.value.code == "INVALID_ARGUMENT"
+    with stored_results(core) as store:
+        assert store.summary()["jobs"] == 0, "none of a refused batch is stored"
+
+
+class UnaryOnlyCoreServicer(CoreServicer):
+    """A Core written against the single RPC: ReportResults answers UNIMPLEMENTED."""
+
+    ReportResults = pb_grpc.CoreServiceServicer.ReportResults
+
+    def __init__(self, store: ResultStore) -> None:
+        super().__init__(store)
+        self.calls = 0
+
+    def ReportResult(  # noqa: N802
+        self, request: pb.ReportResultRequest, context: grpc.ServicerContext
+    ) -> pb.ReportResultResponse:
+        self.calls += 1
+        return super().ReportResult(request, context)
+
+
+def test_a_core_without_report_results_is_asked_once_then_sent_one_result_at_a_time(
+    tmp_path: Path,
+) -> None:
+    with core_in_this_process(tmp_path / "core.db", UnaryOnlyCoreServicer) as (address, core):
+        sink = GrpcResultSink(address)
+        with capture_logs() as logs:
+            with pytest.raises(BatchesUnsupported):
+                sink.send_batch([a_result("job-1"), a_result("job-2")])
+            with pytest.raises(BatchesUnsupported):
+                sink.send_batch([a_result("job-1"), a_result("job-2")])
+        sink.send(a_result("job-1"))
+        sink.close()
+    assert core.calls == 1
+    said = [entry for entry in logs if "does not implement ReportResults" in entry["event"]]
+    assert len(said) == 1, "said once in the log"
+
+
+class HangingCoreServicer(CoreServicer):
+    """Never answers in time for results of ``hang_on`` (or for anything, with
+    ``hang_all``); answers everything else at once."""
+
+    def __init__(self, store: ResultStore, hang_on: frozenset[str], hang_all: bool = False) -> None:
+        super().__init__(store)
+        self.hang_on = hang_on
+        self.hang_all = hang_all
+        self.release = threading.Event()
+
+    def _hang_if(self, job_ids: list[str], context: grpc.ServicerContext) -> None:
+        if (self.hang_all or self.hang_on & set(job_ids)) and self.release.wait(5):
+            context.abort(grpc.StatusCode.CANCELLED, "the test is over")
+
+    def ReportResult(  # noqa: N802
+        self, request: pb.ReportResultRequest, context: grpc.ServicerContext
+    ) -> pb.ReportResultResponse:
+        self._hang_if([request.result.job_id], context)
+        return super().ReportResult(request, context)
+
+    def ReportResults(  # noqa: N802
+        self, request: pb.ReportResultsRequest, context: grpc.ServicerContext
+    ) -> pb.ReportResultsResponse:
+        self._hang_if([result.job_id for result in request.results], context)
+        return super().ReportResults(request, context)
+
+
+def test_a_result_core_never_answers_while_it_answers_others_is_a_refusal(
+    tmp_path: Path, retries: RetryLog
+) -> None:
+    def hanging(store: ResultStore) -> HangingCoreServicer:
+        return HangingCoreServicer(store, frozenset({"stuck"}))
+
+    with core_in_this_process(tmp_path / "core.db", hanging) as (address, core):
+        sink = GrpcResultSink(
+            address, call_timeout_s=0.3, backoff_base_s=0.01, backoff_cap_s=0.02, on_retry=retries
+        )
+        with pytest.raises(ResultRefused, match="never answers the result of job 'stuck'") as e:
+            sink.send(a_result("stuck"))
+        sink.send(a_result("fine"))
+        sink.close()
+        core.release.set()
+    assert e.value.code == "DEADLINE_EXCEEDED"
+    assert "GRPC_CALL_TIMEOUT" in e.value.details
+    assert [code for code, _, _ in retries.calls] == ["DEADLINE_EXCEEDED"] * 2
+
+
+def test_a_core_that_answers_nothing_in_time_is_slow_not_refusing(
+    tmp_path: Path, retries: RetryLog
+) -> None:
+    def hanging(store: ResultStore) -> HangingCoreServicer:
+        return HangingCoreServicer(store, frozenset(), hang_all=True)
+
+    with core_in_this_process(tmp_path / "core.db", hanging) as (address, core):
+        sink = GrpcResultSink(
+            address,
+            call_timeout_s=0.2,
+            backoff_base_s=0.01,
+            backoff_cap_s=0.02,
+            max_attempts=4,
+            on_retry=retries,
+        )
+        with pytest.raises(ResultNotDelivered, match="gave up .* after 4 attempts") as caught:
+            sink.send(a_result("job-1"))
+        sink.close()
+        core.release.set()
+    assert not isinstance(caught.value, ResultRefused)

@@ -366,14 +366,16 @@ def test_queues_stay_bounded_under_a_stalled_sink() -> None:
     sink = InMemoryResultSink()
     sink.block()
     source = InMemoryJobSource(sleep_jobs(1000), finite=False)
-    cfg = config(pool_size=4, jobs_queue_size=8, results_queue_size=5, result_senders=2)
+    cfg = config(
+        pool_size=4, jobs_queue_size=8, results_queue_size=5, result_senders=2, result_batch_size=3
+    )
     engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), cfg)
     engine.start()
     gevent.sleep(0.1)
     taken = 1000 - len(source._pending)
-    # results queue + one result per blocked sender + finished jobs waiting to enqueue
+    # results queue + one batch per blocked sender + finished jobs waiting to enqueue
     # (a full pool) + the jobs queue: nothing else holds a job.
-    assert taken <= 5 + 2 + 4 + 8
+    assert taken <= 5 + 2 * 3 + 4 + 8
     # Stalled with the queue above its low-water mark (4), or intake would refill it.
     assert cfg.low_water < engine.jobs_queue_depth <= 8
     assert source.fetch_sizes[-1] == 0, "a full queue must ask the source for nothing"
@@ -404,6 +406,7 @@ def test_intake_resumes_only_below_the_low_water_mark() -> None:
         jobs_queue_low_water=3,
         results_queue_size=1,
         result_senders=1,
+        result_batch_size=1,
     )
     engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), cfg)
     engine.start()
@@ -593,3 +596,54 @@ def test_refused_results_waiting_at_once_are_bounded_by_the_results_queue() -> N
     gevent.sleep(0.1)
     assert engine.results_waiting_to_retry == 2, "the rest wait in the bounded queues"
     assert engine.stop(timeout=2).results_not_delivered >= 3
+
+
+def test_results_go_to_the_sink_in_batches_and_every_job_is_acked_once() -> None:
+    sink = InMemoryResultSink()
+    source, sink, _ = run_to_end(
+        sleep_jobs(200),
+        ExecutorRegistry({"SLEEP": SleepFor()}),
+        sink,
+        pool_size=50,
+        jobs_queue_size=100,
+        results_queue_size=100,
+        result_batch_size=40,
+        result_batch_linger_s=0.01,
+    )
+    assert sorted(source.acked_ids) == sorted(f"j{i}" for i in range(200))
+    assert sorted(r.job_id for r in sink.results) == sorted(source.acked_ids)
+    assert max(sink.batches) > 1, f"batches: {sink.batches}"
+    assert max(sink.batches) <= 40
+    assert sink.offers == {}, "nothing needed sending one at a time"
+
+
+def test_a_sink_without_batches_gets_one_result_at_a_time_after_its_first_answer() -> None:
+    sink = InMemoryResultSink()
+    sink.refuse_batches = True
+    source, sink, _ = run_to_end(
+        sleep_jobs(50), ExecutorRegistry({"SLEEP": SleepFor()}), sink, result_batch_size=10
+    )
+    assert sorted(source.acked_ids) == sorted(f"j{i}" for i in range(50))
+    assert len(sink.batches) <= 2, "asked once per sender at most, then never again"
+    assert all(count == 1 for count in sink.offers.values())
+
+
+def test_a_batch_with_a_refused_result_is_narrowed_down_to_it() -> None:
+    sink = InMemoryResultSink(refuse=frozenset({"j3"}))
+    store = InMemoryRefusedResultStore()
+    source, sink, engine = run_to_end(
+        sleep_jobs(8),
+        ExecutorRegistry({"SLEEP": SleepFor()}),
+        sink,
+        store,
+        pool_size=8,
+        jobs_queue_size=8,
+        results_queue_size=8,
+        result_senders=1,
+        result_batch_size=8,
+        result_batch_linger_s=0.05,
+    )
+    assert sorted(source.acked_ids) == sorted(f"j{i}" for i in range(8))
+    assert sorted(r.job_id for r in sink.results) == sorted(f"j{i}" for i in range(8) if i != 3)
+    assert store.job_ids == ["j3"]
+    assert engine.results_refused == 3

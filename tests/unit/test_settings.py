@@ -84,6 +84,12 @@ def test_a_missing_required_setting_is_named(missing: str) -> None:
         ("KAFKA_UNREADABLE_BATCHES", "skip", "not one of dead-letter, fail"),
         ("RESULT_REFUSED", "drop", "not one of dead-letter, hold"),
         ("MAX_OUTPUT_BYTES", "8MiB", "more than Core can take"),
+        ("RESULT_BATCH_SIZE", "0", "must be greater than zero"),
+        ("RESULT_BATCH_SIZE", "-5", "must be greater than zero"),
+        ("RESULT_BATCH_LINGER", "0ms", "must be greater than zero"),
+        ("RESULT_BATCH_MAX_BYTES", "0", "must be greater than zero"),
+        ("RESULT_BATCH_MAX_BYTES", "8MiB", "above the limit of .* 4 MiB"),
+        ("RESULT_SENDERS", "0", "must be greater than zero"),
     ],
 )
 def test_a_malformed_setting_is_named_with_the_problem(name: str, value: str, message: str) -> None:

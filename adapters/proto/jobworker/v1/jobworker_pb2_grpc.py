@@ -39,6 +39,11 @@ class CoreServiceStub:
                 request_serializer=adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultRequest.SerializeToString,
                 response_deserializer=adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultResponse.FromString,
                 _registered_method=True)
+        self.ReportResults = channel.unary_unary(
+                '/jobworker.v1.CoreService/ReportResults',
+                request_serializer=adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultsRequest.SerializeToString,
+                response_deserializer=adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultsResponse.FromString,
+                _registered_method=True)
 
 
 class CoreServiceServicer:
@@ -50,6 +55,15 @@ class CoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportResults(self, request, context):
+        """Many results in one call. OK means Core stored every result in the request; any
+        error means none counts as stored, and the worker retries the batch whole (Core is
+        idempotent by job_id). A Core that answers UNIMPLEMENTED gets ReportResult calls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +71,11 @@ def add_CoreServiceServicer_to_server(servicer, server):
                     servicer.ReportResult,
                     request_deserializer=adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultRequest.FromString,
                     response_serializer=adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultResponse.SerializeToString,
+            ),
+            'ReportResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportResults,
+                    request_deserializer=adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultsRequest.FromString,
+                    response_serializer=adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +105,33 @@ class CoreService:
             '/jobworker.v1.CoreService/ReportResult',
             adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultRequest.SerializeToString,
             adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobworker.v1.CoreService/ReportResults',
+            adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultsRequest.SerializeToString,
+            adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultsResponse.FromString,
             options,
             channel_credentials,
             insecure,

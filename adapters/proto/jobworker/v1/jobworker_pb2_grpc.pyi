@@ -36,11 +36,21 @@ class CoreServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CoreServiceAsyncStub: ...
     ReportResult: _grpc.UnaryUnaryMultiCallable[_jobworker_pb2.ReportResultRequest, _jobworker_pb2.ReportResultResponse]
+    ReportResults: _grpc.UnaryUnaryMultiCallable[_jobworker_pb2.ReportResultsRequest, _jobworker_pb2.ReportResultsResponse]
+    """Many results in one call. OK means Core stored every result in the request; any
+    error means none counts as stored, and the worker retries the batch whole (Core is
+    idempotent by job_id). A Core that answers UNIMPLEMENTED gets ReportResult calls.
+    """
 
 @_typing.type_check_only
 class CoreServiceAsyncStub(CoreServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ReportResult: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.ReportResultRequest, _jobworker_pb2.ReportResultResponse]  # type: ignore[assignment]
+    ReportResults: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.ReportResultsRequest, _jobworker_pb2.ReportResultsResponse]  # type: ignore[assignment]
+    """Many results in one call. OK means Core stored every result in the request; any
+    error means none counts as stored, and the worker retries the batch whole (Core is
+    idempotent by job_id). A Core that answers UNIMPLEMENTED gets ReportResult calls.
+    """
 
 class CoreServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -49,5 +59,16 @@ class CoreServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobworker_pb2.ReportResultRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobworker_pb2.ReportResultResponse, _abc.Awaitable[_jobworker_pb2.ReportResultResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReportResults(
+        self,
+        request: _jobworker_pb2.ReportResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobworker_pb2.ReportResultsResponse, _abc.Awaitable[_jobworker_pb2.ReportResultsResponse]]:
+        """Many results in one call. OK means Core stored every result in the request; any
+        error means none counts as stored, and the worker retries the batch whole (Core is
+        idempotent by job_id). A Core that answers UNIMPLEMENTED gets ReportResult calls.
+        """
 
 def add_CoreServiceServicer_to_server(servicer: CoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
