@@ -20,25 +20,48 @@ class ObserverGroup:
 
     def __init__(self, observers: Sequence[JobObserver] = ()) -> None:
         self._observers = list(observers)
-
-    def _each(self, method: str, *args: object) -> None:
-        for observer in self._observers:
-            try:
-                getattr(observer, method)(*args)
-            except Exception:
-                logger.exception("job observer failed", extra={"observer": type(observer).__name__})
+        # Told of every job several times: the bound methods are looked up once, here.
+        self._received = [(observer, observer.job_received) for observer in self._observers]
+        self._started = [(observer, observer.job_started) for observer in self._observers]
+        self._retrying = [(observer, observer.job_retrying) for observer in self._observers]
+        self._finished = [(observer, observer.job_finished) for observer in self._observers]
+        self._delivered = [(observer, observer.result_delivered) for observer in self._observers]
 
     def job_received(self, job: Job) -> None:
-        self._each("job_received", job)
+        for observer, method in self._received:
+            try:
+                method(job)
+            except Exception:
+                _failed(observer)
 
     def job_started(self, job: Job, attempt: int) -> None:
-        self._each("job_started", job, attempt)
+        for observer, method in self._started:
+            try:
+                method(job, attempt)
+            except Exception:
+                _failed(observer)
 
     def job_retrying(self, job: Job, attempt: int, error: str, delay_s: float) -> None:
-        self._each("job_retrying", job, attempt, error, delay_s)
+        for observer, method in self._retrying:
+            try:
+                method(job, attempt, error, delay_s)
+            except Exception:
+                _failed(observer)
 
     def job_finished(self, job: Job, result: JobResult) -> None:
-        self._each("job_finished", job, result)
+        for observer, method in self._finished:
+            try:
+                method(job, result)
+            except Exception:
+                _failed(observer)
 
     def result_delivered(self, result: JobResult) -> None:
-        self._each("result_delivered", result)
+        for observer, method in self._delivered:
+            try:
+                method(result)
+            except Exception:
+                _failed(observer)
+
+
+def _failed(observer: JobObserver) -> None:
+    logger.exception("job observer failed", extra={"observer": type(observer).__name__})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 
 import gevent
 
@@ -64,7 +65,9 @@ class JobRunner:
         status, output, error = JobStatus.FAILED, "", ""
         violation = self._limits.violation(job)
         if violation is not None:
-            return self._result(job, JobStatus.REJECTED, "", violation, 0, started_ms)
+            # Only the metadata within the limits is copied into the result.
+            metadata = self._limits.capped_metadata(job.metadata)
+            return self._result(job, JobStatus.REJECTED, "", violation, 0, started_ms, metadata)
         try:
             executor = self._registry.get(job.type)
         except UnknownJobType as unknown:
@@ -103,31 +106,35 @@ class JobRunner:
             # the log, a one-line reason to Core.
             logger.exception("executor raised unexpectedly", extra={"job_id": job.id})
             error = f"{type(unexpected).__name__}: {unexpected}"
-        output_bytes = len(output.encode())
-        if output_bytes > self._max_output_bytes:
-            status, output = JobStatus.FAILED, ""
-            error = (
-                f"output of {output_bytes} bytes exceeds the {self._max_output_bytes}-byte limit"
-            )
+        # ``output`` is "" or what _checked_output let through: it fits the limit.
         return self._result(job, status, output, error[:_MAX_ERROR_CHARS], attempt, started_ms)
 
     def _checked_output(self, output: object) -> str:
         """The executor's output, if it is one Core can take; else a JobFailed."""
         if not isinstance(output, str):
             raise JobFailed(f"executor returned {type(output).__name__}, not a string")
-        size = len(output.encode("utf-8", "surrogatepass"))
+        # One encoding tells both size and validity; the size is the first complaint.
+        try:
+            size, invalid = len(output.encode("utf-8")), None
+        except UnicodeEncodeError as error:
+            size, invalid = len(output.encode("utf-8", "surrogatepass")), error
         if size > self._max_output_bytes:
             raise JobFailed(
                 f"output of {size} bytes exceeds the {self._max_output_bytes}-byte limit"
             )
-        try:
-            output.encode("utf-8")
-        except UnicodeEncodeError as error:
-            raise JobFailed(f"output is not valid UTF-8 text: {error.reason}") from None
+        if invalid is not None:
+            raise JobFailed(f"output is not valid UTF-8 text: {invalid.reason}") from None
         return output
 
     def _result(
-        self, job: Job, status: JobStatus, output: str, error: str, attempts: int, started_ms: int
+        self,
+        job: Job,
+        status: JobStatus,
+        output: str,
+        error: str,
+        attempts: int,
+        started_ms: int,
+        metadata: Mapping[str, str] | None = None,
     ) -> JobResult:
         return JobResult(
             job_id=job.id,
@@ -139,7 +146,8 @@ class JobRunner:
             started_at_unix_ms=started_ms,
             finished_at_unix_ms=_now_ms(),
             worker_id=self._worker_id,
-            metadata=self._limits.capped_metadata(job.metadata),
+            # A job that passed the limits check has metadata within them.
+            metadata=dict(job.metadata) if metadata is None else metadata,
         )
 
 

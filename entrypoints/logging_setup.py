@@ -1,11 +1,19 @@
 """structlog for everything: our own events and the standard-library records of the
-application layer and libraries, rendered as JSON lines (for ELK/Loki) or as text."""
+application layer and libraries, rendered as JSON lines (for ELK/Loki) or as text.
+
+A line costs in proportion to whether it is written: the level is asked before any
+processor runs, so a line filtered out costs one check. Our own events are rendered by
+structlog and handed to the standard library as finished text, so the handler (and
+anything else attached to the root logger) still sees every line, but no line is
+processed twice.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
@@ -17,6 +25,41 @@ MAX_TRACEBACK_CHARS = 16_000
 _LONG_FIELDS = frozenset({"exception", "stack", "stack_info"})
 # Values whose text is short by nature; the rest are measured by their repr.
 _SHORT_TYPES = (int, float, bool, type(None))
+# Set on the records of lines structlog rendered already (see _HandOver).
+_RENDERED = "jobworker_rendered"
+
+# The fields of the job the current greenlet runs. One context variable set once per
+# attempt: binding three of structlog's contextvars per job, and clearing them (which
+# walks a copy of the whole context), cost more than the job's own log line.
+_job_fields: ContextVar[Mapping[str, Any] | None] = ContextVar("jobworker_job", default=None)
+
+
+def bind_job_fields(fields: Mapping[str, Any]) -> None:
+    """Add ``fields`` to every line logged in this greenlet until ``clear_job_fields``.
+
+    Fields given to the log call itself win over these.
+    """
+    _job_fields.set(fields)
+
+
+def clear_job_fields() -> None:
+    _job_fields.set(None)
+
+
+def current_job_fields() -> Mapping[str, Any]:
+    """The job fields bound in this greenlet (empty when none)."""
+    return _job_fields.get() or {}
+
+
+def add_job_fields(
+    _logger: Any, _method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A processor: the fields of ``bind_job_fields``, behind the event's own."""
+    fields = _job_fields.get()
+    if fields:
+        for key, value in fields.items():
+            event_dict.setdefault(key, value)
+    return event_dict
 
 
 class FieldCap:
@@ -35,11 +78,18 @@ class FieldCap:
     def __call__(
         self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
+        # Every line passes here: short plain strings, the usual field, cost one test.
+        short = min(self.max_chars, self.max_traceback_chars)
         for key, value in event_dict.items():
-            if isinstance(value, _SHORT_TYPES):
+            if value.__class__ is str:
+                if len(value) <= short:
+                    continue
+                text = value
+            elif isinstance(value, _SHORT_TYPES):
                 continue
+            else:
+                text = value if isinstance(value, str) else repr(value)
             cap = self.max_traceback_chars if key in _LONG_FIELDS else self.max_chars
-            text = value if isinstance(value, str) else repr(value)
             if len(text) > cap:
                 event_dict[key] = cut(text, cap)
         return event_dict
@@ -50,13 +100,84 @@ def cut(text: str, max_chars: int) -> str:
     return f"{text[:max_chars]}…[cut {len(text) - max_chars} chars]"
 
 
+class LevelFirstBoundLogger(structlog.stdlib.BoundLogger):
+    """A stdlib BoundLogger that asks its logger's level before any processor runs.
+
+    structlog's own BoundLogger runs every processor and lets the standard library
+    drop the result. Per-logger levels (``kafka`` at WARNING) still apply: the check
+    is the standard library's ``isEnabledFor``, which caches its answer.
+    """
+
+    def debug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if not self._logger.isEnabledFor(logging.DEBUG):
+            return None
+        return self._proxy_to_logger("debug", event, *args, **kw)
+
+    def info(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if not self._logger.isEnabledFor(logging.INFO):
+            return None
+        return self._proxy_to_logger("info", event, *args, **kw)
+
+    def warning(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if not self._logger.isEnabledFor(logging.WARNING):
+            return None
+        return self._proxy_to_logger("warning", event, *args, **kw)
+
+    warn = warning
+
+    def error(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if not self._logger.isEnabledFor(logging.ERROR):
+            return None
+        return self._proxy_to_logger("error", event, *args, **kw)
+
+    def exception(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if not self._logger.isEnabledFor(logging.ERROR):
+            return None
+        kw.setdefault("exc_info", True)
+        return self._proxy_to_logger("exception", event, *args, **kw)
+
+    def critical(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if not self._logger.isEnabledFor(logging.CRITICAL):
+            return None
+        return self._proxy_to_logger("critical", event, *args, **kw)
+
+    fatal = critical
+
+    def log(self, level: int, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if not self._logger.isEnabledFor(level):
+            return None
+        return super().log(level, event, *args, **kw)
+
+
+def _hand_over(_logger: Any, _method_name: str, line: Any) -> tuple[tuple[str], dict[str, Any]]:
+    """The last processor: the rendered line to the standard library, marked as done."""
+    return (line,), {"extra": {_RENDERED: True}}
+
+
+class _Formatter(structlog.stdlib.ProcessorFormatter):
+    """Renders library records; passes on our own lines, which structlog rendered."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, _RENDERED, False):
+            return str(record.msg)
+        return super().format(record)
+
+
+def _stdlib_logger(*args: Any) -> logging.Logger:
+    # Not structlog's LoggerFactory: it makes every logger of the process (libraries'
+    # too) walk the stack for a caller on each line, and no line shows the caller.
+    return logging.getLogger(args[0] if args else None)
+
+
 def configure_logging(fmt: str = "json", level: str = "info") -> None:
     """Route structlog and stdlib logging through one renderer on stderr."""
-    shared: list[structlog.types.Processor] = [
+    context: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_job_fields,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.stdlib.ExtraAdder(),
+    ]
+    stamp: list[structlog.types.Processor] = [
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         # Tracebacks as text in both formats, so that the cap below bounds them too
         # (and the console shows no local variables, which may hold secrets).
@@ -67,24 +188,27 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    # Last before the renderer: every line, ours or a library's, passes here.
+    finish = [FieldCap(), renderer]
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*context, *stamp, *finish, _hand_over],
+        logger_factory=_stdlib_logger,
+        wrapper_class=LevelFirstBoundLogger,
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
-            # Last before the renderer: every record, ours or a library's, passes here.
-            processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                FieldCap(),
-                renderer,
-            ],
+        _Formatter(
+            # Library records may carry ``extra`` fields; our own lines never come here.
+            foreign_pre_chain=[*context, structlog.stdlib.ExtraAdder(), *stamp],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *finish],
         )
     )
+    # No line shows the thread or process. Looking the thread up makes gevent create a
+    # dummy Thread for each job's greenlet that logs: the costliest part of a record.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

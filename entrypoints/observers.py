@@ -7,13 +7,14 @@ from collections import Counter
 import structlog
 
 from domain.model import Job, JobResult, JobStatus
+from entrypoints.logging_setup import bind_job_fields, clear_job_fields
 
 
 class LoggingJobObserver:
     """Binds job_id/type/attempt to the job's greenlet and logs one line per job.
 
-    Greenlets carry their own contextvars, so anything an executor logs while it runs
-    carries the job's id too.
+    Greenlets carry their own context variables, so anything an executor logs while it
+    runs carries the job's id too.
     """
 
     def __init__(self) -> None:
@@ -24,25 +25,34 @@ class LoggingJobObserver:
         pass
 
     def job_started(self, job: Job, attempt: int) -> None:
-        structlog.contextvars.bind_contextvars(job_id=job.id, type=job.type, attempt=attempt)
+        bind_job_fields({"job_id": job.id, "type": job.type, "attempt": attempt})
 
     def job_retrying(self, job: Job, attempt: int, error: str, delay_s: float) -> None:
         self._log.warning("job attempt failed; retrying", error=error, retry_in_s=round(delay_s, 3))
 
     def job_finished(self, job: Job, result: JobResult) -> None:
-        self.finished_by_status[result.status.value] += 1
-        fields = {
-            "job_id": job.id,
-            "type": job.type,
-            "attempt": result.attempts,
-            "status": result.status.value,
-            "duration_ms": result.duration_ms,
-        }
-        if result.status is JobStatus.SUCCEEDED:
-            self._log.info("job finished", **fields)
+        status = result.status
+        self.finished_by_status[status.value] += 1
+        if status is JobStatus.SUCCEEDED:
+            self._log.info(
+                "job finished",
+                job_id=job.id,
+                type=job.type,
+                attempt=result.attempts,
+                status=status.value,
+                duration_ms=result.duration_ms,
+            )
         else:
-            self._log.warning("job finished", **fields, error=result.error)
-        structlog.contextvars.clear_contextvars()
+            self._log.warning(
+                "job finished",
+                job_id=job.id,
+                type=job.type,
+                attempt=result.attempts,
+                status=status.value,
+                duration_ms=result.duration_ms,
+                error=result.error,
+            )
+        clear_job_fields()
 
     def result_delivered(self, result: JobResult) -> None:
         pass

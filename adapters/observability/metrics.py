@@ -16,6 +16,10 @@ from prometheus_client.registry import Collector
 
 from domain.model import Job, JobResult
 
+# What ``labels()`` returns: the metric itself, bound to one set of label values.
+CounterChild = Counter
+HistogramChild = Histogram
+
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -52,21 +56,46 @@ class PrometheusJobObserver:
             registry=registry,
         )
 
+        # ``labels()`` costs more than the update itself (it validates and looks up the
+        # label values under a lock): each child is looked up once, then kept here.
+        self._consumed: dict[str, CounterChild] = {}
+        self._retries: dict[str, CounterChild] = {}
+        self._finished: dict[tuple[str, str], tuple[CounterChild, HistogramChild]] = {}
+        self._delivered: dict[str, CounterChild] = {}
+
     def job_received(self, job: Job) -> None:
-        self.consumed.labels(job.type).inc()
+        child = self._consumed.get(job.type)
+        if child is None:
+            child = self._consumed[job.type] = self.consumed.labels(job.type)
+        child.inc()
 
     def job_started(self, job: Job, attempt: int) -> None:
         pass
 
     def job_retrying(self, job: Job, attempt: int, error: str, delay_s: float) -> None:
-        self.retries.labels(job.type).inc()
+        child = self._retries.get(job.type)
+        if child is None:
+            child = self._retries[job.type] = self.retries.labels(job.type)
+        child.inc()
 
     def job_finished(self, job: Job, result: JobResult) -> None:
-        self.finished.labels(job.type, result.status.value).inc()
-        self.duration.labels(job.type, result.status.value).observe(result.duration_ms / 1000)
+        key = (job.type, result.status.value)
+        children = self._finished.get(key)
+        if children is None:
+            children = self._finished[key] = (
+                self.finished.labels(*key),
+                self.duration.labels(*key),
+            )
+        finished, duration = children
+        finished.inc()
+        duration.observe(result.duration_ms / 1000)
 
     def result_delivered(self, result: JobResult) -> None:
-        self.delivered.labels(result.status.value).inc()
+        status = result.status.value
+        child = self._delivered.get(status)
+        if child is None:
+            child = self._delivered[status] = self.delivered.labels(status)
+        child.inc()
 
 
 class ResultSendRetries:

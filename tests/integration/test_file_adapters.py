@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pytest
 
 from adapters.file import FileJobSource, FileResultSink, JobFileError, parse_job_line
 from adapters.file.refused import FileRefusedResultStore
+from adapters.file.sink import result_to_record
 from domain.errors import ResultNotDelivered, ResultRefused
 from domain.model import Job, JobResult, JobStatus
 
@@ -86,6 +88,39 @@ def test_results_are_appended_as_json_lines(tmp_path: Path) -> None:
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(r["job_id"], r["status"]) for r in records] == [("a", "SUCCEEDED"), ("b", "FAILED")]
     assert records[1]["metadata"] == {"k": "v"}
+
+
+def test_a_record_holds_every_field_of_the_result_in_order() -> None:
+    result = JobResult(
+        job_id="a",
+        type="SLEEP",
+        status=JobStatus.TIMED_OUT,
+        output="{}",
+        error="late",
+        attempts=2,
+        started_at_unix_ms=1,
+        finished_at_unix_ms=5,
+        worker_id="w",
+        metadata={"k": "v"},
+    )
+    record = result_to_record(result)
+
+    assert list(record) == [field.name for field in dataclasses.fields(JobResult)]
+    assert record == {**dataclasses.asdict(result), "status": "TIMED_OUT"}
+
+
+def test_a_batch_is_appended_line_by_line(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    sink = FileResultSink(path)
+    sink.send(JobResult(job_id="a", type="SLEEP", status=JobStatus.SUCCEEDED))
+    sink.send_batch(
+        [JobResult(job_id=name, type="SLEEP", status=JobStatus.FAILED) for name in "bcd"]
+    )
+    sink.send_batch([])
+    sink.close()
+
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["job_id"] for r in records] == ["a", "b", "c", "d"]
 
 
 def test_an_unwritable_results_file_is_not_delivered(tmp_path: Path) -> None:

@@ -6,8 +6,10 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 
+import gevent
 import pytest
 import structlog
+from structlog.typing import EventDict
 
 from adapters.executors import HttpExecutor, SafeHttpClient
 from adapters.memory import InMemoryJobSource, InMemoryResultSink
@@ -37,6 +39,7 @@ def logged(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[str], ReadL
     saved_structlog = structlog.get_config()
     named = [logging.getLogger(name) for name in ("kafka", "kafka.coordinator.assignors.range")]
     saved_levels = [logger.level for logger in named]
+    saved_flags = (logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
 
     def configure(fmt: str) -> ReadLines:
         configure_logging(fmt, "debug")
@@ -52,6 +55,7 @@ def logged(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[str], ReadL
     structlog.configure(**saved_structlog)
     for logger, logger_level in zip(named, saved_levels, strict=True):
         logger.setLevel(logger_level)
+    logging.logThreads, logging.logProcesses, logging.logMultiprocessing = saved_flags
 
 
 def test_a_long_field_is_cut_and_marked_in_json(logged: Callable[[str], ReadLines]) -> None:
@@ -144,3 +148,95 @@ def test_values_are_measured_by_their_repr() -> None:
     capped = cap(None, "info", {"event": "e", "items": list(range(100))})
 
     assert capped["items"] == "[0, 1, 2, …[cut 380 chars]"
+
+
+def test_a_line_below_the_level_runs_no_processor(logged: Callable[[str], ReadLines]) -> None:
+    read = logged("json")
+    logging.getLogger().setLevel(logging.WARNING)
+    seen: list[str] = []
+
+    def spy(logger: object, method_name: str, event_dict: EventDict) -> EventDict:
+        seen.append(event_dict["event"])
+        return event_dict
+
+    processors = structlog.get_config()["processors"]
+    structlog.configure(processors=[spy, *processors])
+    log = structlog.get_logger("t")
+    log.debug("debug")
+    log.info("info", field=Unprintable())
+    log.warning("warning")
+
+    assert seen == ["warning"]
+    assert [json.loads(line)["event"] for line in read()] == ["warning"]
+
+
+def test_per_logger_levels_apply_to_structlog_lines_too(
+    logged: Callable[[str], ReadLines],
+) -> None:
+    read = logged("json")
+
+    structlog.get_logger("kafka.consumer").info("chatty")
+    structlog.get_logger("kafka.consumer").warning("worth reading")
+    structlog.get_logger("jobworker.t").debug("debug is on")
+
+    assert [json.loads(line)["event"] for line in read()] == ["worth reading", "debug is on"]
+
+
+def test_a_line_is_rendered_once_with_the_usual_fields(logged: Callable[[str], ReadLines]) -> None:
+    read = logged("json")
+
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        structlog.get_logger("jobworker.t").exception("failed", job_id="j")
+    logging.getLogger("some.library").warning("careful %s", "now", extra={"k": 1})
+
+    ours, theirs = (json.loads(line) for line in read())
+    assert list(ours) == ["job_id", "event", "level", "logger", "timestamp", "exception"]
+    assert (ours["event"], ours["level"], ours["logger"]) == ("failed", "error", "jobworker.t")
+    assert ours["exception"].startswith("Traceback") and ours["exception"].endswith("boom")
+    assert list(theirs) == ["event", "level", "logger", "k", "timestamp"]
+    assert (theirs["event"], theirs["k"]) == ("careful now", 1)
+
+
+def test_what_an_executor_logs_during_a_job_carries_the_job_and_nothing_after(
+    logged: Callable[[str], ReadLines],
+) -> None:
+    read = logged("json")
+
+    class Chatty:
+        def execute(self, job: Job) -> str:
+            structlog.get_logger("executor").info("structlog line")
+            logging.getLogger("executor.lib").info("stdlib line")
+            gevent.sleep(0.001)  # other jobs run meanwhile, with their own ids
+            structlog.get_logger("executor").info("after a switch")
+            return "{}"
+
+    jobs = [Job(id=f"job-{number}", type="CHATTY") for number in range(3)]
+    source, sink = InMemoryJobSource(jobs), InMemoryResultSink()
+    engine = WorkerEngine(
+        source,
+        sink,
+        ExecutorRegistry({"CHATTY": Chatty()}),
+        EngineConfig(fetch_timeout_s=0.005, pool_size=3),
+        observers=[LoggingJobObserver()],
+    )
+    engine.start()
+    assert engine.wait_until_drained(timeout=5)
+    engine.stop(timeout=1)
+    structlog.get_logger("t").info("outside any job")
+
+    events = [json.loads(line) for line in read()]
+    by_job: dict[str, list[str]] = {}
+    for event in events:
+        by_job.setdefault(event.get("job_id", "-"), []).append(event["event"])
+    for job in jobs:
+        assert by_job[job.id] == ["structlog line", "stdlib line", "after a switch", "job finished"]
+    [outside] = [e for e in events if e["event"] == "outside any job"]
+    assert "job_id" not in outside
+    assert {e["type"] for e in events if e["event"] == "stdlib line"} == {"CHATTY"}
+
+
+class Unprintable:
+    def __repr__(self) -> str:
+        raise AssertionError("a line below the level was rendered")

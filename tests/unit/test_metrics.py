@@ -86,3 +86,36 @@ def test_live_state_is_read_at_scrape_time() -> None:
     assert value(registry, "jobworker_consumer_lag", topic="jobs", partition="0") == 5
     assert value(registry, "jobworker_offset_commits_total") == 7
     assert value(registry, "jobworker_dlq_records_total") == 1
+
+
+def test_each_label_set_counts_on_its_own_however_often_it_comes_back() -> None:
+    registry = CollectorRegistry()
+    observer = PrometheusJobObserver(registry)
+    outcomes = [("HTTP", JobStatus.SUCCEEDED)] * 3 + [
+        ("HTTP", JobStatus.FAILED),
+        ("SLEEP", JobStatus.SUCCEEDED),
+    ]
+    for job_type, status in outcomes:
+        job = Job(id="a", type=job_type)
+        observer.job_received(job)
+        observer.job_retrying(job, 1, "503", 0.1)
+        result = JobResult(
+            job_id="a", type=job_type, status=status, started_at_unix_ms=0, finished_at_unix_ms=20
+        )
+        observer.job_finished(job, result)
+        observer.result_delivered(result)
+
+    assert value(registry, "jobworker_jobs_consumed_total", type="HTTP") == 4
+    assert value(registry, "jobworker_job_retries_total", type="SLEEP") == 1
+    assert value(registry, "jobworker_jobs_finished_total", type="HTTP", status="SUCCEEDED") == 3
+    assert value(registry, "jobworker_jobs_finished_total", type="HTTP", status="FAILED") == 1
+    assert (
+        value(registry, "jobworker_job_duration_seconds_count", type="HTTP", status="SUCCEEDED")
+        == 3
+    )
+    assert (
+        value(registry, "jobworker_job_duration_seconds_sum", type="SLEEP", status="SUCCEEDED")
+        == 0.02
+    )
+    assert value(registry, "jobworker_results_delivered_total", status="SUCCEEDED") == 4
+    assert value(registry, "jobworker_results_delivered_total", status="FAILED") == 1

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-import structlog
 from structlog.testing import capture_logs
 
 from domain.model import Job, JobResult, JobStatus
+from entrypoints.logging_setup import current_job_fields
 from entrypoints.observers import LoggingJobObserver
 
 JOB = Job(id="j-1", type="SLEEP")
@@ -44,10 +44,6 @@ def test_one_summary_line_per_job_with_its_fields() -> None:
 def test_the_job_context_is_bound_while_it_runs_and_cleared_after() -> None:
     observer = LoggingJobObserver()
     observer.job_started(JOB, 3)
-    assert structlog.contextvars.get_contextvars() == {
-        "job_id": "j-1",
-        "type": "SLEEP",
-        "attempt": 3,
-    }
+    assert current_job_fields() == {"job_id": "j-1", "type": "SLEEP", "attempt": 3}
     observer.job_finished(JOB, result(JobStatus.SUCCEEDED))
-    assert structlog.contextvars.get_contextvars() == {}
+    assert current_job_fields() == {}

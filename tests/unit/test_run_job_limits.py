@@ -235,3 +235,38 @@ def test_http_inputs_the_client_would_choke_on_are_rejected(
     assert result.status is JobStatus.REJECTED
     assert reason in result.error
     assert len(result.error) < SHORT_REASON_CHARS
+
+
+class Returning:
+    def __init__(self, output: str) -> None:
+        self.output = output
+
+    def execute(self, job: Job) -> str:
+        return self.output
+
+
+@pytest.mark.parametrize(
+    ("output", "status", "error"),
+    [
+        ("é" * 500, JobStatus.SUCCEEDED, ""),
+        ("é" * 501, JobStatus.FAILED, "output of 1002 bytes exceeds the 1000-byte limit"),
+        ("\udc80" * 400, JobStatus.FAILED, "output of 1200 bytes exceeds the 1000-byte limit"),
+        ("\udc80", JobStatus.FAILED, "output is not valid UTF-8 text: surrogates not allowed"),
+    ],
+)
+def test_the_output_is_measured_in_utf8_bytes_and_its_size_named_first(
+    output: str, status: JobStatus, error: str
+) -> None:
+    job_runner = JobRunner(
+        ExecutorRegistry({"OUT": Returning(output)}),
+        worker_id="w-test",
+        max_job_timeout_s=5.0,
+        retry=RetryPolicy(max_attempts=1),
+        observer=ObserverGroup(),
+        max_output_bytes=1000,
+    )
+
+    result = job_runner.run(Job(id="o", type="OUT"))
+
+    assert (result.status, result.error) == (status, error)
+    assert result.output == (output if status is JobStatus.SUCCEEDED else "")

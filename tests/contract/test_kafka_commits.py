@@ -1,0 +1,50 @@
+"""KafkaJobSource's commits on the ``commit_every`` cadence: sent without waiting, and
+still never past an unfinished job."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from adapters.kafka import KafkaJobSource
+from domain.model import Job
+from tests.contract.conftest import JobsTopic
+from tests.support.kafka import committed_offsets
+
+pytestmark = pytest.mark.contract
+
+SourceFactory = Callable[..., KafkaJobSource]
+
+
+def fetch_until(source: KafkaJobSource, done: Callable[[], bool], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        source.fetch(100, 0.1)
+
+
+def test_commits_every_few_acks_land_without_a_close_and_stop_before_an_unfinished_job(
+    kafka_servers: str,
+    jobs_topic: JobsTopic,
+    group_id: str,
+    source_factory: SourceFactory,
+) -> None:
+    topic = jobs_topic([f"job-{i}" for i in range(30)])
+    # The clock never commits here: only the cadence of acks does.
+    source = source_factory(topic, group_id, commit_interval_s=600, commit_every=5)
+    jobs: list[Job] = []
+    fetch_until(source, lambda: bool(jobs.extend(source.fetch(100, 0.1))) or len(jobs) == 30)
+    unfinished = jobs[20]
+    for job in jobs:
+        if job is not unfinished:
+            source.ack(job)
+
+    fetch_until(source, lambda: committed_offsets(kafka_servers, group_id, topic) == {0: 20})
+    fetch_until(source, lambda: source.counters["offset_commits"] >= 1)
+    assert source.lag() == {source.assigned()[0]: 10}
+
+    source.ack(unfinished)  # one ack: below the cadence, so close commits it
+    source.close()
+    assert committed_offsets(kafka_servers, group_id, topic) == {0: 30}
