@@ -179,7 +179,9 @@ SETTINGS: list[Setting] = [
         "commit done offsets at least this often",
         _positive(parse_duration),
     ),
-    Setting("KAFKA_COMMIT_EVERY", "1000", "…or after this many finished jobs", _positive(parse_int)),
+    Setting(
+        "KAFKA_COMMIT_EVERY", "1000", "…or after this many finished jobs", _positive(parse_int)
+    ),
     Setting(
         "KAFKA_MAX_PARTITION_FETCH_BYTES",
         "1MiB",
