@@ -93,7 +93,9 @@ class ResultCourier:
         self._parking = BoundedSemaphore(max(1, max_parked))
         self._parked: set[gevent.Greenlet[..., object]] = set()
         self._stopping = Event()
-        self._batches = True  # until the sink says it takes one result at a time
+        # Until the sink says it takes one result at a time. A sink written before the
+        # port had send_batch keeps working, one result at a time.
+        self._batches = callable(getattr(sink, "send_batch", None))
         self.refusals = 0  # final answers from the sink, each counted (metrics)
         self.dead_lettered = 0  # results the refused-result store kept (metrics)
         self.abandoned = 0  # results given up at stop: their jobs stay not done

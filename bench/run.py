@@ -49,7 +49,8 @@ SLEEP_MS = 20
 CONCURRENCY = ((1, 100), (10, 2_000), (100, 2_000), (500, 2_000))  # (pool, jobs)
 BACKLOG_JOBS = 200_000
 STALL_POOL, STALL_JOBS_QUEUE, STALL_RESULTS_QUEUE, STALL_SENDERS = 50, 100, 100, 4
-STALL_BOUND = STALL_JOBS_QUEUE + STALL_POOL + STALL_RESULTS_QUEUE + STALL_SENDERS
+STALL_BATCH = 100  # results a sender gathers into one call (RESULT_BATCH_SIZE's default)
+STALL_BOUND = STALL_JOBS_QUEUE + STALL_POOL + STALL_RESULTS_QUEUE + STALL_SENDERS * STALL_BATCH
 STALL_S = 2.0
 FLOW_S = 2.0
 CODEC_MESSAGES = 20_000
@@ -270,7 +271,7 @@ def bench_bounded_memory() -> bool:
     print(
         f"   jobs taken while stalled: {stalled.taken} (bound: {STALL_BOUND} = jobs queue "
         f"{STALL_JOBS_QUEUE} + pool {STALL_POOL} + results queue "
-        f"{STALL_RESULTS_QUEUE} + senders {STALL_SENDERS}) {verdict}"
+        f"{STALL_RESULTS_QUEUE} + senders {STALL_SENDERS} x batch {STALL_BATCH}) {verdict}"
     )
     queued, in_flight, results = stalled.held
     print(
@@ -311,6 +312,7 @@ def backlog_engine(sink: CountingResultSink) -> tuple[LazyJobSource, WorkerEngin
         jobs_queue_size=STALL_JOBS_QUEUE,
         results_queue_size=STALL_RESULTS_QUEUE,
         result_senders=STALL_SENDERS,
+        result_batch_size=STALL_BATCH,
     )
     registry = ExecutorRegistry({"NOOP": ReturnOkExecutor()})
     return source, WorkerEngine(source, sink, registry, config)

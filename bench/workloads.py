@@ -73,6 +73,10 @@ class CountingResultSink:
         self._gate.wait()
         self.delivered += 1
 
+    def send_batch(self, results: Sequence[JobResult]) -> None:
+        self._gate.wait()
+        self.delivered += len(results)
+
     def close(self) -> None:
         self.unblock()
 
