@@ -18,11 +18,19 @@ pytestmark = pytest.mark.contract
 SourceFactory = Callable[..., KafkaJobSource]
 
 
-def fetch_until(source: KafkaJobSource, done: Callable[[], bool], timeout_s: float = 30) -> None:
+def fetch_until(
+    source: KafkaJobSource,
+    done: Callable[[], bool],
+    timeout_s: float = 30,
+    into: list[Job] | None = None,
+) -> None:
+    """Fetch until ``done()``; the jobs fetched go ``into`` the list given, if any."""
     deadline = time.monotonic() + timeout_s
     while not done():
         assert time.monotonic() < deadline, "timed out"
-        source.fetch(100, 0.1)
+        jobs = source.fetch(100, 0.1)
+        if into is not None:
+            into.extend(jobs)
 
 
 def test_commits_every_few_acks_land_without_a_close_and_stop_before_an_unfinished_job(
@@ -35,7 +43,7 @@ def test_commits_every_few_acks_land_without_a_close_and_stop_before_an_unfinish
     # The clock never commits here: only the cadence of acks does.
     source = source_factory(topic, group_id, commit_interval_s=600, commit_every=5)
     jobs: list[Job] = []
-    fetch_until(source, lambda: bool(jobs.extend(source.fetch(100, 0.1))) or len(jobs) == 30)
+    fetch_until(source, lambda: len(jobs) == 30, into=jobs)
     unfinished = jobs[20]
     for job in jobs:
         if job is not unfinished:
