@@ -174,7 +174,7 @@ class ResultCourier:
 
     def flush(self, timeout_s: float) -> None:
         """``stop_waiting``, then wait up to ``timeout_s`` for parked results to settle."""
-        self._stopping.set()
+        self.stop_waiting()
         gevent.joinall(list(self._parked), timeout=timeout_s)
         left = list(self._parked)
         if left:
@@ -187,12 +187,9 @@ class ResultCourier:
         try:
             next_delay: float | None = delay
             while next_delay is not None:
+                self._stopping.wait(next_delay)  # at once when stopping
                 if self._stopping.is_set():
                     self._prepare_last_try(delivery)
-                else:
-                    self._stopping.wait(next_delay)
-                    if self._stopping.is_set():
-                        self._prepare_last_try(delivery)
                 next_delay = self._advance(delivery)
                 if next_delay is not None and self._stopping.is_set():
                     break  # the last try failed too
@@ -209,8 +206,12 @@ class ResultCourier:
         )
         self._settle(delivery.job, False)
 
+    @property
+    def _dead_letters_refusals(self) -> bool:
+        return self._policy.dead_letter and self._store is not None
+
     def _prepare_last_try(self, delivery: _Delivery) -> None:
-        if delivery.refusal is not None and self._policy.dead_letter and self._store is not None:
+        if delivery.refusal is not None and self._dead_letters_refusals:
             delivery.stage = "store"
 
     def _unpark(self, greenlet: gevent.Greenlet[..., object]) -> None:
@@ -267,7 +268,7 @@ class ResultCourier:
         delivery.refusals += 1
         delivery.refusal = refusal
         policy = self._policy
-        to_store = policy.dead_letter and self._store is not None
+        to_store = self._dead_letters_refusals
         if to_store and delivery.refusals >= policy.attempts:
             delivery.stage = "store"
             return self._try_store(delivery)

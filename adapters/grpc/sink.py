@@ -168,14 +168,14 @@ class GrpcResultSink:
             raise BatchesUnsupported("Core does not implement ReportResults")
         if not results:
             return
+        if len(results) == 1:
+            self.send(results[0])
+            return
         request = pb.ReportResultsRequest(results=[result_to_proto(r) for r in results])
-        if request.ByteSize() > self._max_message_bytes and len(results) > 1:
+        if request.ByteSize() > self._max_message_bytes:
             middle = len(results) // 2
             self.send_batch(results[:middle])
             self.send_batch(results[middle:])
-            return
-        if len(results) == 1:
-            self.send(results[0])
             return
         first = results[0].job_id
         what = f"a batch of {len(results)} results (the first of job {first!r})"

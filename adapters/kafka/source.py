@@ -641,18 +641,21 @@ class KafkaJobSource:
     ) -> tuple[dict[TopicPartition, Any], dict[TopicPartition, int]]:
         """What to commit for the owned partitions, and the assignment each belongs to."""
         with self._lock:
-            offsets = self._committable(set(self._epochs) - self._held)
             self._acks_since_commit = 0
             self._last_commit = self._clock()
-            return offsets, {tp: self._epochs[tp] for tp in offsets}
+            return self._committable(set(self._epochs) - self._held)
 
-    def _committable(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, Any]:
+    def _committable(
+        self, partitions: Iterable[TopicPartition]
+    ) -> tuple[dict[TopicPartition, Any], dict[TopicPartition, int]]:
+        """What to commit for ``partitions``, and the assignment each belongs to (under
+        the lock)."""
         offsets = {}
         for tp in partitions:
             position = self._tracker.committable(tp)
             if position is not None:
                 offsets[tp] = OffsetAndMetadata(position, "", -1)
-        return offsets
+        return offsets, {tp: self._epochs[tp] for tp in offsets}
 
     # -- rebalance (called on kafka-python's I/O thread) ---------------------------------
     #
@@ -666,8 +669,7 @@ class KafkaJobSource:
         with self._lock:
             revoked = [tp for tp in partitions if tp in self._epochs]
             self._held.update(revoked)
-            offsets = self._committable(revoked)
-            epochs = {tp: self._epochs[tp] for tp in offsets}
+            offsets, epochs = self._committable(revoked)
         if revoked:
             log.info("partitions revoked", partitions=_printable(revoked))
         if not offsets:
