@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from domain.model import Job, JobResult, JobStatus
+from domain.model import NO_TRACE_HEADERS, Job, JobResult, JobStatus
 
 _UNKNOWN_TYPE_PREFIX = "TYPE_"
 
@@ -31,7 +31,9 @@ def type_number(name: str) -> int:
         return int(suffix) if name.startswith(_UNKNOWN_TYPE_PREFIX) and suffix.isdigit() else 0
 
 
-def job_from_task(task: pb.JobTask, receipt: Hashable = None) -> Job:
+def job_from_task(
+    task: pb.JobTask, receipt: Hashable = None, trace_headers: Mapping[str, str] = NO_TRACE_HEADERS
+) -> Job:
     return Job(
         id=task.id,
         type=type_name(task.type),
@@ -40,6 +42,7 @@ def job_from_task(task: pb.JobTask, receipt: Hashable = None) -> Job:
         metadata=dict(task.metadata),
         created_at_unix_ms=task.created_at_unix_ms,
         receipt=receipt,
+        trace_headers=trace_headers,
     )
 
 

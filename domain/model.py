@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 
 class JobType(enum.StrEnum):
@@ -28,6 +29,14 @@ class JobStatus(enum.StrEnum):
     REJECTED = "REJECTED"
 
 
+# Most jobs carry no trace context: they share one empty, read-only mapping.
+NO_TRACE_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+def _no_trace_headers() -> Mapping[str, str]:
+    return NO_TRACE_HEADERS
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """One unit of work taken from a source.
@@ -35,6 +44,8 @@ class Job:
     ``receipt`` is the source's own token for the delivery (for Kafka: topic,
     partition, offset); the engine hands it back through ``JobSource.ack`` and never
     looks inside. Two deliveries of the same job id carry different receipts.
+    ``trace_headers`` are the W3C trace context the producer sent with the job
+    (``traceparent``, ``tracestate``), as found; tracing, when on, continues that trace.
     """
 
     id: str
@@ -44,6 +55,7 @@ class Job:
     metadata: Mapping[str, str] = field(default_factory=dict)
     created_at_unix_ms: int = 0
     receipt: Hashable = None
+    trace_headers: Mapping[str, str] = field(default_factory=_no_trace_headers)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ them (the Kafka source commits and leaves its group there) once the engine has s
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from adapters.kafka.refused_results import KafkaRefusedResultStore
 from adapters.kafka.settings import KafkaClientSettings
 from adapters.kafka.source import KafkaJobSource
 from adapters.observability.metrics import PrometheusJobObserver, ResultSendRetries
+from adapters.tracing.setup import start_tracing
 from application.engine import EngineConfig, WorkerEngine
 from application.job_limits import JobLimits
 from application.registry import ExecutorRegistry
@@ -37,7 +39,7 @@ from application.result_delivery import RefusalPolicy
 from application.retry import RetryPolicy
 from domain.errors import ConfigurationError, JobWorkerError
 from domain.model import JobType
-from domain.ports import Executor
+from domain.ports import Executor, JobObserver, ResultSink
 from entrypoints.observers import LoggingJobObserver
 from entrypoints.settings import Settings
 
@@ -235,6 +237,32 @@ def image_folder(settings: Settings, name: str, access: int) -> Path:
     return folder
 
 
+def tracing_resource(settings: Settings) -> Iterator[Any]:
+    """Tracing as the OTEL_* variables ask (None: off); flushed and stopped at shutdown."""
+    started = start_tracing(settings.worker_id, _version())
+    try:
+        yield started
+    finally:
+        if started is not None:
+            started.close()
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("jobworker")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def traced_sink(tracing: Any, sink: ResultSink) -> ResultSink:
+    return sink if tracing is None else tracing.traced_sink(sink)
+
+
+def job_observers(tracing: Any, *observers: JobObserver) -> list[JobObserver]:
+    # The tracing observer first: ids bound at a job's start are on every other line.
+    return list(observers) if tracing is None else [tracing.observer(), *observers]
+
+
 def build_registry(executors: dict[str, Executor], discover_plugins: bool) -> ExecutorRegistry:
     registry = ExecutorRegistry(executors)
     if discover_plugins:
@@ -326,12 +354,14 @@ class Container(containers.DeclarativeContainer):
     registry = providers.Singleton(build_registry, executors, discover_plugins)
 
     job_log = providers.Singleton(LoggingJobObserver)
-    observers = providers.List(job_log, job_metrics)
+    # Started before the sink it wraps, so that the gRPC channel to Core is traced.
+    tracing = providers.Resource(tracing_resource, settings)
+    observers = providers.Callable(job_observers, tracing, job_log, job_metrics)
 
     engine = providers.Singleton(
         WorkerEngine,
         source=job_source,
-        sink=result_sink,
+        sink=providers.Callable(traced_sink, tracing, result_sink),
         registry=registry,
         config=providers.Callable(engine_config, settings),
         observers=observers,

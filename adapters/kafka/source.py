@@ -43,6 +43,7 @@ from adapters.kafka.quirks import (
 )
 from adapters.kafka.settings import KafkaClientSettings
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from adapters.tracing.headers import trace_headers
 from application.delivery import DeliveryTracker
 from domain.errors import ConfigurationError, SourceFailed
 from domain.model import Job
@@ -527,7 +528,7 @@ class KafkaJobSource:
                 offset=record.offset,
             )
         receipt = KafkaReceipt(record.topic, record.partition, record.offset, epoch)
-        return job_from_task(task, receipt)
+        return job_from_task(task, receipt, trace_headers(record.headers))
 
     def _rewind(self, batches: dict[TopicPartition, list[Any]]) -> None:
         # Records that arrive while there is no room (a partition assigned during the

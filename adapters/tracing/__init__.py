@@ -1,0 +1,5 @@
+"""OpenTelemetry tracing: off unless the standard ``OTEL_*`` variables ask for it.
+
+``setup`` decides from the environment and imports nothing of the SDK; ``headers``
+picks the W3C trace context off Kafka records. The rest loads only when tracing is on.
+"""
