@@ -136,7 +136,7 @@ class HeaderRecordingServer(ThreadingHTTPServer):
 class _RecordingHandler(BaseHTTPRequestHandler):
     server: HeaderRecordingServer
 
-    def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+    def do_GET(self) -> None:
         self.server.headers_seen.append({k.lower(): v for k, v in self.headers.items()})
         body = b'{"ok": true}'
         self.send_response(200)
@@ -286,9 +286,7 @@ def test_a_trace_runs_from_the_producer_through_the_job_to_core_and_the_http_tar
     assert len(warnings) == 1, warnings
 
     # Every line the worker logged about a traced job carries that job's span ids.
-    job_of_span = {
-        (s.trace_id, s.span_id): s for s in job_spans.values() if s.parent_span_id
-    }
+    job_of_span = {(s.trace_id, s.span_id): s for s in job_spans.values() if s.parent_span_id}
     finished = [e for e in log_events(worker) if e.get("event") == "job finished"]
     assert len(finished) == len(jobs)
     for event in finished:
