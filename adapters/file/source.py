@@ -57,6 +57,11 @@ def parse_job_line(line: str, where: str = "") -> Job:
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise JobFileError(f"{prefix}job {job_id}: 'metadata' must map strings to strings")
+    trace_headers = record.get("trace_headers", {})
+    if not isinstance(trace_headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in trace_headers.items()
+    ):
+        raise JobFileError(f"{prefix}job {job_id}: 'trace_headers' must map strings to strings")
     created = record.get("created_at_unix_ms", 0)
     if not isinstance(created, int) or isinstance(created, bool):
         raise JobFileError(f"{prefix}job {job_id}: 'created_at_unix_ms' must be an integer")
@@ -68,6 +73,7 @@ def parse_job_line(line: str, where: str = "") -> Job:
         metadata=metadata,
         created_at_unix_ms=created,
         receipt=where or None,
+        trace_headers={k.lower(): v for k, v in trace_headers.items()},
     )
 
 
@@ -155,4 +161,6 @@ def job_to_record(job: Job) -> dict[str, Any]:
         record["metadata"] = dict(job.metadata)
     if job.created_at_unix_ms:
         record["created_at_unix_ms"] = job.created_at_unix_ms
+    if job.trace_headers:
+        record["trace_headers"] = dict(job.trace_headers)
     return record
