@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
+import structlog
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
@@ -21,6 +22,8 @@ from adapters.tracing.sink import TracedResultSink
 from domain.ports import ResultSink
 
 INSTRUMENTATION_NAME = "jobworker"
+
+log = structlog.get_logger("jobworker.tracing")
 
 
 class Tracing:
@@ -49,7 +52,8 @@ class Tracing:
         OTLP exporter's own channel is never traced (its calls are also suppressed by
         the SDK while it exports).
         """
-        provider = TracerProvider(resource=_resource(worker_id, version, default_service))
+        resource = _resource(worker_id, version, default_service)
+        provider = TracerProvider(resource=resource)
         for exporter in _exporters(exporters):
             provider.add_span_processor(BatchSpanProcessor(exporter))
         # Global, because the grpc and requests instrumentations use the global provider.
@@ -60,6 +64,12 @@ class Tracing:
         ]
         for instrumentor in instrumentors:
             instrumentor.instrument(tracer_provider=provider)
+        log.info(
+            "tracing on",
+            exporters=list(exporters),
+            service_name=resource.attributes.get(SERVICE_NAME),
+            sampler=provider.sampler.get_description(),
+        )
         return cls(provider, instrumentors, version)
 
     def observer(self) -> TracingJobObserver:
