@@ -17,7 +17,6 @@ import structlog
 from dependency_injector import containers, providers
 from gevent.threadpool import ThreadPool
 from kafka.errors import KafkaError
-from prometheus_client import CollectorRegistry
 
 from adapters.executors.http import HttpExecutor
 from adapters.executors.image_resize import ImageResizeExecutor
@@ -30,7 +29,11 @@ from adapters.kafka.lag import BrokerOffsetsMonitor, GroupOffsetsProbe
 from adapters.kafka.refused_results import KafkaRefusedResultStore
 from adapters.kafka.settings import KafkaClientSettings
 from adapters.kafka.source import KafkaJobSource
-from adapters.observability.metrics import PrometheusJobObserver, ResultSendRetries
+from adapters.observability.metrics import (
+    PrometheusJobObserver,
+    ResultSendRetries,
+    new_registry,
+)
 from adapters.tracing.setup import start_tracing
 from application.engine import EngineConfig, WorkerEngine
 from application.job_limits import JobLimits
@@ -296,8 +299,7 @@ class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
     discover_plugins = providers.Object(True)
 
-    metrics_registry = providers.Singleton(CollectorRegistry)
-    job_metrics = providers.Singleton(PrometheusJobObserver, metrics_registry)
+    metrics_registry = providers.Singleton(new_registry)
     send_retries = providers.Singleton(ResultSendRetries, metrics_registry)
 
     job_source = providers.Selector(
@@ -353,6 +355,12 @@ class Container(containers.DeclarativeContainer):
     )
     registry = providers.Singleton(build_registry, executors, discover_plugins)
 
+    # Told the registered types: any other type is counted as ``unknown`` (bounded labels).
+    job_metrics = providers.Singleton(
+        PrometheusJobObserver,
+        metrics_registry,
+        job_types=providers.Callable(ExecutorRegistry.job_types, registry),
+    )
     job_log = providers.Singleton(LoggingJobObserver)
     # Started before the sink it wraps, so that the gRPC channel to Core is traced.
     tracing = providers.Resource(tracing_resource, settings)

@@ -29,8 +29,13 @@ def start_observability_server(
     sink: Any,
     broker_offsets: BrokerOffsetsMonitor | None = None,
     core_tls: CoreTlsDiagnosis | None = None,
+    *,
+    readiness_requires_core: bool = False,
+    broker_answer_timeout_s: float = 15.0,
+    max_hub_blocked_s: float | None = 10.0,
 ) -> ObservabilityServer:
     kafka = source if isinstance(source, KafkaJobSource) else None
+    ping = getattr(sink, "ping", None)
     state = LiveState(
         gauges={
             "jobworker_jobs_in_flight": (
@@ -49,6 +54,7 @@ def start_observability_server(
                 "Results Core refused or could not take, waiting to be offered again.",
                 lambda: engine.results_waiting_to_retry,
             ),
+            **(_core_gauge(ping) if ping is not None else {}),
         },
         counters={
             "jobworker_results_refused": (
@@ -65,12 +71,21 @@ def start_observability_server(
         consumer_lag=_lag_reader(kafka, broker_offsets) if kafka else None,
     )
     registry.register(LiveStateCollector(state))
+    core = _core_check(ping, core_tls) if ping is not None else None
     server = ObservabilityServer(
         host,
         port,
         registry,
-        _readiness(engine, kafka, sink, core_tls),
+        _readiness(
+            engine,
+            kafka,
+            broker_offsets if kafka else None,
+            broker_answer_timeout_s,
+            core if readiness_requires_core else None,
+        ),
         liveness=lambda: not engine.failed.is_set(),
+        advisories=_advisories(None if readiness_requires_core else core),
+        max_hub_blocked_s=max_hub_blocked_s,
     )
     server.start()
     return server
@@ -104,13 +119,45 @@ def _lag_reader(
     return read
 
 
+def _core_gauge(ping: Callable[..., Any]) -> dict[str, Reading]:
+    return {
+        "jobworker_core_reachable": (
+            "1 when the channel to Core is connected (or connects within 0.5 s), else 0.",
+            lambda: float(bool(ping(timeout_s=_CORE_PING_TIMEOUT_S))),
+        )
+    }
+
+
+Check = Callable[[], bool | NotReady]
+
+
+def _core_check(ping: Callable[..., Any], core_tls: CoreTlsDiagnosis | None) -> Check:
+    return lambda: _core_reachable(bool(ping(timeout_s=_CORE_PING_TIMEOUT_S)), core_tls)
+
+
+def _broker_check(monitor: BrokerOffsetsMonitor, timeout_s: float) -> Check:
+    def check() -> bool | NotReady:
+        silent_s = monitor.seconds_since_answer()
+        if silent_s is None:
+            return NotReady("the broker has not answered yet")
+        if silent_s > timeout_s:
+            return NotReady(
+                f"the broker has not answered for {silent_s:.0f} s"
+                f" (READINESS_BROKER_TIMEOUT is {timeout_s:g} s)"
+            )
+        return True
+
+    return check
+
+
 def _readiness(
     engine: WorkerEngine,
     kafka: KafkaJobSource | None,
-    sink: Any,
-    core_tls: CoreTlsDiagnosis | None = None,
+    broker_offsets: BrokerOffsetsMonitor | None,
+    broker_answer_timeout_s: float,
+    core: Check | None,
 ) -> Callable[[], Mapping[str, bool | NotReady]]:
-    ping = getattr(sink, "ping", None)
+    broker = _broker_check(broker_offsets, broker_answer_timeout_s) if broker_offsets else None
 
     def checks() -> Mapping[str, bool | NotReady]:
         # False from a shutdown's first moment: the worker is leaving, whatever else holds.
@@ -119,13 +166,22 @@ def _readiness(
             # Joined, not "owns partitions": replicas beyond the partition count are
             # healthy standbys, and must not hold up a rollout by never being ready.
             result["joined_group"] = kafka.joined_group()
-        if ping is not None:
-            result["core_reachable"] = _core_reachable(
-                bool(ping(timeout_s=_CORE_PING_TIMEOUT_S)), core_tls
-            )
+        if broker is not None:
+            # Joined stays True while the broker is frozen or gone: only an answer, recent
+            # enough, shows the worker can still get jobs and commit.
+            result["broker_answered"] = broker()
+        if core is not None:  # READINESS_REQUIRES_CORE=true
+            result["core_reachable"] = core()
         return result
 
     return checks
+
+
+def _advisories(core: Check | None) -> Callable[[], Mapping[str, bool | NotReady]]:
+    # Core down is shown, not held against readiness: every replica would go unready at
+    # once, stalling rollouts and drains, while each is doing the right thing (holding
+    # results, pausing intake). See docs/operations.md.
+    return (lambda: {"core_reachable": core()}) if core is not None else dict
 
 
 def _core_reachable(reachable: bool, core_tls: CoreTlsDiagnosis | None) -> bool | NotReady:

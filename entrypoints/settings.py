@@ -328,6 +328,24 @@ SETTINGS: list[Setting] = [
     ),
     Setting("METRICS_HOST", "0.0.0.0", "address the metrics server listens on"),  # noqa: S104
     Setting(
+        "READINESS_BROKER_TIMEOUT",
+        "15s",
+        "/readyz fails when the broker has not answered for this long (asked every 5s)",
+        _at_least(6.0),
+    ),
+    Setting(
+        "READINESS_REQUIRES_CORE",
+        "false",
+        "/readyz also fails while Core is unreachable (shown, not required, by default)",
+        parse_bool,
+    ),
+    Setting(
+        "LIVENESS_MAX_BLOCKED",
+        "10s",
+        "/healthz fails while the event loop has been blocked for longer than this",
+        _at_least(1.0),
+    ),
+    Setting(
         "HTTP_ALLOW_PRIVATE_NETWORKS",
         "false",
         "let HTTP jobs reach loopback/private/link-local addresses",

@@ -131,6 +131,9 @@ def _start_metrics(
             sink,
             broker_offsets,
             core_tls,
+            readiness_requires_core=settings.get("READINESS_REQUIRES_CORE"),
+            broker_answer_timeout_s=settings.get("READINESS_BROKER_TIMEOUT"),
+            max_hub_blocked_s=settings.get("LIVENESS_MAX_BLOCKED"),
         )
     except OSError as error:
         raise ConfigurationError(

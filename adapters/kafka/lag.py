@@ -4,11 +4,17 @@ The consumer alone cannot say how far behind it is: it learns a partition's end 
 from fetches, so a partition it has not read yet, or one it paused while Core is down,
 shows stale or no figures exactly when the backlog grows. A separate admin client asks
 the broker instead, every few seconds, off the fetch loop.
+
+The same requests say whether the broker answers at all: readiness reads the time of
+the last answer (``seconds_since_answer``). A broker that is frozen keeps its TCP
+connections open and answers nothing, so each request has a timeout well under the
+readiness bound, and a request left hanging simply leaves that time behind.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +47,7 @@ class GroupOffsetsProbe:
     """
 
     def __init__(
-        self, settings: KafkaClientSettings, group_id: str, timeout_s: float = 5.0
+        self, settings: KafkaClientSettings, group_id: str, timeout_s: float = 3.0
     ) -> None:
         self._settings = settings
         self._group_id = group_id
@@ -51,10 +57,15 @@ class GroupOffsetsProbe:
     def measure(
         self, partitions: Collection[TopicPartition]
     ) -> dict[TopicPartition, PartitionOffsets]:
-        """Raises KafkaError when the broker cannot answer."""
-        if not partitions:
-            return {}
+        """Raises KafkaError when the broker cannot answer.
+
+        With no partitions owned (a standby replica) it still asks the broker something
+        cheap (DescribeCluster), so the answer still shows the broker is there.
+        """
         admin = self._client()
+        if not partitions:
+            admin.describe_cluster()
+            return {}
         ends = admin.list_partition_offsets(
             dict.fromkeys(partitions, OffsetSpec.LATEST), timeout_ms=self._timeout_ms
         )
@@ -113,7 +124,8 @@ class BrokerOffsetsMonitor:
     """Keeps the broker's offsets for the owned partitions fresh, on its own greenlet.
 
     ``latest()`` never blocks: a scrape reads the last answer. While the broker does
-    not answer, the last answer stays and one warning says so.
+    not answer, the last answer stays and one warning says so; ``seconds_since_answer``
+    grows meanwhile.
     """
 
     def __init__(
@@ -129,6 +141,7 @@ class BrokerOffsetsMonitor:
         self._latest: dict[TopicPartition, PartitionOffsets] = {}
         self._greenlet: gevent.Greenlet | None = None
         self._failing = False
+        self._answered_at: float | None = None
 
     def start(self) -> None:
         if self._greenlet is None:
@@ -143,6 +156,11 @@ class BrokerOffsetsMonitor:
     def latest(self) -> Mapping[TopicPartition, PartitionOffsets]:
         with self._lock:
             return dict(self._latest)
+
+    def seconds_since_answer(self) -> float | None:
+        """Seconds since the broker last answered this monitor; None if it never has."""
+        answered_at = self._answered_at
+        return None if answered_at is None else time.monotonic() - answered_at
 
     def refresh(self) -> None:
         """Ask once now (the greenlet does this every ``interval_s``)."""
@@ -161,6 +179,7 @@ class BrokerOffsetsMonitor:
             self._failing = True
             return
         self._failing = False
+        self._answered_at = time.monotonic()
         with self._lock:
             self._latest = measured
 

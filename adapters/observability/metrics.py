@@ -7,11 +7,21 @@ DLQ records) are read from their owners at scrape time, so nothing can drift.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from domain.model import Job, JobResult
@@ -21,12 +31,52 @@ CounterChild = Counter
 HistogramChild = Histogram
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+UNKNOWN_TYPE = "unknown"
+DISTRIBUTION = "jobworker"
+
+
+def new_registry() -> CollectorRegistry:
+    """The worker's registry: its own metrics, the process/platform/GC collectors, build info.
+
+    Also turns off the ``*_created`` series (one per counter and histogram child, which
+    doubled the series count and which no dashboard reads). prometheus_client's switch
+    is process-wide and read when a scrape renders samples; it is flipped here, when the
+    registry is built (before any metric exists or is scraped), not at import.
+    """
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    registry = CollectorRegistry()
+    # New instances of the collectors prometheus_client puts on its global registry,
+    # which is not the one served: process_* (RSS, CPU, fds), python_info, python_gc_*.
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    Gauge(
+        "jobworker_build_info",
+        "Always 1; the installed jobworker version is its label.",
+        ["version"],
+        registry=registry,
+    ).labels(installed_version()).set(1)
+    return registry
+
+
+def installed_version() -> str:
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 class PrometheusJobObserver:
-    """Counts jobs by type and status and times them."""
+    """Counts jobs by type and status and times them.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    The ``type`` label takes only the types an executor is registered for, and
+    ``unknown`` for every other: the type comes from producers (``TYPE_<n>`` from Kafka,
+    any string from a file), and a label value per stranger would be a series per
+    stranger, unbounded.
+    """
+
+    def __init__(self, registry: CollectorRegistry, job_types: Collection[str]) -> None:
+        self._known_types = frozenset(job_types)
         self.consumed = Counter(
             "jobworker_jobs_consumed", "Jobs taken from the source.", ["type"], registry=registry
         )
@@ -64,22 +114,24 @@ class PrometheusJobObserver:
         self._delivered: dict[str, CounterChild] = {}
 
     def job_received(self, job: Job) -> None:
-        child = self._consumed.get(job.type)
+        job_type = self._label(job.type)
+        child = self._consumed.get(job_type)
         if child is None:
-            child = self._consumed[job.type] = self.consumed.labels(job.type)
+            child = self._consumed[job_type] = self.consumed.labels(job_type)
         child.inc()
 
     def job_started(self, job: Job, attempt: int) -> None:
         pass
 
     def job_retrying(self, job: Job, attempt: int, error: str, delay_s: float) -> None:
-        child = self._retries.get(job.type)
+        job_type = self._label(job.type)
+        child = self._retries.get(job_type)
         if child is None:
-            child = self._retries[job.type] = self.retries.labels(job.type)
+            child = self._retries[job_type] = self.retries.labels(job_type)
         child.inc()
 
     def job_finished(self, job: Job, result: JobResult) -> None:
-        key = (job.type, result.status.value)
+        key = (self._label(job.type), result.status.value)
         children = self._finished.get(key)
         if children is None:
             children = self._finished[key] = (
@@ -96,6 +148,9 @@ class PrometheusJobObserver:
         if child is None:
             child = self._delivered[status] = self.delivered.labels(status)
         child.inc()
+
+    def _label(self, job_type: str) -> str:
+        return job_type if job_type in self._known_types else UNKNOWN_TYPE
 
 
 class ResultSendRetries:

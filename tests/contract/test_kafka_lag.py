@@ -9,7 +9,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from adapters.kafka import KafkaClientSettings
-from adapters.kafka.lag import GroupOffsetsProbe, PartitionOffsets
+from adapters.kafka.lag import BrokerOffsetsMonitor, GroupOffsetsProbe, PartitionOffsets
 from tests.support.kafka import admin_client, produce, task_bytes
 
 pytestmark = pytest.mark.contract
@@ -47,3 +47,20 @@ def test_the_probe_reads_ends_and_committed_offsets_or_the_start_where_none(
         probe.close()
 
     assert measured == {first: PartitionOffsets(5, 2), second: PartitionOffsets(3, 1)}
+
+
+def test_a_standby_owning_no_partition_still_hears_from_the_broker(
+    settings: KafkaClientSettings, group_id: str
+) -> None:
+    # Readiness reads the time of the monitor's last answer: a replica with no
+    # partitions must still ask the broker something, or it would never be ready.
+    probe = GroupOffsetsProbe(settings, group_id)
+    monitor = BrokerOffsetsMonitor(probe, list)
+    try:
+        monitor.refresh()
+    finally:
+        monitor.stop()
+
+    assert monitor.latest() == {}
+    answered = monitor.seconds_since_answer()
+    assert answered is not None and answered < 5

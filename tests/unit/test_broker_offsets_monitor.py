@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Collection
 from typing import Any, cast
 
@@ -114,3 +115,20 @@ def test_a_probe_that_cannot_reach_a_broker_fails_and_leaves_no_thread_behind() 
 
     # kafka-python names a client's I/O thread after its client id.
     assert [t.name for t in threading.enumerate() if "probe-without-broker" in t.name] == []
+
+
+def test_the_time_of_the_last_answer_is_kept_and_a_failure_does_not_renew_it() -> None:
+    down = KafkaConnectionError("connection refused")
+    probe = ScriptedProbe({TP: PartitionOffsets(10, 4)}, down)
+    monitor = monitor_for(probe, [TP])
+    assert monitor.seconds_since_answer() is None  # never answered: not "just now"
+
+    monitor.refresh()
+    answered = monitor.seconds_since_answer()
+    assert answered is not None and answered < 1
+    time.sleep(0.2)
+    with capture_logs():
+        monitor.refresh()  # the broker does not answer
+
+    silent = monitor.seconds_since_answer()
+    assert silent is not None and silent >= 0.2

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from adapters.observability.metrics import (
     LiveState,
     LiveStateCollector,
     PrometheusJobObserver,
     ResultSendRetries,
+    installed_version,
+    new_registry,
 )
 from domain.model import Job, JobResult, JobStatus
+
+KNOWN_TYPES = ("HTTP", "SLEEP")
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
@@ -17,7 +21,7 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None
 
 def test_job_counters_and_durations() -> None:
     registry = CollectorRegistry()
-    observer = PrometheusJobObserver(registry)
+    observer = PrometheusJobObserver(registry, KNOWN_TYPES)
     job = Job(id="a", type="HTTP")
     observer.job_received(job)
     observer.job_retrying(job, 1, "503", 0.1)
@@ -90,7 +94,7 @@ def test_live_state_is_read_at_scrape_time() -> None:
 
 def test_each_label_set_counts_on_its_own_however_often_it_comes_back() -> None:
     registry = CollectorRegistry()
-    observer = PrometheusJobObserver(registry)
+    observer = PrometheusJobObserver(registry, KNOWN_TYPES)
     outcomes = [("HTTP", JobStatus.SUCCEEDED)] * 3 + [
         ("HTTP", JobStatus.FAILED),
         ("SLEEP", JobStatus.SUCCEEDED),
@@ -119,3 +123,51 @@ def test_each_label_set_counts_on_its_own_however_often_it_comes_back() -> None:
     )
     assert value(registry, "jobworker_results_delivered_total", status="SUCCEEDED") == 4
     assert value(registry, "jobworker_results_delivered_total", status="FAILED") == 1
+
+
+def finish(observer: PrometheusJobObserver, job_type: str, status: JobStatus) -> None:
+    job = Job(id="a", type=job_type)
+    observer.job_received(job)
+    observer.job_retrying(job, 1, "503", 0.1)
+    result = JobResult(
+        job_id="a", type=job_type, status=status, started_at_unix_ms=0, finished_at_unix_ms=20
+    )
+    observer.job_finished(job, result)
+
+
+def test_types_without_an_executor_share_one_label_value() -> None:
+    registry = CollectorRegistry()
+    observer = PrometheusJobObserver(registry, KNOWN_TYPES)
+    for n in range(50):  # a producer inventing types must not invent series
+        finish(observer, f"TYPE_{n}", JobStatus.REJECTED)
+    finish(observer, "SLEEP", JobStatus.SUCCEEDED)
+
+    types = {
+        sample.labels["type"]
+        for family in registry.collect()
+        for sample in family.samples
+        if "type" in sample.labels
+    }
+    assert types == {"unknown", "SLEEP"}
+    assert value(registry, "jobworker_jobs_consumed_total", type="unknown") == 50
+    assert value(registry, "jobworker_job_retries_total", type="unknown") == 50
+    assert value(registry, "jobworker_jobs_finished_total", type="unknown", status="REJECTED") == 50
+    assert value(registry, "jobworker_jobs_finished_total", type="SLEEP", status="SUCCEEDED") == 1
+
+
+def test_the_worker_registry_has_process_series_build_info_and_no_created_series() -> None:
+    registry = new_registry()
+    observer = PrometheusJobObserver(registry, KNOWN_TYPES)
+    ResultSendRetries(registry)("UNAVAILABLE", 1, 0.1)
+    finish(observer, "SLEEP", JobStatus.SUCCEEDED)
+
+    text = generate_latest(registry).decode()
+    rss = value(registry, "process_resident_memory_bytes")
+    assert rss is not None and rss > 0
+    assert value(registry, "process_cpu_seconds_total") is not None
+    assert "python_info{" in text
+    assert "python_gc_collections_total{" in text
+    assert value(registry, "jobworker_build_info", version=installed_version()) == 1
+    assert installed_version() != "unknown"  # the editable install has metadata
+    assert "_created" not in text
+    assert "jobworker_jobs_finished_total{" in text  # the counters are there, without it
