@@ -12,6 +12,7 @@ from adapters.kafka.publisher import KafkaJobPublisher, PublishFailed
 from domain.errors import JobWorkerError
 from domain.model import Job
 from entrypoints.container import kafka_client_settings
+from entrypoints.exit_codes import ServiceUnavailable
 from entrypoints.settings import Settings
 
 # Wait for the broker's acknowledgements in batches, so a failure is reported close to
@@ -20,12 +21,14 @@ _FLUSH_EVERY = 5_000
 
 
 def submit_to_kafka(settings: Settings, jobs: Iterable[Job], total: int | None) -> int:
-    topic = settings.get("KAFKA_TOPIC")
-    brokers = ",".join(settings.get("KAFKA_BROKERS"))
+    topic = settings.kafka_topic
+    brokers = ",".join(settings.kafka_brokers)
     try:
         publisher = KafkaJobPublisher(kafka_client_settings(settings), topic)
     except KafkaError as error:
-        raise JobWorkerError(f"cannot reach Kafka at {brokers} (KAFKA_BROKERS): {error}") from None
+        raise ServiceUnavailable(
+            f"cannot reach Kafka at {brokers} (KAFKA_BROKERS): {error}"
+        ) from None
     sent = 0
     progress = tqdm(total=total, unit="job", file=sys.stderr, disable=None, desc=topic)
     try:
