@@ -326,8 +326,10 @@ def _submit_to_file(jobs: Iterator[Job], target: Path) -> int:
                 out = target.open("a", encoding="utf-8")
             out.write(json.dumps(job_to_record(job)) + "\n")
             count += 1
-    except JobWorkerError as error:
-        raise JobWorkerError(f"{error}; {count} job(s) before it were written") from None
+    except ConfigurationError:
+        raise  # a flag: nothing was written
+    except JobWorkerError as error:  # a bad line of the input file
+        raise UsageError(f"{error}; {count} job(s) before it were written") from None
     finally:
         if out is not None:
             out.close()

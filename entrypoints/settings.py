@@ -84,6 +84,7 @@ class Setting(Generic[T]):
         derive: Callable[[Settings], Any] | None = None,
         empty_means_default: bool = True,
         secret: bool = False,
+        may_be_none: bool = False,
     ) -> None:
         self.default = default
         self.help = meaning
@@ -96,6 +97,8 @@ class Setting(Generic[T]):
         # for a name (a topic) it is a slip that would silently use another one.
         self.empty_means_default = empty_means_default
         self.secret = secret
+        # Reads as None when unset (typed ``T | None``), even where ``needed_when`` applies.
+        self.may_be_none = may_be_none
 
     def __set_name__(self, owner: type, attribute: str) -> None:
         self.attribute = attribute
@@ -134,9 +137,10 @@ def optional(
     parse: Callable[[str], T],
     *,
     secret: bool = False,
+    needed_when: Validator | None = None,
 ) -> Setting[T | None]:
-    """A setting that may be unset (None)."""
-    return Setting(None, meaning, parse, secret=secret)
+    """A setting that may be unset (None); if ``needed_when`` holds, it must be set."""
+    return Setting(None, meaning, parse, secret=secret, needed_when=needed_when, may_be_none=True)
 
 
 def needed(
@@ -237,7 +241,9 @@ class Settings:
         "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
         _upper_choice("plaintext", "ssl", "sasl_plaintext", "sasl_ssl"),
     )
-    kafka_sasl_mechanism = needed("PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL)", SASL, str)
+    kafka_sasl_mechanism = optional(
+        "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL)", str, needed_when=SASL
+    )
     kafka_sasl_username = optional("SASL user name", str)
     kafka_sasl_password = optional("SASL password", str, secret=True)
     kafka_ssl_cafile = optional("CA bundle to verify the brokers", str)
@@ -477,7 +483,7 @@ class Settings:
                     self.name_of(setting),
                     "is set but empty: give a value, or unset it for the default",
                 )
-            if setting.needed_when is not None:
+            if setting.needed_when is not None and not setting.may_be_none:
                 raise ConfigurationError(setting.name, _required(setting))
             if setting.derive is not None:
                 return setting.derive(self)

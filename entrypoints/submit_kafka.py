@@ -9,10 +9,10 @@ from kafka.errors import KafkaError
 from tqdm import tqdm
 
 from adapters.kafka.publisher import KafkaJobPublisher, PublishFailed
-from domain.errors import JobWorkerError
+from domain.errors import ConfigurationError, JobWorkerError
 from domain.model import Job
 from entrypoints.container import kafka_client_settings
-from entrypoints.exit_codes import ServiceUnavailable
+from entrypoints.exit_codes import ServiceUnavailable, UsageError
 from entrypoints.settings import Settings
 
 # Wait for the broker's acknowledgements in batches, so a failure is reported close to
@@ -41,10 +41,12 @@ def submit_to_kafka(settings: Settings, jobs: Iterable[Job], total: int | None) 
         publisher.flush()
     except PublishFailed as error:
         raise JobWorkerError(f"Kafka refused jobs: {error}") from None
+    except ConfigurationError:
+        raise
     except (ValueError, JobWorkerError) as error:
         # The jobs before the bad one are on the topic already: say how many, so a
         # re-run after the fix can skip them instead of submitting them twice.
-        raise JobWorkerError(f"{error}; {sent} job(s) before it were submitted") from None
+        raise UsageError(f"{error}; {sent} job(s) before it were submitted") from None
     finally:
         progress.close()
         publisher.close()
