@@ -16,6 +16,7 @@ from adapters.observability.http_server import ObservabilityServer
 from application.engine import StopReport, WorkerEngine
 from domain.errors import ConfigurationError, JobWorkerError, SourceFailed
 from entrypoints.container import Container
+from entrypoints.exit_codes import EXIT_FAILED
 from entrypoints.observability import start_observability_server
 from entrypoints.settings import Settings
 
@@ -23,8 +24,7 @@ log = structlog.get_logger("jobworker.worker")
 
 # A finite source (a file) with results that never reached the sink is a failed run:
 # there is no redelivery to make up for them.
-EXIT_INCOMPLETE = 1
-EXIT_FAILED = 1
+EXIT_INCOMPLETE = EXIT_FAILED
 
 
 class ShutdownSignals:
