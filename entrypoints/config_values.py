@@ -3,8 +3,10 @@ booleans, choices, limits. Each raises ``ValueError`` with a one-line reason."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 N = TypeVar("N", int, float)
@@ -147,6 +149,31 @@ def readable_file(what: str) -> Callable[[str], str]:
                 open(path, "rb").close()  # noqa: PTH123 - the one true test is to open it
             except OSError as error:
                 raise ValueError(f"cannot read {what} {path}: {error.strerror}") from None
+        return path
+
+    return check
+
+
+def writable_file(what: str) -> Callable[[str], str]:
+    """A path a file can be appended to, its missing folders made (``-``: stdout).
+
+    Checked without creating anything: ``jobworker settings`` checks it too.
+    """
+
+    def check(text: str) -> str:
+        path = text.strip()
+        if path == "-":
+            return path
+        target = Path(path)
+        if target.is_dir():
+            raise ValueError(f"cannot write {what} {path}: it is a folder")
+        existing = target if target.exists() else target.parent
+        while not existing.exists():
+            existing = existing.parent
+        if existing != target and not existing.is_dir():
+            raise ValueError(f"cannot write {what} {path}: {existing} is not a folder")
+        if not os.access(existing, os.W_OK | (os.X_OK if existing.is_dir() else 0)):
+            raise ValueError(f"cannot write {what} {path}: {existing} is not writable")
         return path
 
     return check

@@ -178,7 +178,19 @@ def core_tls_diagnosis(settings: Settings) -> Iterator[CoreTlsDiagnosis]:
 
 
 def file_sink(settings: Settings) -> Iterator[FileResultSink]:
-    yield from _closing(FileResultSink(settings.result_file))
+    path = settings.result_file
+    if path != "-":
+        # Now, not at the first result: a results file that cannot be written is the
+        # user's input to fix, not an outage to retry until the shutdown deadline.
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).open("a", encoding="utf-8").close()
+        except OSError as error:
+            raise ConfigurationError(
+                settings.name_of(Settings.result_file),
+                f"cannot write results file {path}: {error.strerror}",
+            ) from None
+    yield from _closing(FileResultSink(path))
 
 
 def kafka_refused_results(settings: Settings) -> Iterator[KafkaRefusedResultStore]:

@@ -36,6 +36,7 @@ from entrypoints.config_values import (
     parse_size,
     positive,
     readable_file,
+    writable_file,
 )
 
 T = TypeVar("T")
@@ -210,7 +211,9 @@ class Settings:
     )
     result_sink = setting("grpc", "where results go: grpc (Core) or file", choice("grpc", "file"))
     result_file = needed(
-        "JSON Lines results file when RESULT_SINK=file (`-` = stdout)", FILE_SINK, str
+        "JSON Lines results file when RESULT_SINK=file (`-` = stdout)",
+        FILE_SINK,
+        writable_file("results file"),
     )
 
     # -- Kafka ------------------------------------------------------------------------

@@ -312,6 +312,8 @@ def test_a_missing_jobs_file_exits_2_at_once_with_one_line(tmp_path: Path) -> No
         ([], {"WORKER_POOL_SIZE": "-1"}, "WORKER_POOL_SIZE: '-1' must be greater than zero"),
         ([], {"JOB_FILE": "/nonexistent/jobs"}, "JOB_FILE: cannot read jobs file /nonexistent"),
         (["--env-file", "/nonexistent.env"], {}, "--env-file: /nonexistent.env is not a readable"),
+        (["--results", "/etc/hostname/r"], {}, "--results: cannot write results file /etc/host"),
+        ([], {"RESULT_FILE": "/"}, "RESULT_FILE: cannot write results file /: it is a folder"),
     ],
 )
 def test_bad_input_is_one_line_naming_it_and_exit_2(
@@ -322,6 +324,19 @@ def test_bad_input_is_one_line_naming_it_and_exit_2(
         done = jobworker(command, *args, env=worker_env(**(base | env)), cwd=tmp_path)
         assert done.returncode == 2, (command, done.stderr)
         assert line in _one_line(done), command
+
+
+def test_a_results_file_that_cannot_be_written_exits_2_at_once(tmp_path: Path) -> None:
+    # Not caught by the check of `settings` when run as root (which may write anywhere):
+    # /proc takes no new folders, which only trying shows.
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "a", "type": "SLEEP", "payload": {"ms": 1}}) + "\n")
+    done = jobworker(
+        "run", "--jobs", str(jobs), "--results", "/proc/nope/r.jsonl", env=worker_env(),
+        cwd=tmp_path, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--results: cannot write results file /proc/nope/r.jsonl" in _one_line(done)
 
 
 def test_a_usage_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
