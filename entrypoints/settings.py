@@ -527,7 +527,10 @@ class Settings:
             envvar_prefix=_OWN_PREFIX, environments=False, load_dotenv=False, loaders=[]
         )
         for name, value in present.items():
-            checked.set(name, value)
+            # Only what the rules compare is handed over as it is (parsed choices and
+            # numbers); the rest as "present": dynaconf would read a text such as
+            # ``@json {`` as a directive of its own.
+            checked.set(name, value if name in _COMPARED else True)
         checked.validators.register(*_RULES)
         try:
             checked.validators.validate()
@@ -605,6 +608,10 @@ _RULES: list[Validator] = [
         },
     )
 ]
+
+
+# The settings whose values the rules above compare (all parsed: choices and a size).
+_COMPARED = {"JOB_SOURCE", "RESULT_SINK", "KAFKA_SECURITY_PROTOCOL", "MAX_OUTPUT_BYTES"}
 
 
 def settings_table() -> str:

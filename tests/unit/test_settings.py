@@ -267,3 +267,12 @@ def test_unrelated_variables_never_upset_loading(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("JOBWORKER_DYNACONF_X", "@int nope")
     monkeypatch.setenv("SOMETHING", "@format {this.nope}")
     assert Settings.load(flags={}).log_level in {"debug", "info", "warning", "error"}
+
+
+def test_values_that_look_like_dynaconf_directives_are_plain_text() -> None:
+    settings = Settings(
+        KAFKA_RUN | {"KAFKA_GROUP_ID": "@json {", "KAFKA_TOPIC": "@format {this.x}"}
+    )
+    settings.validate_for_run()
+    assert settings.kafka_group_id == "@json {"
+    assert settings.kafka_dlq_topic == "@format {this.x}.dlq"
