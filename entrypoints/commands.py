@@ -7,32 +7,92 @@ import json
 import sys
 import uuid
 from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any, NoReturn
 
 import structlog
 
 from adapters.file.source import JobFileError, job_to_record, parse_job_line
-from domain.errors import ConfigurationError, JobWorkerError
+from domain.errors import ConfigurationError, JobWorkerError, SourceFailed
 from domain.model import Job
+from entrypoints.exit_codes import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    ServiceUnavailable,
+    UsageError,
+)
 from entrypoints.logging_setup import configure_logging
-from entrypoints.settings import Settings, settings_table
+from entrypoints.settings import Setting, Settings, settings_table
 
 log = structlog.get_logger("jobworker")
 
-EXIT_USAGE = 2
+# Options that set one setting each: a flag wins over the environment and ``.env``.
+# Adding one is adding a line; its help is the setting's own, naming the variable.
+SETTING_FLAGS: list[tuple[tuple[str, ...], Setting[Any], str]] = [
+    (("-c", "--concurrency"), Settings.worker_pool_size, "N"),
+    (("-l", "--log-level"), Settings.log_level, "LEVEL"),
+    (("--log-format",), Settings.log_format, "FORMAT"),
+]
+LOG_FLAGS = SETTING_FLAGS[1:]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, like every other error (argparse prints the whole usage first).
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _version() -> str:
+    try:
+        return version("jobworker")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, flags: list[Any]) -> None:
+    for names, entry, metavar in flags:
+        parser.add_argument(
+            *names,
+            dest=entry.attribute,
+            metavar=metavar,
+            help=f"{entry.help} [{entry.name}, default {entry.default_text()}]",
+        )
+
+
+def _add_run_inputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env-file", type=Path, help="read settings from this file, not ./.env")
+    parser.add_argument(
+        "--jobs",
+        metavar="FILE",
+        help="take jobs from a JSON Lines file [JOB_SOURCE=file, JOB_FILE]",
+    )
+    parser.add_argument(
+        "--results",
+        metavar="FILE",
+        help="write results to a JSON Lines file [RESULT_SINK=file, RESULT_FILE]",
+    )
+    _add_setting_flags(parser, SETTING_FLAGS)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jobworker",
         description="Background jobs from Kafka, run on gevent, reported to Core over gRPC.",
+        epilog="Exit status: 0 clean stop, 1 failure, 2 usage or configuration error,"
+        " 69 Kafka unreachable at start.",
     )
+    parser.add_argument("-V", "--version", action="version", version=f"jobworker {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the worker (settings from the environment/.env)")
-    run.add_argument("--env-file", type=Path, help="read settings from this file, not ./.env")
-    run.add_argument("--jobs", metavar="FILE", help="take jobs from a JSON Lines file")
-    run.add_argument("--results", metavar="FILE", help="write results to a JSON Lines file")
+    run = commands.add_parser(
+        "run",
+        help="run the worker (settings from flags, the environment, .env)",
+        description="Run the worker. A flag wins over its variable, which wins over .env.",
+    )
+    _add_run_inputs(run)
     run.set_defaults(handler=cmd_run)
 
     core = commands.add_parser("core", help="run the reference Core service (SQLite)")
@@ -40,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     core.add_argument("--db", type=Path, default=Path("core.db"), help="SQLite file")
     core.add_argument("--max-workers", type=int, default=16, help="concurrent RPC handlers")
     core.add_argument("--grace", type=float, default=5.0, help="seconds to drain on SIGTERM")
-    core.add_argument("--log-format", choices=["json", "text"], default="text")
+    _add_setting_flags(core, LOG_FLAGS)
     core.set_defaults(handler=cmd_core)
 
     summary = commands.add_parser("core-summary", help="summarise what a Core database holds")
@@ -55,14 +115,35 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--payload", default="{}", help="the job's payload (JSON)")
     submit.add_argument("--id", help="job id (default: a new UUID)")
     submit.add_argument("--count", type=int, default=1, help="submit N copies, ids suffixed")
-    submit.add_argument("--timeout-ms", type=int, default=0)
-    submit.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument(
+        "--timeout-ms",
+        type=int,
+        default=0,
+        metavar="MS",
+        help="the job's own deadline in milliseconds (0: the worker's MAX_JOB_TIMEOUT)",
+    )
+    submit.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a metadata entry of the job; repeat for more",
+    )
     submit.add_argument("--to-file", metavar="JSONL", help="append to a jobs file, not Kafka")
     submit.add_argument("--env-file", type=Path, help="settings file for Kafka (default ./.env)")
     submit.set_defaults(handler=cmd_submit)
 
-    show = commands.add_parser("settings", help="print every setting with its default")
-    show.set_defaults(handler=lambda _args: print(settings_table()) or 0)
+    show = commands.add_parser(
+        "settings",
+        help="print the settings in force, where each comes from, and check them",
+        description="Print every setting in force (secrets masked) with its source: default,"
+        " .env, environment or flag; exit 2 if one is wrong, as `run` would.",
+    )
+    _add_run_inputs(show)
+    show.add_argument(
+        "--defaults", action="store_true", help="print the defaults as a Markdown table (README)"
+    )
+    show.set_defaults(handler=cmd_settings)
     return parser
 
 
@@ -72,54 +153,98 @@ def run_cli(argv: list[str]) -> int:
         return int(args.handler(args))
     except ConfigurationError as error:
         print(f"jobworker: configuration error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except ServiceUnavailable as error:
+        print(f"jobworker: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except (UsageError, JobFileError, SourceFailed) as error:
+        # SourceFailed: the broker refused what the settings ask (credentials, group
+        # settings) or KAFKA_UNREADABLE_BATCHES=fail stopped it: change input, not retry.
+        print(f"jobworker: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except JobWorkerError as error:
         print(f"jobworker: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
-    return EXIT_USAGE
+        return EXIT_INTERRUPTED
 
 
 # -- run -----------------------------------------------------------------------------
 
 
+def load_settings(args: argparse.Namespace, flags: list[Any] = SETTING_FLAGS) -> Settings:
+    """The settings of ``.env``, the environment and the flags given (which win)."""
+    given: dict[str, tuple[str, str]] = {}
+    if getattr(args, "jobs", None) is not None:
+        given.update(JOB_SOURCE=("--jobs", "file"), JOB_FILE=("--jobs", args.jobs))
+    if getattr(args, "results", None) is not None:
+        given.update(RESULT_SINK=("--results", "file"), RESULT_FILE=("--results", args.results))
+    for names, entry, _metavar in flags:
+        text = getattr(args, entry.attribute, None)
+        if text is not None:
+            given[entry.name] = (names[-1], text)
+    return Settings.load(dotenv=getattr(args, "env_file", None), flags=given)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    overrides: dict[str, str] = {}
-    if args.jobs:
-        overrides.update(JOB_SOURCE="file", JOB_FILE=args.jobs)
-    if args.results:
-        overrides.update(RESULT_SINK="file", RESULT_FILE=args.results)
-    settings = Settings.load(dotenv=args.env_file, environ=overrides)
+    settings = load_settings(args)
     settings.validate_for_run()
-    configure_logging(settings.get("LOG_FORMAT"), settings.get("LOG_LEVEL"))
+    configure_logging(settings.log_format, settings.log_level)
 
     from entrypoints.worker import run_worker  # noqa: PLC0415 - after logging is set up
 
     return run_worker(settings)
 
 
+def cmd_settings(args: argparse.Namespace) -> int:
+    if args.defaults:
+        print(settings_table())
+        return 0
+    settings = load_settings(args)
+    settings.validate_for_run()
+    rows = settings.in_force()
+    width = max(len(name) for name, _, _ in rows)
+    value_width = min(40, max(len(value) for _, value, _ in rows))
+    for name, value, source in rows:
+        print(f"{name:<{width}}  {value:<{value_width}}  {source}")
+    return 0
+
+
 # -- core ----------------------------------------------------------------------------
 
 
 def cmd_core(args: argparse.Namespace) -> int:
-    configure_logging(args.log_format)
+    settings = load_settings(args, LOG_FLAGS)
+    configure_logging(settings.log_format, settings.log_level)
     from adapters.core.process import READY_LINE_PREFIX  # noqa: PLC0415
-    from adapters.core.server import serve_core  # noqa: PLC0415 - grpc after patching
+    from adapters.core.server import CoreServerError, serve_core  # noqa: PLC0415 - grpc late
+    from adapters.core.store import ResultStoreError  # noqa: PLC0415
 
     def announce(port: int) -> None:
         # The one line CoreProcess (tests, demo) waits for: Core accepts calls now.
         print(f"{READY_LINE_PREFIX}{port}", flush=True)
 
-    serve_core(
-        args.address, args.db, max_workers=args.max_workers, grace_s=args.grace, on_started=announce
-    )
+    try:
+        serve_core(
+            args.address,
+            args.db,
+            max_workers=args.max_workers,
+            grace_s=args.grace,
+            on_started=announce,
+        )
+    except (CoreServerError, ResultStoreError) as error:
+        raise UsageError(str(error)) from None  # --address or --db cannot be used
     return 0
 
 
 def cmd_core_summary(args: argparse.Namespace) -> int:
-    from adapters.core.store import ResultStore, format_summary  # noqa: PLC0415
+    from adapters.core.store import ResultStore, ResultStoreError, format_summary  # noqa: PLC0415
 
-    with ResultStore(args.db, create=False) as store:
-        summary = store.summary()
+    try:
+        with ResultStore(args.db, create=False) as store:
+            summary = store.summary()
+    except ResultStoreError as error:
+        raise UsageError(str(error)) from None
     print(json.dumps(summary) if args.json else format_summary(summary))
     return 0
 
@@ -138,7 +263,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from entrypoints.submit_kafka import submit_to_kafka  # noqa: PLC0415
 
     sent = submit_to_kafka(settings, jobs, total)
-    print(f"submitted {sent} job(s) to {settings.get('KAFKA_TOPIC')}", file=sys.stderr)
+    print(f"submitted {sent} job(s) to {settings.kafka_topic}", file=sys.stderr)
     return 0
 
 
@@ -155,6 +280,8 @@ def _jobs_from_flags(args: argparse.Namespace) -> Iterator[Job]:
         metadata[key] = value
     if args.count < 1:
         raise ConfigurationError("--count", "must be at least 1")
+    if args.timeout_ms < 0:
+        raise ConfigurationError("--timeout-ms", "must not be negative")
     base = args.id or str(uuid.uuid4())
     for index in range(args.count):
         yield Job(
@@ -199,8 +326,10 @@ def _submit_to_file(jobs: Iterator[Job], target: Path) -> int:
                 out = target.open("a", encoding="utf-8")
             out.write(json.dumps(job_to_record(job)) + "\n")
             count += 1
-    except JobWorkerError as error:
-        raise JobWorkerError(f"{error}; {count} job(s) before it were written") from None
+    except ConfigurationError:
+        raise  # a flag: nothing was written
+    except JobWorkerError as error:  # a bad line of the input file
+        raise UsageError(f"{error}; {count} job(s) before it were written") from None
     finally:
         if out is not None:
             out.close()

@@ -1,8 +1,15 @@
-"""Parsers for setting values: durations (``500ms``, ``30s``, ``2m``), sizes, flags."""
+"""Parsers and checks for setting values: durations (``500ms``, ``30s``, ``2m``), sizes,
+booleans, choices, limits. Each raises ``ValueError`` with a one-line reason."""
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+N = TypeVar("N", int, float)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -52,3 +59,121 @@ def parse_int(text: str) -> int:
         return int(text.strip())
     except ValueError:
         raise ValueError(f"{text!r} is not a whole number") from None
+
+
+# -- checks: a parser wrapped with a rule; each raises ValueError saying what is wrong --
+
+
+def choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def positive(parse: Callable[[str], N]) -> Callable[[str], N]:
+    def check(text: str) -> N:
+        value = parse(text)
+        if value <= 0:
+            raise ValueError(f"{text!r} must be greater than zero")
+        return value
+
+    return check
+
+
+def non_negative(parse: Callable[[str], N]) -> Callable[[str], N]:
+    def check(text: str) -> N:
+        value = parse(text)
+        if value < 0:
+            raise ValueError(f"{text!r} must not be negative")
+        return value
+
+    return check
+
+
+def at_most(limit: int, why: str, parse: Callable[[str], N]) -> Callable[[str], N]:
+    def check(text: str) -> N:
+        value = parse(text)
+        if value > limit:
+            raise ValueError(f"{text!r} is above the limit of {limit}: {why}")
+        return value
+
+    return check
+
+
+def duration_at_least(minimum_s: float) -> Callable[[str], float]:
+    def check(text: str) -> float:
+        value = parse_duration(text)
+        if value < minimum_s:
+            raise ValueError(f"{text!r} is below the minimum of {minimum_s * 1000:g}ms")
+        return value
+
+    return check
+
+
+def parse_address(text: str) -> str:
+    """``host:port`` of a gRPC server, without a scheme."""
+    address = text.strip()
+    if "://" in address or address.startswith(("unix:", "dns:")):
+        raise ValueError(f"{text!r}: give host:port, without a scheme (TLS is set by GRPC_TLS_*)")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or any(c.isspace() or c in "/@" for c in host):
+        raise ValueError(f"{text!r} is not host:port")
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: the port must be 1-65535")
+    return address
+
+
+def parse_port(text: str) -> int:
+    value = parse_int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{text!r} is not a port: 0 (off) or 1-65535")
+    return value
+
+
+def parse_name(text: str) -> str:
+    # Kafka's own rules for a topic (length, characters) are checked where it is used.
+    return text.strip()
+
+
+def readable_file(what: str) -> Callable[[str], str]:
+    """A path that can be opened for reading now (``-``: stdin, not checked)."""
+
+    def check(text: str) -> str:
+        path = text.strip()
+        if path != "-":
+            try:
+                open(path, "rb").close()  # noqa: PTH123 - the one true test is to open it
+            except OSError as error:
+                raise ValueError(f"cannot read {what} {path}: {error.strerror}") from None
+        return path
+
+    return check
+
+
+def writable_file(what: str) -> Callable[[str], str]:
+    """A path a file can be appended to, its missing folders made (``-``: stdout).
+
+    Checked without creating anything: ``jobworker settings`` checks it too.
+    """
+
+    def check(text: str) -> str:
+        path = text.strip()
+        if path == "-":
+            return path
+        target = Path(path)
+        if target.is_dir():
+            raise ValueError(f"cannot write {what} {path}: it is a folder")
+        existing = target if target.exists() else target.parent
+        while not existing.exists():
+            existing = existing.parent
+        if existing != target and not existing.is_dir():
+            raise ValueError(f"cannot write {what} {path}: {existing} is not a folder")
+        if not os.access(existing, os.W_OK | (os.X_OK if existing.is_dir() else 0)):
+            raise ValueError(f"cannot write {what} {path}: {existing} is not writable")
+        return path
+
+    return check

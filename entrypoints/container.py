@@ -24,6 +24,7 @@ from adapters.executors.safe_http import SafeHttpClient
 from adapters.executors.sleep import SleepExecutor
 from adapters.file import FileJobSource, FileResultSink
 from adapters.file.refused import FileRefusedResultStore
+from adapters.file.source import JobFileError
 from adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
 from adapters.kafka.lag import BrokerOffsetsMonitor, GroupOffsetsProbe
 from adapters.kafka.refused_results import KafkaRefusedResultStore
@@ -40,9 +41,10 @@ from application.job_limits import JobLimits
 from application.registry import ExecutorRegistry
 from application.result_delivery import RefusalPolicy
 from application.retry import RetryPolicy
-from domain.errors import ConfigurationError, JobWorkerError
+from domain.errors import ConfigurationError
 from domain.model import JobType
 from domain.ports import Executor, JobObserver, ResultSink
+from entrypoints.exit_codes import ServiceUnavailable
 from entrypoints.observers import LoggingJobObserver
 from entrypoints.settings import Settings
 
@@ -56,21 +58,21 @@ def _closing(resource: Any) -> Iterator[Any]:
 
 def kafka_client_settings(settings: Settings) -> KafkaClientSettings:
     return KafkaClientSettings(
-        bootstrap_servers=settings.get("KAFKA_BROKERS"),
+        bootstrap_servers=settings.kafka_brokers,
         client_id=settings.kafka_client_id,
-        security_protocol=settings.get("KAFKA_SECURITY_PROTOCOL"),
-        sasl_mechanism=settings.get("KAFKA_SASL_MECHANISM"),
-        sasl_username=settings.get("KAFKA_SASL_USERNAME"),
-        sasl_password=settings.get("KAFKA_SASL_PASSWORD"),
-        ssl_cafile=settings.get("KAFKA_SSL_CAFILE"),
-        ssl_certfile=settings.get("KAFKA_SSL_CERTFILE"),
-        ssl_keyfile=settings.get("KAFKA_SSL_KEYFILE"),
-        session_timeout_ms=int(settings.get("KAFKA_SESSION_TIMEOUT") * 1000),
-        max_poll_records=settings.get("KAFKA_MAX_POLL_RECORDS"),
-        max_poll_interval_ms=int(settings.get("KAFKA_MAX_POLL_INTERVAL") * 1000),
-        isolation_level=settings.get("KAFKA_ISOLATION_LEVEL"),
-        max_partition_fetch_bytes=settings.get("KAFKA_MAX_PARTITION_FETCH_BYTES"),
-        fetch_max_bytes=settings.get("KAFKA_FETCH_MAX_BYTES"),
+        security_protocol=settings.kafka_security_protocol,
+        sasl_mechanism=settings.kafka_sasl_mechanism,
+        sasl_username=settings.kafka_sasl_username,
+        sasl_password=settings.kafka_sasl_password,
+        ssl_cafile=settings.kafka_ssl_cafile,
+        ssl_certfile=settings.kafka_ssl_certfile,
+        ssl_keyfile=settings.kafka_ssl_keyfile,
+        session_timeout_ms=int(settings.kafka_session_timeout * 1000),
+        max_poll_records=settings.kafka_max_poll_records,
+        max_poll_interval_ms=int(settings.kafka_max_poll_interval * 1000),
+        isolation_level=settings.kafka_isolation_level,
+        max_partition_fetch_bytes=settings.kafka_max_partition_fetch_bytes,
+        fetch_max_bytes=settings.kafka_fetch_max_bytes,
     )
 
 
@@ -78,25 +80,27 @@ def kafka_source(settings: Settings) -> Iterator[KafkaJobSource]:
     try:
         source = KafkaJobSource(
             kafka_client_settings(settings),
-            topic=settings.get("KAFKA_TOPIC"),
-            group_id=settings.get("KAFKA_GROUP_ID"),
-            dlq_topic=settings.dlq_topic,
+            topic=settings.kafka_topic,
+            group_id=settings.kafka_group_id,
+            dlq_topic=settings.kafka_dlq_topic,
             worker_id=settings.worker_id,
-            max_in_flight_per_partition=settings.get("KAFKA_MAX_IN_FLIGHT_PER_PARTITION"),
-            commit_interval_s=settings.get("KAFKA_COMMIT_INTERVAL"),
-            commit_every=settings.get("KAFKA_COMMIT_EVERY"),
-            unreadable_batches=settings.get("KAFKA_UNREADABLE_BATCHES"),
+            max_in_flight_per_partition=settings.kafka_max_in_flight_per_partition,
+            commit_interval_s=settings.kafka_commit_interval,
+            commit_every=settings.kafka_commit_every,
+            unreadable_batches=settings.kafka_unreadable_batches,
         )
     except KafkaError as error:
-        brokers = ",".join(settings.get("KAFKA_BROKERS"))
-        raise JobWorkerError(f"cannot reach Kafka at {brokers} (KAFKA_BROKERS): {error}") from None
+        brokers = ",".join(settings.kafka_brokers)
+        raise ServiceUnavailable(
+            f"cannot reach Kafka at {brokers} (KAFKA_BROKERS): {error}"
+        ) from None
     yield from _closing(source)
 
 
 def broker_offsets_monitor(
     settings: Settings, source: KafkaJobSource
 ) -> Iterator[BrokerOffsetsMonitor]:
-    probe = GroupOffsetsProbe(kafka_client_settings(settings), settings.get("KAFKA_GROUP_ID"))
+    probe = GroupOffsetsProbe(kafka_client_settings(settings), settings.kafka_group_id)
     monitor = BrokerOffsetsMonitor(probe, source.assigned)
     monitor.start()
     try:
@@ -106,7 +110,11 @@ def broker_offsets_monitor(
 
 
 def file_source(settings: Settings) -> Iterator[FileJobSource]:
-    yield from _closing(FileJobSource(settings.require_file("JOB_FILE")))
+    try:
+        source = FileJobSource(settings.job_file)
+    except JobFileError as error:
+        raise ConfigurationError(settings.name_of(Settings.job_file), str(error)) from None
+    yield from _closing(source)
 
 
 def grpc_sink(
@@ -117,7 +125,7 @@ def grpc_sink(
         RetryNotice,
     )
 
-    address = settings.get("GRPC_SERVER_ADDRESS")
+    address = settings.grpc_server_address
     log = structlog.get_logger("jobworker.core_client")
 
     def retrying(notice: RetryNotice) -> None:
@@ -139,11 +147,11 @@ def grpc_sink(
         sink = GrpcResultSink(
             address,
             on_retry=retrying,
-            call_timeout_s=settings.get("GRPC_CALL_TIMEOUT"),
-            backoff_cap_s=settings.get("GRPC_RETRY_BACKOFF_MAX"),
-            tls_ca_file=settings.get("GRPC_TLS_CA_FILE"),
-            tls_cert_file=settings.get("GRPC_TLS_CERT_FILE"),
-            tls_key_file=settings.get("GRPC_TLS_KEY_FILE"),
+            call_timeout_s=settings.grpc_call_timeout,
+            backoff_cap_s=settings.grpc_retry_backoff_max,
+            tls_ca_file=settings.grpc_tls_ca_file,
+            tls_cert_file=settings.grpc_tls_cert_file,
+            tls_key_file=settings.grpc_tls_key_file,
         )
     except ConfigurationError as error:
         # The sink names its arguments; the user knows the settings.
@@ -161,10 +169,10 @@ _TLS_SETTINGS = {
 
 def core_tls_diagnosis(settings: Settings) -> Iterator[CoreTlsDiagnosis]:
     diagnosis = CoreTlsDiagnosis(
-        settings.get("GRPC_SERVER_ADDRESS"),
-        tls_ca_file=settings.get("GRPC_TLS_CA_FILE"),
-        tls_cert_file=settings.get("GRPC_TLS_CERT_FILE"),
-        tls_key_file=settings.get("GRPC_TLS_KEY_FILE"),
+        settings.grpc_server_address,
+        tls_ca_file=settings.grpc_tls_ca_file,
+        tls_cert_file=settings.grpc_tls_cert_file,
+        tls_key_file=settings.grpc_tls_key_file,
         setting_names=_TLS_SETTINGS,
     )
     watcher = gevent.spawn(diagnosis.recheck_while_failing)
@@ -175,22 +183,27 @@ def core_tls_diagnosis(settings: Settings) -> Iterator[CoreTlsDiagnosis]:
 
 
 def file_sink(settings: Settings) -> Iterator[FileResultSink]:
-    yield from _closing(FileResultSink(settings.require_file("RESULT_FILE")))
+    path = settings.result_file
+    if path != "-":
+        # Now, not at the first result: a results file that cannot be written is the
+        # user's input to fix, not an outage to retry until the shutdown deadline.
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).open("a", encoding="utf-8").close()
+        except OSError as error:
+            raise ConfigurationError(
+                settings.name_of(Settings.result_file),
+                f"cannot write results file {path}: {error.strerror}",
+            ) from None
+    yield from _closing(FileResultSink(path))
 
 
 def kafka_refused_results(settings: Settings) -> Iterator[KafkaRefusedResultStore]:
-    topic = settings.results_dlq_topic
-    _check_results_dlq_topic(topic, settings)
+    # Checked to differ from the jobs and dead-letter topics in validate_for_run.
+    topic = settings.kafka_results_dlq_topic
     yield from _closing(
         KafkaRefusedResultStore(kafka_client_settings(settings), topic, settings.worker_id)
     )
-
-
-def _check_results_dlq_topic(topic: str, settings: Settings) -> None:
-    if topic in {settings.get("KAFKA_TOPIC"), settings.dlq_topic}:
-        raise ConfigurationError(
-            "KAFKA_RESULTS_DLQ_TOPIC", f"{topic!r} must differ from KAFKA_TOPIC and KAFKA_DLQ_TOPIC"
-        )
 
 
 def file_refused_results(settings: Settings) -> Iterator[FileRefusedResultStore]:
@@ -199,17 +212,17 @@ def file_refused_results(settings: Settings) -> Iterator[FileRefusedResultStore]
 
 def refusal_policy(settings: Settings) -> RefusalPolicy:
     return RefusalPolicy(
-        dead_letter=settings.get("RESULT_REFUSED") == "dead-letter",
-        attempts=settings.get("RESULT_REFUSED_ATTEMPTS"),
+        dead_letter=settings.result_refused == "dead-letter",
+        attempts=settings.result_refused_attempts,
     )
 
 
 def http_client(settings: Settings) -> Iterator[SafeHttpClient]:
     yield from _closing(
         SafeHttpClient(
-            pool_size=settings.get("WORKER_POOL_SIZE"),
-            allow_private_networks=settings.get("HTTP_ALLOW_PRIVATE_NETWORKS"),
-            max_redirects=settings.get("HTTP_MAX_REDIRECTS"),
+            pool_size=settings.worker_pool_size,
+            allow_private_networks=settings.http_allow_private_networks,
+            max_redirects=settings.http_max_redirects,
         )
     )
 
@@ -223,13 +236,13 @@ def image_threadpool(settings: Settings) -> Iterator[ThreadPool]:
         pool.kill()
 
 
-def image_folder(settings: Settings, name: str, access: int) -> Path:
+def image_folder(path: str, name: str, access: int) -> Path:
     """The folder a setting names, made if missing; a clear error if it cannot be used.
 
     Checked at start-up: a wrong folder would otherwise surface as every image job
     REJECTED for a "missing file" the producer did nothing wrong about.
     """
-    folder = Path(settings.get(name))
+    folder = Path(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -276,21 +289,21 @@ def build_registry(executors: dict[str, Executor], discover_plugins: bool) -> Ex
 def engine_config(settings: Settings) -> EngineConfig:
     return EngineConfig(
         worker_id=settings.worker_id,
-        pool_size=settings.get("WORKER_POOL_SIZE"),
+        pool_size=settings.worker_pool_size,
         jobs_queue_size=settings.jobs_queue_size,
         results_queue_size=settings.results_queue_size,
-        result_senders=settings.get("RESULT_SENDERS"),
-        result_batch_size=settings.get("RESULT_BATCH_SIZE"),
-        result_batch_linger_s=settings.get("RESULT_BATCH_LINGER"),
-        result_batch_max_bytes=settings.get("RESULT_BATCH_MAX_BYTES"),
-        max_job_timeout_s=settings.get("MAX_JOB_TIMEOUT"),
-        max_output_bytes=settings.get("MAX_OUTPUT_BYTES"),
+        result_senders=settings.result_senders,
+        result_batch_size=settings.result_batch_size,
+        result_batch_linger_s=settings.result_batch_linger,
+        result_batch_max_bytes=settings.result_batch_max_bytes,
+        max_job_timeout_s=settings.max_job_timeout,
+        max_output_bytes=settings.max_output_bytes,
         refusals=refusal_policy(settings),
-        limits=JobLimits(max_payload_bytes=settings.get("MAX_PAYLOAD_BYTES")),
+        limits=JobLimits(max_payload_bytes=settings.max_payload_bytes),
         retry=RetryPolicy(
-            max_attempts=settings.get("RETRY_MAX_ATTEMPTS"),
-            backoff_base_s=settings.get("RETRY_BACKOFF_BASE"),
-            backoff_max_s=settings.get("RETRY_BACKOFF_MAX"),
+            max_attempts=settings.retry_max_attempts,
+            backoff_base_s=settings.retry_backoff_base,
+            backoff_max_s=settings.retry_backoff_max,
         ),
     )
 
@@ -303,7 +316,7 @@ class Container(containers.DeclarativeContainer):
     send_retries = providers.Singleton(ResultSendRetries, metrics_registry)
 
     job_source = providers.Selector(
-        providers.Callable(lambda s: s.get("JOB_SOURCE"), settings),
+        settings.provided.job_source,
         kafka=providers.Resource(kafka_source, settings),
         file=providers.Resource(file_source, settings),
     )
@@ -313,13 +326,13 @@ class Container(containers.DeclarativeContainer):
     # Why TLS to Core fails, if it does: asked on failed calls, by /readyz and at start.
     core_tls = providers.Resource(core_tls_diagnosis, settings)
     result_sink = providers.Selector(
-        providers.Callable(lambda s: s.get("RESULT_SINK"), settings),
+        settings.provided.result_sink,
         grpc=providers.Resource(grpc_sink, settings, send_retries, core_tls),
         file=providers.Resource(file_sink, settings),
     )
     # Where results Core refused for good go: beside the jobs in Kafka, or to a file.
     refused_results = providers.Selector(
-        providers.Callable(lambda s: s.get("JOB_SOURCE"), settings),
+        settings.provided.job_source,
         kafka=providers.Resource(kafka_refused_results, settings),
         file=providers.Resource(file_refused_results, settings),
     )
@@ -332,24 +345,22 @@ class Container(containers.DeclarativeContainer):
             JobType.HTTP: providers.Singleton(
                 HttpExecutor,
                 client=http_client,
-                max_response_bytes=providers.Callable(
-                    lambda s: s.get("HTTP_MAX_RESPONSE_BYTES"), settings
-                ),
-                default_timeout_s=providers.Callable(lambda s: s.get("HTTP_MAX_TIMEOUT"), settings),
+                max_response_bytes=settings.provided.http_max_response_bytes,
+                default_timeout_s=settings.provided.http_max_timeout,
             ),
             JobType.IMAGE_RESIZE: providers.Singleton(
                 ImageResizeExecutor,
-                input_root=providers.Callable(image_folder, settings, "IMAGE_INPUT_ROOT", os.R_OK),
+                input_root=providers.Callable(
+                    image_folder, settings.provided.image_input_root, "IMAGE_INPUT_ROOT", os.R_OK
+                ),
                 output_root=providers.Callable(
-                    image_folder, settings, "IMAGE_OUTPUT_ROOT", os.W_OK
+                    image_folder, settings.provided.image_output_root, "IMAGE_OUTPUT_ROOT", os.W_OK
                 ),
                 threadpool=image_threadpool,
                 http_client=http_client,
-                max_source_bytes=providers.Callable(
-                    lambda s: s.get("IMAGE_MAX_SOURCE_BYTES"), settings
-                ),
-                max_pixels=providers.Callable(lambda s: s.get("IMAGE_MAX_PIXELS"), settings),
-                fetch_timeout_s=providers.Callable(lambda s: s.get("HTTP_MAX_TIMEOUT"), settings),
+                max_source_bytes=settings.provided.image_max_source_bytes,
+                max_pixels=settings.provided.image_max_pixels,
+                fetch_timeout_s=settings.provided.http_max_timeout,
             ),
         }
     )

@@ -10,6 +10,7 @@ processed twice.
 
 from __future__ import annotations
 
+import enum
 import logging
 import sys
 from collections.abc import Mapping, MutableMapping
@@ -100,6 +101,28 @@ def cut(text: str, max_chars: int) -> str:
     return f"{text[:max_chars]}…[cut {len(text) - max_chars} chars]"
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(item) for item in value]
+    return value
+
+
+def plain_enums(
+    _logger: Any, _method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A processor for the text format: enums by name (``HTTP``), also inside lists and
+    dicts, whose text would otherwise show each member's repr (``<JobType.HTTP: 'HTTP'>``).
+    """
+    for key, value in event_dict.items():
+        if isinstance(value, enum.Enum | dict | list | tuple | set | frozenset):
+            event_dict[key] = _plain(value)
+    return event_dict
+
+
 class LevelFirstBoundLogger(structlog.stdlib.BoundLogger):
     """A stdlib BoundLogger that asks its logger's level before any processor runs.
 
@@ -184,12 +207,14 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
         structlog.processors.format_exc_info,
     ]
     renderer: structlog.types.Processor
+    finish: list[structlog.types.Processor] = []
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        finish.append(plain_enums)  # JSON writes a StrEnum as its value already
     # Last before the renderer: every line, ours or a library's, passes here.
-    finish = [FieldCap(), renderer]
+    finish += [FieldCap(), renderer]
     structlog.configure(
         processors=[*context, *stamp, *finish, _hand_over],
         logger_factory=_stdlib_logger,

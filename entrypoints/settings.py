@@ -1,9 +1,12 @@
-"""Settings from the environment and ``.env`` (dynaconf), checked once at start-up.
+"""Settings from the environment and ``.env`` (dynaconf), typed, checked once at start-up.
 
-Every setting is declared once in ``SETTINGS`` with its default and meaning; the README
-table is generated from the same list (``jobworker settings``). A missing or malformed
-value raises ``ConfigurationError`` naming the variable; the CLI prints that one line and
-exits 2.
+Each setting is declared once, as an attribute of ``Settings``: its variable is the
+attribute's name in capitals, with its default, meaning, parser (the check) and, if it
+is needed only by one adapter, the condition under which it is required. Adding a
+setting is adding one attribute. The container reads the typed attributes; the README
+table and ``jobworker settings`` are generated from the same declarations. A missing or
+malformed value raises ``ConfigurationError`` naming the variable (or the flag that
+set it); the CLI prints that one line and exits 2.
 """
 
 from __future__ import annotations
@@ -13,108 +16,46 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
-from dynaconf import Dynaconf
+from dynaconf import Dynaconf, ValidationError, Validator
 
 from adapters.kafka.settings import parse_brokers
 from domain.errors import ConfigurationError
-from entrypoints.config_values import parse_bool, parse_duration, parse_int, parse_size
+from entrypoints.config_values import (
+    at_most,
+    choice,
+    duration_at_least,
+    non_negative,
+    parse_address,
+    parse_bool,
+    parse_duration,
+    parse_int,
+    parse_name,
+    parse_port,
+    parse_size,
+    positive,
+    readable_file,
+    writable_file,
+)
 
-REQUIRED = "required"
-# dynaconf reads only variables with this prefix itself (none are used): ours are read
-# raw from the environment, and unrelated variables can never upset its parser.
+T = TypeVar("T")
+
+# dynaconf loads ``.env`` into the environment and checks the rules between settings
+# (its Validators); it parses no variable itself (no loaders): ours are read as the exact
+# strings they are, so unrelated variables (even DYNACONF_*) can never upset parsing, and
+# ``KAFKA_GROUP_ID=1.10`` stays the group ``1.10``, not the number 1.1.
 _OWN_PREFIX = "JOBWORKER_DYNACONF"
 
+# Where a value in force came from (``jobworker settings``).
+DEFAULT, DOTENV, ENVIRONMENT, FLAG, DERIVED = "default", ".env", "environment", "flag", "derived"
 
-@dataclass(frozen=True)
-class Setting:
-    name: str
-    default: str | None  # None: empty / derived; REQUIRED: must be given (when used)
-    help: str
-    parse: Callable[[str], Any] = str
-    # Set but empty: for most settings "use the default" (compose files write `X=`);
-    # for a name (a topic) it is a slip that would silently use another one.
-    empty_means_default: bool = True
-
-
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        value = text.strip().lower()
-        if value not in allowed:
-            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
-        return value
-
-    return parse
-
-
-def _positive(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    def check(text: str) -> Any:
-        value = parse(text)
-        if value <= 0:
-            raise ValueError(f"{text!r} must be greater than zero")
-        return value
-
-    return check
-
-
-def _non_negative(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    def check(text: str) -> Any:
-        value = parse(text)
-        if value < 0:
-            raise ValueError(f"{text!r} must not be negative")
-        return value
-
-    return check
-
-
-def _brokers(text: str) -> list[str]:
-    return list(parse_brokers(text))
-
-
-def _at_least(minimum_s: float) -> Callable[[str], float]:
-    def check(text: str) -> float:
-        value = parse_duration(text)
-        if value < minimum_s:
-            raise ValueError(f"{text!r} is below the minimum of {minimum_s * 1000:g}ms")
-        return value
-
-    return check
-
-
-def _address(text: str) -> str:
-    address = text.strip()
-    if "://" in address or address.startswith(("unix:", "dns:")):
-        raise ValueError(f"{text!r}: give host:port, without a scheme (TLS is set by GRPC_TLS_*)")
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or any(c.isspace() or c in "/@" for c in host):
-        raise ValueError(f"{text!r} is not host:port")
-    if not 0 < int(port) < 65536:
-        raise ValueError(f"{text!r}: the port must be 1-65535")
-    return address
-
-
-def _port(text: str) -> int:
-    value = parse_int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError(f"{text!r} is not a port: 0 (off) or 1-65535")
-    return value
-
-
-def _at_most(limit: int, why: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    def check(text: str) -> Any:
-        value = parse(text)
-        if value > limit:
-            raise ValueError(f"{text!r} is above the limit of {limit}: {why}")
-        return value
-
-    return check
-
-
-def _topic(text: str) -> str:
-    # Kafka's own rules (length, characters) are checked where the topic is used.
-    return text.strip()
-
+# When a setting is needed (dynaconf ``when`` conditions on the parsed values).
+KAFKA_SOURCE = Validator("JOB_SOURCE", eq="kafka")
+FILE_SOURCE = Validator("JOB_SOURCE", eq="file")
+GRPC_SINK = Validator("RESULT_SINK", eq="grpc")
+FILE_SINK = Validator("RESULT_SINK", eq="file")
+SASL = KAFKA_SOURCE & Validator("KAFKA_SECURITY_PROTOCOL", is_in=["SASL_PLAINTEXT", "SASL_SSL"])
 
 # A greenlet per pool slot is cheap, but each slot may hold one of the hub's threads
 # (DNS look-ups of HTTP jobs) and a connection: past this, run more worker processes.
@@ -125,396 +66,572 @@ CORE_MESSAGE_LIMIT = 4 * 1024 * 1024
 MAX_OUTPUT_BYTES_FOR_CORE = CORE_MESSAGE_LIMIT - 256 * 1024
 
 
-SETTINGS: list[Setting] = [
-    Setting("JOB_SOURCE", "kafka", "where jobs come from: kafka or file", _choice("kafka", "file")),
-    Setting("JOB_FILE", None, "JSON Lines jobs file when JOB_SOURCE=file (`-` = stdin)"),
-    Setting(
-        "RESULT_SINK", "grpc", "where results go: grpc (Core) or file", _choice("grpc", "file")
-    ),
-    Setting("RESULT_FILE", None, "JSON Lines results file when RESULT_SINK=file (`-` = stdout)"),
-    Setting(
-        "KAFKA_BROKERS", REQUIRED, "comma-separated bootstrap servers (JOB_SOURCE=kafka)", _brokers
-    ),
-    Setting("KAFKA_TOPIC", "job_requests", "jobs topic", _topic, empty_means_default=False),
-    Setting("KAFKA_GROUP_ID", REQUIRED, "consumer group (JOB_SOURCE=kafka)"),
-    Setting(
-        "KAFKA_DLQ_TOPIC",
-        None,
-        "dead-letter topic for poison messages and unreadable batches (`<topic>.dlq`)",
-        _topic,
-        empty_means_default=False,
-    ),
-    Setting(
-        "KAFKA_RESULTS_DLQ_TOPIC",
-        None,
-        "dead-letter topic for results Core refused for good (`<topic>.results.dlq`)",
-        _topic,
-        empty_means_default=False,
-    ),
-    Setting("KAFKA_CLIENT_ID", None, "Kafka client id (`jobworker-<WORKER_ID>`)"),
-    Setting(
-        "KAFKA_SECURITY_PROTOCOL",
-        "PLAINTEXT",
-        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
-        lambda t: _choice("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")(t).upper(),
-    ),
-    Setting("KAFKA_SASL_MECHANISM", None, "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
-    Setting("KAFKA_SASL_USERNAME", None, "SASL user name"),
-    Setting("KAFKA_SASL_PASSWORD", None, "SASL password"),
-    Setting("KAFKA_SSL_CAFILE", None, "CA bundle to verify the brokers"),
-    Setting("KAFKA_SSL_CERTFILE", None, "client certificate (mutual TLS)"),
-    Setting("KAFKA_SSL_KEYFILE", None, "client key (mutual TLS)"),
-    Setting("KAFKA_MAX_POLL_RECORDS", "500", "records per poll at most", _positive(parse_int)),
-    Setting("KAFKA_SESSION_TIMEOUT", "45s", "group session timeout", _positive(parse_duration)),
-    Setting("KAFKA_MAX_POLL_INTERVAL", "5m", "max.poll.interval.ms", _positive(parse_duration)),
-    Setting(
-        "KAFKA_MAX_IN_FLIGHT_PER_PARTITION",
-        "1000",
-        "unfinished jobs per partition before it is paused (bounds redelivery)",
-        _positive(parse_int),
-    ),
-    Setting(
-        "KAFKA_COMMIT_INTERVAL",
-        "1s",
-        "commit done offsets at least this often",
-        _positive(parse_duration),
-    ),
-    Setting(
-        "KAFKA_COMMIT_EVERY", "1000", "…or after this many finished jobs", _positive(parse_int)
-    ),
-    Setting(
-        "KAFKA_MAX_PARTITION_FETCH_BYTES",
-        "1MiB",
-        "bytes read ahead per partition at most (memory is about partitions times this)",
-        _positive(parse_size),
-    ),
-    Setting(
-        "KAFKA_FETCH_MAX_BYTES", "50MiB", "bytes one fetch brings at most", _positive(parse_size)
-    ),
-    Setting(
-        "KAFKA_ISOLATION_LEVEL",
-        "read_committed",
-        "read_committed (skip aborted transactions) or read_uncommitted",
-        _choice("read_committed", "read_uncommitted"),
-    ),
-    Setting(
-        "KAFKA_UNREADABLE_BATCHES",
-        "dead-letter",
-        "a batch that cannot be decoded: dead-letter (and move on) or fail (stop the worker)",
-        _choice("dead-letter", "fail"),
-    ),
-    Setting(
-        "WORKER_POOL_SIZE",
-        "10",
-        f"concurrent jobs (greenlets), at most {MAX_POOL_SIZE}",
-        _at_most(MAX_POOL_SIZE, "run more worker processes instead", _positive(parse_int)),
-    ),
-    Setting("WORKER_ID", None, "worker id reported with results (`<host>-<pid>`)"),
-    Setting(
-        "JOBS_QUEUE_SIZE",
-        None,
-        "jobs buffered ahead of the pool (2x pool size)",
-        _positive(parse_int),
-    ),
-    Setting(
-        "RESULTS_QUEUE_SIZE",
-        None,
-        "results buffered ahead of the sender (2x pool size)",
-        _positive(parse_int),
-    ),
-    Setting(
-        "RESULT_SENDERS",
-        "4",
-        "calls to Core in flight (greenlets sending results)",
-        _positive(parse_int),
-    ),
-    Setting(
-        "RESULT_BATCH_SIZE", "100", "results per ReportResults call at most", _positive(parse_int)
-    ),
-    Setting(
-        "RESULT_BATCH_LINGER",
-        "5ms",
-        "how long a part-filled batch waits for more results (adds up to this latency)",
-        _positive(parse_duration),
-    ),
-    Setting(
-        "RESULT_BATCH_MAX_BYTES",
-        "3MiB",
-        "about how many bytes of results one call carries (below Core's 4 MiB limit)",
-        _at_most(
-            CORE_MESSAGE_LIMIT - 64 * 1024,
-            "Core takes one gRPC message of at most 4 MiB",
-            _positive(parse_size),
-        ),
-    ),
-    Setting(
-        "RESULT_REFUSED",
-        "dead-letter",
-        "a result Core refuses for good: dead-letter (then ack the job) or hold (retry for ever)",
-        _choice("dead-letter", "hold"),
-    ),
-    Setting(
-        "RESULT_REFUSED_ATTEMPTS",
-        "3",
-        "times a refused result is offered to Core before it is dead-lettered",
-        _positive(parse_int),
-    ),
-    Setting(
-        "RESULTS_DLQ_FILE",
-        None,
-        "results refused for good when jobs come from a file (`<RESULT_FILE>.refused.jsonl`"
-        " with RESULT_SINK=file, else `<JOB_FILE>.refused.jsonl`)",
-    ),
-    Setting("GRPC_SERVER_ADDRESS", REQUIRED, "Core service host:port (RESULT_SINK=grpc)", _address),
-    Setting(
-        "GRPC_CALL_TIMEOUT", "5s", "deadline of one ReportResult call", _positive(parse_duration)
-    ),
-    Setting(
-        "GRPC_RETRY_BACKOFF_MAX",
-        "10s",
-        "longest pause between ReportResult retries",
-        _at_least(0.1),
-    ),
-    Setting("GRPC_TLS_CA_FILE", None, "CA bundle: set to use TLS to Core"),
-    Setting("GRPC_TLS_CERT_FILE", None, "client certificate for mutual TLS"),
-    Setting("GRPC_TLS_KEY_FILE", None, "client key for mutual TLS"),
-    Setting(
-        "MAX_JOB_TIMEOUT", "30s", "hard limit per job, retries included", _positive(parse_duration)
-    ),
-    Setting(
-        "MAX_OUTPUT_BYTES",
-        "1MiB",
-        "larger job outputs end the job FAILED (at most 3840KiB with RESULT_SINK=grpc:"
-        " Core's message limit is 4 MiB)",
-        _positive(parse_size),
-    ),
-    Setting(
-        "MAX_PAYLOAD_BYTES",
-        "1MiB",
-        "larger job payloads end the job REJECTED",
-        _positive(parse_size),
-    ),
-    Setting(
-        "RETRY_MAX_ATTEMPTS",
-        "3",
-        "attempts for a retryable failure, the first included",
-        _positive(parse_int),
-    ),
-    Setting(
-        "RETRY_BACKOFF_BASE",
-        "500ms",
-        "first retry pause (doubles, full jitter)",
-        _non_negative(parse_duration),
-    ),
-    Setting("RETRY_BACKOFF_MAX", "30s", "longest retry pause", _non_negative(parse_duration)),
-    Setting(
-        "SHUTDOWN_TIMEOUT",
-        "30s",
-        "time to finish in-flight jobs on SIGTERM",
-        _positive(parse_duration),
-    ),
-    Setting("LOG_FORMAT", "json", "json or text", _choice("json", "text")),
-    Setting(
-        "LOG_LEVEL",
-        "info",
-        "debug, info, warning or error",
-        _choice("debug", "info", "warning", "error"),
-    ),
-    Setting(
-        "METRICS_PORT",
-        "0",
-        "Prometheus /metrics, /healthz, /readyz port (0 = off)",
-        _port,
-    ),
-    Setting("METRICS_HOST", "0.0.0.0", "address the metrics server listens on"),  # noqa: S104
-    Setting(
-        "READINESS_BROKER_TIMEOUT",
-        "15s",
-        "/readyz fails when the broker has not answered for this long (asked every 5s)",
-        _at_least(6.0),
-    ),
-    Setting(
-        "READINESS_REQUIRES_CORE",
-        "false",
-        "/readyz also fails while Core is unreachable (shown, not required, by default)",
-        parse_bool,
-    ),
-    Setting(
-        "LIVENESS_MAX_BLOCKED",
-        "10s",
-        "/healthz fails while the event loop has been blocked for longer than this",
-        _at_least(1.0),
-    ),
-    Setting(
-        "HTTP_ALLOW_PRIVATE_NETWORKS",
-        "false",
-        "let HTTP jobs reach loopback/private/link-local addresses",
-        parse_bool,
-    ),
-    Setting("HTTP_MAX_RESPONSE_BYTES", "1MiB", "HTTP response body cap", _positive(parse_size)),
-    Setting(
-        "HTTP_MAX_REDIRECTS", "5", "redirects followed (each re-checked)", _non_negative(parse_int)
-    ),
-    Setting(
-        "HTTP_MAX_TIMEOUT",
-        "10s",
-        "longest HTTP request, redirects and body included (timeout_ms may shorten it)",
-        _positive(parse_duration),
-    ),
-    Setting("IMAGE_INPUT_ROOT", "./data/images/in", "image sources must be under this folder"),
-    Setting("IMAGE_OUTPUT_ROOT", "./data/images/out", "resized images are written under it"),
-    Setting(
-        "IMAGE_MAX_PIXELS",
-        "40000000",
-        "decompression-bomb limit (source pixels)",
-        _positive(parse_int),
-    ),
-    Setting("IMAGE_MAX_SOURCE_BYTES", "20MiB", "largest source image", _positive(parse_size)),
-    Setting("IMAGE_THREADS", None, "threads for Pillow (CPU count)", _positive(parse_int)),
-]
-_BY_NAME = {setting.name: setting for setting in SETTINGS}
+class Setting(Generic[T]):
+    """One setting, declared as an attribute of ``Settings``; reading it gives its value.
+
+    Use the constructors below (``setting``, ``optional``, ``needed``, ``derived``): they
+    give the attribute its type.
+    """
+
+    name: str  # the variable: the attribute's name in capitals
+
+    def __init__(
+        self,
+        default: str | None,
+        meaning: str,
+        parse: Callable[[str], Any],
+        *,
+        needed_when: Validator | None = None,
+        derive: Callable[[Settings], Any] | None = None,
+        empty_means_default: bool = True,
+        secret: bool = False,
+        may_be_none: bool = False,
+    ) -> None:
+        self.default = default
+        self.help = meaning
+        self.parse = parse
+        # Required under this condition (dynaconf checks it); unset otherwise.
+        self.needed_when = needed_when
+        # The value when unset, computed from other settings (``default`` is then None).
+        self.derive = derive
+        # Set but empty: for most settings "use the default" (compose files write `X=`);
+        # for a name (a topic) it is a slip that would silently use another one.
+        self.empty_means_default = empty_means_default
+        self.secret = secret
+        # Reads as None when unset (typed ``T | None``), even where ``needed_when`` applies.
+        self.may_be_none = may_be_none
+
+    def __set_name__(self, owner: type, attribute: str) -> None:
+        self.attribute = attribute
+        self.name = attribute.upper()
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> Setting[T]: ...
+    @overload
+    def __get__(self, instance: Settings, owner: type) -> T: ...
+    def __get__(self, instance: Settings | None, owner: type) -> Setting[T] | T:
+        if instance is None:
+            return self
+        value: T = instance.value_of(self)
+        return value
+
+    def default_text(self) -> str:
+        """The default as the README shows it."""
+        if self.needed_when is not None:
+            return "required"
+        return "—" if self.default is None else self.default
+
+
+def setting(
+    default: str,
+    meaning: str,
+    parse: Callable[[str], T],
+    *,
+    empty_means_default: bool = True,
+) -> Setting[T]:
+    """A setting with a default."""
+    return Setting(default, meaning, parse, empty_means_default=empty_means_default)
+
+
+def optional(
+    meaning: str,
+    parse: Callable[[str], T],
+    *,
+    secret: bool = False,
+    needed_when: Validator | None = None,
+) -> Setting[T | None]:
+    """A setting that may be unset (None); if ``needed_when`` holds, it must be set."""
+    return Setting(None, meaning, parse, secret=secret, needed_when=needed_when, may_be_none=True)
+
+
+def needed(
+    meaning: str,
+    when: Validator,
+    parse: Callable[[str], T],
+) -> Setting[T]:
+    """A setting without a default, required when ``when`` holds (``validate_for_run``)."""
+    return Setting(None, meaning, parse, needed_when=when)
+
+
+def derived(
+    meaning: str,
+    derive: Callable[[Settings], T],
+    parse: Callable[[str], T],
+    *,
+    empty_means_default: bool = True,
+) -> Setting[T]:
+    """A setting that, when unset, is computed from others (``meaning`` says how)."""
+    return Setting(None, meaning, parse, derive=derive, empty_means_default=empty_means_default)
+
+
+def _brokers(text: str) -> list[str]:
+    return list(parse_brokers(text))
+
+
+def _upper_choice(*allowed: str) -> Callable[[str], str]:
+    lower = choice(*allowed)
+    return lambda text: lower(text).upper()
+
+
+def _client_id(s: Settings) -> str:
+    return f"jobworker-{s.worker_id}"
+
+
+def _results_dlq_file(s: Settings) -> str:
+    result_file, job_file = s.given(Settings.result_file), s.given(Settings.job_file)
+    if s.result_sink == "file" and result_file and result_file != "-":
+        return f"{result_file}.refused.jsonl"
+    if job_file and job_file != "-":
+        return f"{job_file}.refused.jsonl"
+    return "refused-results.jsonl"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a raw value came from; ``flag`` is the option that gave it, if one did."""
+
+    source: str
+    flag: str | None = None
 
 
 class Settings:
-    """Typed, validated access to the settings; values are parsed on first use.
+    """Typed, validated settings; each attribute is one setting, parsed on first use.
 
     Lazy on purpose: a file-to-file run must not demand Kafka settings. Every value a
     run needs is read by ``validate_for_run`` before anything starts, so a mistake is
     found at start-up, not at the first job.
     """
 
-    def __init__(self, values: Mapping[str, Any]) -> None:
+    # -- where jobs come from and results go ------------------------------------------
+    job_source = setting("kafka", "where jobs come from: kafka or file", choice("kafka", "file"))
+    job_file = needed(
+        "JSON Lines jobs file when JOB_SOURCE=file (`-` = stdin)",
+        FILE_SOURCE,
+        readable_file("jobs file"),
+    )
+    result_sink = setting("grpc", "where results go: grpc (Core) or file", choice("grpc", "file"))
+    result_file = needed(
+        "JSON Lines results file when RESULT_SINK=file (`-` = stdout)",
+        FILE_SINK,
+        writable_file("results file"),
+    )
+
+    # -- Kafka ------------------------------------------------------------------------
+    kafka_brokers = needed(
+        "comma-separated bootstrap servers (JOB_SOURCE=kafka)", KAFKA_SOURCE, _brokers
+    )
+    kafka_topic = setting("job_requests", "jobs topic", parse_name, empty_means_default=False)
+    kafka_group_id = needed("consumer group (JOB_SOURCE=kafka)", KAFKA_SOURCE, str)
+    kafka_dlq_topic = derived(
+        "dead-letter topic for poison messages and unreadable batches (`<topic>.dlq`)",
+        lambda s: f"{s.kafka_topic}.dlq",
+        parse_name,
+        empty_means_default=False,
+    )
+    kafka_results_dlq_topic = derived(
+        "dead-letter topic for results Core refused for good (`<topic>.results.dlq`)",
+        lambda s: f"{s.kafka_topic}.results.dlq",
+        parse_name,
+        empty_means_default=False,
+    )
+    kafka_client_id = derived(
+        "Kafka client id (`jobworker-<WORKER_ID>`)",
+        _client_id,
+        str,
+    )
+    kafka_security_protocol = setting(
+        "PLAINTEXT",
+        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+        _upper_choice("plaintext", "ssl", "sasl_plaintext", "sasl_ssl"),
+    )
+    kafka_sasl_mechanism = optional(
+        "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL)", str, needed_when=SASL
+    )
+    kafka_sasl_username = optional("SASL user name", str)
+    kafka_sasl_password = optional("SASL password", str, secret=True)
+    kafka_ssl_cafile = optional("CA bundle to verify the brokers", str)
+    kafka_ssl_certfile = optional("client certificate (mutual TLS)", str)
+    kafka_ssl_keyfile = optional("client key (mutual TLS)", str)
+    kafka_max_poll_records = setting("500", "records per poll at most", positive(parse_int))
+    kafka_session_timeout = setting("45s", "group session timeout", positive(parse_duration))
+    kafka_max_poll_interval = setting("5m", "max.poll.interval.ms", positive(parse_duration))
+    kafka_max_in_flight_per_partition = setting(
+        "1000",
+        "unfinished jobs per partition before it is paused (bounds redelivery)",
+        positive(parse_int),
+    )
+    kafka_commit_interval = setting(
+        "1s", "commit done offsets at least this often", positive(parse_duration)
+    )
+    kafka_commit_every = setting("1000", "…or after this many finished jobs", positive(parse_int))
+    kafka_max_partition_fetch_bytes = setting(
+        "1MiB",
+        "bytes read ahead per partition at most (memory is about partitions times this)",
+        positive(parse_size),
+    )
+    kafka_fetch_max_bytes = setting("50MiB", "bytes one fetch brings at most", positive(parse_size))
+    kafka_isolation_level = setting(
+        "read_committed",
+        "read_committed (skip aborted transactions) or read_uncommitted",
+        choice("read_committed", "read_uncommitted"),
+    )
+    kafka_unreadable_batches = setting(
+        "dead-letter",
+        "a batch that cannot be decoded: dead-letter (and move on) or fail (stop the worker)",
+        choice("dead-letter", "fail"),
+    )
+
+    # -- the worker -------------------------------------------------------------------
+    worker_pool_size = setting(
+        "10",
+        f"concurrent jobs (greenlets), at most {MAX_POOL_SIZE}",
+        at_most(MAX_POOL_SIZE, "run more worker processes instead", positive(parse_int)),
+    )
+    worker_id = derived(
+        "worker id reported with results (`<host>-<pid>`)",
+        lambda _s: f"{socket.gethostname()}-{os.getpid()}",
+        str,
+    )
+    jobs_queue_size = derived(
+        "jobs buffered ahead of the pool (2x pool size)",
+        lambda s: 2 * s.worker_pool_size,
+        positive(parse_int),
+    )
+    results_queue_size = derived(
+        "results buffered ahead of the sender (2x pool size)",
+        lambda s: 2 * s.worker_pool_size,
+        positive(parse_int),
+    )
+    result_senders = setting(
+        "4", "calls to Core in flight (greenlets sending results)", positive(parse_int)
+    )
+    result_batch_size = setting(
+        "100", "results per ReportResults call at most", positive(parse_int)
+    )
+    result_batch_linger = setting(
+        "5ms",
+        "how long a part-filled batch waits for more results (adds up to this latency)",
+        positive(parse_duration),
+    )
+    result_batch_max_bytes = setting(
+        "3MiB",
+        "about how many bytes of results one call carries (below Core's 4 MiB limit)",
+        at_most(
+            CORE_MESSAGE_LIMIT - 64 * 1024,
+            "Core takes one gRPC message of at most 4 MiB",
+            positive(parse_size),
+        ),
+    )
+    result_refused = setting(
+        "dead-letter",
+        "a result Core refuses for good: dead-letter (then ack the job) or hold (retry for ever)",
+        choice("dead-letter", "hold"),
+    )
+    result_refused_attempts = setting(
+        "3",
+        "times a refused result is offered to Core before it is dead-lettered",
+        positive(parse_int),
+    )
+    results_dlq_file = derived(
+        "results refused for good when jobs come from a file (`<RESULT_FILE>.refused.jsonl`"
+        " with RESULT_SINK=file, else `<JOB_FILE>.refused.jsonl`)",
+        _results_dlq_file,
+        str,
+    )
+
+    # -- Core (gRPC) ------------------------------------------------------------------
+    grpc_server_address = needed(
+        "Core service host:port (RESULT_SINK=grpc)", GRPC_SINK, parse_address
+    )
+    grpc_call_timeout = setting("5s", "deadline of one ReportResult call", positive(parse_duration))
+    grpc_retry_backoff_max = setting(
+        "10s", "longest pause between ReportResult retries", duration_at_least(0.1)
+    )
+    grpc_tls_ca_file = optional("CA bundle: set to use TLS to Core", str)
+    grpc_tls_cert_file = optional("client certificate for mutual TLS", str)
+    grpc_tls_key_file = optional("client key for mutual TLS", str)
+
+    # -- jobs -------------------------------------------------------------------------
+    max_job_timeout = setting(
+        "30s", "hard limit per job, retries included", positive(parse_duration)
+    )
+    max_output_bytes = setting(
+        "1MiB",
+        "larger job outputs end the job FAILED (at most 3840KiB with RESULT_SINK=grpc:"
+        " Core's message limit is 4 MiB)",
+        positive(parse_size),
+    )
+    max_payload_bytes = setting(
+        "1MiB", "larger job payloads end the job REJECTED", positive(parse_size)
+    )
+    retry_max_attempts = setting(
+        "3", "attempts for a retryable failure, the first included", positive(parse_int)
+    )
+    retry_backoff_base = setting(
+        "500ms", "first retry pause (doubles, full jitter)", non_negative(parse_duration)
+    )
+    retry_backoff_max = setting("30s", "longest retry pause", non_negative(parse_duration))
+    shutdown_timeout = setting(
+        "30s", "time to finish in-flight jobs on SIGTERM", positive(parse_duration)
+    )
+
+    # -- logs and metrics -------------------------------------------------------------
+    log_format = setting("json", "json or text", choice("json", "text"))
+    log_level = setting(
+        "info", "debug, info, warning or error", choice("debug", "info", "warning", "error")
+    )
+    metrics_port = setting("0", "Prometheus /metrics, /healthz, /readyz port (0 = off)", parse_port)
+    metrics_host = setting("0.0.0.0", "address the metrics server listens on", str)  # noqa: S104
+    readiness_broker_timeout = setting(
+        "15s",
+        "/readyz fails when the broker has not answered for this long (asked every 5s)",
+        duration_at_least(6.0),
+    )
+    readiness_requires_core = setting(
+        "false",
+        "/readyz also fails while Core is unreachable (shown, not required, by default)",
+        parse_bool,
+    )
+    liveness_max_blocked = setting(
+        "10s",
+        "/healthz fails while the event loop has been blocked for longer than this",
+        duration_at_least(1.0),
+    )
+
+    # -- executors --------------------------------------------------------------------
+    http_allow_private_networks = setting(
+        "false", "let HTTP jobs reach loopback/private/link-local addresses", parse_bool
+    )
+    http_max_response_bytes = setting("1MiB", "HTTP response body cap", positive(parse_size))
+    http_max_redirects = setting(
+        "5", "redirects followed (each re-checked)", non_negative(parse_int)
+    )
+    http_max_timeout = setting(
+        "10s",
+        "longest HTTP request, redirects and body included (timeout_ms may shorten it)",
+        positive(parse_duration),
+    )
+    image_input_root = setting("./data/images/in", "image sources must be under this folder", str)
+    image_output_root = setting("./data/images/out", "resized images are written under it", str)
+    image_max_pixels = setting(
+        "40000000", "decompression-bomb limit (source pixels)", positive(parse_int)
+    )
+    image_max_source_bytes = setting("20MiB", "largest source image", positive(parse_size))
+    image_threads = derived(
+        "threads for Pillow (CPU count)", lambda _s: os.cpu_count() or 2, positive(parse_int)
+    )
+
+    # -- reading ----------------------------------------------------------------------
+
+    def __init__(
+        self, values: Mapping[str, Any], origins: Mapping[str, Origin] | None = None
+    ) -> None:
+        """``values``: raw strings by variable; ``origins``: where each came from."""
         self._raw = {k: v for k, v in values.items() if k in _BY_NAME}
+        self._origins = dict(origins or {})
         self._cache: dict[str, Any] = {}
 
     @classmethod
-    def load(cls, dotenv: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    def load(
+        cls, dotenv: Path | None = None, flags: Mapping[str, tuple[str, str]] | None = None
+    ) -> Settings:
         """Read ``.env`` (from the working directory, or ``dotenv``) under the environment.
 
-        dynaconf loads the ``.env`` file into the environment (variables already set win);
-        the values are then read as the exact strings they are. dynaconf's own parsing
-        would rewrite them (``KAFKA_GROUP_ID=1.10`` is not the group ``1.1``).
+        dynaconf loads the ``.env`` file into the environment (variables already set
+        win). ``flags`` maps a variable to the option and text given on the command
+        line; a flag wins over both.
         """
         if dotenv is not None and not dotenv.is_file():
             raise ConfigurationError("--env-file", f"{dotenv} is not a readable file")
+        before = set(os.environ)
         try:
             loader = Dynaconf(
                 envvar_prefix=_OWN_PREFIX,
                 environments=False,
                 load_dotenv=True,
                 dotenv_path=str(dotenv) if dotenv else None,
+                loaders=[],  # not even its global DYNACONF_* variables
             )
             loader.get(_OWN_PREFIX)  # dynaconf is lazy: this is what reads the file
         except Exception as error:
             raise ConfigurationError(str(dotenv or ".env"), f"cannot be read: {error}") from None
-        values = {name: os.environ[name] for name in _BY_NAME if name in os.environ}
-        values.update({k: v for k, v in (environ or {}).items() if k in _BY_NAME})
-        return cls(values)
+        values: dict[str, str] = {}
+        origins: dict[str, Origin] = {}
+        for name in _BY_NAME:
+            if name in os.environ:
+                values[name] = os.environ[name]
+                origins[name] = Origin(ENVIRONMENT if name in before else DOTENV)
+        for name, (flag, text) in (flags or {}).items():
+            values[name] = text
+            origins[name] = Origin(FLAG, flag)
+        return cls(values, origins)
 
-    def get(self, name: str) -> Any:
-        if name not in self._cache:
-            self._cache[name] = self._parse(_BY_NAME[name])
-        return self._cache[name]
+    def value_of(self, setting: Setting[T]) -> T:
+        if setting.name not in self._cache:
+            self._cache[setting.name] = self._parse(setting)
+        value: T = self._cache[setting.name]
+        return value
 
-    def _parse(self, setting: Setting) -> Any:
+    def given(self, setting: Setting[T]) -> T | None:
+        """The value of a setting that may be required elsewhere, or None if unset."""
+        return None if self._is_unset(setting) else self.value_of(setting)
+
+    def origin(self, setting: Setting[Any]) -> str:
+        """default, .env, environment, flag (``--x``) or derived."""
+        origin = self._origins.get(setting.name)
+        if origin is None or self._is_unset(setting):
+            return DERIVED if setting.derive is not None else DEFAULT
+        return f"{FLAG} {origin.flag}" if origin.flag else origin.source
+
+    def _is_unset(self, setting: Setting[Any]) -> bool:
+        raw = self._raw.get(setting.name)
+        return raw is None or (not str(raw).strip() and setting.empty_means_default)
+
+    def name_of(self, setting: Setting[Any]) -> str:
+        """What an error names: the flag, if one gave the value, else the variable."""
+        origin = self._origins.get(setting.name)
+        return origin.flag if origin is not None and origin.flag else setting.name
+
+    def _parse(self, setting: Setting[Any]) -> Any:
         raw = self._raw.get(setting.name)
         text = "" if raw is None else str(raw).strip()
         if not text:
             if raw is not None and not setting.empty_means_default:
                 raise ConfigurationError(
-                    setting.name, "is set but empty: give a value, or unset it for the default"
+                    self.name_of(setting),
+                    "is set but empty: give a value, or unset it for the default",
                 )
-            if setting.default == REQUIRED:
-                raise ConfigurationError(setting.name, f"is required ({setting.help})")
+            if setting.needed_when is not None and not setting.may_be_none:
+                raise ConfigurationError(setting.name, _required(setting))
+            if setting.derive is not None:
+                return setting.derive(self)
             if setting.default is None:
                 return None
             text = setting.default
         try:
             return setting.parse(text)
         except ValueError as error:
-            raise ConfigurationError(setting.name, str(error)) from None
+            raise ConfigurationError(self.name_of(setting), str(error)) from None
         except ConfigurationError as error:
-            raise ConfigurationError(setting.name, error.problem) from None
+            raise ConfigurationError(self.name_of(setting), error.problem) from None
 
-    # -- derived values ---------------------------------------------------------------
-
-    @property
-    def worker_id(self) -> str:
-        return self.get("WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}"
-
-    @property
-    def dlq_topic(self) -> str:
-        return self.get("KAFKA_DLQ_TOPIC") or f"{self.get('KAFKA_TOPIC')}.dlq"
-
-    @property
-    def results_dlq_topic(self) -> str:
-        return self.get("KAFKA_RESULTS_DLQ_TOPIC") or f"{self.get('KAFKA_TOPIC')}.results.dlq"
-
-    @property
-    def results_dlq_file(self) -> str:
-        if self.get("RESULTS_DLQ_FILE"):
-            return str(self.get("RESULTS_DLQ_FILE"))
-        result_file = self.get("RESULT_FILE")
-        if self.get("RESULT_SINK") == "file" and result_file and result_file != "-":
-            return f"{result_file}.refused.jsonl"
-        job_file = self.get("JOB_FILE")
-        if job_file and job_file != "-":
-            return f"{job_file}.refused.jsonl"
-        return "refused-results.jsonl"
-
-    @property
-    def kafka_client_id(self) -> str:
-        return self.get("KAFKA_CLIENT_ID") or f"jobworker-{self.worker_id}"
-
-    @property
-    def jobs_queue_size(self) -> int:
-        return int(self.get("JOBS_QUEUE_SIZE") or 2 * self.get("WORKER_POOL_SIZE"))
-
-    @property
-    def results_queue_size(self) -> int:
-        return int(self.get("RESULTS_QUEUE_SIZE") or 2 * self.get("WORKER_POOL_SIZE"))
-
-    @property
-    def image_threads(self) -> int:
-        return int(self.get("IMAGE_THREADS") or os.cpu_count() or 2)
-
-    def require_file(self, name: str) -> str:
-        value = self.get(name)
-        if not value:
-            raise ConfigurationError(name, "is required when it is selected as the adapter")
-        return str(value)
+    # -- checking ---------------------------------------------------------------------
 
     def validate_for_run(self) -> None:
-        """Parse every setting this run will use; raises on the first bad one."""
-        for setting in SETTINGS:
-            if setting.name.startswith("KAFKA_") and self.get("JOB_SOURCE") != "kafka":
+        """Parse every setting this run uses and check the rules between them.
+
+        Raises ``ConfigurationError`` on the first problem, naming the variable.
+        """
+        uses_kafka = self.job_source == "kafka"
+        uses_core = self.result_sink == "grpc"
+        present: dict[str, Any] = {}
+        for entry in SETTINGS:
+            if entry.name.startswith("KAFKA_") and not uses_kafka:
                 continue
-            if setting.name.startswith("GRPC_") and self.get("RESULT_SINK") != "grpc":
+            if entry.name.startswith("GRPC_") and not uses_core:
                 continue
-            self.get(setting.name)
-        if self.get("JOB_SOURCE") == "file":
-            self.require_file("JOB_FILE")
-        if self.get("RESULT_SINK") == "file":
-            self.require_file("RESULT_FILE")
-        if self.get("RESULT_SINK") == "grpc" and (
-            self.get("MAX_OUTPUT_BYTES") > MAX_OUTPUT_BYTES_FOR_CORE
-        ):
+            if entry.needed_when is not None and self._is_unset(entry):
+                continue  # whether it must be given is dynaconf's check, below
+            value = self.value_of(entry)
+            if value is not None:
+                present[entry.name] = value
+        self._check_rules(present)
+
+    def _check_rules(self, present: Mapping[str, Any]) -> None:
+        checked = Dynaconf(
+            envvar_prefix=_OWN_PREFIX, environments=False, load_dotenv=False, loaders=[]
+        )
+        for name, value in present.items():
+            # Only what the rules compare is handed over as it is (parsed choices and
+            # numbers); the rest as "present": dynaconf would read a text such as
+            # ``@json {`` as a directive of its own.
+            checked.set(name, value if name in _COMPARED else True)
+        checked.validators.register(*_RULES)
+        try:
+            checked.validators.validate()
+        except ValidationError as error:
+            validator = error.details[0][0] if error.details else None
+            name = validator.names[0] if validator is not None else "settings"
+            raise ConfigurationError(name, error.message.partition(": ")[2]) from None
+        if self.job_source == "kafka" and self.kafka_results_dlq_topic in {
+            self.kafka_topic,
+            self.kafka_dlq_topic,
+        }:
             raise ConfigurationError(
-                "MAX_OUTPUT_BYTES",
-                f"{self.get('MAX_OUTPUT_BYTES')} bytes is more than Core can take: a result"
-                f" travels in one gRPC message of at most {CORE_MESSAGE_LIMIT} bytes, so"
-                f" outputs may be {MAX_OUTPUT_BYTES_FOR_CORE} bytes (3840KiB) at most",
+                "KAFKA_RESULTS_DLQ_TOPIC",
+                f"{self.kafka_results_dlq_topic!r} must differ from KAFKA_TOPIC and"
+                " KAFKA_DLQ_TOPIC",
             )
-        if self.get("KAFKA_SECURITY_PROTOCOL") in {"SASL_PLAINTEXT", "SASL_SSL"} and (
-            self.get("JOB_SOURCE") == "kafka" and not self.get("KAFKA_SASL_MECHANISM")
-        ):
-            raise ConfigurationError("KAFKA_SASL_MECHANISM", "is required with SASL security")
+
+    # -- showing ----------------------------------------------------------------------
+
+    def in_force(self) -> list[tuple[str, str, str]]:
+        """(variable, value as text, where it came from) of every setting; secrets masked."""
+        rows = []
+        for entry in SETTINGS:
+            try:
+                value = self.value_of(entry)
+            except ConfigurationError:
+                value = None  # a setting this run does not use, left unset
+            if value is None:
+                text = "—"
+            elif entry.secret:
+                text = "****"
+            elif entry.derive is None and not self._is_unset(entry):
+                text = str(self._raw[entry.name]).strip()
+            else:
+                text = _as_text(entry, value)
+            rows.append((entry.name, text, self.origin(entry)))
+        return rows
+
+
+def _required(setting: Setting[Any]) -> str:
+    return f"is required ({setting.help})"
+
+
+def _as_text(setting: Setting[Any], value: Any) -> str:
+    if setting.default is not None and setting.derive is None:
+        return setting.default  # as written in the declaration (``1s``, not 1.0)
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+SETTINGS: list[Setting[Any]] = [v for v in vars(Settings).values() if isinstance(v, Setting)]
+_BY_NAME = {entry.name: entry for entry in SETTINGS}
+
+# The rules between settings that dynaconf checks on the parsed values: what a selected
+# adapter needs, and Core's message limit.
+_RULES: list[Validator] = [
+    Validator(
+        entry.name,
+        must_exist=True,
+        when=entry.needed_when,
+        messages={"must_exist_true": f"{{name}}: {_required(entry)}"},
+    )
+    for entry in SETTINGS
+    if entry.needed_when is not None
+] + [
+    Validator(
+        "MAX_OUTPUT_BYTES",
+        lte=MAX_OUTPUT_BYTES_FOR_CORE,
+        when=GRPC_SINK,
+        messages={
+            "operations": "{name}: {value} bytes is more than Core can take: a result travels"
+            f" in one gRPC message of at most {CORE_MESSAGE_LIMIT} bytes, so outputs may be"
+            f" {MAX_OUTPUT_BYTES_FOR_CORE} bytes (3840KiB) at most"
+        },
+    )
+]
+
+
+# The settings whose values the rules above compare (all parsed: choices and a size).
+_COMPARED = {"JOB_SOURCE", "RESULT_SINK", "KAFKA_SECURITY_PROTOCOL", "MAX_OUTPUT_BYTES"}
 
 
 def settings_table() -> str:
-    """The Markdown table of every setting (README, ``jobworker settings``)."""
+    """The Markdown table of every setting and its default (README, ``settings --defaults``)."""
     rows = ["| Variable | Meaning | Default |", "|---|---|---|"]
-    for setting in SETTINGS:
-        default = setting.default if setting.default is not None else "—"
-        rows.append(f"| `{setting.name}` | {setting.help} | {default} |")
+    for entry in SETTINGS:
+        rows.append(f"| `{entry.name}` | {entry.help} | {entry.default_text()} |")
     return "\n".join(rows)

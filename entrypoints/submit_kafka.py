@@ -9,9 +9,10 @@ from kafka.errors import KafkaError
 from tqdm import tqdm
 
 from adapters.kafka.publisher import KafkaJobPublisher, PublishFailed
-from domain.errors import JobWorkerError
+from domain.errors import ConfigurationError, JobWorkerError
 from domain.model import Job
 from entrypoints.container import kafka_client_settings
+from entrypoints.exit_codes import ServiceUnavailable, UsageError
 from entrypoints.settings import Settings
 
 # Wait for the broker's acknowledgements in batches, so a failure is reported close to
@@ -20,12 +21,14 @@ _FLUSH_EVERY = 5_000
 
 
 def submit_to_kafka(settings: Settings, jobs: Iterable[Job], total: int | None) -> int:
-    topic = settings.get("KAFKA_TOPIC")
-    brokers = ",".join(settings.get("KAFKA_BROKERS"))
+    topic = settings.kafka_topic
+    brokers = ",".join(settings.kafka_brokers)
     try:
         publisher = KafkaJobPublisher(kafka_client_settings(settings), topic)
     except KafkaError as error:
-        raise JobWorkerError(f"cannot reach Kafka at {brokers} (KAFKA_BROKERS): {error}") from None
+        raise ServiceUnavailable(
+            f"cannot reach Kafka at {brokers} (KAFKA_BROKERS): {error}"
+        ) from None
     sent = 0
     progress = tqdm(total=total, unit="job", file=sys.stderr, disable=None, desc=topic)
     try:
@@ -38,10 +41,12 @@ def submit_to_kafka(settings: Settings, jobs: Iterable[Job], total: int | None) 
         publisher.flush()
     except PublishFailed as error:
         raise JobWorkerError(f"Kafka refused jobs: {error}") from None
+    except ConfigurationError:
+        raise
     except (ValueError, JobWorkerError) as error:
         # The jobs before the bad one are on the topic already: say how many, so a
         # re-run after the fix can skip them instead of submitting them twice.
-        raise JobWorkerError(f"{error}; {sent} job(s) before it were submitted") from None
+        raise UsageError(f"{error}; {sent} job(s) before it were submitted") from None
     finally:
         progress.close()
         publisher.close()

@@ -16,6 +16,7 @@ from adapters.observability.http_server import ObservabilityServer
 from application.engine import StopReport, WorkerEngine
 from domain.errors import ConfigurationError, JobWorkerError, SourceFailed
 from entrypoints.container import Container
+from entrypoints.exit_codes import EXIT_FAILED
 from entrypoints.observability import start_observability_server
 from entrypoints.settings import Settings
 
@@ -23,8 +24,7 @@ log = structlog.get_logger("jobworker.worker")
 
 # A finite source (a file) with results that never reached the sink is a failed run:
 # there is no redelivery to make up for them.
-EXIT_INCOMPLETE = 1
-EXIT_FAILED = 1
+EXIT_INCOMPLETE = EXIT_FAILED
 
 
 class ShutdownSignals:
@@ -68,16 +68,16 @@ def run_worker(settings: Settings) -> int:
     log.info(
         "worker starting",
         worker_id=settings.worker_id,
-        source=settings.get("JOB_SOURCE"),
-        sink=settings.get("RESULT_SINK"),
-        pool_size=settings.get("WORKER_POOL_SIZE"),
+        source=settings.job_source,
+        sink=settings.result_sink,
+        pool_size=settings.worker_pool_size,
         job_types=container.registry().job_types(),
     )
-    if settings.get("RESULT_SINK") == "grpc":
-        _warn_if_core_unreachable(sink, settings.get("GRPC_SERVER_ADDRESS"), container.core_tls())
+    if settings.result_sink == "grpc":
+        _warn_if_core_unreachable(sink, settings.grpc_server_address, container.core_tls())
     engine.start()
-    _wait_for_end(engine, signals.requested, finite=settings.get("JOB_SOURCE") == "file")
-    report = engine.stop(settings.get("SHUTDOWN_TIMEOUT"))
+    _wait_for_end(engine, signals.requested, finite=settings.job_source == "file")
+    report = engine.stop(settings.shutdown_timeout)
     container.shutdown_resources()
     if metrics_server is not None:
         metrics_server.stop()
@@ -86,7 +86,7 @@ def run_worker(settings: Settings) -> int:
         finished=dict(container.job_log().finished_by_status),
         **_report_fields(report),
     )
-    return _exit_status(engine, report, finite=settings.get("JOB_SOURCE") == "file")
+    return _exit_status(engine, report, finite=settings.job_source == "file")
 
 
 def _exit_status(engine: WorkerEngine, report: StopReport, finite: bool) -> int:
@@ -103,8 +103,8 @@ def _exit_status(engine: WorkerEngine, report: StopReport, finite: bool) -> int:
 def _size_hub_threadpool(settings: Settings) -> None:
     # The hub's threadpool runs gRPC's blocking waits (one per sender) and the DNS
     # look-ups of HTTP jobs (one per pool greenlet at most): room for all of them.
-    concurrent_blocking_calls = settings.get("RESULT_SENDERS") + settings.get("WORKER_POOL_SIZE")
-    if settings.get("RESULT_SINK") == "grpc":
+    concurrent_blocking_calls = settings.result_senders + settings.worker_pool_size
+    if settings.result_sink == "grpc":
         from adapters.grpc.runtime import init_grpc_for_gevent  # noqa: PLC0415
 
         init_grpc_for_gevent(concurrent_blocking_calls)
@@ -116,14 +116,14 @@ def _size_hub_threadpool(settings: Settings) -> None:
 def _start_metrics(
     settings: Settings, container: Container, engine: WorkerEngine, source: Any, sink: Any
 ) -> ObservabilityServer | None:
-    port = settings.get("METRICS_PORT")
+    port = settings.metrics_port
     if not port:
         return None
-    broker_offsets = container.broker_offsets() if settings.get("JOB_SOURCE") == "kafka" else None
-    core_tls = container.core_tls() if settings.get("RESULT_SINK") == "grpc" else None
+    broker_offsets = container.broker_offsets() if settings.job_source == "kafka" else None
+    core_tls = container.core_tls() if settings.result_sink == "grpc" else None
     try:
         server = start_observability_server(
-            settings.get("METRICS_HOST"),
+            settings.metrics_host,
             port,
             container.metrics_registry(),
             engine,
@@ -131,9 +131,9 @@ def _start_metrics(
             sink,
             broker_offsets,
             core_tls,
-            readiness_requires_core=settings.get("READINESS_REQUIRES_CORE"),
-            broker_answer_timeout_s=settings.get("READINESS_BROKER_TIMEOUT"),
-            max_hub_blocked_s=settings.get("LIVENESS_MAX_BLOCKED"),
+            readiness_requires_core=settings.readiness_requires_core,
+            broker_answer_timeout_s=settings.readiness_broker_timeout,
+            max_hub_blocked_s=settings.liveness_max_blocked,
         )
     except OSError as error:
         raise ConfigurationError(

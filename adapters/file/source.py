@@ -92,6 +92,10 @@ class FileJobSource:
         self._one_line_per_fetch = False
         self.skipped: list[str] = []
         self.acked = 0
+        if self._path != "-":
+            # Now, not at the first fetch: a file that cannot be read is the user's input
+            # to fix (raised as JobFileError), not a transient failure to retry for ever.
+            self._open()
 
     def _open(self) -> IO[str]:
         if self._stream is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -243,3 +244,187 @@ def test_max_payload_bytes_rejects_larger_payloads_and_metrics_port_is_checked(
     assert done.stderr.strip().splitlines() == [
         "jobworker: configuration error: METRICS_PORT: '70000' is not a port: 0 (off) or 1-65535"
     ]
+
+
+# -- issue 10: flags, `settings`, exit statuses ---------------------------------------
+
+
+def _one_line(done: subprocess.CompletedProcess[str]) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    return lines[0]
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version(tmp_path: Path, flag: str) -> None:
+    done = jobworker(flag, env=worker_env(), cwd=tmp_path)
+    assert done.returncode == 0
+    assert re.fullmatch(r"jobworker \d+\.\d+\.\d+\S*\n", done.stdout)
+
+
+def test_a_flag_wins_over_the_environment(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "a", "type": "SLEEP", "payload": {"ms": 1}}) + "\n")
+    env = worker_env(WORKER_POOL_SIZE="3", LOG_LEVEL="error")
+    done = jobworker(
+        "run", "-c", "7", "-l", "info", "--jobs", str(jobs), "--results", "-", env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    logs = [json.loads(line) for line in done.stderr.splitlines()]
+    starting = next(e for e in logs if e["event"] == "worker starting")
+    assert starting["pool_size"] == 7
+
+
+def test_text_logs_name_job_types_without_reprs(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "a", "type": "SLEEP", "payload": {"ms": 1}}) + "\n")
+    done = jobworker(
+        "run", "--log-format", "text", "--jobs", str(jobs), "--results", "-",
+        env=worker_env(), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "worker starting" in done.stderr
+    assert "'SLEEP'" in done.stderr
+    assert "<JobType" not in done.stderr
+
+
+def test_a_missing_jobs_file_exits_2_at_once_with_one_line(tmp_path: Path) -> None:
+    done = jobworker(
+        "run", "--jobs", str(tmp_path / "nonexistent.jsonl"), env=worker_env(), cwd=tmp_path,
+        timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert _one_line(done) == (
+        "jobworker: configuration error: --jobs: cannot read jobs file"
+        f" {tmp_path / 'nonexistent.jsonl'}: No such file or directory"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "line"),
+    [
+        (["-c", "-3"], {}, "--concurrency: '-3' must be greater than zero"),
+        (["--concurrency", "many"], {}, "--concurrency: 'many' is not a whole number"),
+        (["-l", "loud"], {}, "--log-level: 'loud' is not one of debug, info, warning, error"),
+        (["--log-format", "xml"], {}, "--log-format: 'xml' is not one of json, text"),
+        ([], {"LOG_LEVEL": "loud"}, "LOG_LEVEL: 'loud' is not one of"),
+        ([], {"WORKER_POOL_SIZE": "-1"}, "WORKER_POOL_SIZE: '-1' must be greater than zero"),
+        ([], {"JOB_FILE": "/nonexistent/jobs"}, "JOB_FILE: cannot read jobs file /nonexistent"),
+        (["--env-file", "/nonexistent.env"], {}, "--env-file: /nonexistent.env is not a readable"),
+        (["--results", "/etc/hostname/r"], {}, "--results: cannot write results file /etc/host"),
+        ([], {"RESULT_FILE": "/"}, "RESULT_FILE: cannot write results file /: it is a folder"),
+    ],
+)
+def test_bad_input_is_one_line_naming_it_and_exit_2(
+    tmp_path: Path, args: list[str], env: dict[str, str], line: str
+) -> None:
+    base = {"JOB_SOURCE": "file", "JOB_FILE": "-", "RESULT_SINK": "file", "RESULT_FILE": "-"}
+    for command in ("run", "settings"):
+        done = jobworker(command, *args, env=worker_env(**(base | env)), cwd=tmp_path)
+        assert done.returncode == 2, (command, done.stderr)
+        assert line in _one_line(done), command
+
+
+def test_a_results_file_that_cannot_be_written_exits_2_at_once(tmp_path: Path) -> None:
+    # Not caught by the check of `settings` when run as root (which may write anywhere):
+    # /proc takes no new folders, which only trying shows.
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "a", "type": "SLEEP", "payload": {"ms": 1}}) + "\n")
+    done = jobworker(
+        "run", "--jobs", str(jobs), "--results", "/proc/nope/r.jsonl", env=worker_env(),
+        cwd=tmp_path, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--results: cannot write results file /proc/nope/r.jsonl" in _one_line(done)
+
+
+def test_a_usage_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    done = jobworker("run", "--no-such-flag", env=worker_env(), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "unrecognized arguments: --no-such-flag" in _one_line(done)
+
+
+def test_settings_prints_the_values_in_force_and_where_they_come_from(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("KAFKA_TOPIC=from_dotenv\nKAFKA_GROUP_ID=g\n")
+    env = worker_env(
+        WORKER_POOL_SIZE="55",
+        KAFKA_BROKERS="127.0.0.1:9",
+        GRPC_SERVER_ADDRESS="127.0.0.1:9",
+        KAFKA_SASL_PASSWORD="hunter2",  # noqa: S106 - must never be printed
+    )
+    done = jobworker("settings", "-l", "debug", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()}
+    assert rows["WORKER_POOL_SIZE"] == ["55", "environment"]
+    assert rows["KAFKA_TOPIC"] == ["from_dotenv", ".env"]
+    assert rows["LOG_LEVEL"] == ["debug", "flag", "--log-level"]
+    assert rows["MAX_JOB_TIMEOUT"] == ["30s", "default"]
+    assert rows["KAFKA_DLQ_TOPIC"] == ["from_dotenv.dlq", "derived"]
+    assert rows["KAFKA_SASL_PASSWORD"] == ["****", "environment"]
+    assert "hunter2" not in done.stdout
+
+
+def test_settings_fails_like_run(tmp_path: Path) -> None:
+    env = worker_env(MAX_JOB_TIMEOUT="thirty", KAFKA_BROKERS="127.0.0.1:9")
+    shown = jobworker("settings", env=env, cwd=tmp_path)
+    ran = jobworker("run", env=env, cwd=tmp_path)
+    assert shown.returncode == ran.returncode == 2
+    assert _one_line(shown) == _one_line(ran)
+
+
+def test_settings_defaults_is_the_readme_table(tmp_path: Path) -> None:
+    done = jobworker("settings", "--defaults", env=worker_env(), cwd=tmp_path)
+    assert done.returncode == 0
+    assert done.stdout.strip() in (ROOT / "README.md").read_text()
+
+
+def test_help_names_the_variable_behind_each_flag(tmp_path: Path) -> None:
+    done = jobworker("run", "--help", env=worker_env(), cwd=tmp_path)
+    text = " ".join(done.stdout.split())
+    for flag, variable in [
+        ("--concurrency", "WORKER_POOL_SIZE"),
+        ("--log-level", "LOG_LEVEL"),
+        ("--log-format", "LOG_FORMAT"),
+        ("--jobs", "JOB_FILE"),
+        ("--results", "RESULT_FILE"),
+    ]:
+        assert re.search(f"{flag} \\S+ [^-]*\\[[^]]*{variable}", text), (flag, text)
+
+
+def test_unreachable_kafka_at_start_exits_69(tmp_path: Path) -> None:
+    env = worker_env(
+        KAFKA_BROKERS="127.0.0.1:9", KAFKA_GROUP_ID="g", RESULT_SINK="file", RESULT_FILE="-"
+    )
+    done = jobworker("run", env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 69, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("jobworker: cannot reach Kafka at 127.0.0.1:9 (KAFKA_BROKERS)")
+
+
+@pytest.mark.parametrize(("env_format", "flags", "json_lines"), [
+    ("json", [], True),
+    ("json", ["--log-format", "text"], False),
+    ("text", [], False),
+])  # fmt: skip
+def test_core_reads_log_format_like_run_and_its_flag_wins(
+    tmp_path: Path, env_format: str, flags: list[str], json_lines: bool
+) -> None:
+    command = [sys.executable, "-m", "entrypoints", "core", "--address", "127.0.0.1:0"]
+    core = subprocess.Popen(
+        [*command, "--db", str(tmp_path / "core.db"), *flags],
+        env=worker_env(LOG_FORMAT=env_format, PYTHONUNBUFFERED="1"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert core.stdout is not None
+        assert "core listening on port" in core.stdout.readline()
+    finally:
+        core.send_signal(signal.SIGTERM)
+        _, stderr = core.communicate(timeout=30)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines, "Core logged nothing"
+    assert all(line.startswith("{") for line in lines) == json_lines, stderr

@@ -15,7 +15,7 @@ from adapters.executors import HttpExecutor, SafeHttpClient
 from adapters.memory import InMemoryJobSource, InMemoryResultSink
 from application.engine import EngineConfig, WorkerEngine
 from application.registry import ExecutorRegistry
-from domain.model import Job, JobStatus
+from domain.model import Job, JobStatus, JobType
 from entrypoints.logging_setup import (
     MAX_FIELD_CHARS,
     MAX_TRACEBACK_CHARS,
@@ -240,3 +240,20 @@ def test_what_an_executor_logs_during_a_job_carries_the_job_and_nothing_after(
 class Unprintable:
     def __repr__(self) -> str:
         raise AssertionError("a line below the level was rendered")
+
+
+def test_text_logs_show_enum_names_not_reprs(logged: Callable[[str], ReadLines]) -> None:
+    read = logged("text")
+
+    structlog.get_logger("t").info(
+        "worker starting",
+        job_types=[JobType.HTTP, JobType.SLEEP],
+        finished={JobStatus.SUCCEEDED: 2},
+        status=JobStatus.FAILED,
+    )
+
+    output = "\n".join(read())
+    assert "<JobType" not in output and "<JobStatus" not in output
+    assert "job_types=['HTTP', 'SLEEP']" in output
+    assert "finished={'SUCCEEDED': 2}" in output
+    assert "status=FAILED" in output

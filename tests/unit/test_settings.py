@@ -41,12 +41,12 @@ def test_sizes() -> None:
 def test_defaults_match_the_seed() -> None:
     settings = Settings(KAFKA_RUN)
     settings.validate_for_run()
-    assert settings.get("KAFKA_TOPIC") == "job_requests"
-    assert settings.get("WORKER_POOL_SIZE") == 10
-    assert settings.get("MAX_JOB_TIMEOUT") == 30.0
-    assert settings.get("LOG_FORMAT") == "json"
-    assert settings.get("KAFKA_BROKERS") == ["k1:9092", "k2:9092"]
-    assert settings.dlq_topic == "job_requests.dlq"
+    assert settings.kafka_topic == "job_requests"
+    assert settings.worker_pool_size == 10
+    assert settings.max_job_timeout == 30.0
+    assert settings.log_format == "json"
+    assert settings.kafka_brokers == ["k1:9092", "k2:9092"]
+    assert settings.kafka_dlq_topic == "job_requests.dlq"
     assert settings.jobs_queue_size == 20
 
 
@@ -101,8 +101,8 @@ def test_a_malformed_setting_is_named_with_the_problem(name: str, value: str, me
 def test_an_empty_value_of_an_ordinary_setting_means_its_default() -> None:
     settings = Settings(KAFKA_RUN | {"LOG_LEVEL": "", "WORKER_POOL_SIZE": " "})
     settings.validate_for_run()
-    assert settings.get("LOG_LEVEL") == "info"
-    assert settings.get("WORKER_POOL_SIZE") == 10
+    assert settings.log_level == "info"
+    assert settings.worker_pool_size == 10
 
 
 def test_valid_edge_values_are_accepted() -> None:
@@ -116,14 +116,14 @@ def test_valid_edge_values_are_accepted() -> None:
         }
     )
     settings.validate_for_run()
-    assert settings.get("GRPC_SERVER_ADDRESS") == "[::1]:50051"
-    assert settings.results_dlq_topic == "job_requests.results.dlq"
-    assert settings.get("KAFKA_ISOLATION_LEVEL") == "read_committed"
+    assert settings.grpc_server_address == "[::1]:50051"
+    assert settings.kafka_results_dlq_topic == "job_requests.results.dlq"
+    assert settings.kafka_isolation_level == "read_committed"
 
 
 def test_outputs_above_cores_limit_are_fine_when_results_go_to_a_file() -> None:
     settings = Settings(
-        {"JOB_SOURCE": "file", "JOB_FILE": "j", "RESULT_SINK": "file", "RESULT_FILE": "r.jsonl"}
+        {"JOB_SOURCE": "file", "JOB_FILE": "-", "RESULT_SINK": "file", "RESULT_FILE": "r.jsonl"}
         | {"MAX_OUTPUT_BYTES": "8MiB"}
     )
     settings.validate_for_run()
@@ -132,7 +132,7 @@ def test_outputs_above_cores_limit_are_fine_when_results_go_to_a_file() -> None:
 
 def test_file_runs_need_no_kafka_or_core_settings() -> None:
     settings = Settings(
-        {"JOB_SOURCE": "file", "JOB_FILE": "jobs.jsonl", "RESULT_SINK": "file", "RESULT_FILE": "-"}
+        {"JOB_SOURCE": "file", "JOB_FILE": "-", "RESULT_SINK": "file", "RESULT_FILE": "-"}
     )
     settings.validate_for_run()
 
@@ -151,8 +151,8 @@ def test_dotenv_is_read_and_the_environment_wins(
     monkeypatch.delenv("KAFKA_TOPIC", raising=False)
     monkeypatch.setenv("WORKER_POOL_SIZE", "7")
     settings = Settings.load(dotenv=dotenv)
-    assert settings.get("KAFKA_TOPIC") == "from_dotenv"
-    assert settings.get("WORKER_POOL_SIZE") == 7
+    assert settings.kafka_topic == "from_dotenv"
+    assert settings.worker_pool_size == 7
 
 
 def test_the_table_lists_every_setting() -> None:
@@ -169,8 +169,8 @@ def test_values_are_taken_exactly_as_written(
     monkeypatch.delenv("KAFKA_SASL_PASSWORD", raising=False)
     monkeypatch.setenv("UNRELATED_VARIABLE", "@json {")  # must not matter to us
     settings = Settings.load(dotenv=dotenv)
-    assert settings.get("KAFKA_GROUP_ID") == "1.10"
-    assert settings.get("KAFKA_SASL_PASSWORD") == "true"
+    assert settings.kafka_group_id == "1.10"
+    assert settings.kafka_sasl_password == "true"  # noqa: S105 - the text, not a bool
 
 
 def test_a_missing_env_file_is_an_error(tmp_path: Path) -> None:
@@ -183,3 +183,96 @@ def test_the_readme_table_is_the_settings_table() -> None:
     assert settings_table() in readme, (
         "README's configuration table is stale: paste `jobworker settings`"
     )
+
+
+def test_settings_are_typed_attributes_declared_once() -> None:
+    settings = Settings(KAFKA_RUN | {"WORKER_POOL_SIZE": "7", "KAFKA_COMMIT_INTERVAL": "250ms"})
+    settings.validate_for_run()
+    assert settings.worker_pool_size == 7
+    assert settings.kafka_commit_interval == 0.25
+    assert settings.jobs_queue_size == settings.results_queue_size == 14
+    assert not hasattr(settings, "get"), "the container reads attributes, not string keys"
+    names = [entry.name for entry in SETTINGS]
+    assert len(names) == len(set(names))
+    assert all(entry.attribute.upper() == entry.name for entry in SETTINGS)
+
+
+def test_the_dead_letter_topics_are_derived_once_from_the_jobs_topic() -> None:
+    settings = Settings(KAFKA_RUN | {"KAFKA_TOPIC": "orders"})
+    assert settings.kafka_dlq_topic == "orders.dlq"
+    assert settings.kafka_results_dlq_topic == "orders.results.dlq"
+    chosen = Settings(KAFKA_RUN | {"KAFKA_DLQ_TOPIC": "poison"})
+    assert chosen.kafka_dlq_topic == "poison"
+
+
+def test_the_results_dead_letter_topic_must_differ_from_the_others() -> None:
+    with pytest.raises(ConfigurationError, match="must differ from KAFKA_TOPIC") as caught:
+        Settings(KAFKA_RUN | {"KAFKA_RESULTS_DLQ_TOPIC": "job_requests.dlq"}).validate_for_run()
+    assert caught.value.variable == "KAFKA_RESULTS_DLQ_TOPIC"
+
+
+@pytest.mark.parametrize(
+    ("protocol", "needed"), [("SASL_SSL", True), ("sasl_plaintext", True), ("SSL", False)]
+)
+def test_a_sasl_mechanism_is_required_with_sasl_only(protocol: str, needed: bool) -> None:
+    settings = Settings(KAFKA_RUN | {"KAFKA_SECURITY_PROTOCOL": protocol})
+    if needed:
+        with pytest.raises(ConfigurationError, match="KAFKA_SASL_MECHANISM: is required"):
+            settings.validate_for_run()
+    else:
+        settings.validate_for_run()
+
+
+def test_a_jobs_file_that_cannot_be_read_is_a_configuration_error(tmp_path: Path) -> None:
+    run = {"JOB_SOURCE": "file", "RESULT_SINK": "file", "RESULT_FILE": "-"}
+    with pytest.raises(ConfigurationError, match="JOB_FILE: cannot read jobs file .*nope.jsonl"):
+        Settings(run | {"JOB_FILE": str(tmp_path / "nope.jsonl")}).validate_for_run()
+    with pytest.raises(ConfigurationError, match="Is a directory"):
+        Settings(run | {"JOB_FILE": str(tmp_path)}).validate_for_run()
+
+
+def test_each_value_says_where_it_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("KAFKA_TOPIC=from_dotenv\nLOG_LEVEL=debug\n")
+    for name in ("KAFKA_TOPIC", "LOG_LEVEL", "LOG_FORMAT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORKER_POOL_SIZE", "55")
+    monkeypatch.setenv("LOG_LEVEL", "warning")  # the environment wins over .env
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "hunter2")
+    settings = Settings.load(dotenv=dotenv, flags={"LOG_FORMAT": ("--log-format", "text")})
+    rows = {name: (value, source) for name, value, source in settings.in_force()}
+    assert rows["KAFKA_TOPIC"] == ("from_dotenv", ".env")
+    assert rows["WORKER_POOL_SIZE"] == ("55", "environment")
+    assert rows["LOG_LEVEL"] == ("warning", "environment")
+    assert rows["LOG_FORMAT"] == ("text", "flag --log-format")
+    assert rows["MAX_JOB_TIMEOUT"] == ("30s", "default")
+    assert rows["JOBS_QUEUE_SIZE"] == ("110", "derived")
+    assert rows["KAFKA_SASL_PASSWORD"] == ("****", "environment")
+    assert "hunter2" not in repr(settings.in_force())
+
+
+def test_a_flag_wins_and_its_error_names_the_flag() -> None:
+    settings = Settings.load(flags={"WORKER_POOL_SIZE": ("--concurrency", "3")})
+    assert settings.worker_pool_size == 3
+    bad = Settings.load(flags={"WORKER_POOL_SIZE": ("--concurrency", "-1")})
+    with pytest.raises(ConfigurationError, match="must be greater than zero") as caught:
+        _ = bad.worker_pool_size
+    assert caught.value.variable == "--concurrency"
+
+
+def test_unrelated_variables_never_upset_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DYNACONF_WEIRD", "@json {")
+    monkeypatch.setenv("JOBWORKER_DYNACONF_X", "@int nope")
+    monkeypatch.setenv("SOMETHING", "@format {this.nope}")
+    assert Settings.load(flags={}).log_level in {"debug", "info", "warning", "error"}
+
+
+def test_values_that_look_like_dynaconf_directives_are_plain_text() -> None:
+    settings = Settings(
+        KAFKA_RUN | {"KAFKA_GROUP_ID": "@json {", "KAFKA_TOPIC": "@format {this.x}"}
+    )
+    settings.validate_for_run()
+    assert settings.kafka_group_id == "@json {"
+    assert settings.kafka_dlq_topic == "@format {this.x}.dlq"

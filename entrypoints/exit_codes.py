@@ -1,0 +1,24 @@
+"""The exit statuses of ``jobworker`` (README, "Exit status"), and the errors behind them.
+
+0 a clean stop; 1 any other failure; 2 usage or configuration (the input cannot be used,
+nothing to retry until it is changed); 69, sysexits' EX_UNAVAILABLE, a required service
+cannot be reached at start: the input may be right, and a supervisor may retry later.
+"""
+
+from __future__ import annotations
+
+from domain.errors import JobWorkerError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 69
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(JobWorkerError):
+    """What the user gave cannot be used (a file, an address); printed as is, exit 2."""
+
+
+class ServiceUnavailable(JobWorkerError):  # noqa: N818 - reads as the state it is
+    """A service the command needs (Kafka) cannot be reached at start; exit 69."""
