@@ -41,11 +41,13 @@ unit: venv
 integration: venv
 	$(BIN)/pytest tests/integration -q
 
-kafka-up: venv
-	tools/kafka/broker.sh up
+# A local broker from Maven jars: needs only Java 17+ and Maven, not the virtualenv.
+# stdout is one line, `export KAFKA_BROKERS=…`, so: eval "$(make kafka-up)"
+kafka-up:
+	@tools/kafka/broker.sh up
 
 kafka-down:
-	tools/kafka/broker.sh down
+	@tools/kafka/broker.sh down
 
 contract: venv
 	tools/kafka/with-broker.sh $(BIN)/pytest tests/contract -q
