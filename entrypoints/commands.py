@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--env-file", type=Path, help="read settings from this file, not ./.env")
     run.add_argument("--jobs", metavar="FILE", help="take jobs from a JSON Lines file")
     run.add_argument("--results", metavar="FILE", help="write results to a JSON Lines file")
+    run.add_argument(
+        "--processes",
+        metavar="N",
+        help="run N worker processes in one consumer group (WORKER_PROCESSES; default 1)",
+    )
     run.set_defaults(handler=cmd_run)
 
     core = commands.add_parser("core", help="run the reference Core service (SQLite)")
@@ -88,9 +93,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.update(JOB_SOURCE="file", JOB_FILE=args.jobs)
     if args.results:
         overrides.update(RESULT_SINK="file", RESULT_FILE=args.results)
+    if args.processes is not None:
+        overrides["WORKER_PROCESSES"] = args.processes
     settings = Settings.load(dotenv=args.env_file, environ=overrides)
     settings.validate_for_run()
     configure_logging(settings.get("LOG_FORMAT"), settings.get("LOG_LEVEL"))
+    if settings.get("WORKER_PROCESSES") > 1:
+        from entrypoints.supervisor import run_supervisor  # noqa: PLC0415
+
+        return run_supervisor(settings, sys.argv[1:])
 
     from entrypoints.worker import run_worker  # noqa: PLC0415 - after logging is set up
 

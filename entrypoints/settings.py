@@ -211,6 +211,12 @@ SETTINGS: list[Setting] = [
     ),
     Setting("WORKER_ID", None, "worker id reported with results (`<host>-<pid>`)"),
     Setting(
+        "WORKER_PROCESSES",
+        "1",
+        "worker processes in one consumer group, each with its own pool (one core each)",
+        _at_most(256, "run more machines instead", _positive(parse_int)),
+    ),
+    Setting(
         "JOBS_QUEUE_SIZE",
         None,
         "jobs buffered ahead of the pool (2x pool size)",
