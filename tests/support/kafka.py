@@ -325,3 +325,16 @@ def read_all(servers: str, topic: str, count: int, timeout_s: float = 30.0) -> l
         return records
     finally:
         consumer.close()
+
+
+def group_members(servers: str, group_id: str) -> dict[str, set[int]]:
+    """The consumer group's members now: client id -> partitions assigned (all topics)."""
+    with admin_client(servers) as admin:
+        group = admin.describe_groups([group_id]).get(group_id) or {}
+    members: dict[str, set[int]] = {}
+    for member in group.get("members") or []:
+        assignment = member.get("member_assignment") or {}
+        members[member["client_id"]] = {
+            p for tp in assignment.get("assigned_partitions") or [] for p in tp["partitions"]
+        }
+    return members
