@@ -7,13 +7,15 @@ would be. Each child gets its own ``WORKER_ID`` (``<id>-<n>``), hence its own Ka
 id, and joins the one consumer group; Kafka shares the partitions among them.
 
 - A child that dies is restarted with backoff (1 s doubling to 30 s, back to 1 s after a
-  minute of running), and the parent logs why: exit code or signal. A child that exits
-  2 (a configuration error) is not restarted: every child would fail the same way.
+  minute of running), and the parent logs why: exit code or signal. Whatever the code:
+  the parent checked the settings before starting any child, so a child's start-up
+  failure (Kafka not reachable yet, its metrics port taken meanwhile) may pass, and a
+  lasting one shows as a crash loop in the log and in ``/readyz``.
 - First SIGTERM/SIGINT: SIGTERM to every child, which finishes its in-flight jobs and
   reports their results; a child still running after ``SHUTDOWN_TIMEOUT`` plus a margin
   is killed. A second signal kills every child at once (Kafka redelivers).
-- The parent exits 0 when every child stopped cleanly, 1 when one did not, 2 after a
-  configuration error in a child, 128+signal after a second signal.
+- The parent exits 0 when every child stopped cleanly, 1 when one did not, 128+signal
+  after a second signal.
 
 Children run in their own session, so a terminal's Ctrl-C reaches only the parent (a
 child would otherwise take the parent's forwarded SIGTERM as a second signal and quit at
@@ -43,7 +45,6 @@ log = structlog.get_logger("jobworker.supervisor")
 
 EXIT_CLEAN = 0
 EXIT_UNCLEAN = 1
-EXIT_CONFIGURATION = 2
 # Beyond SHUTDOWN_TIMEOUT: the child's own stop (consumer close, last commit, metrics
 # server) takes a little longer than draining its pool.
 STOP_MARGIN_S = 10.0
@@ -52,6 +53,7 @@ BACKOFF_MAX_S = 30.0
 # A child that ran this long was healthy: its next death starts the backoff again.
 STABLE_AFTER_S = 60.0
 _PR_SET_PDEATHSIG = 1
+_HINTS = {2: "a configuration error: see the child's own line above"}
 
 
 @dataclass
@@ -150,6 +152,8 @@ class Supervisor:
         delay = BACKOFF_FIRST_S
         while not self._stopping.is_set():
             self._start(slot)
+            if self._stopping.is_set():
+                slot.send(signal.SIGTERM)  # the stop came while it was being started
             assert slot.process is not None
             code = slot.process.wait()
             slot.last_exit = describe_exit(code)
@@ -164,23 +168,12 @@ class Supervisor:
                     reason=slot.last_exit,
                 )
                 return
-            if code == EXIT_CONFIGURATION:
-                log.error(
-                    "worker process exited with a configuration error: not restarting;"
-                    " stopping the others",
-                    process=slot.index,
-                    pid=slot.process.pid,
-                    reason=slot.last_exit,
-                )
-                self._exit_override = EXIT_CONFIGURATION
-                slot.stopped_cleanly = False
-                self.stop()
-                return
             if time.monotonic() - slot._started_at >= STABLE_AFTER_S:
                 delay = BACKOFF_FIRST_S
             slot.restarts += 1
             log.warning(
                 "worker process died; restarting it",
+                **({"hint": _HINTS[code]} if code in _HINTS else {}),
                 process=slot.index,
                 pid=slot.process.pid,
                 reason=slot.last_exit,

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +24,7 @@ from tests.support.processes import (
     events_named,
     free_port,
     log_tail,
+    wait_until,
     wait_while_running,
 )
 
@@ -164,3 +167,76 @@ def test_two_processes_share_a_group_survive_a_kill_and_drain_on_sigterm(
         f"{dict(reporting_workers(db))}; after SIGTERM: {len(reported)} of "
         f"{len(second_ids)} drain jobs finished and reported, exit 0"
     )
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie not yet reaped counts as exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in {"Z", "X"}
+
+
+def _start_two(
+    kafka_servers: str, core: CoreProcess, start_worker: StartWorker, **overrides: str
+) -> tuple[WorkerProcess, str, str]:
+    topic = create_topic(kafka_servers, partitions=PARTITIONS, prefix="e2e-procs")
+    group_id = unique_name("e2e-procs")
+    settings = worker_settings(
+        kafka_servers, topic, group_id, core.address, WORKER_PROCESSES="2", **overrides
+    )
+    parent = start_worker(NAME, settings)
+    assert wait_while_running(lambda: _settled(kafka_servers, group_id), 90, parent), (
+        f"{group_members(kafka_servers, group_id)}\n{log_tail(parent)}"
+    )
+    return parent, topic, group_id
+
+
+def test_a_second_signal_stops_every_child_at_once(
+    kafka_servers: str, core: CoreProcess, start_worker: StartWorker
+) -> None:
+    metrics_port = free_port()
+    parent, topic, _ = _start_two(
+        kafka_servers,
+        core,
+        start_worker,
+        SHUTDOWN_TIMEOUT="60s",
+        METRICS_HOST="127.0.0.1",
+        METRICS_PORT=str(metrics_port),
+    )
+    long = _spread("long", per_partition=2, ms=30_000)
+    produce(kafka_servers, topic, long)
+
+    def both_busy() -> bool:
+        metrics = _get(metrics_port, "/metrics")[1]
+        return all(
+            re.search(rf'^jobworker_jobs_in_flight{{process="{i}"}} [1-9]', metrics, re.M)
+            for i in (0, 1)
+        )
+
+    assert wait_while_running(both_busy, 60, parent), log_tail(parent)
+    children = _children(parent)
+
+    parent.signal(signal.SIGTERM)
+    assert wait_while_running(
+        lambda: events_named(parent, "shutdown requested; draining"), 30, parent
+    )
+    assert parent.process is not None
+    assert parent.process.poll() is None, "the first signal waits for the running jobs"
+    parent.signal(signal.SIGTERM)
+    assert parent.wait(30) == 128 + signal.SIGTERM, log_tail(parent)
+    assert events_named(parent, "second signal")
+    assert wait_until(lambda: all(_gone(pid) for pid in children.values()), 10)
+    assert not results_in_core(core.db_path, [key.decode() for key, _, _ in long])
+
+
+def test_children_stop_when_the_parent_is_killed(
+    kafka_servers: str, core: CoreProcess, start_worker: StartWorker
+) -> None:
+    parent, _, _ = _start_two(kafka_servers, core, start_worker, SHUTDOWN_TIMEOUT="10s")
+    children = _children(parent)
+    parent.kill()
+    # The kernel sends each child SIGTERM: a graceful stop, not an orphan left running.
+    assert wait_until(lambda: all(_gone(pid) for pid in children.values()), 40), log_tail(parent)
+    assert len(events_named(parent, "worker stopped")) == 2

@@ -1,0 +1,49 @@
+"""``run --processes``: bad values are one line naming the setting, exit 2, before any
+child is started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_cli import jobworker
+from tests.support.processes import worker_env
+
+pytestmark = pytest.mark.integration
+
+KAFKA = {
+    "KAFKA_BROKERS": "127.0.0.1:9",
+    "KAFKA_GROUP_ID": "g",
+    "GRPC_SERVER_ADDRESS": "127.0.0.1:9",
+}
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("0", "WORKER_PROCESSES: '0' must be greater than zero"),
+        ("-2", "WORKER_PROCESSES: '-2' must be greater than zero"),
+        ("two", "WORKER_PROCESSES: "),
+        ("1000", "WORKER_PROCESSES: '1000' is above the limit of 256"),
+    ],
+)
+def test_a_bad_process_count_is_one_line_and_exit_2(
+    tmp_path: Path, value: str, problem: str
+) -> None:
+    done = jobworker("run", "--processes", value, env=worker_env(**KAFKA), cwd=tmp_path)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"jobworker: configuration error: {problem}")
+
+
+def test_processes_need_kafka_not_a_jobs_file(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"id": "a", "type": "SLEEP", "payload": {"ms": 1}}\n')
+    env = worker_env(WORKER_PROCESSES="2")
+    done = jobworker("run", "--jobs", str(jobs), "--results", "-", env=env, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "jobworker: configuration error: WORKER_PROCESSES: needs JOB_SOURCE=kafka:"
+        " with a jobs file every process would run every job"
+    ]
