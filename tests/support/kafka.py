@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -127,14 +127,16 @@ def _jar_broker() -> Iterator[str]:
             subprocess.run([script, "down"], capture_output=True, check=False)
 
 
-def _say(line: str) -> None:
-    # Past pytest's capture: the reader should see which broker the run uses.
-    print(f"tests: {line}", file=sys.__stderr__, flush=True)
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 @contextmanager
-def kafka_bootstrap() -> Iterator[str]:
-    """Yield a ``host:port`` bootstrap address of a running broker (see module docstring)."""
+def kafka_bootstrap(say: Callable[[str], None] = _to_stderr) -> Iterator[str]:
+    """Yield a ``host:port`` bootstrap address of a running broker (see module docstring).
+
+    ``say`` shows the one line on a fallback to the jar broker (pytest's capture would
+    hide stderr: tests/conftest.py passes its terminal reporter)."""
     servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
     if servers:
         yield servers
@@ -146,7 +148,7 @@ def kafka_bootstrap() -> Iterator[str]:
             yield servers
         return
     if shutil.which("java"):
-        _say(f"{problem}: using the jar broker (tools/kafka/broker.sh) instead")
+        say(f"tests: {problem}: using the jar broker (tools/kafka/broker.sh) instead")
         with _jar_broker() as servers:
             yield servers
         return
