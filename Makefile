@@ -59,7 +59,7 @@ faults: venv
 	tools/kafka/with-broker.sh $(BIN)/pytest tests/faults -q
 
 # Everything: lint, then every test tier; a local Kafka broker is started from Maven
-# jars when no KAFKA_BOOTSTRAP_SERVERS is given and no Docker engine is present.
+# jars when no KAFKA_BOOTSTRAP_SERVERS is given and no Docker engine can supply the image.
 test: lint package-check
 	tools/kafka/with-broker.sh $(BIN)/pytest tests -q
 
