@@ -30,7 +30,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import gevent
@@ -124,6 +124,7 @@ class Supervisor:
         self._stopping = Event()
         self._signals = 0
         self._exit_override: int | None = None
+        self._preexec = _pdeathsig_setter()
 
     # -- running -----------------------------------------------------------------------
 
@@ -198,7 +199,7 @@ class Supervisor:
             self._command,
             env=env,
             start_new_session=True,
-            preexec_fn=_term_with_parent,
+            preexec_fn=self._preexec,
         )
         slot._started_at = time.monotonic()
         log.info(
@@ -259,11 +260,22 @@ def _free_loopback_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _term_with_parent() -> None:
-    # In the child between fork and exec: SIGTERM (a graceful stop) when the parent
-    # dies, so no worker outlives a supervisor killed with SIGKILL. Linux only.
-    with contextlib.suppress(AttributeError, OSError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _pdeathsig_setter() -> Callable[[], None] | None:
+    """What the child runs between fork and exec: SIGTERM (a graceful stop) when the
+    parent dies, so no worker outlives a supervisor killed with SIGKILL. Linux only.
+
+    prctl is looked up here, in the parent: the child only calls it, and so takes no
+    loader lock that another thread of the parent (gevent's resolver) may have held at
+    the fork."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (AttributeError, OSError):
+        return None
+
+    def set_pdeathsig() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return set_pdeathsig
 
 
 def run_supervisor(settings: Settings, argv: Sequence[str]) -> int:
