@@ -114,9 +114,11 @@ class Supervisor:
         client_id: str | None,
         shutdown_timeout_s: float,
         metrics: bool,
+        command: Sequence[str] | None = None,
     ) -> None:
         package = __name__.rpartition(".")[0]
-        self._command = [sys.executable, "-m", package, *child_arguments(argv)]
+        # ``command``: another child program, for tests of the supervision itself.
+        self._command = list(command or [sys.executable, "-m", package, *child_arguments(argv)])
         self._client_id = client_id
         self._metrics = metrics
         self._stop_after_s = shutdown_timeout_s + STOP_MARGIN_S
