@@ -70,6 +70,11 @@ class WorkerSlot:
     _started_at: float = field(default=0.0, repr=False)
 
     @property
+    def age_s(self) -> float:
+        """Seconds since the child now in this place was started."""
+        return time.monotonic() - self._started_at
+
+    @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 

@@ -9,7 +9,8 @@ the supervisor's endpoint asks every running child at once and merges the answer
   gauges and counters are read from the live engine and consumer at scrape time
   (``LiveStateCollector``); it would also need a shared directory wiped between runs.
 - ``/healthz``: alive while every running child answers its own ``/healthz`` (a child
-  being restarted is the supervisor's business, and shows in ``/readyz``).
+  being restarted, or started less than 30 s ago, is the supervisor's business, and
+  shows in ``/readyz``).
 - ``/readyz``: ready when every child is running and ready; each child's reasons are kept.
 """
 
@@ -32,6 +33,8 @@ from entrypoints.supervisor import Supervisor, WorkerSlot
 
 # A child that takes longer is counted as not answering for this request.
 CHILD_TIMEOUT_S = 2.0
+# A child's endpoint answers a second or two after it starts; a slow machine gets more.
+START_GRACE_S = 30.0
 
 
 def _fetch(port: int, path: str) -> tuple[int, bytes]:
@@ -99,7 +102,12 @@ class MergedChildren(Collector):
 
 def _liveness(supervisor: Supervisor) -> bool:
     answers = _ask_running(supervisor.slots, "/healthz")
-    return all(status == 200 for status, _ in answers.values())
+    ages = {slot.index: slot.age_s for slot in supervisor.slots}
+    # No answer from a child that is still starting is no sign of a stuck one.
+    return all(
+        status == 200 or (status == 0 and ages[index] < START_GRACE_S)
+        for index, (status, _) in answers.items()
+    )
 
 
 def _readiness(supervisor: Supervisor) -> Mapping[str, bool | NotReady]:
