@@ -292,6 +292,12 @@ def run_supervisor(settings: Settings, argv: Sequence[str]) -> int:
             "WORKER_PROCESSES",
             "needs JOB_SOURCE=kafka: with a jobs file every process would run every job",
         )
+    if settings.get("RESULT_SINK") != "grpc":
+        raise ConfigurationError(
+            "WORKER_PROCESSES",
+            "needs RESULT_SINK=grpc: processes appending to one results file could"
+            " interleave their lines",
+        )
     supervisor = Supervisor(
         settings.get("WORKER_PROCESSES"),
         argv,

@@ -47,3 +47,13 @@ def test_processes_need_kafka_not_a_jobs_file(tmp_path: Path) -> None:
         "jobworker: configuration error: WORKER_PROCESSES: needs JOB_SOURCE=kafka:"
         " with a jobs file every process would run every job"
     ]
+
+
+def test_processes_need_core_not_a_results_file(tmp_path: Path) -> None:
+    env = worker_env(**KAFKA, WORKER_PROCESSES="2")
+    done = jobworker("run", "--results", str(tmp_path / "r.jsonl"), env=env, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "jobworker: configuration error: WORKER_PROCESSES: needs RESULT_SINK=grpc:"
+        " processes appending to one results file could interleave their lines"
+    ]
