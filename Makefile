@@ -41,11 +41,13 @@ unit: venv
 integration: venv
 	$(BIN)/pytest tests/integration -q
 
-kafka-up: venv
-	tools/kafka/broker.sh up
+# A local broker from Maven jars: needs only Java 17+ and Maven, not the virtualenv.
+# stdout is one line, `export KAFKA_BROKERS=…`, so: eval "$(make kafka-up)"
+kafka-up:
+	@tools/kafka/broker.sh up
 
 kafka-down:
-	tools/kafka/broker.sh down
+	@tools/kafka/broker.sh down
 
 contract: venv
 	tools/kafka/with-broker.sh $(BIN)/pytest tests/contract -q
@@ -57,7 +59,7 @@ faults: venv
 	tools/kafka/with-broker.sh $(BIN)/pytest tests/faults -q
 
 # Everything: lint, then every test tier; a local Kafka broker is started from Maven
-# jars when no KAFKA_BOOTSTRAP_SERVERS is given and no Docker engine is present.
+# jars when no KAFKA_BOOTSTRAP_SERVERS is given and no Docker engine can supply the image.
 test: lint package-check
 	tools/kafka/with-broker.sh $(BIN)/pytest tests -q
 

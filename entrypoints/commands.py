@@ -35,8 +35,9 @@ SETTING_FLAGS: list[tuple[tuple[str, ...], Setting[Any], str]] = [
     (("-c", "--concurrency"), Settings.worker_pool_size, "N"),
     (("-l", "--log-level"), Settings.log_level, "LEVEL"),
     (("--log-format",), Settings.log_format, "FORMAT"),
+    (("--processes",), Settings.worker_processes, "N"),
 ]
-LOG_FLAGS = SETTING_FLAGS[1:]
+LOG_FLAGS = SETTING_FLAGS[1:3]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -190,6 +191,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     settings.validate_for_run()
     configure_logging(settings.log_format, settings.log_level)
+    if settings.worker_processes > 1:
+        from entrypoints.supervisor import run_supervisor  # noqa: PLC0415
+
+        return run_supervisor(settings, sys.argv[1:])
 
     from entrypoints.worker import run_worker  # noqa: PLC0415 - after logging is set up
 

@@ -287,6 +287,11 @@ class Settings:
         f"concurrent jobs (greenlets), at most {MAX_POOL_SIZE}",
         at_most(MAX_POOL_SIZE, "run more worker processes instead", positive(parse_int)),
     )
+    worker_processes = setting(
+        "1",
+        "worker processes in one consumer group, each with its own pool (one core each)",
+        at_most(256, "run more machines instead", positive(parse_int)),
+    )
     worker_id = derived(
         "worker id reported with results (`<host>-<pid>`)",
         lambda _s: f"{socket.gethostname()}-{os.getpid()}",

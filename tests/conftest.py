@@ -22,7 +22,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def kafka_servers() -> Iterator[str]:
-    """A real broker's bootstrap address (env, Docker, or fail on CI / skip locally)."""
-    with kafka_bootstrap() as servers:
+def kafka_servers(pytestconfig: pytest.Config) -> Iterator[str]:
+    """A real broker's bootstrap address (env, Docker, the jar broker, or fail on CI /
+    skip locally)."""
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+
+    def say(line: str) -> None:
+        # Past the capture: which broker the run uses is for the reader to see.
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
+
+    with kafka_bootstrap(*([say] if reporter and capture else [])) as servers:
         yield servers

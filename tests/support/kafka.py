@@ -1,18 +1,29 @@
 """A real Kafka broker for contract and end-to-end tests, and small helpers around it.
 
 Where the broker comes from, in order: ``KAFKA_BOOTSTRAP_SERVERS`` (e.g. from
-``tools/kafka/with-broker.sh`` or ``tools/kafka/broker.sh up``); a testcontainers
-KafkaContainer when a Docker engine answers; else the tests fail on CI (``CI=true``)
+``tools/kafka/with-broker.sh`` or ``tools/kafka/broker.sh up``); a container of
+``apache/kafka`` at the version of ``tools/kafka/pom.xml`` (one Kafka version everywhere)
+when a Docker engine answers and can supply that image; else the jar broker
+(``tools/kafka/broker.sh``) when Java is there; else the tests fail on CI (``CI=true``)
 and skip elsewhere, saying how to get a broker.
+
+A Docker engine that answers but cannot supply the image (no registry access) counts as
+no Docker, with one line saying so: the container could never start.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,37 +34,123 @@ from adapters.codec import task_from_job
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from domain.model import Job
 
+KAFKA_TOOLS = Path(__file__).resolve().parents[2] / "tools" / "kafka"
 NO_BROKER = (
     "no Kafka broker: set KAFKA_BOOTSTRAP_SERVERS, run the tests through "
     "tools/kafka/with-broker.sh (starts a local broker with java + mvn), or start Docker"
 )
-CONTAINER_IMAGE = os.environ.get("KAFKA_TEST_IMAGE", "confluentinc/cp-kafka:7.6.0")
 
 
-def _docker_answers() -> bool:
+def kafka_version() -> str:
+    """The one Kafka version of the project: the jar broker's, in tools/kafka/pom.xml."""
+    pom = (KAFKA_TOOLS / "pom.xml").read_text()
+    match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", pom)
+    assert match, "tools/kafka/pom.xml names no kafka.version"
+    return match.group(1)
+
+
+def container_image() -> str:
+    return os.environ.get("KAFKA_TEST_IMAGE") or f"apache/kafka:{kafka_version()}"
+
+
+def docker_problem(image: str, pull_timeout_s: float = 120) -> str | None:
+    """None when a Docker engine answers and has (or pulls) ``image``; else why not."""
     try:
         import docker
 
-        docker.from_env(timeout=3).ping()
+        client = docker.from_env(timeout=3)
+        client.ping()
     except Exception:
-        return False
-    return True
+        return "no Docker engine answers"
+    try:
+        try:
+            client.images.get(image)
+            return None
+        except docker.errors.ImageNotFound:
+            pass
+        repository, _, tag = image.rpartition(":")
+        docker.from_env(timeout=pull_timeout_s).images.pull(repository, tag=tag)
+    except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+        return f"Docker answers but cannot supply {image} ({first_line})"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @contextmanager
-def kafka_bootstrap() -> Iterator[str]:
-    """Yield a ``host:port`` bootstrap address of a running broker (see module docstring)."""
+def _kafka_container(image: str) -> Iterator[str]:
+    # apache/kafka is configured by KAFKA_* variables, as in docker-compose.yml. The
+    # advertised address must be the host's port, so that port is chosen beforehand.
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
+
+    host_port = _free_port()
+    container = DockerContainer(image).with_bind_ports(9092, host_port)
+    container.with_envs(
+        KAFKA_NODE_ID="1",
+        KAFKA_PROCESS_ROLES="broker,controller",
+        KAFKA_LISTENERS="PLAINTEXT://:9092,CONTROLLER://:9093",
+        KAFKA_ADVERTISED_LISTENERS=f"PLAINTEXT://127.0.0.1:{host_port}",
+        KAFKA_CONTROLLER_LISTENER_NAMES="CONTROLLER",
+        KAFKA_LISTENER_SECURITY_PROTOCOL_MAP="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        KAFKA_CONTROLLER_QUORUM_VOTERS="1@localhost:9093",
+        KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR="1",
+        KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR="1",
+        KAFKA_TRANSACTION_STATE_LOG_MIN_ISR="1",
+        KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS="0",
+    )
+    container.waiting_for(
+        LogMessageWaitStrategy(re.compile(r"Kafka Server started")).with_startup_timeout(120)
+    )
+    with container:
+        yield f"127.0.0.1:{host_port}"
+
+
+@contextmanager
+def _jar_broker() -> Iterator[str]:
+    """``broker.sh up`` (reusing a healthy broker on KAFKA_PORT); stopped again on leaving
+    only when it was started here."""
+    script = str(KAFKA_TOOLS / "broker.sh")
+    running = subprocess.run([script, "status"], capture_output=True, check=False)
+    up = subprocess.run([script, "up"], capture_output=True, text=True, check=False)
+    if up.returncode != 0:
+        pytest.fail(f"tools/kafka/broker.sh up failed:\n{up.stderr}", pytrace=False)
+    try:
+        yield up.stdout.strip().removeprefix("export KAFKA_BROKERS=")
+    finally:
+        if running.returncode != 0:
+            subprocess.run([script, "down"], capture_output=True, check=False)
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def kafka_bootstrap(say: Callable[[str], None] = _to_stderr) -> Iterator[str]:
+    """Yield a ``host:port`` bootstrap address of a running broker (see module docstring).
+
+    ``say`` shows the one line on a fallback to the jar broker (pytest's capture would
+    hide stderr: tests/conftest.py passes its terminal reporter)."""
     servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
     if servers:
         yield servers
         return
-    if _docker_answers():
-        from testcontainers.community.kafka import KafkaContainer
-
-        container = KafkaContainer(CONTAINER_IMAGE).with_kraft()
-        container.with_env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
-        with container:
-            yield container.get_bootstrap_server()
+    image = container_image()
+    problem = docker_problem(image)
+    if problem is None:
+        with _kafka_container(image) as servers:
+            yield servers
+        return
+    if shutil.which("java"):
+        say(f"tests: {problem}: using the jar broker (tools/kafka/broker.sh) instead")
+        with _jar_broker() as servers:
+            yield servers
         return
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(NO_BROKER, pytrace=False)
@@ -230,3 +327,16 @@ def read_all(servers: str, topic: str, count: int, timeout_s: float = 30.0) -> l
         return records
     finally:
         consumer.close()
+
+
+def group_members(servers: str, group_id: str) -> dict[str, set[int]]:
+    """The consumer group's members now: client id -> partitions assigned (all topics)."""
+    with admin_client(servers) as admin:
+        group = admin.describe_groups([group_id]).get(group_id) or {}
+    members: dict[str, set[int]] = {}
+    for member in group.get("members") or []:
+        assignment = member.get("member_assignment") or {}
+        members[member["client_id"]] = {
+            p for tp in assignment.get("assigned_partitions") or [] for p in tp["partitions"]
+        }
+    return members

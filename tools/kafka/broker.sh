@@ -2,9 +2,12 @@
 # A single-node Apache Kafka (KRaft) on 127.0.0.1 for tests and the demo, run from the
 # published jars: needs only java and mvn, no Docker and no Kafka download.
 #
-#   tools/kafka/broker.sh up       start (or reuse a healthy) broker; prints KAFKA_BOOTSTRAP_SERVERS=…
+#   tools/kafka/broker.sh up       start (or reuse a healthy) broker; prints `export KAFKA_BROKERS=…`
 #   tools/kafka/broker.sh down     stop it (SIGTERM, then SIGKILL); a no-op when not running
-#   tools/kafka/broker.sh status   exit 0 and print the bootstrap address when it is healthy
+#   tools/kafka/broker.sh status   exit 0 and print the same line when it is healthy
+#
+# stdout is only that one line, so `eval "$(tools/kafka/broker.sh up)"` (or `make kafka-up`)
+# points the worker at the broker; progress goes to stderr.
 #
 # Environment: KAFKA_PORT (19092), KAFKA_CONTROLLER_PORT (KAFKA_PORT+1),
 # JOBWORKER_CACHE (~/.cache/jobworker: the jars), JOBWORKER_KAFKA_STATE (<repo>/.cache/kafka:
@@ -30,6 +33,9 @@ CLUSTER_ID="am9id29ya2VyLWthZmthLQ"
 BOOTSTRAP="127.0.0.1:$PORT"
 
 say() { echo "broker.sh: $*" >&2; }
+
+# The worker reads KAFKA_BROKERS; with-broker.sh parses this same line.
+announce() { echo "export KAFKA_BROKERS=$BOOTSTRAP"; }
 
 port_answers() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
@@ -104,6 +110,7 @@ EOF
 }
 
 start() {
+    command -v java >/dev/null || { say "java not found: install Java 17+ (and Maven)"; exit 1; }
     gather_jars
     write_config
     # Static voters and a fixed cluster id make formatting idempotent and let the
@@ -160,7 +167,7 @@ up() {
     if our_pid >/dev/null; then
         if healthy; then
             say "reusing the broker already running (pid $(our_pid))"
-            echo "KAFKA_BOOTSTRAP_SERVERS=$BOOTSTRAP"
+            announce
             return 0
         fi
         say "the running broker is not healthy: restarting it"
@@ -168,7 +175,7 @@ up() {
     elif port_answers "$PORT"; then
         if serves_metadata; then
             say "a Kafka broker not started from $STATE answers on $BOOTSTRAP: using it"
-            echo "KAFKA_BOOTSTRAP_SERVERS=$BOOTSTRAP"
+            announce
             return 0
         fi
         say "port $PORT is taken by something that is not Kafka: set KAFKA_PORT"
@@ -179,12 +186,12 @@ up() {
         exit 1
     fi
     start
-    echo "KAFKA_BOOTSTRAP_SERVERS=$BOOTSTRAP"
+    announce
 }
 
 status() {
     if healthy; then
-        echo "KAFKA_BOOTSTRAP_SERVERS=$BOOTSTRAP"
+        announce
         return 0
     fi
     say "no healthy broker on $BOOTSTRAP"
