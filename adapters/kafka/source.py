@@ -14,7 +14,6 @@ dead-letter topic and skipped, or with ``unreadable_batches="fail"`` stops the s
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,12 +37,14 @@ from adapters.kafka.quirks import (
     UnreadableBatch,
     UnreadableBatchDetector,
     fetch_position,
+    missing_internals,
     release_parked_records,
     resume_interrupted_join,
 )
 from adapters.kafka.settings import KafkaClientSettings
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from application.delivery import DeliveryTracker
+from application import finished_offsets
+from application.partitions import AssignedPartitions, Commit
 from domain.errors import ConfigurationError, SourceFailed
 from domain.model import Job
 
@@ -197,24 +198,23 @@ class KafkaJobSource:
         self.topic = topic
         self._group_id = group_id
         self._session_timeout_ms = settings.session_timeout_ms
-        self._window = max_in_flight_per_partition
         self._commit_interval_s = commit_interval_s
         self._commit_every = commit_every
         self._close_timeout_s = close_timeout_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._tracker = DeliveryTracker()
-        self._epochs: dict[TopicPartition, int] = {}
-        self._held: set[TopicPartition] = set()
-        self._epoch_counter = itertools.count(1)
-        # The offset each partition was first read from in this assignment: lag's
-        # baseline until this worker commits one.
-        self._start_offsets: dict[TopicPartition, int] = {}
-        # The consumer's first known position in each partition of this assignment.
-        self._first_positions: dict[TopicPartition, int] = {}
+        # Every partition's state; the adapter only moves records in and out of it.
+        self._partitions: AssignedPartitions[TopicPartition] = AssignedPartitions(
+            max_in_flight_per_partition
+        )
         self._acks_since_commit = 0
-        self._committed: dict[TopicPartition, int] = {}
-        self.counters = {"offset_commits": 0, "dlq_records": 0, "unreadable_batches": 0}
+        self.counters = {
+            "offset_commits": 0,
+            "dlq_records": 0,
+            "unreadable_batches": 0,
+            "finished_skipped": 0,
+            "commit_metadata_fallbacks": 0,
+        }
         self._last_commit = clock()
         # The cadence commit in flight (a token of it) and when it was sent.
         self._commit_in_flight: object | None = None
@@ -232,6 +232,12 @@ class KafkaJobSource:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
+        if missing := missing_internals(self._consumer):
+            log.warning(
+                "this kafka-python version lacks internals its workarounds touch: they do"
+                " nothing (checked against kafka-python 3.0.12)",
+                missing=missing,
+            )
         self._unreadable = UnreadableBatchDetector(self._consumer)
         if not self._unreadable.installed:
             log.warning(
@@ -271,7 +277,7 @@ class KafkaJobSource:
             jobs: list[Job] = []
         else:
             self._pause_full_partitions()
-            jobs = self._take(self._poll(timeout_s, max_records=max_jobs))
+            jobs = self._jobs_from(self._poll(timeout_s, max_records=max_jobs))
         # After the records read before them are taken (or sought back to).
         self._set_aside(self._unreadable.take())
         self._note_skipped_offsets()
@@ -287,9 +293,7 @@ class KafkaJobSource:
         if not isinstance(receipt, KafkaReceipt):
             log.warning("ack for a job this source did not deliver", job_id=job.id)
             return
-        self._mark_done(
-            TopicPartition(receipt.topic, receipt.partition), receipt.offset, receipt.epoch
-        )
+        self._done(TopicPartition(receipt.topic, receipt.partition), receipt.offset, receipt.epoch)
 
     def exhausted(self) -> bool:
         return False
@@ -345,9 +349,8 @@ class KafkaJobSource:
         That is the offsets from the lowest unfinished job to the newest taken one: what
         a restart would read again. A partition at the window is paused.
         """
-        owned = self._owned()
         with self._lock:
-            return {tp: self._tracker.span(tp) for tp in owned}
+            return {tp: self._partitions.span(tp) for tp in self._partitions.owned()}
 
     def lag(
         self, broker: Mapping[TopicPartition, PartitionOffsets] | None = None
@@ -370,7 +373,7 @@ class KafkaJobSource:
         for tp in self._owned():
             highwater = self._consumer.highwater(tp) if tp in assignment else None
             with self._lock:
-                position = self._committed.get(tp, self._start_offsets.get(tp))
+                position = self._partitions.lag_position(tp)
             lag = partition_lag(highwater, position, broker.get(tp))
             if lag is not None:
                 lags[tp] = lag
@@ -381,6 +384,7 @@ class KafkaJobSource:
     def _poll(self, timeout_s: float, max_records: int) -> dict[TopicPartition, list[Any]]:
         release_parked_records(self._consumer)
         resume_interrupted_join(self._consumer)
+        self._read_finished_offsets()
         self._note_first_positions()
         try:
             records: dict[TopicPartition, list[Any]] = self._consumer.poll(
@@ -403,18 +407,60 @@ class KafkaJobSource:
             return {}
         with self._lock:
             for tp, batch in records.items():
-                if batch and tp in self._epochs:
-                    self._start_offsets.setdefault(tp, batch[0].offset)
+                if batch:
+                    self._partitions.read(tp, batch[0].offset)
         return records
+
+    def _read_finished_offsets(self) -> None:
+        """Read the finished offsets each newly assigned partition's last commit recorded.
+
+        Records they name are then skipped: done before this assignment, by this worker
+        or another. Metadata this worker cannot read is ignored (its jobs are redone,
+        which is safe) with one warning; so is a failed look-up.
+        """
+        with self._lock:
+            needed = self._partitions.needs_finished()
+        for tp in needed:
+            finished: frozenset[int] = frozenset()
+            try:
+                committed = self._consumer.committed(
+                    tp, metadata=True, timeout_ms=int(_PERIODIC_COMMIT_TIMEOUT_S * 1000)
+                )
+            except KafkaError as error:
+                log.warning(
+                    "cannot read the committed offset's finished offsets: redoing them",
+                    partition=tp.partition,
+                    error=str(error),
+                )
+                committed = None
+            if committed is not None and committed.metadata:
+                try:
+                    finished = finished_offsets.decode(committed.metadata, committed.offset)
+                except finished_offsets.UnreadableMetadataError as error:
+                    log.warning(
+                        "commit metadata not understood: redoing the jobs after the"
+                        " committed offset",
+                        partition=tp.partition,
+                        committed_offset=committed.offset,
+                        reason=str(error),
+                    )
+            with self._lock:
+                self._partitions.inherit(tp, finished)
+            if finished:
+                log.info(
+                    "skipping jobs the last commit records as finished",
+                    partition=tp.partition,
+                    finished=len(finished),
+                )
 
     def _note_first_positions(self) -> None:
         # Before a poll: where each partition starts being read (its committed offset,
         # or the reset), for one whose first records are all skipped (see below).
-        for tp in self._owned() - self._first_positions.keys():
+        for tp in self._owned():
             position = fetch_position(self._consumer, tp)
             if position is not None:
                 with self._lock:
-                    self._first_positions.setdefault(tp, position)
+                    self._partitions.position_known(tp, position)
 
     def _note_skipped_offsets(self) -> None:
         # Every record a poll returned was taken or sought back to, so a position past
@@ -426,8 +472,7 @@ class KafkaJobSource:
             if position is None:
                 continue
             with self._lock:
-                start = self._first_positions.setdefault(tp, position)
-                self._tracker.skipped_to(tp, position, start)
+                self._partitions.skipped_to(tp, position)
 
     def _set_aside(self, batches: Sequence[UnreadableBatch]) -> None:
         """Dead-letter and skip the batches the consumer could not decode, or stop.
@@ -438,7 +483,7 @@ class KafkaJobSource:
         for batch in batches:
             tp = TopicPartition(batch.topic, batch.partition)
             with self._lock:
-                epoch = self._epochs.get(tp) if tp not in self._held else None
+                epoch = self._partitions.owned_epoch(tp)
                 if epoch is None or tp in self._read_again:
                     continue
                 self.counters["unreadable_batches"] += 1
@@ -471,39 +516,30 @@ class KafkaJobSource:
         with self._lock:
             # Both ends pending: the commit stays before the batch until its dead letter
             # is written, then moves past its last offset.
-            self._tracker.started(tp, batch.first_offset)
-            self._tracker.started(tp, batch.last_offset)
-            self._start_offsets.setdefault(tp, batch.first_offset)
+            self._partitions.unreadable(tp, batch.first_offset, batch.last_offset)
         self._dead_letters.put(DeadLetter(batch, batch.error, epoch))
         self._seek(tp, batch.last_offset + 1)
 
-    def _take(self, batches: dict[TopicPartition, list[Any]]) -> list[Job]:
+    def _jobs_from(self, batches: dict[TopicPartition, list[Any]]) -> list[Job]:
+        # Partitions assigned during this poll: their commit's finished offsets first.
+        self._read_finished_offsets()
         jobs = []
         for tp, records in batches.items():
             with self._lock:
-                epoch = self._epochs.get(tp)
-                taken = [] if epoch is None else self._within_window(tp, records)
-                for record in taken:
-                    self._tracker.started(tp, record.offset)
-            if len(taken) < len(records):
+                epoch = self._partitions.epoch(tp)
+                taken = self._partitions.take(tp, [record.offset for record in records])
+                self.counters["finished_skipped"] += len(taken.finished)
+            if taken.count < len(records):
                 # Over the window: read these again once the partition has drained.
-                self._seek(tp, records[len(taken)].offset)
+                self._seek(tp, records[taken.count].offset)
                 self._read_again.add(tp)
-            for record in taken:
+            for record in records[: taken.count]:
+                if record.offset in taken.finished:
+                    continue  # done before this assignment: the last commit says so
                 job = self._job_or_dead_letter(record, epoch or 0)
                 if job is not None:
                     jobs.append(job)
         return jobs
-
-    def _within_window(self, tp: TopicPartition, records: Sequence[Any]) -> Sequence[Any]:
-        # Records come in offset order: take them while the span stays in the window.
-        lowest = self._tracker.lowest_pending(tp)
-        for count, record in enumerate(records):
-            if lowest is None:
-                lowest = record.offset
-            if record.offset + 1 - lowest > self._window:
-                return records[:count]
-        return records
 
     def _job_or_dead_letter(self, record: Any, epoch: int) -> Job | None:
         task = decode_task(record)
@@ -538,9 +574,12 @@ class KafkaJobSource:
                 self._read_again.add(tp)
 
     def _seek(self, tp: TopicPartition, offset: int) -> None:
+        if tp not in self._consumer.assignment():
+            # Revoked since the poll: the next owner reads these records.
+            return
         try:
             self._consumer.seek(tp, offset)
-        except (KafkaError, AssertionError) as error:
+        except KafkaError as error:
             log.warning("seek failed", partition=tp.partition, offset=offset, error=str(error))
 
     # -- pausing ------------------------------------------------------------------------
@@ -548,7 +587,7 @@ class KafkaJobSource:
     def _pause_full_partitions(self) -> None:
         owned = self._owned()
         with self._lock:
-            full = {tp for tp in owned if self._tracker.span(tp) >= self._window}
+            full = self._partitions.full()
         paused = set(self._consumer.paused())
         self._pause(full - paused)
         self._resume((owned - full) & paused)
@@ -569,13 +608,11 @@ class KafkaJobSource:
 
     def _owned(self) -> set[TopicPartition]:
         with self._lock:
-            return set(self._epochs) - self._held
+            return self._partitions.owned()
 
-    def _mark_done(self, tp: TopicPartition, offset: int, epoch: int) -> None:
+    def _done(self, tp: TopicPartition, offset: int, epoch: int) -> None:
         with self._lock:
-            if self._epochs.get(tp) != epoch:
-                return  # the partition went to another worker, which redoes the job
-            if self._tracker.done(tp, offset):
+            if self._partitions.done(tp, offset, epoch):
                 self._acks_since_commit += 1
 
     def _maybe_commit(self) -> None:
@@ -600,7 +637,7 @@ class KafkaJobSource:
             and self._clock() - self._commit_sent_at < _COMMIT_PATIENCE_S
         ):
             return
-        offsets, epochs = self._offsets_to_commit()
+        offsets, commits = self._offsets_to_commit()
         if not offsets:
             return
         token = object()
@@ -614,7 +651,7 @@ class KafkaJobSource:
                     "offset commit failed", error=str(response), offsets=_printable(offsets)
                 )
             else:
-                self._record_commit(offsets, epochs)
+                self._record_commit(commits)
 
         try:
             self._consumer.commit_async(offsets, callback=answered)
@@ -624,7 +661,7 @@ class KafkaJobSource:
 
     def _commit(self, timeout_s: float | None = None) -> None:
         """Commit what is done and wait for the answer (on the clock and on close)."""
-        offsets, epochs = self._offsets_to_commit()
+        offsets, commits = self._offsets_to_commit()
         if not offsets:
             return
         try:
@@ -634,28 +671,25 @@ class KafkaJobSource:
             # Nothing is lost: these offsets are committed later or redelivered.
             log.warning("offset commit failed", error=str(error), offsets=_printable(offsets))
             return
-        self._record_commit(offsets, epochs)
+        self._record_commit(commits)
 
     def _offsets_to_commit(
         self,
-    ) -> tuple[dict[TopicPartition, Any], dict[TopicPartition, int]]:
-        """What to commit for the owned partitions, and the assignment each belongs to."""
+    ) -> tuple[dict[TopicPartition, OffsetAndMetadata], dict[TopicPartition, Commit]]:
+        """What to commit for the owned partitions, and the commits as the state knows them."""
         with self._lock:
             self._acks_since_commit = 0
             self._last_commit = self._clock()
-            return self._committable(set(self._epochs) - self._held)
+            return self._committable(self._partitions.owned())
 
     def _committable(
-        self, partitions: Iterable[TopicPartition]
-    ) -> tuple[dict[TopicPartition, Any], dict[TopicPartition, int]]:
-        """What to commit for ``partitions``, and the assignment each belongs to (under
-        the lock)."""
-        offsets = {}
-        for tp in partitions:
-            position = self._tracker.committable(tp)
-            if position is not None:
-                offsets[tp] = OffsetAndMetadata(position, "", -1)
-        return offsets, {tp: self._epochs[tp] for tp in offsets}
+        self, partitions: Iterable[Any]
+    ) -> tuple[dict[TopicPartition, OffsetAndMetadata], dict[TopicPartition, Commit]]:
+        """What to commit for ``partitions`` (under the lock)."""
+        commits = self._partitions.committable(partitions)
+        offsets = {tp: OffsetAndMetadata(c.offset, c.metadata, -1) for tp, c in commits.items()}
+        self.counters["commit_metadata_fallbacks"] = self._partitions.metadata_fallbacks
+        return offsets, commits
 
     # -- rebalance (called on kafka-python's I/O thread) ---------------------------------
     #
@@ -667,9 +701,8 @@ class KafkaJobSource:
 
     async def _commit_revoked(self, partitions: Iterable[TopicPartition]) -> None:
         with self._lock:
-            revoked = [tp for tp in partitions if tp in self._epochs]
-            self._held.update(revoked)
-            offsets, epochs = self._committable(revoked)
+            revoked = self._partitions.revoked(partitions)
+            offsets, commits = self._committable(revoked)
         if revoked:
             log.info("partitions revoked", partitions=_printable(revoked))
         if not offsets:
@@ -682,50 +715,30 @@ class KafkaJobSource:
         except Exception as error:
             log.warning("commit on revoke failed", error=str(error), offsets=_printable(offsets))
             return
-        self._record_commit(offsets, epochs)
+        self._record_commit(commits)
 
-    def _record_commit(
-        self,
-        offsets: Mapping[TopicPartition, OffsetAndMetadata],
-        epochs: Mapping[TopicPartition, int],
-    ) -> None:
+    def _record_commit(self, commits: Mapping[TopicPartition, Commit]) -> None:
         """Note a commit the broker confirmed, for the partitions still in the assignment
         it was made in. Commits may be confirmed out of order: positions only grow."""
         with self._lock:
             self.counters["offset_commits"] += 1
-            for tp, committed in offsets.items():
-                if self._epochs.get(tp) != epochs[tp]:
-                    continue
-                self._tracker.mark_committed(tp, committed.offset)
-                self._committed[tp] = max(self._committed.get(tp, 0), committed.offset)
+            for tp, commit in commits.items():
+                self._partitions.committed(tp, commit)
 
-    def _adopt(self, partitions: Iterable[TopicPartition]) -> None:
+    def _partitions_assigned(self, partitions: Iterable[TopicPartition]) -> None:
         assigned = set(partitions)
         with self._lock:
-            self._forget(self._held - assigned)
-            self._held.clear()
-            for tp in assigned:
-                if tp not in self._epochs:
-                    self._epochs[tp] = next(self._epoch_counter)
+            self._partitions.assigned(assigned)
         if assigned:
             log.info("partitions assigned", partitions=_printable(assigned))
         if self._no_room:
             self._pause(assigned)
 
-    def _lose(self, partitions: Iterable[TopicPartition]) -> None:
+    def _partitions_lost(self, partitions: Iterable[TopicPartition]) -> None:
         # The group moved on without us: committing would fail, positions are reset.
         with self._lock:
-            self._forget(partitions)
+            self._partitions.lost(partitions)
         log.warning("partitions lost (group membership expired)", partitions=_printable(partitions))
-
-    def _forget(self, partitions: Iterable[TopicPartition]) -> None:
-        for tp in list(partitions):
-            self._tracker.forget(tp)
-            self._epochs.pop(tp, None)
-            self._held.discard(tp)
-            self._start_offsets.pop(tp, None)
-            self._first_positions.pop(tp, None)
-            self._committed.pop(tp, None)
 
     # -- dead letters -------------------------------------------------------------------
 
@@ -735,15 +748,15 @@ class KafkaJobSource:
             self.counters["dlq_records"] += 1
         tp = TopicPartition(letter.record.topic, letter.record.partition)
         if isinstance(letter.record, UnreadableBatch):
-            self._mark_done(tp, letter.record.first_offset, letter.epoch)
-            self._mark_done(tp, letter.record.last_offset, letter.epoch)
+            self._done(tp, letter.record.first_offset, letter.epoch)
+            self._done(tp, letter.record.last_offset, letter.epoch)
         else:
-            self._mark_done(tp, letter.record.offset, letter.epoch)
+            self._done(tp, letter.record.offset, letter.epoch)
 
     def _still_owned(self, letter: DeadLetter) -> bool:
         tp = TopicPartition(letter.record.topic, letter.record.partition)
         with self._lock:
-            return self._epochs.get(tp) == letter.epoch
+            return self._partitions.epoch(tp) == letter.epoch
 
 
 class _RebalanceListener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
@@ -756,10 +769,10 @@ class _RebalanceListener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
         await self._source._commit_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._source._adopt(assigned)
+        self._source._partitions_assigned(assigned)
 
     async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
-        self._source._lose(lost)
+        self._source._partitions_lost(lost)
 
 
 def partition_lag(
