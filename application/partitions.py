@@ -193,6 +193,10 @@ class AssignedPartitions(Generic[P]):
         """Offsets from the lowest unfinished to the newest taken: what a restart rereads."""
         return self._tracker.span(tp)
 
+    def in_flight(self, tp: P) -> int:
+        """How many jobs of ``tp`` were taken and are not done yet."""
+        return self._tracker.in_flight(tp)
+
     def held(self, tp: P) -> int:
         """How many offsets of ``tp`` are kept in memory: at most the window."""
         return self._tracker.held(tp)

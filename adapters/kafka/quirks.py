@@ -27,6 +27,7 @@ CONSUMER_INTERNALS = (
     "_coordinator.rejoin_needed",
     "_coordinator.request_rejoin",
     "_subscription.assignment",
+    "_net.sleep",
 )
 # Those ``open_admin_client`` touches on a KafkaAdminClient that failed to start.
 ADMIN_INTERNALS = ("_client", "_net")
@@ -43,6 +44,20 @@ def missing_internals(consumer: KafkaConsumer) -> list[str]:
                 break
             target = getattr(target, name)
     return missing
+
+
+async def sleep_on_io_loop(consumer: KafkaConsumer, delay_s: float) -> bool:
+    """Sleep inside a rebalance listener without stopping the consumer's I/O loop.
+
+    kafka-python 3.0 runs listeners as coroutines on its I/O loop, and offers no public
+    way for one to wait: its selector's ``sleep`` event keeps the loop serving other
+    requests meanwhile. Returns False at once (no sleep) if the internals differ.
+    """
+    sleep = getattr(getattr(consumer, "_net", None), "sleep", None)
+    if not callable(sleep):
+        return False
+    await sleep(delay_s)
+    return True
 
 
 def open_admin_client(**config: Any) -> KafkaAdminClient:

@@ -40,6 +40,7 @@ from adapters.kafka.quirks import (
     missing_internals,
     release_parked_records,
     resume_interrupted_join,
+    sleep_on_io_loop,
 )
 from adapters.kafka.settings import KafkaClientSettings
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
@@ -178,6 +179,7 @@ class KafkaJobSource:
         dead_letter_budget_s: float = 1.0,
         unreadable_batches: str = "dead-letter",
         close_timeout_s: float = 10.0,
+        revoke_grace_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_in_flight_per_partition < 1:
@@ -201,6 +203,7 @@ class KafkaJobSource:
         self._commit_interval_s = commit_interval_s
         self._commit_every = commit_every
         self._close_timeout_s = close_timeout_s
+        self._revoke_grace_s = revoke_grace_s
         self._clock = clock
         self._lock = threading.Lock()
         # Every partition's state; the adapter only moves records in and out of it.
@@ -702,9 +705,11 @@ class KafkaJobSource:
     async def _commit_revoked(self, partitions: Iterable[TopicPartition]) -> None:
         with self._lock:
             revoked = self._partitions.revoked(partitions)
-            offsets, commits = self._committable(revoked)
         if revoked:
             log.info("partitions revoked", partitions=_printable(revoked))
+            await self._let_revoked_jobs_finish(revoked)
+        with self._lock:
+            offsets, commits = self._committable(revoked)
         if not offsets:
             return
         try:
@@ -716,6 +721,20 @@ class KafkaJobSource:
             log.warning("commit on revoke failed", error=str(error), offsets=_printable(offsets))
             return
         self._record_commit(commits)
+
+    async def _let_revoked_jobs_finish(self, revoked: Sequence[TopicPartition]) -> None:
+        """Give jobs of revoked partitions up to ``revoke_grace_s`` to finish before the
+        commit: what they finish is in it, so the next owner does not run them again.
+
+        Not on close (the engine has drained what it could by then). Jobs still running
+        after the grace are committed as not done and redone by the next owner.
+        """
+        deadline = self._clock() + self._revoke_grace_s
+        while not self._closed and self._clock() < deadline:
+            with self._lock:
+                running = sum(self._partitions.in_flight(tp) for tp in revoked)
+            if not running or not await sleep_on_io_loop(self._consumer, 0.02):
+                return
 
     def _record_commit(self, commits: Mapping[TopicPartition, Commit]) -> None:
         """Note a commit the broker confirmed, for the partitions still in the assignment
