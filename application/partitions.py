@@ -12,14 +12,66 @@ Not thread-safe: the source holds one lock around every call.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from application import finished_offsets
 from application.delivery import DeliveryTracker
 
 P = TypeVar("P", bound=Hashable)
+
+# KAFKA_ORDERING: none (jobs of a partition run in any order), key (jobs with the same
+# record key one at a time, in offset order), partition (one job at a time).
+ORDERINGS = ("none", "key", "partition")
+
+
+class OrderingGate:
+    """Holds a partition's jobs back while an earlier one of the same key is in flight.
+
+    Jobs are offered in offset order; one whose key has a job in flight waits, and each
+    ``done`` releases the next waiting job of that key (in offset order). A job without
+    a key (None) is never held. Items are opaque (the source's jobs).
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[int, Hashable] = {}  # offset -> key, of released jobs
+        self._busy: set[Hashable] = set()
+        self._waiting: dict[Hashable, deque[tuple[int, Any]]] = {}
+        self._held = 0
+
+    def offer(self, offset: int, key: Hashable | None, item: Any) -> bool:
+        """True when the job at ``offset`` may run now; else it is held."""
+        if key is None:
+            return True
+        if key in self._busy:
+            self._waiting.setdefault(key, deque()).append((offset, item))
+            self._held += 1
+            return False
+        self._busy.add(key)
+        self._running[offset] = key
+        return True
+
+    def done(self, offset: int) -> list[Any]:
+        """The job at ``offset`` is done: the items it released (at most one)."""
+        key = self._running.pop(offset, None)
+        if key is None:
+            return []
+        waiting = self._waiting.get(key)
+        if not waiting:
+            self._busy.discard(key)
+            return []
+        next_offset, item = waiting.popleft()
+        if not waiting:
+            del self._waiting[key]
+        self._held -= 1
+        self._running[next_offset] = key
+        return [item]
+
+    def held(self) -> int:
+        """How many jobs wait for an earlier one of their key."""
+        return self._held
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +97,7 @@ class _Partition:
     inherited: frozenset[int] | None = None
     committed_here: bool = False
     committed_metadata: str = ""
+    gate: OrderingGate = field(default_factory=OrderingGate)
 
 
 @dataclass(slots=True)
@@ -65,11 +118,24 @@ class AssignedPartitions(Generic[P]):
     ``metadata_max_bytes`` is the broker's ``offset.metadata.max.bytes``: finished
     offsets that do not fit are left out of the commit, counted in
     ``metadata_fallbacks``.
+
+    ``ordering`` ("none", "key" or "partition") gates the jobs of each partition: with
+    "key", a job whose record key has a job in flight is held until that one is done
+    (keyless jobs are not held); with "partition", one job of a partition runs at a
+    time. Held jobs stay taken, so they count in the window: a partition whose window
+    fills with them pauses like any other. Commits are not affected.
     """
 
     def __init__(
-        self, window: int, metadata_max_bytes: int = finished_offsets.METADATA_MAX_BYTES
+        self,
+        window: int,
+        metadata_max_bytes: int = finished_offsets.METADATA_MAX_BYTES,
+        ordering: str = "none",
     ) -> None:
+        if ordering not in ORDERINGS:
+            raise ValueError(f"ordering {ordering!r} is not one of {', '.join(ORDERINGS)}")
+        self._ordering = ordering
+        self._ready: list[tuple[P, int, Any]] = []
         self._window = window
         self._metadata_max_bytes = metadata_max_bytes
         self._tracker = DeliveryTracker()
@@ -182,10 +248,40 @@ class AssignedPartitions(Generic[P]):
         self.read(tp, first)
 
     def done(self, tp: P, offset: int, epoch: int) -> bool:
-        """The job at ``offset`` is done; False if it belongs to an earlier assignment."""
-        if self.epoch(tp) != epoch:
+        """The job at ``offset`` is done; False if it belongs to an earlier assignment.
+
+        A job of its key held back is then released: ``ready`` hands it out.
+        """
+        state = self._partitions.get(tp)
+        if state is None or state.epoch != epoch:
             return False  # the partition went to another worker, which redoes the job
-        return self._tracker.done(tp, offset)
+        if not self._tracker.done(tp, offset):
+            return False
+        self._ready.extend((tp, epoch, item) for item in state.gate.done(offset))
+        return True
+
+    # -- ordering -----------------------------------------------------------------------
+
+    def admit(self, tp: P, offset: int, key: Hashable | None, item: Any) -> bool:
+        """Whether the job ``item`` at ``offset`` may run now; if not, it is held.
+
+        ``key`` is the record's key (None: keyless). Call it in offset order, for the
+        records ``take`` started that carry a job.
+        """
+        state = self._partitions.get(tp)
+        if state is None or self._ordering == "none":
+            return True
+        return state.gate.offer(offset, tp if self._ordering == "partition" else key, item)
+
+    def ready(self, limit: int) -> list[Any]:
+        """Up to ``limit`` held jobs released since, oldest first (of current assignments)."""
+        current = [r for r in self._ready if self.epoch(r[0]) == r[1]]
+        out, self._ready = current[: max(0, limit)], current[max(0, limit) :]
+        return [item for _, _, item in out]
+
+    def holding(self) -> bool:
+        """Whether any job is held or released and not handed out yet."""
+        return bool(self._ready) or any(p.gate.held() for p in self._partitions.values())
 
     # -- window -------------------------------------------------------------------------
 

@@ -81,6 +81,7 @@ def kafka_source(settings: Settings) -> Iterator[KafkaJobSource]:
             commit_interval_s=settings.get("KAFKA_COMMIT_INTERVAL"),
             commit_every=settings.get("KAFKA_COMMIT_EVERY"),
             unreadable_batches=settings.get("KAFKA_UNREADABLE_BATCHES"),
+            ordering=settings.get("KAFKA_ORDERING"),
         )
     except KafkaError as error:
         brokers = ",".join(settings.get("KAFKA_BROKERS"))

@@ -204,6 +204,13 @@ SETTINGS: list[Setting] = [
         _choice("dead-letter", "fail"),
     ),
     Setting(
+        "KAFKA_ORDERING",
+        "none",
+        "none (jobs run in any order), key (jobs with the same record key one at a time, in"
+        " offset order) or partition (one job at a time per partition)",
+        _choice("none", "key", "partition"),
+    ),
+    Setting(
         "WORKER_POOL_SIZE",
         "10",
         f"concurrent jobs (greenlets), at most {MAX_POOL_SIZE}",

@@ -45,7 +45,7 @@ from adapters.kafka.quirks import (
 from adapters.kafka.settings import KafkaClientSettings
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from application import finished_offsets
-from application.partitions import AssignedPartitions, Commit
+from application.partitions import ORDERINGS, AssignedPartitions, Commit
 from domain.errors import ConfigurationError, SourceFailed
 from domain.model import Job
 
@@ -58,6 +58,9 @@ _COMMIT_PATIENCE_S = 60.0
 # A failed poll waits at least this long before the next: an error that recurs at once
 # must not turn the fetch loop into a spin, even when the engine asks for no wait.
 _POLL_RETRY_MIN_S = 0.1
+# While jobs are held for their key, polls are this short, so that a released job waits
+# for a poll no longer than this.
+_HELD_POLL_S = 0.02
 # What to do with a record batch the consumer cannot decode (KAFKA_UNREADABLE_BATCHES).
 UNREADABLE_BATCH_POLICIES = ("dead-letter", "fail")
 
@@ -154,6 +157,10 @@ class KafkaJobSource:
     ``dead_letter_budget_s`` per fetch; while that topic refuses them, retries wait
     ``dead_letter_retry_s``, doubling up to ``dead_letter_max_backoff_s``.
 
+    ``ordering`` (KAFKA_ORDERING) "key" runs the jobs of one record key one at a time, in
+    offset order, and "partition" one job of a partition at a time; "none" (the
+    default) lets them all run at once. Held jobs count in the window.
+
     A record batch the consumer cannot decode is, with ``unreadable_batches``
     "dead-letter", logged at ERROR, written to the dead-letter topic (its raw bytes and
     where it came from) and skipped: the partition reads on at once, and its commit
@@ -180,6 +187,7 @@ class KafkaJobSource:
         unreadable_batches: str = "dead-letter",
         close_timeout_s: float = 10.0,
         revoke_grace_s: float = 5.0,
+        ordering: str = "none",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_in_flight_per_partition < 1:
@@ -196,6 +204,11 @@ class KafkaJobSource:
                 "KAFKA_UNREADABLE_BATCHES",
                 f"{unreadable_batches!r} is not one of {', '.join(UNREADABLE_BATCH_POLICIES)}",
             )
+        if ordering not in ORDERINGS:
+            raise ConfigurationError(
+                "KAFKA_ORDERING", f"{ordering!r} is not one of {', '.join(ORDERINGS)}"
+            )
+        self._keyed = ordering == "key"
         self._fail_on_unreadable = unreadable_batches == "fail"
         self.topic = topic
         self._group_id = group_id
@@ -208,7 +221,7 @@ class KafkaJobSource:
         self._lock = threading.Lock()
         # Every partition's state; the adapter only moves records in and out of it.
         self._partitions: AssignedPartitions[TopicPartition] = AssignedPartitions(
-            max_in_flight_per_partition
+            max_in_flight_per_partition, ordering=ordering
         )
         self._acks_since_commit = 0
         self.counters = {
@@ -279,8 +292,20 @@ class KafkaJobSource:
             self._rewind(self._poll(timeout_s, max_records=1))
             jobs: list[Job] = []
         else:
+            jobs = self._released(max_jobs)
             self._pause_full_partitions()
-            jobs = self._jobs_from(self._poll(timeout_s, max_records=max_jobs))
+            with self._lock:
+                holding = self._partitions.holding()
+            if jobs or holding:
+                # Released jobs go out at once; held ones are released by acks.
+                timeout_s = 0.0 if jobs else min(timeout_s, _HELD_POLL_S)
+            room = max_jobs - len(jobs)
+            records = self._poll(timeout_s, max_records=max(1, room))
+            if room > 0:
+                jobs += self._jobs_from(records)
+            else:
+                self._rewind(records)
+            jobs += self._released(max_jobs - len(jobs))
         # After the records read before them are taken (or sought back to).
         self._set_aside(self._unreadable.take())
         self._note_skipped_offsets()
@@ -523,6 +548,13 @@ class KafkaJobSource:
         self._dead_letters.put(DeadLetter(batch, batch.error, epoch))
         self._seek(tp, batch.last_offset + 1)
 
+    def _released(self, limit: int) -> list[Job]:
+        """Held jobs whose key's earlier job is done (KAFKA_ORDERING)."""
+        if limit <= 0:
+            return []
+        with self._lock:
+            return self._partitions.ready(limit)
+
     def _jobs_from(self, batches: dict[TopicPartition, list[Any]]) -> list[Job]:
         # Partitions assigned during this poll: their commit's finished offsets first.
         self._read_finished_offsets()
@@ -536,12 +568,20 @@ class KafkaJobSource:
                 # Over the window: read these again once the partition has drained.
                 self._seek(tp, records[taken.count].offset)
                 self._read_again.add(tp)
+            offered = []
             for record in records[: taken.count]:
                 if record.offset in taken.finished:
                     continue  # done before this assignment: the last commit says so
                 job = self._job_or_dead_letter(record, epoch or 0)
                 if job is not None:
-                    jobs.append(job)
+                    offered.append((record, job))
+            with self._lock:
+                # In offset order; a job held for its key is handed out once released.
+                jobs += [
+                    job
+                    for record, job in offered
+                    if self._partitions.admit(tp, record.offset, record.key, job)
+                ]
         return jobs
 
     def _job_or_dead_letter(self, record: Any, epoch: int) -> Job | None:
@@ -557,7 +597,7 @@ class KafkaJobSource:
             )
             self._dead_letters.put(DeadLetter(record, task, epoch))
             return None
-        if record.key is not None and record.key != task.id.encode():
+        if not self._keyed and record.key is not None and record.key != task.id.encode():
             log.warning(
                 "record key differs from the job id; using the job id",
                 job_id=task.id,

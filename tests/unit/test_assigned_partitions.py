@@ -181,3 +181,120 @@ def test_an_unreadable_batch_holds_the_commit_until_both_ends_are_done() -> None
     state.done(P0, 3, epoch)
     state.done(P0, 8, epoch)
     assert state.committable([P0])[P0].offset == 9
+
+
+# -- ordering (KAFKA_ORDERING) ------------------------------------------------------------
+
+
+def ordered(mode: str, window: int = 100) -> AssignedPartitions[tuple[str, int]]:
+    state: AssignedPartitions[tuple[str, int]] = AssignedPartitions(window, ordering=mode)
+    state.assigned([P0, P1])
+    state.inherit(P0, ())
+    state.inherit(P1, ())
+    return state
+
+
+def offer(
+    state: AssignedPartitions[tuple[str, int]], tp: tuple[str, int], keys: list[bytes | None]
+) -> list[int]:
+    """Take offsets 0.. with these keys; the offsets admitted to run now."""
+    state.take(tp, list(range(len(keys))))
+    return [o for o, key in enumerate(keys) if state.admit(tp, o, key, f"{tp[1]}@{o}")]
+
+
+def test_without_ordering_every_job_runs_at_once() -> None:
+    state = ordered("none")
+
+    assert offer(state, P0, [b"a", b"a", b"a"]) == [0, 1, 2]
+    assert not state.holding()
+
+
+def test_a_keys_later_jobs_wait_and_are_released_one_by_one_in_offset_order() -> None:
+    state = ordered("key")
+    epoch = state.epoch(P0) or 0
+
+    assert offer(state, P0, [b"a", b"b", b"a", b"a", None, b"b"]) == [0, 1, 4]
+    assert state.holding()
+    assert state.ready(10) == []
+
+    state.done(P0, 0, epoch)
+    assert state.ready(10) == ["0@2"]  # only the next of key a, not offset 3 too
+    state.done(P0, 1, epoch)
+    state.done(P0, 2, epoch)
+    assert state.ready(10) == ["0@5", "0@3"]  # in the order their predecessors finished
+    state.done(P0, 3, epoch)
+    state.done(P0, 5, epoch)
+    assert state.ready(10) == []
+    assert not state.holding()
+
+
+def test_a_job_that_runs_long_or_retries_holds_its_key_until_it_is_done() -> None:
+    state = ordered("key")
+    epoch = state.epoch(P0) or 0
+    offer(state, P0, [b"a", b"a"])
+
+    state.done(P0, 1, epoch)  # not released: an ack of a job never handed out is ignored
+    assert state.ready(10) == []
+    state.done(P0, 0, epoch)
+    assert state.ready(10) == ["0@1"]
+
+
+def test_keys_are_per_partition() -> None:
+    state = ordered("key")
+
+    assert offer(state, P0, [b"a"]) == [0]
+    assert offer(state, P1, [b"a"]) == [0]
+
+
+def test_partition_ordering_runs_one_job_per_partition_whatever_the_keys() -> None:
+    state = ordered("partition")
+
+    assert offer(state, P0, [b"a", b"b", None]) == [0]
+    assert offer(state, P1, [b"a"]) == [0]
+    state.done(P0, 0, state.epoch(P0) or 0)
+    assert state.ready(10) == ["0@1"]
+
+
+def test_ready_hands_out_at_most_the_room_the_caller_has() -> None:
+    state = ordered("key")
+    epoch = state.epoch(P0) or 0
+    offer(state, P0, [b"a", b"b", b"a", b"b"])
+    state.done(P0, 0, epoch)
+    state.done(P0, 1, epoch)
+
+    assert state.ready(1) == ["0@2"]
+    assert state.ready(0) == []
+    assert state.ready(5) == ["0@3"]
+
+
+def test_held_jobs_fill_the_window_and_pause_the_partition() -> None:
+    state = ordered("partition", window=4)
+
+    assert offer(state, P0, [b"a"] * 10) == [0]
+
+    assert state.full() == {P0}  # four taken, three of them held
+    assert state.take(P0, [4]).count == 0
+
+
+def test_held_jobs_of_a_partition_that_moved_are_dropped() -> None:
+    state = ordered("key")
+    epoch = state.epoch(P0) or 0
+    offer(state, P0, [b"a", b"a"])
+    state.done(P0, 0, epoch)
+
+    state.lost([P0])
+
+    assert state.ready(10) == []
+    assert not state.holding()
+
+
+def test_commits_are_unchanged_by_ordering() -> None:
+    state = ordered("key")
+    epoch = state.epoch(P0) or 0
+    offer(state, P0, [b"a", b"a", b"b"])
+    state.done(P0, 2, epoch)
+
+    commit = state.committable([P0])[P0]
+
+    assert commit.offset == 0
+    assert decode(commit.metadata, 0) == {2}
