@@ -8,6 +8,8 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -20,7 +22,7 @@ from domain.model import JobResult
 from tests.support.e2e import tally, worker_settings
 from tests.support.fixtures import Report, StartWorker
 from tests.support.kafka import create_topic, produce, unique_name
-from tests.support.processes import log_tail, wait_while_running
+from tests.support.processes import log_tail, wait_while_running, worker_env
 
 pytestmark = pytest.mark.e2e
 
@@ -137,3 +139,29 @@ def test_partition_ordering_runs_one_job_at_a_time_per_partition(
     )
     assert overlaps == 0
     assert _most_at_once(results.values()) == PARTITIONS
+
+
+def test_an_unknown_ordering_is_one_line_naming_the_variable_and_exit_2() -> None:
+    env = worker_env(
+        JOB_SOURCE="kafka",
+        RESULT_SINK="grpc",
+        KAFKA_BROKERS="127.0.0.1:9",
+        KAFKA_TOPIC="jobs",
+        KAFKA_GROUP_ID="g",
+        GRPC_SERVER_ADDRESS="127.0.0.1:9",
+        KAFKA_ORDERING="by-user",
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "entrypoints", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert "KAFKA_ORDERING" in lines[0]
+    assert "none, key, partition" in lines[0]
