@@ -293,6 +293,15 @@ class AssignedPartitions(Generic[P]):
         """How many jobs of ``tp`` were taken and are not done yet."""
         return self._tracker.in_flight(tp)
 
+    def handed_out(self, tp: P) -> int:
+        """Jobs of ``tp`` not done, less those held for their key or not handed out yet:
+        the ones that can finish without another fetch."""
+        state = self._partitions.get(tp)
+        if state is None:
+            return 0
+        waiting = state.gate.held() + sum(1 for r in self._ready if r[0] == tp)
+        return max(0, self._tracker.in_flight(tp) - waiting)
+
     def held(self, tp: P) -> int:
         """How many offsets of ``tp`` are kept in memory: at most the window."""
         return self._tracker.held(tp)

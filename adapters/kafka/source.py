@@ -24,7 +24,6 @@ import gevent
 import structlog
 from google.protobuf.message import DecodeError
 from kafka import KafkaConsumer, TopicPartition
-from kafka import errors as kafka_errors
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
@@ -42,6 +41,7 @@ from adapters.kafka.quirks import (
     resume_interrupted_join,
     sleep_on_io_loop,
 )
+from adapters.kafka.refusals import fatal_error_message
 from adapters.kafka.settings import KafkaClientSettings
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from application import finished_offsets
@@ -73,59 +73,6 @@ class KafkaReceipt:
     partition: int
     offset: int
     epoch: int
-
-
-# Broker refusals that retrying cannot fix, and what to check: "{group}", "{topic}" and
-# "{session_ms}" are filled in. Anything else (no broker, timeouts, rebalances, commit
-# conflicts) is transient and retried.
-_FATAL_ERRORS: dict[type[KafkaError], str] = {
-    kafka_errors.InvalidSessionTimeoutError: (
-        "Kafka refused the group join: {error} — KAFKA_SESSION_TIMEOUT ({session_ms} ms) must"
-        " be within the broker's group.min.session.timeout.ms and group.max.session.timeout.ms"
-    ),
-    kafka_errors.InvalidGroupIdError: (
-        "Kafka refused the group id {group!r}: {error} — check KAFKA_GROUP_ID"
-    ),
-    kafka_errors.GroupAuthorizationFailedError: (
-        "Kafka refused access to consumer group {group!r}: {error} — grant the principal of"
-        " KAFKA_SASL_USERNAME READ on the group KAFKA_GROUP_ID"
-    ),
-    kafka_errors.TopicAuthorizationFailedError: (
-        "Kafka refused access to topic {topic!r}: {error} — grant the principal of"
-        " KAFKA_SASL_USERNAME READ and DESCRIBE on KAFKA_TOPIC"
-    ),
-    kafka_errors.ClusterAuthorizationFailedError: (
-        "Kafka refused a cluster operation: {error} — check the ACLs of the principal of"
-        " KAFKA_SASL_USERNAME"
-    ),
-    kafka_errors.SaslAuthenticationFailedError: (
-        "Kafka refused the credentials: {error} — check KAFKA_SASL_USERNAME,"
-        " KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM"
-    ),
-    kafka_errors.UnsupportedSaslMechanismError: (
-        "Kafka does not offer this SASL mechanism: {error} — check KAFKA_SASL_MECHANISM"
-    ),
-    kafka_errors.IllegalSaslStateError: (
-        "Kafka broke off the SASL handshake: {error} — check KAFKA_SECURITY_PROTOCOL and"
-        " KAFKA_SASL_MECHANISM against the broker's listener"
-    ),
-    kafka_errors.GroupMaxSizeReachedError: (
-        "Kafka refused the group join: {error} — group {group!r} (KAFKA_GROUP_ID) already"
-        " has the broker's group.max.size members"
-    ),
-    kafka_errors.InvalidTopicError: "Kafka refused topic {topic!r}: {error} — check KAFKA_TOPIC",
-}
-
-
-def fatal_error_message(error: KafkaError, topic: str, group: str, session_ms: int) -> str | None:
-    """The one-line reason to stop, when ``error`` is one retrying cannot fix; else None."""
-    if getattr(error, "retriable", False):
-        return None
-    for error_type, message in _FATAL_ERRORS.items():
-        if isinstance(error, error_type):
-            name = type(error).__name__
-            return message.format(error=name, topic=topic, group=group, session_ms=session_ms)
-    return None
 
 
 def decode_task(record: Any) -> pb.JobTask | str:
@@ -766,13 +713,14 @@ class KafkaJobSource:
         """Give jobs of revoked partitions up to ``revoke_grace_s`` to finish before the
         commit: what they finish is in it, so the next owner does not run them again.
 
-        Not on close (the engine has drained what it could by then). Jobs still running
+        Not on close (the engine has drained what it could by then). Jobs held for their
+        key are not waited for: no fetch hands them out meanwhile. Jobs still running
         after the grace are committed as not done and redone by the next owner.
         """
         deadline = self._clock() + self._revoke_grace_s
         while not self._closed and self._clock() < deadline:
             with self._lock:
-                running = sum(self._partitions.in_flight(tp) for tp in revoked)
+                running = sum(self._partitions.handed_out(tp) for tp in revoked)
             if not running or not await sleep_on_io_loop(self._consumer, 0.02):
                 return
 

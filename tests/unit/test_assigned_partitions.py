@@ -298,3 +298,16 @@ def test_commits_are_unchanged_by_ordering() -> None:
 
     assert commit.offset == 0
     assert decode(commit.metadata, 0) == {2}
+
+
+def test_jobs_held_or_released_but_not_handed_out_are_not_counted_as_handed_out() -> None:
+    state = ordered("key")
+    epoch = state.epoch(P0) or 0
+    offer(state, P0, [b"a", b"a", b"a", b"b"])
+
+    assert state.in_flight(P0) == 4
+    assert state.handed_out(P0) == 2  # a@0 and b@3
+    state.done(P0, 0, epoch)
+    assert state.handed_out(P0) == 1  # a@1 released, waiting for a fetch
+    state.ready(10)
+    assert state.handed_out(P0) == 2
