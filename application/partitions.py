@@ -211,11 +211,12 @@ class AssignedPartitions(Generic[P]):
         """Start the records at ``offsets`` (ascending) while the span stays in the window.
 
         Inherited finished offsets are taken and done at once: no job runs for them.
-        Nothing is taken for a partition not owned.
+        Nothing is taken for a partition not assigned, or whose finished offsets were
+        not read yet (``inherit``): its records are to be read again.
         """
         taken = Taken()
         state = self._partitions.get(tp)
-        if state is None:
+        if state is None or state.inherited is None:
             return taken
         inherited = state.inherited or frozenset()
         lowest = self._tracker.lowest_pending(tp)

@@ -61,6 +61,9 @@ _POLL_RETRY_MIN_S = 0.1
 # While jobs are held for their key, polls are this short, so that a released job waits
 # for a poll no longer than this.
 _HELD_POLL_S = 0.02
+# Look-ups of a partition's committed metadata that may fail before its finished
+# offsets are given up on (and the jobs behind the committed offset redone).
+_FINISHED_LOOKUP_TRIES = 3
 # What to do with a record batch the consumer cannot decode (KAFKA_UNREADABLE_BATCHES).
 UNREADABLE_BATCH_POLICIES = ("dead-letter", "fail")
 
@@ -170,6 +173,7 @@ class KafkaJobSource:
         self._partitions: AssignedPartitions[TopicPartition] = AssignedPartitions(
             max_in_flight_per_partition, ordering=ordering
         )
+        self._finished_lookup_failures: dict[TopicPartition, int] = {}
         self._acks_since_commit = 0
         self.counters = {
             "offset_commits": 0,
@@ -390,8 +394,10 @@ class KafkaJobSource:
         """Read the finished offsets each newly assigned partition's last commit recorded.
 
         Records they name are then skipped: done before this assignment, by this worker
-        or another. Metadata this worker cannot read is ignored (its jobs are redone,
-        which is safe) with one warning; so is a failed look-up.
+        or another. Until they are read, the partition's records are read again later
+        rather than taken. Metadata this worker cannot read is ignored (its jobs are
+        redone, which is safe) with one warning; so is a look-up that failed
+        ``_FINISHED_LOOKUP_TRIES`` times.
         """
         with self._lock:
             needed = self._partitions.needs_finished()
@@ -402,12 +408,17 @@ class KafkaJobSource:
                     tp, metadata=True, timeout_ms=int(_PERIODIC_COMMIT_TIMEOUT_S * 1000)
                 )
             except KafkaError as error:
+                tries = self._finished_lookup_failures.get(tp, 0) + 1
+                self._finished_lookup_failures[tp] = tries
+                if tries < _FINISHED_LOOKUP_TRIES:
+                    continue  # the next poll tries again; records wait meanwhile
                 log.warning(
                     "cannot read the committed offset's finished offsets: redoing them",
                     partition=tp.partition,
                     error=str(error),
                 )
                 committed = None
+            self._finished_lookup_failures.pop(tp, None)
             if committed is not None and committed.metadata:
                 try:
                     finished = finished_offsets.decode(committed.metadata, committed.offset)

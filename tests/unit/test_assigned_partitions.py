@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from application.finished_offsets import decode
-from application.partitions import AssignedPartitions, Commit
+from application.partitions import AssignedPartitions, Commit, Taken
 
 P0 = ("jobs", 0)
 P1 = ("jobs", 1)
@@ -311,3 +311,12 @@ def test_jobs_held_or_released_but_not_handed_out_are_not_counted_as_handed_out(
     assert state.handed_out(P0) == 1  # a@1 released, waiting for a fetch
     state.ready(10)
     assert state.handed_out(P0) == 2
+
+
+def test_nothing_is_taken_before_the_finished_offsets_are_read() -> None:
+    state: AssignedPartitions[tuple[str, int]] = AssignedPartitions(100)
+    state.assigned([P0])
+
+    assert state.take(P0, [0, 1]).count == 0
+    state.inherit(P0, {1})
+    assert state.take(P0, [0, 1]) == Taken(count=2, finished={1})
