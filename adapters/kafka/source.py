@@ -45,6 +45,7 @@ from adapters.kafka.refusals import fatal_error_message
 from adapters.kafka.settings import KafkaClientSettings
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from application import finished_offsets
+from application.commit_cadence import CommitCadence, Due
 from application.partitions import ORDERINGS, AssignedPartitions, Commit
 from domain.errors import ConfigurationError, SourceFailed
 from domain.model import Job
@@ -52,9 +53,6 @@ from domain.model import Job
 log = structlog.get_logger(__name__)
 
 _PERIODIC_COMMIT_TIMEOUT_S = 2.0
-# A commit sent without waiting that has not answered after this long is taken as lost
-# (the client fails requests well before), so that such commits cannot stop for good.
-_COMMIT_PATIENCE_S = 60.0
 # A failed poll waits at least this long before the next: an error that recurs at once
 # must not turn the fetch loop into a spin, even when the engine asks for no wait.
 _POLL_RETRY_MIN_S = 0.1
@@ -163,8 +161,6 @@ class KafkaJobSource:
         self.topic = topic
         self._group_id = group_id
         self._session_timeout_ms = settings.session_timeout_ms
-        self._commit_interval_s = commit_interval_s
-        self._commit_every = commit_every
         self._close_timeout_s = close_timeout_s
         self._revoke_grace_s = revoke_grace_s
         self._clock = clock
@@ -174,7 +170,9 @@ class KafkaJobSource:
             max_in_flight_per_partition, ordering=ordering
         )
         self._finished_lookup_failures: dict[TopicPartition, int] = {}
-        self._acks_since_commit = 0
+        # A commit sent without waiting that has not answered after 60 s is taken as
+        # lost (the client fails requests well before).
+        self._cadence = CommitCadence(commit_interval_s, commit_every, clock, patience_s=60.0)
         self.counters = {
             "offset_commits": 0,
             "dlq_records": 0,
@@ -182,10 +180,6 @@ class KafkaJobSource:
             "finished_skipped": 0,
             "commit_metadata_fallbacks": 0,
         }
-        self._last_commit = clock()
-        # The cadence commit in flight (a token of it) and when it was sent.
-        self._commit_in_flight: object | None = None
-        self._commit_sent_at = 0.0
         self._no_room = False
         # With unreadable_batches="fail", why the source stopped: raised by every fetch
         # from the first that returns no jobs (the jobs before the batch run first).
@@ -614,39 +608,36 @@ class KafkaJobSource:
     def _done(self, tp: TopicPartition, offset: int, epoch: int) -> None:
         with self._lock:
             if self._partitions.done(tp, offset, epoch):
-                self._acks_since_commit += 1
+                self._cadence.acked()
 
     def _maybe_commit(self) -> None:
-        if self._clock() - self._last_commit >= self._commit_interval_s:
-            # On the clock, wait for the answer (briefly: with the broker away a long
-            # wait would hold up jobs the consumer already has), so a commit is known
-            # to have landed at least once per interval.
+        with self._lock:
+            due = self._cadence.due()
+        if due is Due.WAITING:
+            # Briefly: with the broker away a long wait would hold up jobs the consumer
+            # already has.
             self._commit(_PERIODIC_COMMIT_TIMEOUT_S)
-        elif self._acks_since_commit >= self._commit_every:
+        elif due is Due.SENT:
             self._commit_without_waiting()
 
     def _commit_without_waiting(self) -> None:
         """Send a commit and return; its answer is noted at a later poll.
 
-        Waiting here held up every job behind the poll loop for a round trip, each
-        ``commit_every`` acks: 100 times a second at 10,000 jobs/s. One is in flight at
-        a time; the next carries what was done meanwhile. A failed one is sent again
-        at the next cadence, and nothing done is lost meanwhile.
+        A failed one is sent again at the next cadence, and nothing done is lost
+        meanwhile (see ``CommitCadence``).
         """
-        if (
-            self._commit_in_flight is not None
-            and self._clock() - self._commit_sent_at < _COMMIT_PATIENCE_S
-        ):
-            return
+        with self._lock:
+            if not self._cadence.may_send():
+                return
         offsets, commits = self._offsets_to_commit()
         if not offsets:
             return
-        token = object()
-        self._commit_in_flight, self._commit_sent_at = token, self._clock()
+        with self._lock:
+            token = self._cadence.sending()
 
         def answered(_: object, response: object) -> None:
-            if self._commit_in_flight is token:
-                self._commit_in_flight = None
+            with self._lock:
+                self._cadence.answered(token)
             if isinstance(response, BaseException):
                 log.warning(
                     "offset commit failed", error=str(response), offsets=_printable(offsets)
@@ -657,7 +648,8 @@ class KafkaJobSource:
         try:
             self._consumer.commit_async(offsets, callback=answered)
         except KafkaError as error:
-            self._commit_in_flight = None
+            with self._lock:
+                self._cadence.answered(token)
             log.warning("offset commit failed", error=str(error), offsets=_printable(offsets))
 
     def _commit(self, timeout_s: float | None = None) -> None:
@@ -679,8 +671,7 @@ class KafkaJobSource:
     ) -> tuple[dict[TopicPartition, OffsetAndMetadata], dict[TopicPartition, Commit]]:
         """What to commit for the owned partitions, and the commits as the state knows them."""
         with self._lock:
-            self._acks_since_commit = 0
-            self._last_commit = self._clock()
+            self._cadence.committing()
             return self._committable(self._partitions.owned())
 
     def _committable(
