@@ -81,6 +81,33 @@ class DeliveryTracker:
         position = ledger.next_after_started if lowest is None else lowest
         return position if position > ledger.committed else None
 
+    def position(self, partition: Hashable) -> int | None:
+        """Where a restart should read ``partition`` from now, moved or not; None if unknown.
+
+        The lowest pending offset, or one past the highest started one.
+        """
+        ledger = self._ledgers.get(partition)
+        if ledger is None:
+            return None
+        lowest = ledger.lowest_pending()
+        return ledger.next_after_started if lowest is None else lowest
+
+    def committed(self, partition: Hashable) -> int | None:
+        """The last committed (or first started) offset of ``partition``; None if unknown."""
+        ledger = self._ledgers.get(partition)
+        return None if ledger is None else ledger.committed
+
+    def finished_above(self, partition: Hashable) -> list[int]:
+        """The done offsets above ``position``, ascending: what a restart would redo.
+
+        A restart reads from the committed offset, so these are the jobs it would run
+        again unless told that they are finished.
+        """
+        ledger = self._ledgers.get(partition)
+        if ledger is None or ledger.lowest_pending() is None:
+            return []
+        return sorted({o for o in ledger.pending_heap if o not in ledger.pending})
+
     def skipped_to(self, partition: Hashable, offset: int, start: int) -> None:
         """Record that the consumer moved on to ``offset`` past records it never handed out.
 

@@ -88,6 +88,7 @@ def kafka_source(settings: Settings) -> Iterator[KafkaJobSource]:
             commit_interval_s=settings.kafka_commit_interval,
             commit_every=settings.kafka_commit_every,
             unreadable_batches=settings.kafka_unreadable_batches,
+            ordering=settings.kafka_ordering,
         )
     except KafkaError as error:
         brokers = ",".join(settings.kafka_brokers)

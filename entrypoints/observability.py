@@ -106,6 +106,14 @@ def _kafka_counters(source: KafkaJobSource) -> dict[str, Reading]:
             " or the reason the worker stopped).",
             lambda: source.counters["unreadable_batches"],
         ),
+        "jobworker_finished_skipped": (
+            "Records skipped because the last commit's metadata records them as done.",
+            lambda: source.counters["finished_skipped"],
+        ),
+        "jobworker_commit_metadata_fallbacks": (
+            "Commits made without their finished offsets (over the metadata size limit).",
+            lambda: source.counters["commit_metadata_fallbacks"],
+        ),
     }
 
 

@@ -280,6 +280,12 @@ class Settings:
         "a batch that cannot be decoded: dead-letter (and move on) or fail (stop the worker)",
         choice("dead-letter", "fail"),
     )
+    kafka_ordering = setting(
+        "none",
+        "none (jobs run in any order), key (jobs with the same record key one at a time, in"
+        " offset order) or partition (one job at a time per partition)",
+        choice("none", "key", "partition"),
+    )
 
     # -- the worker -------------------------------------------------------------------
     worker_pool_size = setting(

@@ -17,13 +17,13 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import gevent
 import structlog
 from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient, OffsetSpec
 
+from adapters.kafka.quirks import open_admin_client
 from adapters.kafka.settings import KafkaClientSettings
 
 log = structlog.get_logger(__name__)
@@ -93,31 +93,12 @@ class GroupOffsetsProbe:
 
     def _client(self) -> KafkaAdminClient:
         if self._admin is None:
-            self._admin = _open_admin_client(
+            self._admin = open_admin_client(
                 **self._settings.client_kwargs(),
                 request_timeout_ms=self._timeout_ms,
                 bootstrap_timeout_ms=self._timeout_ms,
             )
         return self._admin
-
-
-def _open_admin_client(**config: Any) -> KafkaAdminClient:
-    """A KafkaAdminClient, or the error that kept it from starting, leaving no thread behind.
-
-    kafka-python 3.0 starts the client's I/O thread before it bootstraps and leaves
-    it running when bootstrapping fails (no broker answers): one leaked thread per
-    try of a probe that retries through a broker outage.
-    """
-    admin = KafkaAdminClient.__new__(KafkaAdminClient)
-    try:
-        admin.__init__(**config)
-    except BaseException:
-        for part, stop in (("_client", "close"), ("_net", "stop")):
-            halt = getattr(getattr(admin, part, None), stop, None)
-            if callable(halt):
-                halt()
-        raise
-    return admin
 
 
 class BrokerOffsetsMonitor:

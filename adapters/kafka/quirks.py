@@ -2,7 +2,9 @@
 
 Each one reaches into kafka-python's internals, says which bug it works around, and
 does nothing when those internals are not there (another version): the contract tests
-then show whether the bug is back.
+then show whether the bug is back. They were checked against kafka-python 3.0.12 (the
+version pyproject.toml pins); ``missing_internals`` lists what a consumer lacks of what
+they touch, and a unit test fails when it lists anything.
 """
 
 from __future__ import annotations
@@ -14,7 +16,67 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.admin import KafkaAdminClient
 from kafka.future import Future
+
+# The private attributes the workarounds below touch, as paths from a KafkaConsumer.
+CONSUMER_INTERNALS = (
+    "_fetcher._next_partition_records",
+    "_fetcher._parse_fetched_data",
+    "_coordinator._join_task",
+    "_coordinator.rejoin_needed",
+    "_coordinator.request_rejoin",
+    "_subscription.assignment",
+    "_net.sleep",
+)
+# Those ``open_admin_client`` touches on a KafkaAdminClient that failed to start.
+ADMIN_INTERNALS = ("_client", "_net")
+
+
+def missing_internals(consumer: KafkaConsumer) -> list[str]:
+    """The attributes of ``CONSUMER_INTERNALS`` that ``consumer`` lacks: [] when all are there."""
+    missing = []
+    for path in CONSUMER_INTERNALS:
+        target: Any = consumer
+        for name in path.split("."):
+            if not hasattr(target, name):
+                missing.append(path)
+                break
+            target = getattr(target, name)
+    return missing
+
+
+async def sleep_on_io_loop(consumer: KafkaConsumer, delay_s: float) -> bool:
+    """Sleep inside a rebalance listener without stopping the consumer's I/O loop.
+
+    kafka-python 3.0 runs listeners as coroutines on its I/O loop, and offers no public
+    way for one to wait: its selector's ``sleep`` event keeps the loop serving other
+    requests meanwhile. Returns False at once (no sleep) if the internals differ.
+    """
+    sleep = getattr(getattr(consumer, "_net", None), "sleep", None)
+    if not callable(sleep):
+        return False
+    await sleep(delay_s)
+    return True
+
+
+def open_admin_client(**config: Any) -> KafkaAdminClient:
+    """A KafkaAdminClient, or the error that kept it from starting, leaving no thread behind.
+
+    kafka-python 3.0 starts the client's I/O thread before it bootstraps and leaves
+    it running when bootstrapping fails (no broker answers): one leaked thread per
+    try of a probe that retries through a broker outage.
+    """
+    admin = KafkaAdminClient.__new__(KafkaAdminClient)
+    try:
+        admin.__init__(**config)
+    except BaseException:
+        for part, stop in (("_client", "close"), ("_net", "stop")):
+            halt = getattr(getattr(admin, part, None), stop, None)
+            if callable(halt):
+                halt()
+        raise
+    return admin
 
 
 def release_parked_records(consumer: KafkaConsumer) -> None:

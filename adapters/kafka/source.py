@@ -14,7 +14,6 @@ dead-letter topic and skipped, or with ``unreadable_batches="fail"`` stops the s
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,7 +24,6 @@ import gevent
 import structlog
 from google.protobuf.message import DecodeError
 from kafka import KafkaConsumer, TopicPartition
-from kafka import errors as kafka_errors
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
@@ -38,25 +36,33 @@ from adapters.kafka.quirks import (
     UnreadableBatch,
     UnreadableBatchDetector,
     fetch_position,
+    missing_internals,
     release_parked_records,
     resume_interrupted_join,
+    sleep_on_io_loop,
 )
+from adapters.kafka.refusals import fatal_error_message
 from adapters.kafka.settings import KafkaClientSettings
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from adapters.tracing.headers import trace_headers
-from application.delivery import DeliveryTracker
+from application import finished_offsets
+from application.commit_cadence import CommitCadence, Due
+from application.partitions import ORDERINGS, AssignedPartitions, Commit
 from domain.errors import ConfigurationError, SourceFailed
 from domain.model import Job
 
 log = structlog.get_logger(__name__)
 
 _PERIODIC_COMMIT_TIMEOUT_S = 2.0
-# A commit sent without waiting that has not answered after this long is taken as lost
-# (the client fails requests well before), so that such commits cannot stop for good.
-_COMMIT_PATIENCE_S = 60.0
 # A failed poll waits at least this long before the next: an error that recurs at once
 # must not turn the fetch loop into a spin, even when the engine asks for no wait.
 _POLL_RETRY_MIN_S = 0.1
+# While jobs are held for their key, polls are this short, so that a released job waits
+# for a poll no longer than this.
+_HELD_POLL_S = 0.02
+# Look-ups of a partition's committed metadata that may fail before its finished
+# offsets are given up on (and the jobs behind the committed offset redone).
+_FINISHED_LOOKUP_TRIES = 3
 # What to do with a record batch the consumer cannot decode (KAFKA_UNREADABLE_BATCHES).
 UNREADABLE_BATCH_POLICIES = ("dead-letter", "fail")
 
@@ -69,59 +75,6 @@ class KafkaReceipt:
     partition: int
     offset: int
     epoch: int
-
-
-# Broker refusals that retrying cannot fix, and what to check: "{group}", "{topic}" and
-# "{session_ms}" are filled in. Anything else (no broker, timeouts, rebalances, commit
-# conflicts) is transient and retried.
-_FATAL_ERRORS: dict[type[KafkaError], str] = {
-    kafka_errors.InvalidSessionTimeoutError: (
-        "Kafka refused the group join: {error} — KAFKA_SESSION_TIMEOUT ({session_ms} ms) must"
-        " be within the broker's group.min.session.timeout.ms and group.max.session.timeout.ms"
-    ),
-    kafka_errors.InvalidGroupIdError: (
-        "Kafka refused the group id {group!r}: {error} — check KAFKA_GROUP_ID"
-    ),
-    kafka_errors.GroupAuthorizationFailedError: (
-        "Kafka refused access to consumer group {group!r}: {error} — grant the principal of"
-        " KAFKA_SASL_USERNAME READ on the group KAFKA_GROUP_ID"
-    ),
-    kafka_errors.TopicAuthorizationFailedError: (
-        "Kafka refused access to topic {topic!r}: {error} — grant the principal of"
-        " KAFKA_SASL_USERNAME READ and DESCRIBE on KAFKA_TOPIC"
-    ),
-    kafka_errors.ClusterAuthorizationFailedError: (
-        "Kafka refused a cluster operation: {error} — check the ACLs of the principal of"
-        " KAFKA_SASL_USERNAME"
-    ),
-    kafka_errors.SaslAuthenticationFailedError: (
-        "Kafka refused the credentials: {error} — check KAFKA_SASL_USERNAME,"
-        " KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM"
-    ),
-    kafka_errors.UnsupportedSaslMechanismError: (
-        "Kafka does not offer this SASL mechanism: {error} — check KAFKA_SASL_MECHANISM"
-    ),
-    kafka_errors.IllegalSaslStateError: (
-        "Kafka broke off the SASL handshake: {error} — check KAFKA_SECURITY_PROTOCOL and"
-        " KAFKA_SASL_MECHANISM against the broker's listener"
-    ),
-    kafka_errors.GroupMaxSizeReachedError: (
-        "Kafka refused the group join: {error} — group {group!r} (KAFKA_GROUP_ID) already"
-        " has the broker's group.max.size members"
-    ),
-    kafka_errors.InvalidTopicError: "Kafka refused topic {topic!r}: {error} — check KAFKA_TOPIC",
-}
-
-
-def fatal_error_message(error: KafkaError, topic: str, group: str, session_ms: int) -> str | None:
-    """The one-line reason to stop, when ``error`` is one retrying cannot fix; else None."""
-    if getattr(error, "retriable", False):
-        return None
-    for error_type, message in _FATAL_ERRORS.items():
-        if isinstance(error, error_type):
-            name = type(error).__name__
-            return message.format(error=name, topic=topic, group=group, session_ms=session_ms)
-    return None
 
 
 def decode_task(record: Any) -> pb.JobTask | str:
@@ -153,6 +106,10 @@ class KafkaJobSource:
     ``dead_letter_budget_s`` per fetch; while that topic refuses them, retries wait
     ``dead_letter_retry_s``, doubling up to ``dead_letter_max_backoff_s``.
 
+    ``ordering`` (KAFKA_ORDERING) "key" runs the jobs of one record key one at a time, in
+    offset order, and "partition" one job of a partition at a time; "none" (the
+    default) lets them all run at once. Held jobs count in the window.
+
     A record batch the consumer cannot decode is, with ``unreadable_batches``
     "dead-letter", logged at ERROR, written to the dead-letter topic (its raw bytes and
     where it came from) and skipped: the partition reads on at once, and its commit
@@ -168,7 +125,7 @@ class KafkaJobSource:
         topic: str,
         group_id: str,
         *,
-        dlq_topic: str | None = None,
+        dlq_topic: str,
         worker_id: str = "",
         max_in_flight_per_partition: int = 1000,
         commit_interval_s: float = 1.0,
@@ -178,11 +135,12 @@ class KafkaJobSource:
         dead_letter_budget_s: float = 1.0,
         unreadable_batches: str = "dead-letter",
         close_timeout_s: float = 10.0,
+        revoke_grace_s: float = 5.0,
+        ordering: str = "none",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_in_flight_per_partition < 1:
             raise ConfigurationError("KAFKA_MAX_IN_FLIGHT_PER_PARTITION", "must be at least 1")
-        dlq_topic = dlq_topic or f"{topic}.dlq"
         _check_topic("KAFKA_TOPIC", topic)
         _check_topic("KAFKA_DLQ_TOPIC", dlq_topic)
         if dlq_topic == topic:
@@ -194,32 +152,34 @@ class KafkaJobSource:
                 "KAFKA_UNREADABLE_BATCHES",
                 f"{unreadable_batches!r} is not one of {', '.join(UNREADABLE_BATCH_POLICIES)}",
             )
+        if ordering not in ORDERINGS:
+            raise ConfigurationError(
+                "KAFKA_ORDERING", f"{ordering!r} is not one of {', '.join(ORDERINGS)}"
+            )
+        self._keyed = ordering == "key"
         self._fail_on_unreadable = unreadable_batches == "fail"
         self.topic = topic
         self._group_id = group_id
         self._session_timeout_ms = settings.session_timeout_ms
-        self._window = max_in_flight_per_partition
-        self._commit_interval_s = commit_interval_s
-        self._commit_every = commit_every
         self._close_timeout_s = close_timeout_s
+        self._revoke_grace_s = revoke_grace_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._tracker = DeliveryTracker()
-        self._epochs: dict[TopicPartition, int] = {}
-        self._held: set[TopicPartition] = set()
-        self._epoch_counter = itertools.count(1)
-        # The offset each partition was first read from in this assignment: lag's
-        # baseline until this worker commits one.
-        self._start_offsets: dict[TopicPartition, int] = {}
-        # The consumer's first known position in each partition of this assignment.
-        self._first_positions: dict[TopicPartition, int] = {}
-        self._acks_since_commit = 0
-        self._committed: dict[TopicPartition, int] = {}
-        self.counters = {"offset_commits": 0, "dlq_records": 0, "unreadable_batches": 0}
-        self._last_commit = clock()
-        # The cadence commit in flight (a token of it) and when it was sent.
-        self._commit_in_flight: object | None = None
-        self._commit_sent_at = 0.0
+        # Every partition's state; the adapter only moves records in and out of it.
+        self._partitions: AssignedPartitions[TopicPartition] = AssignedPartitions(
+            max_in_flight_per_partition, ordering=ordering
+        )
+        self._finished_lookup_failures: dict[TopicPartition, int] = {}
+        # A commit sent without waiting that has not answered after 60 s is taken as
+        # lost (the client fails requests well before).
+        self._cadence = CommitCadence(commit_interval_s, commit_every, clock, patience_s=60.0)
+        self.counters = {
+            "offset_commits": 0,
+            "dlq_records": 0,
+            "unreadable_batches": 0,
+            "finished_skipped": 0,
+            "commit_metadata_fallbacks": 0,
+        }
         self._no_room = False
         # With unreadable_batches="fail", why the source stopped: raised by every fetch
         # from the first that returns no jobs (the jobs before the batch run first).
@@ -233,6 +193,12 @@ class KafkaJobSource:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
+        if missing := missing_internals(self._consumer):
+            log.warning(
+                "this kafka-python version lacks internals its workarounds touch: they do"
+                " nothing (checked against kafka-python 3.0.12)",
+                missing=missing,
+            )
         self._unreadable = UnreadableBatchDetector(self._consumer)
         if not self._unreadable.installed:
             log.warning(
@@ -271,8 +237,20 @@ class KafkaJobSource:
             self._rewind(self._poll(timeout_s, max_records=1))
             jobs: list[Job] = []
         else:
+            jobs = self._released(max_jobs)
             self._pause_full_partitions()
-            jobs = self._take(self._poll(timeout_s, max_records=max_jobs))
+            with self._lock:
+                holding = self._partitions.holding()
+            if jobs or holding:
+                # Released jobs go out at once; held ones are released by acks.
+                timeout_s = 0.0 if jobs else min(timeout_s, _HELD_POLL_S)
+            room = max_jobs - len(jobs)
+            records = self._poll(timeout_s, max_records=max(1, room))
+            if room > 0:
+                jobs += self._jobs_from(records)
+            else:
+                self._rewind(records)
+            jobs += self._released(max_jobs - len(jobs))
         # After the records read before them are taken (or sought back to).
         self._set_aside(self._unreadable.take())
         self._note_skipped_offsets()
@@ -288,9 +266,7 @@ class KafkaJobSource:
         if not isinstance(receipt, KafkaReceipt):
             log.warning("ack for a job this source did not deliver", job_id=job.id)
             return
-        self._mark_done(
-            TopicPartition(receipt.topic, receipt.partition), receipt.offset, receipt.epoch
-        )
+        self._done(TopicPartition(receipt.topic, receipt.partition), receipt.offset, receipt.epoch)
 
     def exhausted(self) -> bool:
         return False
@@ -346,9 +322,8 @@ class KafkaJobSource:
         That is the offsets from the lowest unfinished job to the newest taken one: what
         a restart would read again. A partition at the window is paused.
         """
-        owned = self._owned()
         with self._lock:
-            return {tp: self._tracker.span(tp) for tp in owned}
+            return {tp: self._partitions.span(tp) for tp in self._partitions.owned()}
 
     def lag(
         self, broker: Mapping[TopicPartition, PartitionOffsets] | None = None
@@ -371,7 +346,7 @@ class KafkaJobSource:
         for tp in self._owned():
             highwater = self._consumer.highwater(tp) if tp in assignment else None
             with self._lock:
-                position = self._committed.get(tp, self._start_offsets.get(tp))
+                position = self._partitions.lag_position(tp)
             lag = partition_lag(highwater, position, broker.get(tp))
             if lag is not None:
                 lags[tp] = lag
@@ -382,6 +357,7 @@ class KafkaJobSource:
     def _poll(self, timeout_s: float, max_records: int) -> dict[TopicPartition, list[Any]]:
         release_parked_records(self._consumer)
         resume_interrupted_join(self._consumer)
+        self._read_finished_offsets()
         self._note_first_positions()
         try:
             records: dict[TopicPartition, list[Any]] = self._consumer.poll(
@@ -404,18 +380,67 @@ class KafkaJobSource:
             return {}
         with self._lock:
             for tp, batch in records.items():
-                if batch and tp in self._epochs:
-                    self._start_offsets.setdefault(tp, batch[0].offset)
+                if batch:
+                    self._partitions.read(tp, batch[0].offset)
         return records
+
+    def _read_finished_offsets(self) -> None:
+        """Read the finished offsets each newly assigned partition's last commit recorded.
+
+        Records they name are then skipped: done before this assignment, by this worker
+        or another. Until they are read, the partition's records are read again later
+        rather than taken. Metadata this worker cannot read is ignored (its jobs are
+        redone, which is safe) with one warning; so is a look-up that failed
+        ``_FINISHED_LOOKUP_TRIES`` times.
+        """
+        with self._lock:
+            needed = self._partitions.needs_finished()
+        for tp in needed:
+            finished: frozenset[int] = frozenset()
+            try:
+                committed = self._consumer.committed(
+                    tp, metadata=True, timeout_ms=int(_PERIODIC_COMMIT_TIMEOUT_S * 1000)
+                )
+            except KafkaError as error:
+                tries = self._finished_lookup_failures.get(tp, 0) + 1
+                self._finished_lookup_failures[tp] = tries
+                if tries < _FINISHED_LOOKUP_TRIES:
+                    continue  # the next poll tries again; records wait meanwhile
+                log.warning(
+                    "cannot read the committed offset's finished offsets: redoing them",
+                    partition=tp.partition,
+                    error=str(error),
+                )
+                committed = None
+            self._finished_lookup_failures.pop(tp, None)
+            if committed is not None and committed.metadata:
+                try:
+                    finished = finished_offsets.decode(committed.metadata, committed.offset)
+                except finished_offsets.UnreadableMetadataError as error:
+                    log.warning(
+                        "commit metadata not understood: redoing the jobs after the"
+                        " committed offset",
+                        partition=tp.partition,
+                        committed_offset=committed.offset,
+                        reason=str(error),
+                    )
+            with self._lock:
+                self._partitions.inherit(tp, finished)
+            if finished:
+                log.info(
+                    "skipping jobs the last commit records as finished",
+                    partition=tp.partition,
+                    finished=len(finished),
+                )
 
     def _note_first_positions(self) -> None:
         # Before a poll: where each partition starts being read (its committed offset,
         # or the reset), for one whose first records are all skipped (see below).
-        for tp in self._owned() - self._first_positions.keys():
+        for tp in self._owned():
             position = fetch_position(self._consumer, tp)
             if position is not None:
                 with self._lock:
-                    self._first_positions.setdefault(tp, position)
+                    self._partitions.position_known(tp, position)
 
     def _note_skipped_offsets(self) -> None:
         # Every record a poll returned was taken or sought back to, so a position past
@@ -427,8 +452,7 @@ class KafkaJobSource:
             if position is None:
                 continue
             with self._lock:
-                start = self._first_positions.setdefault(tp, position)
-                self._tracker.skipped_to(tp, position, start)
+                self._partitions.skipped_to(tp, position)
 
     def _set_aside(self, batches: Sequence[UnreadableBatch]) -> None:
         """Dead-letter and skip the batches the consumer could not decode, or stop.
@@ -439,7 +463,7 @@ class KafkaJobSource:
         for batch in batches:
             tp = TopicPartition(batch.topic, batch.partition)
             with self._lock:
-                epoch = self._epochs.get(tp) if tp not in self._held else None
+                epoch = self._partitions.owned_epoch(tp)
                 if epoch is None or tp in self._read_again:
                     continue
                 self.counters["unreadable_batches"] += 1
@@ -472,39 +496,45 @@ class KafkaJobSource:
         with self._lock:
             # Both ends pending: the commit stays before the batch until its dead letter
             # is written, then moves past its last offset.
-            self._tracker.started(tp, batch.first_offset)
-            self._tracker.started(tp, batch.last_offset)
-            self._start_offsets.setdefault(tp, batch.first_offset)
+            self._partitions.unreadable(tp, batch.first_offset, batch.last_offset)
         self._dead_letters.put(DeadLetter(batch, batch.error, epoch))
         self._seek(tp, batch.last_offset + 1)
 
-    def _take(self, batches: dict[TopicPartition, list[Any]]) -> list[Job]:
+    def _released(self, limit: int) -> list[Job]:
+        """Held jobs whose key's earlier job is done (KAFKA_ORDERING)."""
+        if limit <= 0:
+            return []
+        with self._lock:
+            return self._partitions.ready(limit)
+
+    def _jobs_from(self, batches: dict[TopicPartition, list[Any]]) -> list[Job]:
+        # Partitions assigned during this poll: their commit's finished offsets first.
+        self._read_finished_offsets()
         jobs = []
         for tp, records in batches.items():
             with self._lock:
-                epoch = self._epochs.get(tp)
-                taken = [] if epoch is None else self._within_window(tp, records)
-                for record in taken:
-                    self._tracker.started(tp, record.offset)
-            if len(taken) < len(records):
+                epoch = self._partitions.epoch(tp)
+                taken = self._partitions.take(tp, [record.offset for record in records])
+                self.counters["finished_skipped"] += len(taken.finished)
+            if taken.count < len(records):
                 # Over the window: read these again once the partition has drained.
-                self._seek(tp, records[len(taken)].offset)
+                self._seek(tp, records[taken.count].offset)
                 self._read_again.add(tp)
-            for record in taken:
+            offered = []
+            for record in records[: taken.count]:
+                if record.offset in taken.finished:
+                    continue  # done before this assignment: the last commit says so
                 job = self._job_or_dead_letter(record, epoch or 0)
                 if job is not None:
-                    jobs.append(job)
+                    offered.append((record, job))
+            with self._lock:
+                # In offset order; a job held for its key is handed out once released.
+                jobs += [
+                    job
+                    for record, job in offered
+                    if self._partitions.admit(tp, record.offset, record.key, job)
+                ]
         return jobs
-
-    def _within_window(self, tp: TopicPartition, records: Sequence[Any]) -> Sequence[Any]:
-        # Records come in offset order: take them while the span stays in the window.
-        lowest = self._tracker.lowest_pending(tp)
-        for count, record in enumerate(records):
-            if lowest is None:
-                lowest = record.offset
-            if record.offset + 1 - lowest > self._window:
-                return records[:count]
-        return records
 
     def _job_or_dead_letter(self, record: Any, epoch: int) -> Job | None:
         task = decode_task(record)
@@ -519,7 +549,7 @@ class KafkaJobSource:
             )
             self._dead_letters.put(DeadLetter(record, task, epoch))
             return None
-        if record.key is not None and record.key != task.id.encode():
+        if not self._keyed and record.key is not None and record.key != task.id.encode():
             log.warning(
                 "record key differs from the job id; using the job id",
                 job_id=task.id,
@@ -539,9 +569,12 @@ class KafkaJobSource:
                 self._read_again.add(tp)
 
     def _seek(self, tp: TopicPartition, offset: int) -> None:
+        if tp not in self._consumer.assignment():
+            # Revoked since the poll: the next owner reads these records.
+            return
         try:
             self._consumer.seek(tp, offset)
-        except (KafkaError, AssertionError) as error:
+        except KafkaError as error:
             log.warning("seek failed", partition=tp.partition, offset=offset, error=str(error))
 
     # -- pausing ------------------------------------------------------------------------
@@ -549,7 +582,7 @@ class KafkaJobSource:
     def _pause_full_partitions(self) -> None:
         owned = self._owned()
         with self._lock:
-            full = {tp for tp in owned if self._tracker.span(tp) >= self._window}
+            full = self._partitions.full()
         paused = set(self._consumer.paused())
         self._pause(full - paused)
         self._resume((owned - full) & paused)
@@ -570,62 +603,58 @@ class KafkaJobSource:
 
     def _owned(self) -> set[TopicPartition]:
         with self._lock:
-            return set(self._epochs) - self._held
+            return self._partitions.owned()
 
-    def _mark_done(self, tp: TopicPartition, offset: int, epoch: int) -> None:
+    def _done(self, tp: TopicPartition, offset: int, epoch: int) -> None:
         with self._lock:
-            if self._epochs.get(tp) != epoch:
-                return  # the partition went to another worker, which redoes the job
-            if self._tracker.done(tp, offset):
-                self._acks_since_commit += 1
+            if self._partitions.done(tp, offset, epoch):
+                self._cadence.acked()
 
     def _maybe_commit(self) -> None:
-        if self._clock() - self._last_commit >= self._commit_interval_s:
-            # On the clock, wait for the answer (briefly: with the broker away a long
-            # wait would hold up jobs the consumer already has), so a commit is known
-            # to have landed at least once per interval.
+        with self._lock:
+            due = self._cadence.due()
+        if due is Due.WAITING:
+            # Briefly: with the broker away a long wait would hold up jobs the consumer
+            # already has.
             self._commit(_PERIODIC_COMMIT_TIMEOUT_S)
-        elif self._acks_since_commit >= self._commit_every:
+        elif due is Due.SENT:
             self._commit_without_waiting()
 
     def _commit_without_waiting(self) -> None:
         """Send a commit and return; its answer is noted at a later poll.
 
-        Waiting here held up every job behind the poll loop for a round trip, each
-        ``commit_every`` acks: 100 times a second at 10,000 jobs/s. One is in flight at
-        a time; the next carries what was done meanwhile. A failed one is sent again
-        at the next cadence, and nothing done is lost meanwhile.
+        A failed one is sent again at the next cadence, and nothing done is lost
+        meanwhile (see ``CommitCadence``).
         """
-        if (
-            self._commit_in_flight is not None
-            and self._clock() - self._commit_sent_at < _COMMIT_PATIENCE_S
-        ):
-            return
-        offsets, epochs = self._offsets_to_commit()
+        with self._lock:
+            if not self._cadence.may_send():
+                return
+        offsets, commits = self._offsets_to_commit()
         if not offsets:
             return
-        token = object()
-        self._commit_in_flight, self._commit_sent_at = token, self._clock()
+        with self._lock:
+            token = self._cadence.sending()
 
         def answered(_: object, response: object) -> None:
-            if self._commit_in_flight is token:
-                self._commit_in_flight = None
+            with self._lock:
+                self._cadence.answered(token)
             if isinstance(response, BaseException):
                 log.warning(
                     "offset commit failed", error=str(response), offsets=_printable(offsets)
                 )
             else:
-                self._record_commit(offsets, epochs)
+                self._record_commit(commits)
 
         try:
             self._consumer.commit_async(offsets, callback=answered)
         except KafkaError as error:
-            self._commit_in_flight = None
+            with self._lock:
+                self._cadence.answered(token)
             log.warning("offset commit failed", error=str(error), offsets=_printable(offsets))
 
     def _commit(self, timeout_s: float | None = None) -> None:
         """Commit what is done and wait for the answer (on the clock and on close)."""
-        offsets, epochs = self._offsets_to_commit()
+        offsets, commits = self._offsets_to_commit()
         if not offsets:
             return
         try:
@@ -635,28 +664,24 @@ class KafkaJobSource:
             # Nothing is lost: these offsets are committed later or redelivered.
             log.warning("offset commit failed", error=str(error), offsets=_printable(offsets))
             return
-        self._record_commit(offsets, epochs)
+        self._record_commit(commits)
 
     def _offsets_to_commit(
         self,
-    ) -> tuple[dict[TopicPartition, Any], dict[TopicPartition, int]]:
-        """What to commit for the owned partitions, and the assignment each belongs to."""
+    ) -> tuple[dict[TopicPartition, OffsetAndMetadata], dict[TopicPartition, Commit]]:
+        """What to commit for the owned partitions, and the commits as the state knows them."""
         with self._lock:
-            self._acks_since_commit = 0
-            self._last_commit = self._clock()
-            return self._committable(set(self._epochs) - self._held)
+            self._cadence.committing()
+            return self._committable(self._partitions.owned())
 
     def _committable(
-        self, partitions: Iterable[TopicPartition]
-    ) -> tuple[dict[TopicPartition, Any], dict[TopicPartition, int]]:
-        """What to commit for ``partitions``, and the assignment each belongs to (under
-        the lock)."""
-        offsets = {}
-        for tp in partitions:
-            position = self._tracker.committable(tp)
-            if position is not None:
-                offsets[tp] = OffsetAndMetadata(position, "", -1)
-        return offsets, {tp: self._epochs[tp] for tp in offsets}
+        self, partitions: Iterable[Any]
+    ) -> tuple[dict[TopicPartition, OffsetAndMetadata], dict[TopicPartition, Commit]]:
+        """What to commit for ``partitions`` (under the lock)."""
+        commits = self._partitions.committable(partitions)
+        offsets = {tp: OffsetAndMetadata(c.offset, c.metadata, -1) for tp, c in commits.items()}
+        self.counters["commit_metadata_fallbacks"] = self._partitions.metadata_fallbacks
+        return offsets, commits
 
     # -- rebalance (called on kafka-python's I/O thread) ---------------------------------
     #
@@ -668,11 +693,12 @@ class KafkaJobSource:
 
     async def _commit_revoked(self, partitions: Iterable[TopicPartition]) -> None:
         with self._lock:
-            revoked = [tp for tp in partitions if tp in self._epochs]
-            self._held.update(revoked)
-            offsets, epochs = self._committable(revoked)
+            revoked = self._partitions.revoked(partitions)
         if revoked:
             log.info("partitions revoked", partitions=_printable(revoked))
+            await self._let_revoked_jobs_finish(revoked)
+        with self._lock:
+            offsets, commits = self._committable(revoked)
         if not offsets:
             return
         try:
@@ -683,50 +709,45 @@ class KafkaJobSource:
         except Exception as error:
             log.warning("commit on revoke failed", error=str(error), offsets=_printable(offsets))
             return
-        self._record_commit(offsets, epochs)
+        self._record_commit(commits)
 
-    def _record_commit(
-        self,
-        offsets: Mapping[TopicPartition, OffsetAndMetadata],
-        epochs: Mapping[TopicPartition, int],
-    ) -> None:
+    async def _let_revoked_jobs_finish(self, revoked: Sequence[TopicPartition]) -> None:
+        """Give jobs of revoked partitions up to ``revoke_grace_s`` to finish before the
+        commit: what they finish is in it, so the next owner does not run them again.
+
+        Not on close (the engine has drained what it could by then). Jobs held for their
+        key are not waited for: no fetch hands them out meanwhile. Jobs still running
+        after the grace are committed as not done and redone by the next owner.
+        """
+        deadline = self._clock() + self._revoke_grace_s
+        while not self._closed and self._clock() < deadline:
+            with self._lock:
+                running = sum(self._partitions.handed_out(tp) for tp in revoked)
+            if not running or not await sleep_on_io_loop(self._consumer, 0.02):
+                return
+
+    def _record_commit(self, commits: Mapping[TopicPartition, Commit]) -> None:
         """Note a commit the broker confirmed, for the partitions still in the assignment
         it was made in. Commits may be confirmed out of order: positions only grow."""
         with self._lock:
             self.counters["offset_commits"] += 1
-            for tp, committed in offsets.items():
-                if self._epochs.get(tp) != epochs[tp]:
-                    continue
-                self._tracker.mark_committed(tp, committed.offset)
-                self._committed[tp] = max(self._committed.get(tp, 0), committed.offset)
+            for tp, commit in commits.items():
+                self._partitions.committed(tp, commit)
 
-    def _adopt(self, partitions: Iterable[TopicPartition]) -> None:
+    def _partitions_assigned(self, partitions: Iterable[TopicPartition]) -> None:
         assigned = set(partitions)
         with self._lock:
-            self._forget(self._held - assigned)
-            self._held.clear()
-            for tp in assigned:
-                if tp not in self._epochs:
-                    self._epochs[tp] = next(self._epoch_counter)
+            self._partitions.assigned(assigned)
         if assigned:
             log.info("partitions assigned", partitions=_printable(assigned))
         if self._no_room:
             self._pause(assigned)
 
-    def _lose(self, partitions: Iterable[TopicPartition]) -> None:
+    def _partitions_lost(self, partitions: Iterable[TopicPartition]) -> None:
         # The group moved on without us: committing would fail, positions are reset.
         with self._lock:
-            self._forget(partitions)
+            self._partitions.lost(partitions)
         log.warning("partitions lost (group membership expired)", partitions=_printable(partitions))
-
-    def _forget(self, partitions: Iterable[TopicPartition]) -> None:
-        for tp in list(partitions):
-            self._tracker.forget(tp)
-            self._epochs.pop(tp, None)
-            self._held.discard(tp)
-            self._start_offsets.pop(tp, None)
-            self._first_positions.pop(tp, None)
-            self._committed.pop(tp, None)
 
     # -- dead letters -------------------------------------------------------------------
 
@@ -736,15 +757,15 @@ class KafkaJobSource:
             self.counters["dlq_records"] += 1
         tp = TopicPartition(letter.record.topic, letter.record.partition)
         if isinstance(letter.record, UnreadableBatch):
-            self._mark_done(tp, letter.record.first_offset, letter.epoch)
-            self._mark_done(tp, letter.record.last_offset, letter.epoch)
+            self._done(tp, letter.record.first_offset, letter.epoch)
+            self._done(tp, letter.record.last_offset, letter.epoch)
         else:
-            self._mark_done(tp, letter.record.offset, letter.epoch)
+            self._done(tp, letter.record.offset, letter.epoch)
 
     def _still_owned(self, letter: DeadLetter) -> bool:
         tp = TopicPartition(letter.record.topic, letter.record.partition)
         with self._lock:
-            return self._epochs.get(tp) == letter.epoch
+            return self._partitions.epoch(tp) == letter.epoch
 
 
 class _RebalanceListener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
@@ -757,10 +778,10 @@ class _RebalanceListener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
         await self._source._commit_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._source._adopt(assigned)
+        self._source._partitions_assigned(assigned)
 
     async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
-        self._source._lose(lost)
+        self._source._partitions_lost(lost)
 
 
 def partition_lag(

@@ -64,6 +64,7 @@ def source_factory(
     sources: list[KafkaJobSource] = []
 
     def make(topic: str, group_id: str, **options: Any) -> KafkaJobSource:
+        options.setdefault("dlq_topic", f"{topic}.dlq")  # what KAFKA_DLQ_TOPIC defaults to
         source = KafkaJobSource(options.pop("settings", settings), topic, group_id, **options)
         sources.append(source)
         return source

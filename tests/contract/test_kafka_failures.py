@@ -13,7 +13,7 @@ from kafka.admin import NewTopic
 from structlog.testing import capture_logs
 
 from adapters.kafka import KafkaClientSettings, KafkaJobSource
-from adapters.kafka.source import fatal_error_message
+from adapters.kafka.refusals import fatal_error_message
 from domain.errors import ConfigurationError, SourceFailed
 from domain.model import Job
 from tests.contract.conftest import JobsTopic

@@ -13,12 +13,22 @@ from pathlib import Path
 
 import pytest
 from kafka import TopicPartition
+from structlog.testing import capture_logs
 
 from adapters.kafka import KafkaClientSettings, KafkaJobPublisher, KafkaJobSource, KafkaReceipt
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from application.finished_offsets import decode
 from domain.model import Job
 from tests.contract.conftest import JobsTopic
-from tests.support.kafka import committed_offsets, produce, read_all, task_bytes, unique_name
+from tests.support.kafka import (
+    commit_with_metadata,
+    committed_metadata,
+    committed_offsets,
+    produce,
+    read_all,
+    task_bytes,
+    unique_name,
+)
 
 pytestmark = pytest.mark.contract
 
@@ -87,7 +97,7 @@ def test_a_slow_job_holds_the_committed_offset_until_it_is_acked(
     assert committed_offsets(kafka_servers, group_id, topic) == {0: 6}
 
 
-def test_a_restart_redelivers_from_the_first_unacked_job_and_loses_none(
+def test_a_restart_redelivers_exactly_the_unacked_jobs_and_loses_none(
     kafka_servers: str,
     jobs_topic: JobsTopic,
     group_id: str,
@@ -99,13 +109,33 @@ def test_a_restart_redelivers_from_the_first_unacked_job_and_loses_none(
     for index in (4, 1, 0, 3):  # out of order, and job-2 never finishes
         first.ack(jobs[index])
 
-    first.close()  # commits what is done
+    first.close()  # commits what is done: offset 2, and 3 and 4 in its metadata
     second = source_factory(topic, group_id)
-    redelivered = take(second, 8)
+    redelivered = take(second, 6)
 
     assert committed_offsets(kafka_servers, group_id, topic) == {0: 2}
-    assert [job.id for job in redelivered] == [f"job-{i}" for i in range(2, 10)]
+    assert decode(committed_metadata(kafka_servers, group_id, topic)[0], 2) == {3, 4}
+    assert [job.id for job in redelivered] == ["job-2", *(f"job-{i}" for i in range(5, 10))]
+    assert second.counters["finished_skipped"] == 2
     assert len(fetch_for(second, 0.5)) == 0
+
+
+def test_metadata_the_worker_cannot_read_is_ignored_and_the_jobs_redone(
+    kafka_servers: str,
+    jobs_topic: JobsTopic,
+    group_id: str,
+    source_factory: SourceFactory,
+) -> None:
+    topic = jobs_topic([f"job-{i}" for i in range(5)])
+    commit_with_metadata(kafka_servers, group_id, topic, offset=1, metadata="jw9:1:garbage")
+    source = source_factory(topic, group_id)
+
+    with capture_logs() as logs:
+        redelivered = take(source, 4)
+
+    assert [job.id for job in redelivered] == [f"job-{i}" for i in range(1, 5)]
+    warnings = [e for e in logs if e["event"].startswith("commit metadata not understood")]
+    assert len(warnings) == 1
 
 
 def test_a_restart_after_acking_a_prefix_redelivers_exactly_the_unacked_jobs(
@@ -237,9 +267,11 @@ def test_one_job_never_acked_pauses_its_partition_at_the_window_however_many_fin
     from_stuck = [job.id for job in taken if job.id.startswith("a")]
     assert from_stuck == [f"a-{i}" for i in range(window)]  # and then the partition paused
     assert source.spans() == {stuck: window, free: 0}
-    assert source._tracker.held(stuck) <= window  # done offsets above a-0 stay bounded
-    # Partition 0 commits nothing past a-0 (so nothing at all); partition 1 is unhindered.
-    assert committed_offsets(kafka_servers, group_id, topic) == {1: 60}
+    assert source._partitions.held(stuck) <= window  # done offsets above a-0 stay bounded
+    # Partition 0 commits nothing past a-0, only what is done behind it; partition 1 is
+    # unhindered.
+    assert committed_offsets(kafka_servers, group_id, topic) == {0: 0, 1: 60}
+    assert decode(committed_metadata(kafka_servers, group_id, topic)[0], 0) == set(range(1, 10))
 
     source.ack(next(job for job in taken if job.id == "a-0"))
 
@@ -407,7 +439,7 @@ GEVENT_SCRIPT = textwrap.dedent(
     servers, topic, group_id, expected = sys.argv[1:5]
     source = KafkaJobSource(
         KafkaClientSettings([servers], session_timeout_ms=6000, heartbeat_interval_ms=1000),
-        topic, group_id, commit_interval_s=0.2,
+        topic, group_id, dlq_topic=f"{topic}.dlq", commit_interval_s=0.2,
     )
     acks = Queue()
     acked = []

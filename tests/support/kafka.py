@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
+from kafka.structs import OffsetAndMetadata
 
 from adapters.codec import task_from_job
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
@@ -291,6 +292,26 @@ def committed_offsets(servers: str, group_id: str, topic: str) -> dict[int, int]
     with admin_client(servers) as admin:
         offsets = admin.list_group_offsets(group_id).get(group_id, {})
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+def commit_with_metadata(
+    servers: str, group_id: str, topic: str, offset: int, metadata: str
+) -> None:
+    """Commit ``offset`` with ``metadata`` for partition 0 of ``topic``, as another tool might."""
+    tp = TopicPartition(topic, 0)
+    consumer = KafkaConsumer(bootstrap_servers=servers, group_id=group_id, enable_auto_commit=False)
+    try:
+        consumer.assign([tp])
+        consumer.commit({tp: OffsetAndMetadata(offset, metadata, -1)})
+    finally:
+        consumer.close(autocommit=False)
+
+
+def committed_metadata(servers: str, group_id: str, topic: str) -> dict[int, str]:
+    """The metadata string of the group's commit per partition of ``topic``."""
+    with admin_client(servers) as admin:
+        offsets = admin.list_group_offsets(group_id).get(group_id, {})
+    return {tp.partition: meta.metadata for tp, meta in offsets.items() if tp.topic == topic}
 
 
 def end_offsets(servers: str, topic: str) -> dict[int, int]:

@@ -1,0 +1,67 @@
+"""CommitCadence: when a source commits, on a clock or after so many acks."""
+
+from __future__ import annotations
+
+from application.commit_cadence import CommitCadence, Due
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_clock_comes_first_and_waits_for_the_answer() -> None:
+    clock = Clock()
+    cadence = CommitCadence(interval_s=1.0, every=3, clock=clock)
+
+    assert cadence.due() is Due.NONE
+    clock.now += 1.0
+    for _ in range(5):
+        cadence.acked()
+    assert cadence.due() is Due.WAITING
+    cadence.committing()
+    assert cadence.due() is Due.NONE
+
+
+def test_enough_acks_between_ticks_send_one_without_waiting() -> None:
+    clock = Clock()
+    cadence = CommitCadence(interval_s=1.0, every=3, clock=clock)
+
+    cadence.acked()
+    cadence.acked()
+    assert cadence.due() is Due.NONE
+    cadence.acked()
+    assert cadence.due() is Due.SENT
+    cadence.committing()
+    assert cadence.due() is Due.NONE
+
+
+def test_one_commit_without_waiting_at_a_time_until_it_is_answered() -> None:
+    cadence = CommitCadence(interval_s=1.0, every=1, clock=Clock())
+
+    assert cadence.may_send()
+    token = cadence.sending()
+    assert not cadence.may_send()
+    cadence.answered(object())  # an older commit's answer frees nothing
+    assert not cadence.may_send()
+    cadence.answered(token)
+    assert cadence.may_send()
+
+
+def test_a_commit_unanswered_past_the_patience_is_taken_as_lost() -> None:
+    clock = Clock()
+    cadence = CommitCadence(interval_s=1.0, every=1, clock=clock, patience_s=60.0)
+    first = cadence.sending()
+
+    clock.now += 59.9
+    assert not cadence.may_send()
+    clock.now += 0.1
+    assert cadence.may_send()
+    second = cadence.sending()
+    cadence.answered(first)  # late: the newer commit is still the one in flight
+    assert not cadence.may_send()
+    cadence.answered(second)
+    assert cadence.may_send()

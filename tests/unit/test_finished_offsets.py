@@ -1,0 +1,79 @@
+"""The finished-offsets encoding carried in a commit's metadata."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from application.finished_offsets import (
+    METADATA_MAX_BYTES,
+    UnreadableMetadataError,
+    decode,
+    encode,
+    fits,
+)
+
+
+@pytest.mark.parametrize(
+    ("committed", "finished"),
+    [
+        (0, set(range(1, 601))),
+        (5, {5, 6, 9}),
+        (3, {100}),
+        (1_000_000_000_000, {1_000_000_000_001, 1_000_000_000_003}),
+    ],
+)
+def test_finished_offsets_come_back_as_written(committed: int, finished: set[int]) -> None:
+    assert decode(encode(committed, finished), committed) == finished
+
+
+def test_random_sets_round_trip() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        committed = rng.randrange(10_000)
+        finished = {committed + rng.randrange(1, 2000) for _ in range(rng.randrange(300))}
+        assert decode(encode(committed, finished), committed) == finished
+
+
+def test_nothing_finished_is_the_empty_string_and_offsets_below_are_dropped() -> None:
+    assert encode(10, []) == ""
+    assert encode(10, [3, 9]) == ""
+    assert decode("", 10) == frozenset()
+
+
+def test_one_long_run_is_a_few_bytes() -> None:
+    # The issue's crash: one job running at the committed offset, 600 done behind it.
+    metadata = encode(0, range(1, 601))
+    assert metadata.startswith("jw1:0:")
+    assert len(metadata) < 16
+
+
+def test_a_window_of_alternating_offsets_fits_the_default_limit() -> None:
+    # The worst case for a run-length code: every other offset done.
+    assert fits(encode(0, range(1, 2000, 2)))
+    assert not fits(encode(0, range(1, 20_000, 2)), METADATA_MAX_BYTES)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        "hello from another tool",
+        "jw2:0:AdgE",  # a later version
+        "jw1:7:AdgE",  # written beside another offset (an operator's reset)
+        "jw1:0:!!!!",  # not base64
+        "jw1:0:gA",  # a varint cut off
+        "jw1:0:" + "_" * 40,  # a varint that never ends
+        "jw1:x:AdgE",
+    ],
+)
+def test_metadata_not_ours_or_damaged_is_refused(metadata: str) -> None:
+    with pytest.raises(UnreadableMetadataError):
+        decode(metadata, 0)
+
+
+def test_a_claim_of_more_offsets_than_fit_is_refused_before_taking_memory() -> None:
+    # Two runs of 2**62 offsets: an absurd claim in a few bytes.
+    huge = "jw1:0:gICAgICAgIBAgICAgICAgIBA"
+    with pytest.raises(UnreadableMetadataError):
+        decode(huge, 0)
