@@ -5,7 +5,7 @@ speed is printed beside a baseline measured in the same run, and the ratio is wh
 compare between runs: the machines are shared and noisy, and no figure here fails the
 run. The run exits non-zero only when a worker loses results, dies or stalls.
 
-    python bench/e2e.py [--quick] [--repeats N]
+    python bench/e2e.py [--quick] [--repeats N] [--only 1,3] [--latency-rate R] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 # `python bench/e2e.py` puts bench/ first on sys.path; the project root must be there too.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import e2e_core
+from bench import e2e_core, e2e_processes
 from bench.e2e_kafka import PARTITIONS, Topics, fast_producer, fill, produce_paced, raw_consume_rate
 from bench.e2e_processes import BenchCore, WorkerProcess
 from bench.e2e_runs import Bench, WorkerRun, wait_for_results
@@ -57,7 +57,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="fewer records, one repeat")
     parser.add_argument("--repeats", type=int, help="runs of each speed figure (best is shown)")
+    parser.add_argument(
+        "--only", help="sections to run, e.g. 1,3 (default: all; 3 without 1 needs --latency-rate)"
+    )
+    parser.add_argument(
+        "--latency-rate", type=float, help="section 3's rate in jobs/s (default: half of 1's best)"
+    )
+    parser.add_argument("--profile", type=Path, help="py-spy every worker (raw format) into DIR")
     args = parser.parse_args()
+    only = {int(part) for part in args.only.split(",")} if args.only else {1, 2, 3, 4}
+    if 3 in only and 1 not in only and not args.latency_rate:
+        parser.error("--only 3 without 1 needs --latency-rate")
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        e2e_processes.PROFILE_DIR = args.profile.resolve()
     scale = QUICK if args.quick else FULL
     repeats = args.repeats or scale.repeats
     servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -69,10 +82,13 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-e2e-") as workdir:
             bench = Bench(servers, Path(workdir), LOG_LEVEL)
-            top_rate = bench_throughput(bench, topics, scale, repeats)
-            bench_sleep(bench, topics, scale, repeats)
-            bench_latency(bench, topics, scale, top_rate * LATENCY_LOAD)
-            bench_backlog_memory(bench, topics, scale)
+            top_rate = bench_throughput(bench, topics, scale, repeats) if 1 in only else 0.0
+            if 2 in only:
+                bench_sleep(bench, topics, scale, repeats)
+            if 3 in only:
+                bench_latency(bench, topics, scale, args.latency_rate or top_rate * LATENCY_LOAD)
+            if 4 in only:
+                bench_backlog_memory(bench, topics, scale)
     except RuntimeError as failure:
         print(f"\nFAIL: {failure}")
         return 1

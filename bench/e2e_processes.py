@@ -13,6 +13,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Set by ``bench/e2e.py --profile DIR``: every worker is sampled by py-spy into DIR.
+PROFILE_DIR: Path | None = None
 
 
 def child_env(**settings: str) -> dict[str, str]:
@@ -100,6 +102,17 @@ class WorkerProcess:
             )
         self.pid = self.process.pid
         self.started = time.time() * 1000
+        self.profiler: subprocess.Popen[bytes] | None = None
+        if PROFILE_DIR is not None:
+            # py-spy samples the worker for its whole life (``--profile DIR``): the
+            # profile of exactly the run whose figures are printed.
+            out = PROFILE_DIR / f"{log_path.stem}.txt"
+            self.profiler = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "-f", "raw", "-o", str(out)]
+                + ["--nonblocking", "-p", str(self.pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
 
     def running(self) -> bool:
         return self.process.poll() is None
@@ -135,8 +148,17 @@ class WorkerProcess:
             self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
+        self.wait_profiler()
 
     def kill(self) -> None:
         if self.running():
             self.process.kill()
         self.process.wait()
+        self.wait_profiler()
+
+    def wait_profiler(self) -> None:
+        if self.profiler is not None:
+            try:
+                self.profiler.wait(30)  # py-spy writes its file once the worker is gone
+            except subprocess.TimeoutExpired:
+                self.profiler.kill()

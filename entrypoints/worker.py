@@ -16,6 +16,7 @@ from adapters.observability.http_server import ObservabilityServer
 from application.engine import StopReport, WorkerEngine
 from domain.errors import ConfigurationError, JobWorkerError, SourceFailed
 from entrypoints.container import Container
+from entrypoints.gc_tuning import settle_heap
 from entrypoints.observability import start_observability_server
 from entrypoints.settings import Settings
 
@@ -75,6 +76,7 @@ def run_worker(settings: Settings) -> int:
     )
     if settings.get("RESULT_SINK") == "grpc":
         _warn_if_core_unreachable(sink, settings.get("GRPC_SERVER_ADDRESS"), container.core_tls())
+    settle_heap()
     engine.start()
     _wait_for_end(engine, signals.requested, finite=settings.get("JOB_SOURCE") == "file")
     report = engine.stop(settings.get("SHUTDOWN_TIMEOUT"))
