@@ -107,9 +107,9 @@ class WorkerProcess:
             # py-spy samples the worker for its whole life (``--profile DIR``): the
             # profile of exactly the run whose figures are printed.
             out = PROFILE_DIR / f"{log_path.stem}.txt"
+            py_spy = str(Path(sys.executable).parent / "py-spy")
             self.profiler = subprocess.Popen(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "-f", "raw", "-o", str(out)]
-                + ["--nonblocking", "-p", str(self.pid)],
+                (py_spy, "record", "-r200", "-fraw", "--nonblocking", f"-o{out}", f"-p{self.pid}"),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
