@@ -14,6 +14,7 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,12 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kafka import KafkaProducer
+
 # `python bench/e2e.py` puts bench/ first on sys.path; the project root must be there too.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import e2e_core, e2e_processes
 from bench.e2e_kafka import PARTITIONS, Topics, fast_producer, fill, produce_paced, raw_consume_rate
-from bench.e2e_processes import BenchCore, WorkerProcess
+from bench.e2e_processes import ROOT, BenchCore, WorkerProcess, child_env
 from bench.e2e_runs import Bench, WorkerRun, wait_for_results
 
 LOG_LEVEL = "warning"  # "info" logs a line per job: a cost of its own, not measured here
@@ -218,6 +221,7 @@ def bench_latency(bench: Bench, topics: Topics, scale: Scale, rate: float) -> No
     )
     topic = topics.create("latency")
     producer = fast_producer(bench.servers, linger_ms=1)
+    floor = latency_floor(bench.servers, topics.create("latency-floor"), producer, rate, scale)
     with BenchCore("both") as core:
         worker = bench.worker(core, topic, NOOP_POOL)
         try:
@@ -241,6 +245,21 @@ def bench_latency(bench: Bench, topics: Topics, scale: Scale, rate: float) -> No
         f"   {len(added):,} jobs: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {added[-1]:.1f} ms"
         f"   (p99 is {p99 / 20:.2f}x the 20 ms target)"
     )
+    # Where it is spent: record to the job's start (producer, broker, fetch, jobs queue)
+    # and the job's end to Core (results queue, batch linger, the call).
+    to_start = sorted(receipts[job_id][2] - stamp for job_id, stamp in stamps.items())
+    to_core = sorted(
+        receipts[job_id][0] - receipts[job_id][2] - receipts[job_id][1] for job_id in stamps
+    )
+    for label, part in (("record -> job start", to_start), ("job end -> Core", to_core)):
+        cuts = statistics.quantiles(part, n=100)
+        print(f"   {label:<20} p50 {cuts[49]:6.1f} ms, p99 {cuts[98]:6.1f} ms")
+    floor_p50, floor_p99, floor_max, floor_count = floor
+    print(
+        f"   no worker: a plain consumer's wait, same producer and rate just before:"
+        f"\n   {floor_count:,.0f} records: p50 {floor_p50:.1f} ms, p99 {floor_p99:.1f} ms,"
+        f" max {floor_max:.1f} ms   (worker's p99 is {p99 / max(floor_p99, 0.1):.2f}x this floor)"
+    )
     tenth = max(1, len(in_order) // 10)
     first, last = statistics.median(in_order[:tenth]), statistics.median(in_order[-tenth:])
     print(
@@ -251,6 +270,26 @@ def bench_latency(bench: Bench, topics: Topics, scale: Scale, rate: float) -> No
         "   added latency = Core's receipt - the record's timestamp - the job's own time\n"
         "   (producer linger and the broker included: they are part of what a job waits)"
     )
+
+
+def latency_floor(
+    servers: str, topic: str, producer: KafkaProducer, rate: float, scale: Scale
+) -> list[float]:
+    """p50, p99, max (ms) and count of a plain consumer's record waits at ``rate``."""
+    floor = subprocess.Popen(
+        [sys.executable, "-m", "bench.e2e_floor", servers, topic],
+        cwd=ROOT,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert floor.stdout is not None
+    if floor.stdout.readline().strip() != "ready":
+        floor.kill()
+        raise RuntimeError("the latency-floor consumer did not start")
+    produce_paced(producer, topic, rate, scale.latency_s, prefix="floor")
+    out, _ = floor.communicate(timeout=150)
+    return [float(part) for part in out.split()]
 
 
 # -- 4. memory with a backlog ----------------------------------------------------------

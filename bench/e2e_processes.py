@@ -60,14 +60,15 @@ class BenchCore:
     def stats(self) -> dict[str, Any]:
         return dict(json.loads(self.command("stats")))
 
-    def receipts(self, path: Path) -> dict[str, tuple[float, int]]:
-        """job id -> (receipt time in ms since the epoch, the job's own time in ms)."""
+    def receipts(self, path: Path) -> dict[str, tuple[float, int, int]]:
+        """job id -> (receipt time in ms since the epoch, the job's own time in ms, the
+        job's start in ms since the epoch, by the worker's clock: the same machine's)."""
         self.command(f"receipts {path}")
-        found: dict[str, tuple[float, int]] = {}
+        found: dict[str, tuple[float, int, int]] = {}
         with path.open(encoding="utf-8") as lines:
             for line in lines:
-                job_id, at, job_ms = line.split()
-                found.setdefault(job_id, (float(at), int(job_ms)))
+                job_id, at, job_ms, started = line.split()
+                found.setdefault(job_id, (float(at), int(job_ms), int(started)))
         return found
 
     def close(self) -> None:
