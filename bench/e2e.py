@@ -150,13 +150,17 @@ def bench_throughput(bench: Bench, topics: Topics, scale: Scale, repeats: int) -
         f" (pre-filled at {count / filled:,.0f} records/s)"
     )
     rows: dict[str, list[float]] = {"raw": [], "both": [], "unary": []}
+    cpu: dict[str, list[float]] = {"raw": [], "both": [], "unary": []}  # µs per record
     runs: dict[str, WorkerRun] = {}
     with BenchCore("both") as both, BenchCore("unary") as unary:
         for _ in range(repeats):
-            rows["raw"].append(raw_consume_rate(bench.servers, topic, count))
+            rate, cpu_us = raw_consume_rate(bench.servers, topic, count)
+            rows["raw"].append(rate)
+            cpu["raw"].append(cpu_us)
             for mode, core in (("both", both), ("unary", unary)):
                 run = bench.run(core, topic, count, NOOP_POOL)
                 rows[mode].append(run.rate)
+                cpu[mode].append(run.worker_cpu_s * 1e6 / run.results)
                 if run.rate >= max(rows[mode]):
                     runs[mode] = run
     raw = max(rows["raw"])
@@ -171,6 +175,15 @@ def bench_throughput(bench: Bench, topics: Topics, scale: Scale, repeats: int) -
             f"{spread(ratios)}"
         )
         print(f"      {describe(runs[mode])}")
+    # CPU per record is far less moved by the machine's other load than a rate is.
+    raw_cpu = min(cpu["raw"])
+    print(f"   cpu per record (least of the runs): raw consume + decode {raw_cpu:.1f} µs;")
+    for mode in ("both", "unary"):
+        each = ", ".join(f"{value:.0f}" for value in cpu[mode])
+        print(
+            f"      worker, {mode:<5} {min(cpu[mode]):6.1f} µs per job = raw / "
+            f"{min(cpu[mode]) / raw_cpu:.1f}  (runs {each} µs)"
+        )
     fallback = max(rows["unary"]) / max(rows["both"])
     print(f"   fallback / both RPCs: {fallback:.2f}x")
     print(
