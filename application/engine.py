@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import gevent
 from gevent.event import Event
+from gevent.lock import Semaphore
 from gevent.pool import Pool
 from gevent.queue import Empty, Queue
 
@@ -139,6 +140,7 @@ class WorkerEngine:
         self._unreported = 0  # jobs taken from the queue whose result is not yet settled
         self._sending = 0
         self._dispatch_stopped = False
+        self._gathering = Semaphore()
         self._courier = ResultCourier(
             sink,
             refused_results,
@@ -322,7 +324,12 @@ class WorkerEngine:
             batch: list[tuple[Job, JobResult]] = []
             handed_over = False
             try:
-                self._fill_batch(batch)
+                # One sender gathers at a time, the others meanwhile send: at part load,
+                # senders gathering side by side would share the results between them and
+                # send several part-filled batches per linger, each call costing the hub
+                # as much CPU as a full one.
+                with self._gathering:
+                    self._fill_batch(batch)
                 handed_over = True
                 # Returns once every result is settled, or parked off this sender.
                 self._courier.deliver_batch(batch)

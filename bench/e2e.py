@@ -243,7 +243,7 @@ def bench_latency(bench: Bench, topics: Topics, scale: Scale, rate: float) -> No
             wait_for_results(core, worker, len(warm))
             core.command("reset")
             stamps = produce_paced(producer, topic, rate, scale.latency_s, prefix="lat")
-            wait_for_results(core, worker, len(stamps))
+            stats = wait_for_results(core, worker, len(stamps))
             receipts = core.receipts(bench.workdir / "receipts.txt")
         finally:
             worker.stop()
@@ -257,6 +257,7 @@ def bench_latency(bench: Bench, topics: Topics, scale: Scale, rate: float) -> No
     print(
         f"   {len(added):,} jobs: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {added[-1]:.1f} ms"
         f"   (p99 is {p99 / 20:.2f}x the 20 ms target)"
+        f"\n   {stats['results'] / stats['calls']:.1f} results per call"
     )
     # Where it is spent: record to the job's start (producer, broker, fetch, jobs queue)
     # and the job's end to Core (results queue, batch linger, the call).
