@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from domain.model import NO_TRACE_HEADERS, Job, JobResult, JobStatus
 
 _UNKNOWN_TYPE_PREFIX = "TYPE_"
+# Every job passes through these translations twice: plain dict look-ups, built once,
+# cost a fraction of the enum wrappers' Name()/Value() calls.
+_TYPE_NAMES: dict[int, str] = {number: name for name, number in pb.JobTask.Type.items()}
+_TYPE_NUMBERS: dict[str, int] = dict(pb.JobTask.Type.items())
+_STATUS_NUMBERS: dict[JobStatus, int] = {
+    status: pb.JobResult.Status.Value(status.value) for status in JobStatus
+}
 
 
 def type_name(wire_type: int) -> str:
@@ -16,19 +23,17 @@ def type_name(wire_type: int) -> str:
     Proto3 enums are open: a newer producer may send a number this build lacks. Keeping
     it visible as ``TYPE_<n>`` lets the job be REJECTED with a precise reason.
     """
-    try:
-        return str(pb.JobTask.Type.Name(wire_type))  # type: ignore[arg-type]
-    except ValueError:
-        return f"{_UNKNOWN_TYPE_PREFIX}{wire_type}"
+    name = _TYPE_NAMES.get(wire_type)
+    return f"{_UNKNOWN_TYPE_PREFIX}{wire_type}" if name is None else name
 
 
 def type_number(name: str) -> int:
     """The wire enum number for a job type name (0 for plugin types the enum lacks)."""
-    try:
-        return int(pb.JobTask.Type.Value(name))
-    except ValueError:
-        suffix = name.removeprefix(_UNKNOWN_TYPE_PREFIX)
-        return int(suffix) if name.startswith(_UNKNOWN_TYPE_PREFIX) and suffix.isdigit() else 0
+    number = _TYPE_NUMBERS.get(name)
+    if number is not None:
+        return number
+    suffix = name.removeprefix(_UNKNOWN_TYPE_PREFIX)
+    return int(suffix) if name.startswith(_UNKNOWN_TYPE_PREFIX) and suffix.isdigit() else 0
 
 
 def job_from_task(
@@ -39,7 +44,7 @@ def job_from_task(
         type=type_name(task.type),
         payload=task.payload,
         timeout_ms=task.timeout_ms,
-        metadata=dict(task.metadata),
+        metadata=dict(task.metadata) if task.metadata else {},
         created_at_unix_ms=task.created_at_unix_ms,
         receipt=receipt,
         trace_headers=trace_headers,
@@ -58,18 +63,34 @@ def task_from_job(job: Job) -> pb.JobTask:
 
 
 def result_to_proto(result: JobResult) -> pb.JobResult:
-    return pb.JobResult(
-        job_id=result.job_id,
-        type=type_number(result.type),  # type: ignore[arg-type]
-        status=pb.JobResult.Status.Value(result.status.value),
-        output=result.output,
-        error=result.error,
-        attempts=result.attempts,
-        started_at_unix_ms=result.started_at_unix_ms,
-        finished_at_unix_ms=result.finished_at_unix_ms,
-        worker_id=result.worker_id,
-        metadata=dict(result.metadata),
-    )
+    message = pb.JobResult()
+    _fill_result(message, result)
+    return message
+
+
+def results_request(results: Iterable[JobResult]) -> pb.ReportResultsRequest:
+    """One ``ReportResults`` request; each result is built in place in the request
+    (copying finished messages into it cost more than building them)."""
+    request = pb.ReportResultsRequest()
+    add = request.results.add
+    for result in results:
+        _fill_result(add(), result)
+    return request
+
+
+def _fill_result(message: pb.JobResult, result: JobResult) -> None:
+    message.job_id = result.job_id
+    message.type = type_number(result.type)  # type: ignore[assignment]
+    message.status = _STATUS_NUMBERS[result.status]  # type: ignore[assignment]
+    message.output = result.output
+    if result.error:
+        message.error = result.error
+    message.attempts = result.attempts
+    message.started_at_unix_ms = result.started_at_unix_ms
+    message.finished_at_unix_ms = result.finished_at_unix_ms
+    message.worker_id = result.worker_id
+    if result.metadata:
+        message.metadata.update(result.metadata)
 
 
 def result_from_proto(message: pb.JobResult) -> JobResult:

@@ -5,7 +5,7 @@ speed is printed beside a baseline measured in the same run, and the ratio is wh
 compare between runs: the machines are shared and noisy, and no figure here fails the
 run. The run exits non-zero only when a worker loses results, dies or stalls.
 
-    python bench/e2e.py [--quick] [--repeats N]
+    python bench/e2e.py [--quick] [--repeats N] [--only 1,3] [--latency-rate R] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,12 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kafka import KafkaProducer
+
 # `python bench/e2e.py` puts bench/ first on sys.path; the project root must be there too.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import e2e_core
+from bench import e2e_core, e2e_processes
 from bench.e2e_kafka import PARTITIONS, Topics, fast_producer, fill, produce_paced, raw_consume_rate
-from bench.e2e_processes import BenchCore, WorkerProcess
+from bench.e2e_processes import ROOT, BenchCore, WorkerProcess, child_env
 from bench.e2e_runs import Bench, WorkerRun, wait_for_results
 
 LOG_LEVEL = "warning"  # "info" logs a line per job: a cost of its own, not measured here
@@ -57,7 +60,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="fewer records, one repeat")
     parser.add_argument("--repeats", type=int, help="runs of each speed figure (best is shown)")
+    parser.add_argument(
+        "--only", help="sections to run, e.g. 1,3 (default: all; 3 without 1 needs --latency-rate)"
+    )
+    parser.add_argument(
+        "--latency-rate", type=float, help="section 3's rate in jobs/s (default: half of 1's best)"
+    )
+    parser.add_argument("--profile", type=Path, help="py-spy every worker (raw format) into DIR")
     args = parser.parse_args()
+    only = {int(part) for part in args.only.split(",")} if args.only else {1, 2, 3, 4}
+    if 3 in only and 1 not in only and not args.latency_rate:
+        parser.error("--only 3 without 1 needs --latency-rate")
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        e2e_processes.PROFILE_DIR = args.profile.resolve()
     scale = QUICK if args.quick else FULL
     repeats = args.repeats or scale.repeats
     servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -69,10 +85,13 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-e2e-") as workdir:
             bench = Bench(servers, Path(workdir), LOG_LEVEL)
-            top_rate = bench_throughput(bench, topics, scale, repeats)
-            bench_sleep(bench, topics, scale, repeats)
-            bench_latency(bench, topics, scale, top_rate * LATENCY_LOAD)
-            bench_backlog_memory(bench, topics, scale)
+            top_rate = bench_throughput(bench, topics, scale, repeats) if 1 in only else 0.0
+            if 2 in only:
+                bench_sleep(bench, topics, scale, repeats)
+            if 3 in only:
+                bench_latency(bench, topics, scale, args.latency_rate or top_rate * LATENCY_LOAD)
+            if 4 in only:
+                bench_backlog_memory(bench, topics, scale)
     except RuntimeError as failure:
         print(f"\nFAIL: {failure}")
         return 1
@@ -131,13 +150,17 @@ def bench_throughput(bench: Bench, topics: Topics, scale: Scale, repeats: int) -
         f" (pre-filled at {count / filled:,.0f} records/s)"
     )
     rows: dict[str, list[float]] = {"raw": [], "both": [], "unary": []}
+    cpu: dict[str, list[float]] = {"raw": [], "both": [], "unary": []}  # µs per record
     runs: dict[str, WorkerRun] = {}
     with BenchCore("both") as both, BenchCore("unary") as unary:
         for _ in range(repeats):
-            rows["raw"].append(raw_consume_rate(bench.servers, topic, count))
+            rate, cpu_us = raw_consume_rate(bench.servers, topic, count)
+            rows["raw"].append(rate)
+            cpu["raw"].append(cpu_us)
             for mode, core in (("both", both), ("unary", unary)):
                 run = bench.run(core, topic, count, NOOP_POOL)
                 rows[mode].append(run.rate)
+                cpu[mode].append(run.worker_cpu_s * 1e6 / run.results)
                 if run.rate >= max(rows[mode]):
                     runs[mode] = run
     raw = max(rows["raw"])
@@ -152,6 +175,15 @@ def bench_throughput(bench: Bench, topics: Topics, scale: Scale, repeats: int) -
             f"{spread(ratios)}"
         )
         print(f"      {describe(runs[mode])}")
+    # CPU per record is far less moved by the machine's other load than a rate is.
+    raw_cpu = min(cpu["raw"])
+    print(f"   cpu per record (least of the runs): raw consume + decode {raw_cpu:.1f} µs;")
+    for mode in ("both", "unary"):
+        each = ", ".join(f"{value:.0f}" for value in cpu[mode])
+        print(
+            f"      worker, {mode:<5} {min(cpu[mode]):6.1f} µs per job = raw / "
+            f"{min(cpu[mode]) / raw_cpu:.1f}  (runs {each} µs)"
+        )
     fallback = max(rows["unary"]) / max(rows["both"])
     print(f"   fallback / both RPCs: {fallback:.2f}x")
     print(
@@ -202,6 +234,7 @@ def bench_latency(bench: Bench, topics: Topics, scale: Scale, rate: float) -> No
     )
     topic = topics.create("latency")
     producer = fast_producer(bench.servers, linger_ms=1)
+    floor = latency_floor(bench.servers, topics.create("latency-floor"), producer, rate, scale)
     with BenchCore("both") as core:
         worker = bench.worker(core, topic, NOOP_POOL)
         try:
@@ -210,7 +243,7 @@ def bench_latency(bench: Bench, topics: Topics, scale: Scale, rate: float) -> No
             wait_for_results(core, worker, len(warm))
             core.command("reset")
             stamps = produce_paced(producer, topic, rate, scale.latency_s, prefix="lat")
-            wait_for_results(core, worker, len(stamps))
+            stats = wait_for_results(core, worker, len(stamps))
             receipts = core.receipts(bench.workdir / "receipts.txt")
         finally:
             worker.stop()
@@ -224,6 +257,22 @@ def bench_latency(bench: Bench, topics: Topics, scale: Scale, rate: float) -> No
     print(
         f"   {len(added):,} jobs: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {added[-1]:.1f} ms"
         f"   (p99 is {p99 / 20:.2f}x the 20 ms target)"
+        f"\n   {stats['results'] / stats['calls']:.1f} results per call"
+    )
+    # Where it is spent: record to the job's start (producer, broker, fetch, jobs queue)
+    # and the job's end to Core (results queue, batch linger, the call).
+    to_start = sorted(receipts[job_id][2] - stamp for job_id, stamp in stamps.items())
+    to_core = sorted(
+        receipts[job_id][0] - receipts[job_id][2] - receipts[job_id][1] for job_id in stamps
+    )
+    for label, part in (("record -> job start", to_start), ("job end -> Core", to_core)):
+        cuts = statistics.quantiles(part, n=100)
+        print(f"   {label:<20} p50 {cuts[49]:6.1f} ms, p99 {cuts[98]:6.1f} ms")
+    floor_p50, floor_p99, floor_max, floor_count = floor
+    print(
+        f"   no worker: a plain consumer's wait, same producer and rate just before:"
+        f"\n   {floor_count:,.0f} records: p50 {floor_p50:.1f} ms, p99 {floor_p99:.1f} ms,"
+        f" max {floor_max:.1f} ms   (worker's p99 is {p99 / max(floor_p99, 0.1):.2f}x this floor)"
     )
     tenth = max(1, len(in_order) // 10)
     first, last = statistics.median(in_order[:tenth]), statistics.median(in_order[-tenth:])
@@ -235,6 +284,26 @@ def bench_latency(bench: Bench, topics: Topics, scale: Scale, rate: float) -> No
         "   added latency = Core's receipt - the record's timestamp - the job's own time\n"
         "   (producer linger and the broker included: they are part of what a job waits)"
     )
+
+
+def latency_floor(
+    servers: str, topic: str, producer: KafkaProducer, rate: float, scale: Scale
+) -> list[float]:
+    """p50, p99, max (ms) and count of a plain consumer's record waits at ``rate``."""
+    floor = subprocess.Popen(
+        [sys.executable, "-m", "bench.e2e_floor", servers, topic],
+        cwd=ROOT,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert floor.stdout is not None
+    if floor.stdout.readline().strip() != "ready":
+        floor.kill()
+        raise RuntimeError("the latency-floor consumer did not start")
+    produce_paced(producer, topic, rate, scale.latency_s, prefix="floor")
+    out, _ = floor.communicate(timeout=150)
+    return [float(part) for part in out.split()]
 
 
 # -- 4. memory with a backlog ----------------------------------------------------------

@@ -11,7 +11,7 @@ The harness talks to it over stdin/stdout, one line each way:
 
     listening <port>          printed once, when it serves
     stats                  -> {"results", "calls", "batch_calls", "first", "last", "cpu_s"}
-    receipts <path>        -> writes "job_id receipt_ms job_ms" lines to path, then "ok"
+    receipts <path>        -> writes "job_id receipt_ms job_ms started_ms" lines, then "ok"
     pause / resume         -> calls wait (up to a minute, then UNAVAILABLE) / flow again
     reset                  -> forgets every count and receipt
 """
@@ -53,7 +53,7 @@ class Tally:
             self.batch_calls = 0
             self.first = 0.0
             self.last = 0.0
-            self.receipts: list[tuple[str, float, int]] = []
+            self.receipts: list[tuple[str, float, int, int]] = []
 
     def pause(self) -> None:
         self._flowing.clear()
@@ -73,7 +73,8 @@ class Tally:
             self.first = self.first or now_ms
             self.last = now_ms
             self.receipts.extend(
-                (r.job_id, now_ms, r.finished_at_unix_ms - r.started_at_unix_ms) for r in results
+                (r.job_id, now_ms, r.finished_at_unix_ms - (start := r.started_at_unix_ms), start)
+                for r in results
             )
 
     def stats(self) -> dict[str, float]:
@@ -90,7 +91,10 @@ class Tally:
 
     def write_receipts(self, path: str) -> None:
         with self._lock, open(path, "w", encoding="utf-8") as out:  # noqa: PTH123
-            out.writelines(f"{job_id} {at:.3f} {job_ms}\n" for job_id, at, job_ms in self.receipts)
+            out.writelines(
+                f"{job_id} {at:.3f} {job_ms} {started}\n"
+                for job_id, at, job_ms, started in self.receipts
+            )
 
 
 class UnaryCore(pb_grpc.CoreServiceServicer):

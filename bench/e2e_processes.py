@@ -13,6 +13,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Set by ``bench/e2e.py --profile DIR``: every worker is sampled by py-spy into DIR.
+PROFILE_DIR: Path | None = None
 
 
 def child_env(**settings: str) -> dict[str, str]:
@@ -58,14 +60,15 @@ class BenchCore:
     def stats(self) -> dict[str, Any]:
         return dict(json.loads(self.command("stats")))
 
-    def receipts(self, path: Path) -> dict[str, tuple[float, int]]:
-        """job id -> (receipt time in ms since the epoch, the job's own time in ms)."""
+    def receipts(self, path: Path) -> dict[str, tuple[float, int, int]]:
+        """job id -> (receipt time in ms since the epoch, the job's own time in ms, the
+        job's start in ms since the epoch, by the worker's clock: the same machine's)."""
         self.command(f"receipts {path}")
-        found: dict[str, tuple[float, int]] = {}
+        found: dict[str, tuple[float, int, int]] = {}
         with path.open(encoding="utf-8") as lines:
             for line in lines:
-                job_id, at, job_ms = line.split()
-                found.setdefault(job_id, (float(at), int(job_ms)))
+                job_id, at, job_ms, started = line.split()
+                found.setdefault(job_id, (float(at), int(job_ms), int(started)))
         return found
 
     def close(self) -> None:
@@ -100,6 +103,17 @@ class WorkerProcess:
             )
         self.pid = self.process.pid
         self.started = time.time() * 1000
+        self.profiler: subprocess.Popen[bytes] | None = None
+        if PROFILE_DIR is not None:
+            # py-spy samples the worker for its whole life (``--profile DIR``): the
+            # profile of exactly the run whose figures are printed.
+            out = PROFILE_DIR / f"{log_path.stem}.txt"
+            py_spy = str(Path(sys.executable).parent / "py-spy")
+            self.profiler = subprocess.Popen(
+                (py_spy, "record", "-r200", "-fraw", "--nonblocking", f"-o{out}", f"-p{self.pid}"),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
 
     def running(self) -> bool:
         return self.process.poll() is None
@@ -135,8 +149,17 @@ class WorkerProcess:
             self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
+        self.wait_profiler()
 
     def kill(self) -> None:
         if self.running():
             self.process.kill()
         self.process.wait()
+        self.wait_profiler()
+
+    def wait_profiler(self) -> None:
+        if self.profiler is not None:
+            try:
+                self.profiler.wait(30)  # py-spy writes its file once the worker is gone
+            except subprocess.TimeoutExpired:
+                self.profiler.kill()

@@ -17,6 +17,7 @@ from application.engine import StopReport, WorkerEngine
 from domain.errors import ConfigurationError, JobWorkerError, SourceFailed
 from entrypoints.container import Container
 from entrypoints.exit_codes import EXIT_FAILED
+from entrypoints.gc_tuning import settle_heap
 from entrypoints.observability import start_observability_server
 from entrypoints.settings import Settings
 
@@ -75,6 +76,7 @@ def run_worker(settings: Settings) -> int:
     )
     if settings.result_sink == "grpc":
         _warn_if_core_unreachable(sink, settings.grpc_server_address, container.core_tls())
+    settle_heap()
     engine.start()
     _wait_for_end(engine, signals.requested, finite=settings.job_source == "file")
     report = engine.stop(settings.shutdown_timeout)

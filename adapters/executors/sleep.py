@@ -60,7 +60,9 @@ class SleepExecutor:
             )
         if fail:
             raise JobFailed("SLEEP job asked to fail (fail=true)")
-        return json.dumps({"slept_ms": ms, "output": output})
+        # What json.dumps({"slept_ms": ms, "output": output}) gives, without building and
+        # walking a dict per job: ``ms`` is an int, only ``output`` needs encoding.
+        return f'{{"slept_ms": {ms}, "output": {json.dumps(output)}}}'
 
     def _should_fail_retryably(self, job_id: str, retryable_failures: int) -> bool:
         failures = self._failed_attempts.pop(job_id, 0)

@@ -12,7 +12,7 @@ import grpc
 import structlog
 from google.protobuf.message import Message
 
-from adapters.codec import result_to_proto
+from adapters.codec import result_to_proto, results_request
 from adapters.grpc.channel import client_channel_options, open_channel
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
@@ -171,7 +171,7 @@ class GrpcResultSink:
         if len(results) == 1:
             self.send(results[0])
             return
-        request = pb.ReportResultsRequest(results=[result_to_proto(r) for r in results])
+        request = results_request(results)
         if request.ByteSize() > self._max_message_bytes:
             middle = len(results) // 2
             self.send_batch(results[:middle])

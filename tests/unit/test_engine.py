@@ -647,3 +647,36 @@ def test_a_batch_with_a_refused_result_is_narrowed_down_to_it() -> None:
     assert sorted(r.job_id for r in sink.results) == sorted(f"j{i}" for i in range(8) if i != 3)
     assert store.job_ids == ["j3"]
     assert engine.results_refused == 3
+
+
+class CountsDelivered:
+    """Never yields; notes how many results the sink had when each job ran."""
+
+    def __init__(self, sink: InMemoryResultSink) -> None:
+        self.sink = sink
+        self.delivered_seen: list[int] = []
+
+    def execute(self, job: Job) -> str:
+        self.delivered_seen.append(len(self.sink.by_id()))
+        return "ok"
+
+
+def test_a_pool_slot_running_queued_jobs_back_to_back_still_lets_results_out() -> None:
+    # One slot, a full queue and jobs that never yield: the slot takes job after job
+    # from the queue, and must still hand the hub over now and then, or no result
+    # would reach the sink (nor any job be acked) until the queue ran dry.
+    sink = InMemoryResultSink()
+    executor = CountsDelivered(sink)
+    jobs = [Job(id=f"j{i}", type="ECHO", payload="") for i in range(300)]
+    cfg = config(
+        pool_size=1, jobs_queue_size=200, results_queue_size=500, result_batch_linger_s=0.0
+    )
+    source = InMemoryJobSource(jobs)
+    engine = WorkerEngine(source, sink, ExecutorRegistry({"ECHO": executor}), cfg)
+    engine.start()
+    assert engine.wait_until_drained(5)
+    engine.stop(timeout=2)
+    assert len(sink.by_id()) == 300
+    assert sorted(source.acked_ids) == sorted(job.id for job in jobs)
+    first_full_queue = executor.delivered_seen[:200]
+    assert max(first_full_queue) > 0, "results went out while the queue was still full"
