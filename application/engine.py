@@ -45,11 +45,13 @@ class EngineConfig:
 
     worker_id: str = "worker"
     pool_size: int = 10
-    jobs_queue_size: int = 20
+    # 0: twice the pool (the settings' default too), so that a slot never waits for a job
+    # and a finished job rarely waits for room in the results queue.
+    jobs_queue_size: int = 0
     # Intake resumes once the jobs queue has drained to this depth (hysteresis, so a
     # Kafka source is not paused and resumed on every single job).
     jobs_queue_low_water: int | None = None
-    results_queue_size: int = 100
+    results_queue_size: int = 0  # 0: twice the pool
     result_senders: int = 4
     max_job_timeout_s: float = 30.0
     fetch_timeout_s: float = 0.5
@@ -68,6 +70,9 @@ class EngineConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
+        for name in ("jobs_queue_size", "results_queue_size"):
+            if getattr(self, name) == 0:
+                object.__setattr__(self, name, 2 * self.pool_size)
         for name in (
             "pool_size",
             "jobs_queue_size",
