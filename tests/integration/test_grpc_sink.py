@@ -418,6 +418,7 @@ def send_stuck(index):
 waiting = [gevent.spawn(send_stuck, index) for index in range(20)]
 gevent.joinall(waiting)
 ticks_while_waiting = ticks
+print("sending", flush=True)  # the test starts Core only now: the first calls must fail
 
 sink = GrpcResultSink(sys.argv[1], backoff_base_s=0.02, backoff_cap_s=0.2)
 senders = [gevent.spawn(sink.send, result(f"job-{index}")) for index in range(100)]
@@ -440,7 +441,11 @@ def test_in_a_gevent_process_greenlets_wait_cooperatively_and_deliver_everything
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.0)  # the silent phase takes 0.5 s, then results wait for Core
+    # Core starts once the silent phase is over and the results are being sent, however
+    # long the subprocess took to start: so they must wait for Core and retry.
+    assert sender.stdout is not None
+    assert sender.stdout.readline().strip() == "sending"
+    time.sleep(0.2)
     core.start()
     output, _ = sender.communicate(timeout=30)
 
