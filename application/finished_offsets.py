@@ -60,6 +60,38 @@ def encode(committed: int, finished: Iterable[int]) -> str:
     return f"{VERSION}:{committed}:{text}"
 
 
+def encode_within(
+    committed: int, finished: Iterable[int], max_bytes: int = METADATA_MAX_BYTES
+) -> tuple[str, bool]:
+    """Like ``encode``, cut to ``max_bytes``: the metadata and whether it says it all.
+
+    When the runs do not all fit, the leading ones that do are kept (the offsets after
+    them count as not done, which is safe: they are redone), so a commit beside a
+    scattered window still spares the next owner most of the finished work.
+    """
+    metadata = encode(committed, finished)
+    if fits(metadata, max_bytes):
+        return metadata, True
+    prefix = f"{VERSION}:{committed}:"
+    # base64 without padding: n bytes take ceil(4n / 3) characters.
+    budget = (max_bytes - len(prefix)) * 3 // 4
+    data = _runs_bytes(metadata[len(prefix) :])
+    kept = bytearray()
+    pending = bytearray()  # a not-done gap, kept only with the done run after it
+    for index, run in enumerate(_varints(data)):
+        encoded = _varint(run)
+        if index % 2 == 0:
+            pending = bytearray(encoded)
+            continue
+        if len(kept) + len(pending) + len(encoded) > budget:
+            break
+        kept += pending + encoded
+    if not kept:
+        return "", False
+    text = base64.urlsafe_b64encode(bytes(kept)).rstrip(b"=").decode("ascii")
+    return prefix + text, False
+
+
 def fits(metadata: str, max_bytes: int = METADATA_MAX_BYTES) -> bool:
     """Whether the broker takes ``metadata`` (its limit counts UTF-8 bytes)."""
     return len(metadata.encode("utf-8")) <= max_bytes
@@ -79,12 +111,7 @@ def decode(metadata: str, committed: int) -> frozenset[int]:
     base_text, _, runs_text = rest.partition(":")
     if not base_text.isdigit() or int(base_text) != committed:
         raise UnreadableMetadataError(f"written beside offset {base_text!r}, not {committed}")
-    try:
-        padded = runs_text + "=" * (-len(runs_text) % 4)
-        data = base64.b64decode(padded, altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError) as error:
-        raise UnreadableMetadataError(f"bad base64: {error}") from None
-    runs = _varints(data)
+    runs = _varints(_runs_bytes(runs_text))
     if sum(runs) > _MAX_OFFSETS:
         raise UnreadableMetadataError("claims more offsets than fit in the metadata")
     finished: set[int] = set()
@@ -94,6 +121,14 @@ def decode(metadata: str, committed: int) -> frozenset[int]:
             finished.update(range(offset, offset + run))
         offset += run
     return frozenset(finished)
+
+
+def _runs_bytes(text: str) -> bytes:
+    try:
+        padded = text + "=" * (-len(text) % 4)
+        return base64.b64decode(padded, altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise UnreadableMetadataError(f"bad base64: {error}") from None
 
 
 def _varint(value: int) -> bytes:

@@ -322,20 +322,17 @@ class AssignedPartitions(Generic[P]):
             if state is None or position is None:
                 continue
             committed = self._tracker.committed(tp)
-            metadata = self._metadata(state, tp, position)
-            fits = finished_offsets.fits(metadata, self._metadata_max_bytes)
-            if not fits:
-                metadata = ""
+            metadata, complete = self._metadata(state, tp, position)
             moved = committed is None or position > committed
             if moved or (position == committed and metadata != state.committed_metadata):
                 commits[tp] = Commit(position, metadata, state.epoch)
-                self.metadata_fallbacks += not fits
+                self.metadata_fallbacks += not complete
         return commits
 
-    def _metadata(self, state: _Partition, tp: P, position: int) -> str:
+    def _metadata(self, state: _Partition, tp: P, position: int) -> tuple[str, bool]:
         finished = set(self._tracker.finished_above(tp))
         finished.update(o for o in state.inherited or () if o >= position)
-        return finished_offsets.encode(position, finished)
+        return finished_offsets.encode_within(position, finished, self._metadata_max_bytes)
 
     def committed(self, tp: P, commit: Commit) -> None:
         """The broker confirmed ``commit`` (ignored if ``tp`` was assigned anew since)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from application import finished_offsets
 from application.finished_offsets import decode
 from application.partitions import AssignedPartitions, Commit, Taken
 
@@ -94,7 +95,7 @@ def test_inherited_offsets_count_in_the_window_like_any_done_offset() -> None:
     assert state.take(P0, list(range(10, 505))).count == 495
 
 
-def test_finished_offsets_that_do_not_fit_fall_back_to_the_plain_offset_and_are_counted() -> None:
+def test_finished_offsets_that_do_not_fit_keep_the_leading_ones_and_are_counted() -> None:
     state: AssignedPartitions[tuple[str, int]] = AssignedPartitions(100_000, metadata_max_bytes=64)
     state.assigned([P0])
     state.inherit(P0, ())
@@ -104,7 +105,12 @@ def test_finished_offsets_that_do_not_fit_fall_back_to_the_plain_offset_and_are_
 
     commit = state.committable([P0])[P0]
 
-    assert commit == Commit(2, "", state.epoch(P0) or 0)
+    assert commit.offset == 2
+    assert len(commit.metadata.encode()) <= 64
+    kept = finished_offsets.decode(commit.metadata, 2)
+    # The first finished offsets above the commit, with no gap left out: a prefix.
+    assert kept == frozenset(range(3, 3 + 2 * len(kept), 2))
+    assert len(kept) > 10
     assert state.metadata_fallbacks == 1
 
 

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from application import finished_offsets
 from application.finished_offsets import (
     METADATA_MAX_BYTES,
     UnreadableMetadataError,
@@ -77,3 +78,25 @@ def test_a_claim_of_more_offsets_than_fit_is_refused_before_taking_memory() -> N
     huge = "jw1:0:gICAgICAgIBAgICAgICAgIBA"
     with pytest.raises(UnreadableMetadataError):
         decode(huge, 0)
+
+
+def test_offsets_that_do_not_fit_are_cut_to_the_leading_runs_that_do() -> None:
+    finished = set(range(101, 20_000, 2))  # every other offset: one run pair each
+    metadata, complete = finished_offsets.encode_within(100, finished, max_bytes=200)
+
+    assert not complete
+    assert len(metadata.encode()) <= 200
+    kept = finished_offsets.decode(metadata, 100)
+    assert kept and kept <= finished
+    assert kept == {o for o in finished if o <= max(kept)}  # a prefix, no holes
+
+
+def test_offsets_that_fit_are_encoded_whole() -> None:
+    metadata, complete = finished_offsets.encode_within(7, {8, 9, 12})
+
+    assert complete
+    assert metadata == finished_offsets.encode(7, {8, 9, 12})
+
+
+def test_a_budget_too_small_for_any_run_gives_no_metadata() -> None:
+    assert finished_offsets.encode_within(5, {9}, max_bytes=8) == ("", False)
