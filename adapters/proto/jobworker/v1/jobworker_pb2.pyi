@@ -4,7 +4,9 @@ isort:skip_file
 The jobworker wire contract. Field names and numbers are fixed: producers and Core
 services of other teams are written against them. Additive changes only.
 
-Kafka record: key = job id (UTF-8), value = serialized JobTask.
+Kafka record: key = job id (UTF-8), value = serialized JobTask. A worker run with
+KAFKA_ORDERING=key reads the key as an ordering key (an entity id) instead; the job
+id is always JobTask.id.
 """
 
 from collections import abc as _abc
