@@ -242,3 +242,23 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
     # A new group's first assignment is often made before the topic's metadata arrived;
     # the group rejoins at once with the partitions. The warning says nothing to act on.
     logging.getLogger("kafka.coordinator.assignors.range").setLevel(max(logging.ERROR, root.level))
+    coordinator = logging.getLogger("kafka.coordinator.consumer")
+    if not any(isinstance(f, _OurSlowRevokeIsExpected) for f in coordinator.filters):
+        coordinator.addFilter(_OurSlowRevokeIsExpected())
+
+
+class _OurSlowRevokeIsExpected(logging.Filter):
+    """Drops kafka-python's "Rebalance listener ... took Ns. Sync listeners block ..."
+    warning for our own listener: it is a coroutine that waits up to the revoke grace
+    (KafkaJobSource's ``revoke_grace_s``) on the consumer's I/O loop, which keeps serving
+    heartbeats meanwhile, so the warning's advice does not apply. Other listeners' slow
+    calls still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            isinstance(record.msg, str)
+            and record.msg.startswith("Rebalance listener")
+            and bool(record.args)
+            and isinstance(record.args, tuple)
+            and record.args[0] == "_RebalanceListener"
+        )

@@ -257,3 +257,17 @@ def test_text_logs_show_enum_names_not_reprs(logged: Callable[[str], ReadLines])
     assert "job_types=['HTTP', 'SLEEP']" in output
     assert "finished={'SUCCEEDED': 2}" in output
     assert "status=FAILED" in output
+
+
+def test_kafka_pythons_slow_listener_warning_is_dropped_for_our_listener_only(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("json", "info")
+    coordinator = logging.getLogger("kafka.coordinator.consumer")
+    message = "Rebalance listener %s.%s for group %s took %.3fs. Sync listeners block ..."
+    coordinator.warning(message, "_RebalanceListener", "on_partitions_revoked", "g", 5.02)
+    coordinator.warning(message, "TheirListener", "on_partitions_revoked", "g", 5.02)
+
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert "TheirListener" in lines[0]
