@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +38,11 @@ NOOP_POOL = 100
 SLEEP_MS = 100
 SLEEP_POOLS = (200, 1_000)
 BACKLOG_POOL = 1_000
-LATENCY_LOAD = 0.5  # of the top no-op rate
+LATENCY_LOAD = 0.5  # of the top no-op rate the worker sustains while the producer runs
+# What section 3's probe offers when section 1 did not run: more than the worker takes.
+PROBE_CEILING = 20_000
+# The probe's first second is left out of its rate: the worker's fetches are ramping up.
+PROBE_SKIP_S = 1.0
 MB = 1024 * 1024
 
 
@@ -46,31 +51,38 @@ class Scale:
     noop_jobs: int
     sleep_waves: int  # SLEEP jobs per pool slot
     latency_s: float
+    probe_s: float  # section 3's sustained-rate probe, the producer running
     backlogs: tuple[int, int]
     repeats: int
 
 
 FULL = Scale(
-    noop_jobs=50_000, sleep_waves=30, latency_s=10, backlogs=(10_000, 1_000_000), repeats=3
+    noop_jobs=50_000,
+    sleep_waves=30,
+    latency_s=10,
+    probe_s=6,
+    backlogs=(10_000, 1_000_000),
+    repeats=3,
 )
-QUICK = Scale(noop_jobs=20_000, sleep_waves=10, latency_s=5, backlogs=(10_000, 200_000), repeats=1)
+QUICK = Scale(
+    noop_jobs=20_000, sleep_waves=10, latency_s=5, probe_s=4, backlogs=(10_000, 200_000), repeats=1
+)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="fewer records, one repeat")
     parser.add_argument("--repeats", type=int, help="runs of each speed figure (best is shown)")
+    parser.add_argument("--only", help="sections to run, e.g. 1,3 (default: all)")
     parser.add_argument(
-        "--only", help="sections to run, e.g. 1,3 (default: all; 3 without 1 needs --latency-rate)"
-    )
-    parser.add_argument(
-        "--latency-rate", type=float, help="section 3's rate in jobs/s (default: half of 1's best)"
+        "--latency-rate",
+        type=float,
+        help="section 3's rate in jobs/s (default: half of what the worker sustains while the"
+        " bench's producer runs, probed in section 3)",
     )
     parser.add_argument("--profile", type=Path, help="py-spy every worker (raw format) into DIR")
     args = parser.parse_args()
     only = {int(part) for part in args.only.split(",")} if args.only else {1, 2, 3, 4}
-    if 3 in only and 1 not in only and not args.latency_rate:
-        parser.error("--only 3 without 1 needs --latency-rate")
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
         e2e_processes.PROFILE_DIR = args.profile.resolve()
@@ -89,7 +101,7 @@ def main() -> int:
             if 2 in only:
                 bench_sleep(bench, topics, scale, repeats)
             if 3 in only:
-                bench_latency(bench, topics, scale, args.latency_rate or top_rate * LATENCY_LOAD)
+                bench_latency(bench, topics, scale, top_rate, args.latency_rate)
             if 4 in only:
                 bench_backlog_memory(bench, topics, scale)
     except RuntimeError as failure:
@@ -227,20 +239,50 @@ def bench_sleep(bench: Bench, topics: Topics, scale: Scale, repeats: int) -> Non
 # -- 3. latency ------------------------------------------------------------------------
 
 
-def bench_latency(bench: Bench, topics: Topics, scale: Scale, rate: float) -> None:
+def bench_latency(
+    bench: Bench, topics: Topics, scale: Scale, top_rate: float, fixed_rate: float | None
+) -> None:
+    """Added latency at half the rate the worker sustains while the bench's producer runs.
+
+    Section 1's rate is measured with nothing else running (the records were produced
+    before), so half of it is more than half of what the worker keeps up with while
+    this process produces and the broker takes in the records, on the same 2 cores.
+    The probe offers more than the worker takes, producer running, and paces the
+    latency run at half of what reached Core in that time."""
     section(
-        f"3. Added latency at {LATENCY_LOAD:.0%} of the top no-op rate: {rate:,.0f} jobs/s for"
-        f" {scale.latency_s:g} s, pool {NOOP_POOL}"
+        f"3. Added latency at {LATENCY_LOAD:.0%} of the top no-op rate sustained while the"
+        f" bench's producer runs, pool {NOOP_POOL}"
     )
     topic = topics.create("latency")
     producer = fast_producer(bench.servers, linger_ms=1)
-    floor = latency_floor(bench.servers, topics.create("latency-floor"), producer, rate, scale)
     with BenchCore("both") as core:
         worker = bench.worker(core, topic, NOOP_POOL)
         try:
             # The worker has joined its group once a first job per partition is back.
             warm = produce_paced(producer, topic, PARTITIONS * 10, duration_s=0.3, prefix="warm")
             wait_for_results(core, worker, len(warm))
+            if fixed_rate:
+                rate = fixed_rate
+                print(f"   rate given: {rate:,.0f} jobs/s (no probe)")
+            else:
+                offered = top_rate or PROBE_CEILING
+                sustained, produced = sustained_rate(
+                    core, worker, producer, topic, offered, scale.probe_s
+                )
+                rate = sustained * LATENCY_LOAD
+                alone = (
+                    f"{top_rate:,.0f} jobs/s in section 1 (nothing producing); " if top_rate else ""
+                )
+                print(
+                    f"   top no-op rate: {alone}{sustained:,.0f} jobs/s reached Core while the"
+                    f" producer offered {produced:,.0f}/s for {scale.probe_s:g} s"
+                    f"\n   paced at {LATENCY_LOAD:.0%} of that: {rate:,.0f} jobs/s for"
+                    f" {scale.latency_s:g} s"
+                )
+            # The floor is measured with the worker idle (joined, nothing to read).
+            floor = latency_floor(
+                bench.servers, topics.create("latency-floor"), producer, rate, scale
+            )
             core.command("reset")
             stamps = produce_paced(producer, topic, rate, scale.latency_s, prefix="lat")
             stats = wait_for_results(core, worker, len(stamps))
@@ -270,7 +312,7 @@ def bench_latency(bench: Bench, topics: Topics, scale: Scale, rate: float) -> No
         print(f"   {label:<20} p50 {cuts[49]:6.1f} ms, p99 {cuts[98]:6.1f} ms")
     floor_p50, floor_p99, floor_max, floor_count = floor
     print(
-        f"   no worker: a plain consumer's wait, same producer and rate just before:"
+        f"   floor: a plain consumer's wait, same producer and rate, the worker idle:"
         f"\n   {floor_count:,.0f} records: p50 {floor_p50:.1f} ms, p99 {floor_p99:.1f} ms,"
         f" max {floor_max:.1f} ms   (worker's p99 is {p99 / max(floor_p99, 0.1):.2f}x this floor)"
     )
@@ -304,6 +346,35 @@ def latency_floor(
     produce_paced(producer, topic, rate, scale.latency_s, prefix="floor")
     out, _ = floor.communicate(timeout=150)
     return [float(part) for part in out.split()]
+
+
+def sustained_rate(
+    core: BenchCore,
+    worker: WorkerProcess,
+    producer: KafkaProducer,
+    topic: str,
+    offered: float,
+    duration_s: float,
+) -> tuple[float, float]:
+    """(jobs/s that reached Core, records/s produced) while producing at ``offered`` for
+    ``duration_s``, the first ``PROBE_SKIP_S`` left out; then waits for the backlog."""
+    core.command("reset")
+    produced: dict[str, int] = {}
+    thread = threading.Thread(
+        target=lambda: produced.update(
+            produce_paced(producer, topic, offered, duration_s, prefix="probe")
+        )
+    )
+    started = time.monotonic()
+    thread.start()
+    time.sleep(PROBE_SKIP_S)
+    first, first_at = core.stats()["results"], time.monotonic()
+    time.sleep(max(0.0, started + duration_s - time.monotonic()))
+    last, last_at = core.stats()["results"], time.monotonic()
+    thread.join()
+    wait_for_results(core, worker, len(produced))
+    core.command("reset")
+    return (last - first) / (last_at - first_at), len(produced) / duration_s
 
 
 # -- 4. memory with a backlog ----------------------------------------------------------

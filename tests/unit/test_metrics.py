@@ -171,3 +171,45 @@ def test_the_worker_registry_has_process_series_build_info_and_no_created_series
     assert installed_version() != "unknown"  # the editable install has metadata
     assert "_created" not in text
     assert "jobworker_jobs_finished_total{" in text  # the counters are there, without it
+
+
+def test_durations_fall_in_the_first_bucket_not_below_them_and_inf_counts_all() -> None:
+    registry = CollectorRegistry()
+    observer = PrometheusJobObserver(registry, KNOWN_TYPES)
+    for finished_ms in (500, 500_001):  # on a bound: "less than or equal"; past the last one
+        result = JobResult(
+            job_id="a",
+            type="SLEEP",
+            status=JobStatus.SUCCEEDED,
+            started_at_unix_ms=0,
+            finished_at_unix_ms=finished_ms,
+        )
+        observer.job_finished(Job(id="a", type="SLEEP"), result)
+
+    def bucket(le: str) -> float | None:
+        return value(
+            registry,
+            "jobworker_job_duration_seconds_bucket",
+            type="SLEEP",
+            status="SUCCEEDED",
+            le=le,
+        )
+
+    assert bucket("0.25") == 0
+    assert bucket("0.5") == 1
+    assert bucket("120.0") == 1
+    assert bucket("+Inf") == 2
+    assert (
+        value(registry, "jobworker_job_duration_seconds_sum", type="SLEEP", status="SUCCEEDED")
+        == 500.501
+    )
+
+
+def test_metric_families_are_listed_before_any_job() -> None:
+    registry = CollectorRegistry()
+    PrometheusJobObserver(registry, KNOWN_TYPES)
+    text = generate_latest(registry).decode()
+    # As prometheus_client's own labelled metrics list them: type lines, no samples.
+    assert "# TYPE jobworker_jobs_consumed_total counter" in text
+    assert "# TYPE jobworker_job_duration_seconds histogram" in text
+    assert "jobworker_jobs_consumed_total{" not in text
