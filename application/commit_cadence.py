@@ -55,6 +55,13 @@ class CommitCadence:
             return Due.SENT
         return Due.NONE
 
+    def seconds_until_due(self) -> float | None:
+        """How soon the clock commit is due, if anything was done since the last one:
+        a poll should wait no longer, so that done work is committed on time."""
+        if not self._acks:
+            return None
+        return max(0.0, self._interval_s - (self._clock() - self._last))
+
     def committing(self) -> None:
         """The offsets to commit were just taken: count and clock start again."""
         self._acks = 0

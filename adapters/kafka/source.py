@@ -43,6 +43,7 @@ from adapters.kafka.quirks import (
 from adapters.kafka.refusals import fatal_error_message
 from adapters.kafka.settings import KafkaClientSettings
 from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from adapters.sparse_warnings import SparseWarning
 from adapters.tracing.headers import trace_headers
 from application import finished_offsets
 from application.commit_cadence import CommitCadence, Due
@@ -130,7 +131,7 @@ class KafkaJobSource:
         dlq_topic: str,
         worker_id: str = "",
         max_in_flight_per_partition: int = 1000,
-        commit_interval_s: float = 1.0,
+        commit_interval_s: float = 0.2,
         commit_every: int = 1000,
         dead_letter_retry_s: float = 1.0,
         dead_letter_max_backoff_s: float = 30.0,
@@ -188,6 +189,8 @@ class KafkaJobSource:
         self._stopped_by: SourceFailed | None = None
         # Partitions sought back in this fetch, to records before any unreadable batch.
         self._read_again: set[TopicPartition] = set()
+        # Entity keys on every record would otherwise mean one warning per record.
+        self._key_warning = SparseWarning()
         self._closed = False
         self._consumer = KafkaConsumer(
             **settings.consumer_kwargs(),
@@ -240,12 +243,16 @@ class KafkaJobSource:
             jobs: list[Job] = []
         else:
             jobs = self._released(max_jobs)
-            self._pause_full_partitions()
+            paused_for_window = self._pause_full_partitions()
             with self._lock:
                 holding = self._partitions.holding()
-            if jobs or holding:
-                # Released jobs go out at once; held ones are released by acks.
+                commit_in = self._cadence.seconds_until_due()
+            if jobs or holding or paused_for_window:
+                # Released jobs go out at once; held ones are released, and full
+                # windows opened, by acks, which a long poll would not see.
                 timeout_s = 0.0 if jobs else min(timeout_s, _HELD_POLL_S)
+            if commit_in is not None:
+                timeout_s = min(timeout_s, commit_in)  # done work is committed on time
             room = max_jobs - len(jobs)
             records = self._poll(timeout_s, max_records=max(1, room))
             if room > 0:
@@ -551,13 +558,20 @@ class KafkaJobSource:
             )
             self._dead_letters.put(DeadLetter(record, task, epoch))
             return None
-        if not self._keyed and record.key is not None and record.key != task.id.encode():
+        if (
+            not self._keyed
+            and record.key is not None
+            and record.key != task.id.encode()
+            and (held_back := self._key_warning.due()) is not None
+        ):
             log.warning(
-                "record key differs from the job id; using the job id",
+                "record key differs from the job id; using the job id"
+                " (KAFKA_ORDERING=key reads the key as an ordering key)",
                 job_id=task.id,
                 key=record.key.decode("utf-8", "replace"),
                 partition=record.partition,
                 offset=record.offset,
+                not_logged_since_last=held_back,
             )
         receipt = KafkaReceipt(record.topic, record.partition, record.offset, epoch)
         return job_from_task(task, receipt, trace_headers(record.headers))
@@ -581,13 +595,16 @@ class KafkaJobSource:
 
     # -- pausing ------------------------------------------------------------------------
 
-    def _pause_full_partitions(self) -> None:
+    def _pause_full_partitions(self) -> bool:
+        """Pause the partitions whose window is full, resume the others; True if any
+        owned partition is paused for its window."""
         owned = self._owned()
         with self._lock:
             full = self._partitions.full()
         paused = set(self._consumer.paused())
         self._pause(full - paused)
         self._resume((owned - full) & paused)
+        return bool(full & owned)
 
     def _pause(self, partitions: Iterable[TopicPartition]) -> None:
         assignment = self._consumer.assignment()

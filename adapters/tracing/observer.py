@@ -18,6 +18,7 @@ from opentelemetry import context, trace
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from adapters.sparse_warnings import SparseWarning
 from domain.model import Job, JobResult, JobStatus
 
 log = structlog.get_logger("jobworker.tracing")
@@ -86,10 +87,7 @@ class TracingJobObserver:
         self._tracer = tracer
         self._spans = spans
         self._propagator = TraceContextTextMapPropagator()
-        self._warn_every_s = warn_every_s
-        self._clock = clock
-        self._next_warning_at = float("-inf")
-        self._unlogged_malformed = 0
+        self._malformed_warning = SparseWarning(warn_every_s, clock)
 
     def job_received(self, job: Job) -> None:
         pass
@@ -166,15 +164,12 @@ class TracingJobObserver:
         return parent
 
     def _malformed(self, job: Job, traceparent: str) -> None:
-        now = self._clock()
-        if now < self._next_warning_at:
-            self._unlogged_malformed += 1
+        held_back = self._malformed_warning.due()
+        if held_back is None:
             return
-        self._next_warning_at = now + self._warn_every_s
         log.warning(
             "malformed traceparent header; the job runs without a parent span",
             job_id=job.id,
             traceparent=traceparent[:_MAX_LOGGED_HEADER_CHARS],
-            not_logged_since_last=self._unlogged_malformed,
+            not_logged_since_last=held_back,
         )
-        self._unlogged_malformed = 0

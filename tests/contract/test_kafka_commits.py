@@ -56,3 +56,54 @@ def test_commits_every_few_acks_land_without_a_close_and_stop_before_an_unfinish
     source.ack(unfinished)  # one ack: below the cadence, so close commits it
     source.close()
     assert committed_offsets(kafka_servers, group_id, topic) == {0: 30}
+
+
+class PollTimeouts:
+    """Watches the real consumer's polls (the broker is real): the timeouts asked for."""
+
+    def __init__(self, source: KafkaJobSource) -> None:
+        consumer = source._consumer
+        self.timeouts_ms: list[int] = []
+        poll = consumer.poll
+
+        def watched(timeout_ms: int = 0, **options: object) -> object:
+            self.timeouts_ms.append(timeout_ms)
+            return poll(timeout_ms=timeout_ms, **options)
+
+        consumer.poll = watched  # type: ignore[method-assign]
+
+
+def test_a_full_window_keeps_polls_short_so_the_acks_that_open_it_are_seen_at_once(
+    jobs_topic: JobsTopic, group_id: str, source_factory: SourceFactory
+) -> None:
+    topic = jobs_topic([f"job-{i}" for i in range(10)])
+    source = source_factory(topic, group_id, max_in_flight_per_partition=3)
+    jobs: list[Job] = []
+    fetch_until(source, lambda: len(jobs) == 3, into=jobs)
+    polls = PollTimeouts(source)
+
+    # The acks that open the window come from other greenlets while the source polls:
+    # a poll must not sit out the engine's whole fetch timeout with the window full.
+    assert source.fetch(100, 5.0) == []
+    assert polls.timeouts_ms == [20]
+
+    for job in jobs:
+        source.ack(job)
+    fetch_until(source, lambda: len(jobs) == 6, into=jobs)  # the window opened again
+
+
+def test_done_work_cuts_a_poll_short_so_it_is_committed_on_the_interval(
+    jobs_topic: JobsTopic, group_id: str, source_factory: SourceFactory
+) -> None:
+    topic = jobs_topic([f"job-{i}" for i in range(3)])
+    source = source_factory(topic, group_id, commit_interval_s=0.3, commit_every=1000)
+    jobs: list[Job] = []
+    fetch_until(source, lambda: len(jobs) == 3, into=jobs)
+    polls = PollTimeouts(source)
+
+    source.fetch(100, 5.0)  # nothing done yet: nothing to commit, a whole poll
+    source.ack(jobs[0])
+    source.fetch(100, 5.0)
+
+    assert polls.timeouts_ms[0] == 5000
+    assert polls.timeouts_ms[1] <= 300

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from application.commit_cadence import CommitCadence, Due
 
 
@@ -65,3 +67,17 @@ def test_a_commit_unanswered_past_the_patience_is_taken_as_lost() -> None:
     assert not cadence.may_send()
     cadence.answered(second)
     assert cadence.may_send()
+
+
+def test_a_poll_waits_no_longer_than_the_clock_commit_once_work_is_done() -> None:
+    now = [0.0]
+    cadence = CommitCadence(0.2, 1000, clock=lambda: now[0])
+
+    assert cadence.seconds_until_due() is None  # nothing done: no reason to wake
+    now[0] = 0.05
+    cadence.acked()
+    assert cadence.seconds_until_due() == pytest.approx(0.15)
+    now[0] = 0.5
+    assert cadence.seconds_until_due() == 0.0
+    cadence.committing()
+    assert cadence.seconds_until_due() is None
