@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jobworker",
         description="Background jobs from Kafka, run on gevent, reported to Core over gRPC.",
         epilog="Exit status: 0 clean stop, 1 failure, 2 usage or configuration error,"
-        " 69 Kafka unreachable at start.",
+        " 69 Kafka or Core unreachable at start (CORE_START_TIMEOUT).",
     )
     parser.add_argument("-V", "--version", action="version", version=f"jobworker {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

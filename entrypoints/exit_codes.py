@@ -21,4 +21,4 @@ class UsageError(JobWorkerError):
 
 
 class ServiceUnavailable(JobWorkerError):  # noqa: N818 - reads as the state it is
-    """A service the command needs (Kafka) cannot be reached at start; exit 69."""
+    """A service the command needs (Kafka, Core) cannot be reached at start; exit 69."""

@@ -11,13 +11,15 @@ from prometheus_client import CollectorRegistry
 from adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
 from adapters.kafka.lag import BrokerOffsetsMonitor
 from adapters.kafka.source import KafkaJobSource
-from adapters.observability.http_server import NotReady, ObservabilityServer
+from adapters.observability.http_server import NotReady, ObservabilityServer, readiness_passed
 from adapters.observability.metrics import LiveState, LiveStateCollector, Reading
+from adapters.observability.sampled import Sampled
 from application.engine import WorkerEngine
 
-# A readiness probe must answer fast; a Core that takes longer to accept a connection
-# counts as unreachable for that probe.
+# Core is pinged off the probes (``Sampled``), every second; a Core that takes longer
+# than this to accept a connection counts as unreachable until the next ping.
 _CORE_PING_TIMEOUT_S = 0.5
+_CORE_PING_INTERVAL_S = 1.0
 
 
 def start_observability_server(
@@ -36,6 +38,8 @@ def start_observability_server(
 ) -> ObservabilityServer:
     kafka = source if isinstance(source, KafkaJobSource) else None
     ping = getattr(sink, "ping", None)
+    # Probes and scrapes read the last ping: none of them waits on Core.
+    core = _core_sampler(ping, core_tls) if ping is not None else None
     state = LiveState(
         gauges={
             "jobworker_jobs_in_flight": (
@@ -54,7 +58,7 @@ def start_observability_server(
                 "Results Core refused or could not take, waiting to be offered again.",
                 lambda: engine.results_waiting_to_retry,
             ),
-            **(_core_gauge(ping) if ping is not None else {}),
+            **(_core_gauge(core) if core is not None else {}),
         },
         counters={
             "jobworker_results_refused": (
@@ -71,7 +75,7 @@ def start_observability_server(
         consumer_lag=_lag_reader(kafka, broker_offsets) if kafka else None,
     )
     registry.register(LiveStateCollector(state))
-    core = _core_check(ping, core_tls) if ping is not None else None
+    core_check = core.latest if core is not None else None
     server = ObservabilityServer(
         host,
         port,
@@ -81,11 +85,12 @@ def start_observability_server(
             kafka,
             broker_offsets if kafka else None,
             broker_answer_timeout_s,
-            core if readiness_requires_core else None,
+            core_check if readiness_requires_core else None,
         ),
         liveness=lambda: not engine.failed.is_set(),
-        advisories=_advisories(None if readiness_requires_core else core),
+        advisories=_advisories(None if readiness_requires_core else core_check),
         max_hub_blocked_s=max_hub_blocked_s,
+        background=[core] if core is not None else [],
     )
     server.start()
     return server
@@ -127,11 +132,12 @@ def _lag_reader(
     return read
 
 
-def _core_gauge(ping: Callable[..., Any]) -> dict[str, Reading]:
+def _core_gauge(core: Sampled[bool | NotReady]) -> dict[str, Reading]:
     return {
         "jobworker_core_reachable": (
-            "1 when the channel to Core is connected (or connects within 0.5 s), else 0.",
-            lambda: float(bool(ping(timeout_s=_CORE_PING_TIMEOUT_S))),
+            "1 when the channel to Core is connected (or connected within 0.5 s),"
+            " checked every second, else 0.",
+            lambda: float(readiness_passed(core.latest())),
         )
     }
 
@@ -139,8 +145,14 @@ def _core_gauge(ping: Callable[..., Any]) -> dict[str, Reading]:
 Check = Callable[[], bool | NotReady]
 
 
-def _core_check(ping: Callable[..., Any], core_tls: CoreTlsDiagnosis | None) -> Check:
-    return lambda: _core_reachable(bool(ping(timeout_s=_CORE_PING_TIMEOUT_S)), core_tls)
+def _core_sampler(
+    ping: Callable[..., Any], core_tls: CoreTlsDiagnosis | None
+) -> Sampled[bool | NotReady]:
+    return Sampled(
+        lambda: _core_reachable(bool(ping(timeout_s=_CORE_PING_TIMEOUT_S)), core_tls),
+        initial=False,  # until the first ping, moments after start
+        interval_s=_CORE_PING_INTERVAL_S,
+    )
 
 
 def _broker_check(monitor: BrokerOffsetsMonitor, timeout_s: float) -> Check:
@@ -198,8 +210,8 @@ def _core_reachable(reachable: bool, core_tls: CoreTlsDiagnosis | None) -> bool 
     if reachable:
         core_tls.connected()
         return True
-    # An idle worker makes no calls that would find a TLS mistake: the probe looks for
-    # one, off the probe's own greenlet (a handshake may outlast the probe's timeout),
-    # so its reason shows from the next probe on.
+    # An idle worker makes no calls that would find a TLS mistake: the sampler looks for
+    # one, on a greenlet of its own (a handshake may outlast the ping's timeout), so its
+    # reason shows from the next ping on.
     gevent.spawn(core_tls.recheck)
     return NotReady(core_tls.reason) if core_tls.reason else False

@@ -357,6 +357,12 @@ class Settings:
         "Core service host:port (RESULT_SINK=grpc)", GRPC_SINK, parse_address
     )
     grpc_call_timeout = setting("5s", "deadline of one ReportResult call", positive(parse_duration))
+    core_start_timeout = setting(
+        "30s",
+        "at start, wait this long for Core to answer before taking any job, then exit 69"
+        " (0 = start at once and hold results until Core answers)",
+        non_negative(parse_duration),
+    )
     grpc_retry_backoff_max = setting(
         "10s", "longest pause between ReportResult retries", duration_at_least(0.1)
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 import gevent
@@ -16,7 +17,7 @@ from adapters.observability.http_server import ObservabilityServer
 from application.engine import StopReport, WorkerEngine
 from domain.errors import ConfigurationError, JobWorkerError, SourceFailed
 from entrypoints.container import Container
-from entrypoints.exit_codes import EXIT_FAILED
+from entrypoints.exit_codes import EXIT_FAILED, EXIT_OK, ServiceUnavailable
 from entrypoints.gc_tuning import settle_heap
 from entrypoints.observability import start_observability_server
 from entrypoints.settings import Settings
@@ -58,6 +59,13 @@ def run_worker(settings: Settings) -> int:
     signals.install()
     container = Container(settings=settings)
     try:
+        if settings.result_sink == "grpc" and settings.core_start_timeout > 0:
+            # Before the job source exists: no group joined, nothing taken from Kafka.
+            # Tracing first, so that it instruments the channel the sink opens.
+            container.tracing()
+            if not _wait_for_core(settings, container, signals.requested):
+                container.shutdown_resources()  # a signal came while waiting: nothing ran
+                return EXIT_OK
         engine = container.engine()
         source, sink = container.job_source(), container.result_sink()
         metrics_server = _start_metrics(settings, container, engine, source, sink)
@@ -74,7 +82,7 @@ def run_worker(settings: Settings) -> int:
         pool_size=settings.worker_pool_size,
         job_types=container.registry().job_types(),
     )
-    if settings.result_sink == "grpc":
+    if settings.result_sink == "grpc" and settings.core_start_timeout == 0:
         _warn_if_core_unreachable(sink, settings.grpc_server_address, container.core_tls())
     settle_heap()
     engine.start()
@@ -152,6 +160,48 @@ def _wait_for_end(engine: WorkerEngine, stop_requested: Event, finite: bool) -> 
     gevent.wait(waits, count=1)
     for waiting in waits[2:]:
         waiting.kill()
+
+
+_GRPC_POLLER_EXIT_S = 0.5
+
+
+def _wait_for_core(settings: Settings, container: Container, stop: Event) -> bool:
+    """True once Core answers; False if a shutdown signal came first.
+
+    Raises ``ServiceUnavailable`` (exit 69) when Core has not answered within
+    CORE_START_TIMEOUT: a worker that started anyway would take jobs it cannot report.
+    A Core lost after this point is waited for instead, holding results.
+    """
+    sink, address = container.result_sink(), settings.grpc_server_address
+    timeout_s = settings.core_start_timeout
+    deadline = time.monotonic() + timeout_s
+    announced = False
+    while True:
+        remaining_s = deadline - time.monotonic()
+        # Short pings, so that a signal is noticed within a second.
+        if sink.ping(timeout_s=max(0.0, min(1.0, remaining_s))):
+            if announced:
+                log.info("Core answered", address=address)
+            return True
+        if stop.is_set() or remaining_s <= 0:
+            # gRPC's connectivity poller (behind ping) leaves within 0.2 s of the last
+            # ping; a channel closed before then makes it print a traceback.
+            gevent.sleep(_GRPC_POLLER_EXIT_S)
+            if stop.is_set():
+                return False
+            break
+        if not announced:
+            log.info(
+                "waiting for Core to answer before taking jobs",
+                address=address,
+                core_start_timeout_s=timeout_s,
+            )
+            announced = True
+    tls_reason = container.core_tls().check()
+    raise ServiceUnavailable(
+        f"cannot reach Core at {address} (GRPC_SERVER_ADDRESS) within {timeout_s:g} s"
+        f" (CORE_START_TIMEOUT; 0 starts without it)" + (f": {tls_reason}" if tls_reason else "")
+    )
 
 
 def _warn_if_core_unreachable(sink: Any, address: str, core_tls: CoreTlsDiagnosis) -> None:

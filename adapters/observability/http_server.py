@@ -10,9 +10,9 @@ greenlet cannot answer: a native thread answers 503 on the same port instead
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -31,6 +31,13 @@ ReadinessChecks = Callable[[], Mapping[str, bool | NotReady]]
 """Check name -> passed (True), failed (False), or failed for a reason (``NotReady``)."""
 Advisories = Callable[[], Mapping[str, bool | NotReady]]
 """Like ``ReadinessChecks``, shown in ``/readyz`` but not deciding it (Core, by default)."""
+
+
+class Background(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
@@ -46,6 +53,7 @@ class ObservabilityServer:
         liveness: Callable[[], bool] = lambda: True,
         advisories: Advisories = dict,
         max_hub_blocked_s: float | None = None,
+        background: Sequence[Background] = (),
     ) -> None:
         self._metrics_app = make_wsgi_app(registry)
         self._readiness = readiness
@@ -55,8 +63,12 @@ class ObservabilityServer:
         self._max_hub_blocked_s = max_hub_blocked_s
         self._heartbeat: HubHeartbeat | None = None
         self._stand_in: BlockedHubStandIn | None = None
+        # What keeps the checks' answers fresh (``Sampled``): started and stopped with us.
+        self._background = list(background)
 
     def start(self) -> int:
+        for task in self._background:
+            task.start()
         self._server.start()
         if self._max_hub_blocked_s is not None:
             self._heartbeat = HubHeartbeat(warn_after_s=self._max_hub_blocked_s / 2)
@@ -73,6 +85,8 @@ class ObservabilityServer:
         if self._heartbeat is not None:
             self._heartbeat.stop()
         self._server.stop(timeout=1)
+        for task in self._background:
+            task.stop()
 
     def _app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -98,8 +112,8 @@ def readiness_body(
     ``advisory`` holds what is shown but does not decide readiness; failed ones give
     their reasons too.
     """
-    checks = {name: _passed(r) for name, r in results.items()}
-    advisory = {name: _passed(r) for name, r in (advisories or {}).items()}
+    checks = {name: readiness_passed(r) for name, r in results.items()}
+    advisory = {name: readiness_passed(r) for name, r in (advisories or {}).items()}
     reasons = {
         name: r.reason
         for name, r in {**(advisories or {}), **results}.items()
@@ -112,7 +126,8 @@ def readiness_body(
     return body
 
 
-def _passed(result: bool | NotReady) -> bool:
+def readiness_passed(result: bool | NotReady) -> bool:
+    """True for a passed check: ``True``, not ``False`` nor a ``NotReady``."""
     return not isinstance(result, NotReady) and bool(result)
 
 

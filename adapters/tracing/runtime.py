@@ -13,7 +13,12 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
-from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
+from opentelemetry.sdk.resources import (
+    SERVICE_INSTANCE_ID,
+    SERVICE_NAME,
+    OTELResourceDetector,
+    Resource,
+)
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
@@ -89,14 +94,22 @@ class Tracing:
 
 
 def _resource(worker_id: str, version: str, default_service: str) -> Resource:
-    """``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` win; ours fill the gaps."""
-    resource = Resource.create({})
-    defaults = {"service.version": version, SERVICE_INSTANCE_ID: worker_id}
-    given = resource.attributes
-    fill = {key: value for key, value in defaults.items() if value and key not in given}
+    """``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` win; ours fill the gaps.
+
+    ``service.instance.id`` is ``WORKER_ID`` unless ``OTEL_RESOURCE_ATTRIBUTES`` names
+    one: the SDK's own detector always sets a random one, so "fill what is missing"
+    would never put ours in.
+    """
+    explicit = OTELResourceDetector().detect().attributes
+    ours = {"service.version": version, SERVICE_INSTANCE_ID: worker_id}
+    # Resource.create's attributes win over every detector: give only those not set
+    # explicitly by the operator.
+    resource = Resource.create(
+        {key: value for key, value in ours.items() if value and key not in explicit}
+    )
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
-        fill[SERVICE_NAME] = default_service
-    return resource.merge(Resource(fill))
+        resource = resource.merge(Resource({SERVICE_NAME: default_service}))
+    return resource
 
 
 def _exporters(names: Sequence[str]) -> list[SpanExporter]:

@@ -114,3 +114,14 @@ def test_a_jobs_file_trace_headers_field_must_map_strings_to_strings() -> None:
     assert job.trace_headers == {"traceparent": "x"}
     with pytest.raises(JobFileError, match="'trace_headers' must map strings to strings"):
         parse_job_line('{"id": "j", "type": "SLEEP", "trace_headers": ["x"]}')
+
+
+def test_otel_variables_in_dot_env_turn_tracing_on_and_spans_name_the_worker(
+    tmp_path: Path,
+) -> None:
+    # .env is loaded into the environment like every other variable (docs/operations.md).
+    (tmp_path / ".env").write_text("OTEL_TRACES_EXPORTER=console\nWORKER_ID=worker-from-env\n")
+    done = run_file_worker(tmp_path, [{"id": "j", "type": "SLEEP", "payload": {"ms": 1}}])
+    assert done.returncode == 0, done.stderr
+    [job] = [s for s in console_spans(done.stdout) if s["name"] == "job SLEEP"]
+    assert job["resource"]["attributes"]["service.instance.id"] == "worker-from-env"

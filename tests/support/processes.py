@@ -24,11 +24,12 @@ def free_port() -> int:
 
 
 def worker_env(**settings: str) -> dict[str, str]:
-    """This environment minus every jobworker setting, plus ``settings``."""
+    """This environment minus every jobworker setting and ``OTEL_*`` variable, plus
+    ``settings``: a developer's shell cannot turn tracing (or anything else) on in tests."""
     from entrypoints.settings import SETTINGS
 
     names = {s.name for s in SETTINGS}
-    env = {k: v for k, v in os.environ.items() if k not in names}
+    env = {k: v for k, v in os.environ.items() if k not in names and not k.startswith("OTEL_")}
     env["PYTHONPATH"] = str(ROOT)
     return env | {"LOG_FORMAT": "json"} | settings
 
