@@ -545,9 +545,14 @@ class Settings:
         uses_core = self.result_sink == "grpc"
         present: dict[str, Any] = {}
         for entry in SETTINGS:
-            if entry.name.startswith("KAFKA_") and not uses_kafka:
-                continue
-            if entry.name.startswith("GRPC_") and not uses_core:
+            unused = (entry.name.startswith("KAFKA_") and not uses_kafka) or (
+                entry.name.startswith("GRPC_") and not uses_core
+            )
+            if unused:
+                # Not needed by this run, but a value given is still checked: a typo
+                # (KAFKA_ORDERING=bogus) would otherwise surface only on the next run.
+                if not self._is_unset(entry):
+                    self.value_of(entry)
                 continue
             if entry.needed_when is not None and self._is_unset(entry):
                 continue  # whether it must be given is dynaconf's check, below

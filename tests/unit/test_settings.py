@@ -276,3 +276,18 @@ def test_values_that_look_like_dynaconf_directives_are_plain_text() -> None:
     settings.validate_for_run()
     assert settings.kafka_group_id == "@json {"
     assert settings.kafka_dlq_topic == "@format {this.x}.dlq"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("KAFKA_ORDERING", "bogus"), ("GRPC_CALL_TIMEOUT", "soon")]
+)
+def test_a_malformed_value_is_named_even_when_this_run_does_not_use_it(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("")
+    file_run = {"JOB_SOURCE": "file", "JOB_FILE": str(jobs), "RESULT_SINK": "file"}
+    file_run["RESULT_FILE"] = str(tmp_path / "results.jsonl")
+    with pytest.raises(ConfigurationError, match=name):
+        Settings(file_run | {name: value}).validate_for_run()
+    Settings(file_run).validate_for_run()  # and without it the same run is fine
