@@ -9,6 +9,7 @@ COPY domain/ domain/
 COPY application/ application/
 COPY adapters/ adapters/
 COPY entrypoints/ entrypoints/
+COPY jobworker/ jobworker/
 RUN /opt/jobworker/bin/pip wheel --wheel-dir /wheels . \
  && /opt/jobworker/bin/pip install --no-index --find-links /wheels jobworker \
  && /opt/jobworker/bin/jobworker --help > /dev/null

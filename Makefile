@@ -27,7 +27,7 @@ proto-check: venv
 lint: venv proto-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy domain application adapters entrypoints
+	$(BIN)/mypy -p jobworker
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
 
@@ -64,10 +64,10 @@ test: lint package-check
 	tools/kafka/with-broker.sh $(BIN)/pytest tests -q
 
 demo: venv
-	$(BIN)/python -m entrypoints.demo
+	$(BIN)/python -m jobworker.entrypoints.demo
 
 demo-kafka: venv
-	tools/kafka/with-broker.sh $(BIN)/python -m entrypoints.demo --kafka
+	tools/kafka/with-broker.sh $(BIN)/python -m jobworker.entrypoints.demo --kafka
 
 # The engine in one process (bench/run.py), then end to end (bench/e2e.py): the local
 # broker, a Core process and the worker CLI. BENCH_E2E_ARGS=--quick for a shorter run.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
 
-from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from domain.model import NO_TRACE_HEADERS, Job, JobResult, JobStatus
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.domain.model import NO_TRACE_HEADERS, Job, JobResult, JobStatus
 
 _UNKNOWN_TYPE_PREFIX = "TYPE_"
 # Every job passes through these translations twice: plain dict look-ups, built once,

@@ -23,15 +23,15 @@ from gevent.lock import Semaphore
 from gevent.pool import Pool
 from gevent.queue import Empty, Queue
 
-from application.job_limits import DEFAULT_LIMITS, JobLimits
-from application.observers import ObserverGroup
-from application.registry import ExecutorRegistry
-from application.result_delivery import RefusalPolicy, ResultCourier, approximate_bytes
-from application.retry import RetryPolicy
-from application.run_job import JobRunner
-from domain.errors import SourceFailed
-from domain.model import Job, JobResult
-from domain.ports import JobObserver, JobSource, RefusedResultStore, ResultSink
+from jobworker.application.job_limits import DEFAULT_LIMITS, JobLimits
+from jobworker.application.observers import ObserverGroup
+from jobworker.application.registry import ExecutorRegistry
+from jobworker.application.result_delivery import RefusalPolicy, ResultCourier, approximate_bytes
+from jobworker.application.retry import RetryPolicy
+from jobworker.application.run_job import JobRunner
+from jobworker.domain.errors import SourceFailed
+from jobworker.domain.model import Job, JobResult
+from jobworker.domain.ports import JobObserver, JobSource, RefusedResultStore, ResultSink
 
 logger = logging.getLogger(__name__)
 

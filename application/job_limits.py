@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from domain.model import Job
+from jobworker.domain.model import Job
 
 MIB = 1024 * 1024
 

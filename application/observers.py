@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from domain.model import Job, JobResult
-from domain.ports import JobObserver
+from jobworker.domain.model import Job, JobResult
+from jobworker.domain.ports import JobObserver
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from application import finished_offsets
-from application.delivery import DeliveryTracker
+from jobworker.application import finished_offsets
+from jobworker.application.delivery import DeliveryTracker
 
 P = TypeVar("P", bound=Hashable)
 

@@ -6,8 +6,8 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 
-from domain.errors import DuplicateExecutor, JobWorkerError, UnknownJobType
-from domain.ports import Executor
+from jobworker.domain.errors import DuplicateExecutor, JobWorkerError, UnknownJobType
+from jobworker.domain.ports import Executor
 
 PLUGIN_GROUP = "jobworker.executors"
 

@@ -20,10 +20,15 @@ import gevent
 from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 
-from application.retry import backoff_ceiling
-from domain.errors import BatchesUnsupported, ResultNotDelivered, ResultRefused, ResultTooLarge
-from domain.model import Job, JobResult, JobStatus
-from domain.ports import JobObserver, RefusedResultStore, ResultSink
+from jobworker.application.retry import backoff_ceiling
+from jobworker.domain.errors import (
+    BatchesUnsupported,
+    ResultNotDelivered,
+    ResultRefused,
+    ResultTooLarge,
+)
+from jobworker.domain.model import Job, JobResult, JobStatus
+from jobworker.domain.ports import JobObserver, RefusedResultStore, ResultSink
 
 logger = logging.getLogger(__name__)
 

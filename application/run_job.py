@@ -8,12 +8,12 @@ from collections.abc import Mapping
 
 import gevent
 
-from application.job_limits import DEFAULT_LIMITS, JobLimits
-from application.registry import ExecutorRegistry
-from application.retry import RetryPolicy
-from domain.errors import InvalidPayload, JobFailed, RetryableJobError, UnknownJobType
-from domain.model import Job, JobResult, JobStatus
-from domain.ports import JobObserver
+from jobworker.application.job_limits import DEFAULT_LIMITS, JobLimits
+from jobworker.application.registry import ExecutorRegistry
+from jobworker.application.retry import RetryPolicy
+from jobworker.domain.errors import InvalidPayload, JobFailed, RetryableJobError, UnknownJobType
+from jobworker.domain.model import Job, JobResult, JobStatus
+from jobworker.domain.ports import JobObserver
 
 logger = logging.getLogger(__name__)
 

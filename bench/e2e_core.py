@@ -28,8 +28,8 @@ from concurrent import futures
 
 import grpc
 
-from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 
 # Present once the lead's proto change lands; until then "both" is unary-only too.
 BATCH_REQUEST = getattr(pb, "ReportResultsRequest", None)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 
 PARTITIONS = 6
 # The worker's defaults (KafkaClientSettings), so the raw rate reads as the worker does.

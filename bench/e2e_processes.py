@@ -19,7 +19,7 @@ PROFILE_DIR: Path | None = None
 
 def child_env(**settings: str) -> dict[str, str]:
     """This environment minus every jobworker setting, plus ``settings``."""
-    from entrypoints.settings import SETTINGS  # noqa: PLC0415 - only the harness needs it
+    from jobworker.entrypoints.settings import SETTINGS  # noqa: PLC0415 - only the harness needs it
 
     names = {s.name for s in SETTINGS}
     env = {k: v for k, v in os.environ.items() if k not in names}
@@ -89,13 +89,13 @@ class BenchCore:
 
 
 class WorkerProcess:
-    """``python -m entrypoints run`` with ``settings``; its output goes to ``log_path``."""
+    """``python -m jobworker run`` with ``settings``; its output goes to ``log_path``."""
 
     def __init__(self, settings: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "entrypoints", "run"],
+                [sys.executable, "-m", "jobworker", "run"],
                 cwd=ROOT,
                 env=child_env(**settings),
                 stdout=log,

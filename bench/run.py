@@ -28,14 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gevent
 from google.protobuf.internal import api_implementation
 
-from adapters.codec import job_from_task, result_to_proto, task_from_job
-from adapters.executors.sleep import SleepExecutor
-from adapters.memory import InMemoryJobSource, InMemoryResultSink
-from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from application.engine import EngineConfig, WorkerEngine
-from application.registry import ExecutorRegistry
 from bench.workloads import CountingResultSink, LazyJobSource, ReturnOkExecutor, resident_bytes
-from domain.model import Job, JobResult, JobStatus
+from jobworker.adapters.codec import job_from_task, result_to_proto, task_from_job
+from jobworker.adapters.executors.sleep import SleepExecutor
+from jobworker.adapters.memory import InMemoryJobSource, InMemoryResultSink
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.application.engine import EngineConfig, WorkerEngine
+from jobworker.application.registry import ExecutorRegistry
+from jobworker.domain.model import Job, JobResult, JobStatus
 
 REPEATS = 3
 OVERHEAD_JOBS = 20_000

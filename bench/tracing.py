@@ -22,15 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from adapters.memory import InMemoryJobSource, InMemoryResultSink
-from adapters.tracing.headers import trace_headers
-from adapters.tracing.observer import JobSpans, TracingJobObserver
-from adapters.tracing.sink import TracedResultSink
-from application.engine import WorkerEngine
-from application.registry import ExecutorRegistry
 from bench.run import best_time, engine_config, run_until_drained
 from bench.workloads import ReturnOkExecutor
-from domain.model import Job
+from jobworker.adapters.memory import InMemoryJobSource, InMemoryResultSink
+from jobworker.adapters.tracing.headers import trace_headers
+from jobworker.adapters.tracing.observer import JobSpans, TracingJobObserver
+from jobworker.adapters.tracing.sink import TracedResultSink
+from jobworker.application.engine import WorkerEngine
+from jobworker.application.registry import ExecutorRegistry
+from jobworker.domain.model import Job
 
 JOBS = 20_000
 POOL = 50

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 import gevent
 from gevent.event import Event
 
-from domain.model import Job, JobResult
+from jobworker.domain.model import Job, JobResult
 
 
 class ReturnOkExecutor:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from domain.errors import ResultRefused
-from domain.model import Job, JobResult
+from jobworker.domain.errors import ResultRefused
+from jobworker.domain.model import Job, JobResult
 
 
 class JobSource(Protocol):

@@ -1,7 +1,7 @@
-"""``python -m entrypoints`` is the ``jobworker`` command."""
+"""``python -m jobworker`` is the ``jobworker`` command."""
 
 import sys
 
-from entrypoints.cli import main
+from jobworker.entrypoints.cli import main
 
 sys.exit(main())

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
 
     monkey.patch_all()
 
-    from entrypoints.commands import run_cli  # noqa: PLC0415
+    from jobworker.entrypoints.commands import run_cli  # noqa: PLC0415
 
     return run_cli(sys.argv[1:] if argv is None else argv)
 

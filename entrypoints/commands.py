@@ -13,10 +13,10 @@ from typing import Any, NoReturn
 
 import structlog
 
-from adapters.file.source import JobFileError, job_to_record, parse_job_line
-from domain.errors import ConfigurationError, JobWorkerError, SourceFailed
-from domain.model import Job
-from entrypoints.exit_codes import (
+from jobworker.adapters.file.source import JobFileError, job_to_record, parse_job_line
+from jobworker.domain.errors import ConfigurationError, JobWorkerError, SourceFailed
+from jobworker.domain.model import Job
+from jobworker.entrypoints.exit_codes import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_UNAVAILABLE,
@@ -24,8 +24,8 @@ from entrypoints.exit_codes import (
     ServiceUnavailable,
     UsageError,
 )
-from entrypoints.logging_setup import configure_logging
-from entrypoints.settings import Setting, Settings, settings_table
+from jobworker.entrypoints.logging_setup import configure_logging
+from jobworker.entrypoints.settings import Setting, Settings, settings_table
 
 log = structlog.get_logger("jobworker")
 
@@ -192,11 +192,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings.validate_for_run()
     configure_logging(settings.log_format, settings.log_level)
     if settings.worker_processes > 1:
-        from entrypoints.supervisor import run_supervisor  # noqa: PLC0415
+        from jobworker.entrypoints.supervisor import run_supervisor  # noqa: PLC0415
 
         return run_supervisor(settings, sys.argv[1:])
 
-    from entrypoints.worker import run_worker  # noqa: PLC0415 - after logging is set up
+    from jobworker.entrypoints.worker import run_worker  # noqa: PLC0415 - after logging is set up
 
     return run_worker(settings)
 
@@ -221,9 +221,9 @@ def cmd_settings(args: argparse.Namespace) -> int:
 def cmd_core(args: argparse.Namespace) -> int:
     settings = load_settings(args, LOG_FLAGS)
     configure_logging(settings.log_format, settings.log_level)
-    from adapters.core.process import READY_LINE_PREFIX  # noqa: PLC0415
-    from adapters.core.server import CoreServerError, serve_core  # noqa: PLC0415 - grpc late
-    from adapters.core.store import ResultStoreError  # noqa: PLC0415
+    from jobworker.adapters.core.process import READY_LINE_PREFIX  # noqa: PLC0415
+    from jobworker.adapters.core.server import CoreServerError, serve_core  # noqa: PLC0415 - grpc late
+    from jobworker.adapters.core.store import ResultStoreError  # noqa: PLC0415
 
     def announce(port: int) -> None:
         # The one line CoreProcess (tests, demo) waits for: Core accepts calls now.
@@ -243,7 +243,7 @@ def cmd_core(args: argparse.Namespace) -> int:
 
 
 def cmd_core_summary(args: argparse.Namespace) -> int:
-    from adapters.core.store import ResultStore, ResultStoreError, format_summary  # noqa: PLC0415
+    from jobworker.adapters.core.store import ResultStore, ResultStoreError, format_summary  # noqa: PLC0415
 
     try:
         with ResultStore(args.db, create=False) as store:
@@ -265,7 +265,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"wrote {sent} job(s) to {args.to_file}", file=sys.stderr)
         return 0
     settings = Settings.load(dotenv=args.env_file)
-    from entrypoints.submit_kafka import submit_to_kafka  # noqa: PLC0415
+    from jobworker.entrypoints.submit_kafka import submit_to_kafka  # noqa: PLC0415
 
     sent = submit_to_kafka(settings, jobs, total)
     print(f"submitted {sent} job(s) to {settings.kafka_topic}", file=sys.stderr)

@@ -18,35 +18,35 @@ from dependency_injector import containers, providers
 from gevent.threadpool import ThreadPool
 from kafka.errors import KafkaError
 
-from adapters.executors.http import HttpExecutor
-from adapters.executors.image_resize import ImageResizeExecutor
-from adapters.executors.safe_http import SafeHttpClient
-from adapters.executors.sleep import SleepExecutor
-from adapters.file import FileJobSource, FileResultSink
-from adapters.file.refused import FileRefusedResultStore
-from adapters.file.source import JobFileError
-from adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
-from adapters.kafka.lag import BrokerOffsetsMonitor, GroupOffsetsProbe
-from adapters.kafka.refused_results import KafkaRefusedResultStore
-from adapters.kafka.settings import KafkaClientSettings
-from adapters.kafka.source import KafkaJobSource
-from adapters.observability.metrics import (
+from jobworker.adapters.executors.http import HttpExecutor
+from jobworker.adapters.executors.image_resize import ImageResizeExecutor
+from jobworker.adapters.executors.safe_http import SafeHttpClient
+from jobworker.adapters.executors.sleep import SleepExecutor
+from jobworker.adapters.file import FileJobSource, FileResultSink
+from jobworker.adapters.file.refused import FileRefusedResultStore
+from jobworker.adapters.file.source import JobFileError
+from jobworker.adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
+from jobworker.adapters.kafka.lag import BrokerOffsetsMonitor, GroupOffsetsProbe
+from jobworker.adapters.kafka.refused_results import KafkaRefusedResultStore
+from jobworker.adapters.kafka.settings import KafkaClientSettings
+from jobworker.adapters.kafka.source import KafkaJobSource
+from jobworker.adapters.observability.metrics import (
     PrometheusJobObserver,
     ResultSendRetries,
     new_registry,
 )
-from adapters.tracing.setup import start_tracing
-from application.engine import EngineConfig, WorkerEngine
-from application.job_limits import JobLimits
-from application.registry import ExecutorRegistry
-from application.result_delivery import RefusalPolicy
-from application.retry import RetryPolicy
-from domain.errors import ConfigurationError
-from domain.model import JobType
-from domain.ports import Executor, JobObserver, ResultSink
-from entrypoints.exit_codes import ServiceUnavailable
-from entrypoints.observers import LoggingJobObserver
-from entrypoints.settings import Settings
+from jobworker.adapters.tracing.setup import start_tracing
+from jobworker.application.engine import EngineConfig, WorkerEngine
+from jobworker.application.job_limits import JobLimits
+from jobworker.application.registry import ExecutorRegistry
+from jobworker.application.result_delivery import RefusalPolicy
+from jobworker.application.retry import RetryPolicy
+from jobworker.domain.errors import ConfigurationError
+from jobworker.domain.model import JobType
+from jobworker.domain.ports import Executor, JobObserver, ResultSink
+from jobworker.entrypoints.exit_codes import ServiceUnavailable
+from jobworker.entrypoints.observers import LoggingJobObserver
+from jobworker.entrypoints.settings import Settings
 
 
 def _closing(resource: Any) -> Iterator[Any]:
@@ -121,7 +121,7 @@ def file_source(settings: Settings) -> Iterator[FileJobSource]:
 def grpc_sink(
     settings: Settings, on_retry: ResultSendRetries, core_tls: CoreTlsDiagnosis
 ) -> Iterator[Any]:
-    from adapters.grpc.sink import (  # noqa: PLC0415 - grpc after gevent setup
+    from jobworker.adapters.grpc.sink import (  # noqa: PLC0415 - grpc after gevent setup
         GrpcResultSink,
         RetryNotice,
     )

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from adapters.core.process import CoreProcess
+from jobworker.adapters.core.process import CoreProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_JOBS = ROOT / "examples" / "demo-jobs.jsonl"
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(db: Path, job_ids: list[str]) -> int:
-    from adapters.core.store import ResultStore, format_summary  # noqa: PLC0415
+    from jobworker.adapters.core.store import ResultStore, format_summary  # noqa: PLC0415
 
     with ResultStore(db) as store:
         _say("Core holds:")
@@ -99,7 +99,7 @@ def _run_through_kafka(env: dict[str, str], jobs_file: Path, workdir: Path, expe
         return 1
     worker = _start_jobworker(["run"], env, workdir / "worker.log")
     try:
-        from adapters.core.store import ResultStore  # noqa: PLC0415
+        from jobworker.adapters.core.store import ResultStore  # noqa: PLC0415
 
         deadline = time.monotonic() + WORKER_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -141,7 +141,7 @@ def _start_jobworker(args: list[str], env: dict[str, str], log: Path) -> subproc
 
 
 def _command(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "entrypoints", *args]
+    return [sys.executable, "-m", "jobworker", *args]
 
 
 @contextmanager

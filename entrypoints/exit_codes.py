@@ -7,7 +7,7 @@ cannot be reached at start: the input may be right, and a supervisor may retry l
 
 from __future__ import annotations
 
-from domain.errors import JobWorkerError
+from jobworker.domain.errors import JobWorkerError
 
 EXIT_OK = 0
 EXIT_FAILED = 1

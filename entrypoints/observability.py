@@ -8,13 +8,17 @@ from typing import Any
 import gevent
 from prometheus_client import CollectorRegistry
 
-from adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
-from adapters.kafka.lag import BrokerOffsetsMonitor
-from adapters.kafka.source import KafkaJobSource
-from adapters.observability.http_server import NotReady, ObservabilityServer, readiness_passed
-from adapters.observability.metrics import LiveState, LiveStateCollector, Reading
-from adapters.observability.sampled import Sampled
-from application.engine import WorkerEngine
+from jobworker.adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
+from jobworker.adapters.kafka.lag import BrokerOffsetsMonitor
+from jobworker.adapters.kafka.source import KafkaJobSource
+from jobworker.adapters.observability.http_server import (
+    NotReady,
+    ObservabilityServer,
+    readiness_passed,
+)
+from jobworker.adapters.observability.metrics import LiveState, LiveStateCollector, Reading
+from jobworker.adapters.observability.sampled import Sampled
+from jobworker.application.engine import WorkerEngine
 
 # Core is pinged off the probes (``Sampled``), every second; a Core that takes longer
 # than this to accept a connection counts as unreachable until the next ping.

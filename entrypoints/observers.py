@@ -6,8 +6,8 @@ from collections import Counter
 
 import structlog
 
-from domain.model import Job, JobResult, JobStatus
-from entrypoints.logging_setup import bind_job_fields, clear_job_fields
+from jobworker.domain.model import Job, JobResult, JobStatus
+from jobworker.entrypoints.logging_setup import bind_job_fields, clear_job_fields
 
 
 class LoggingJobObserver:

@@ -20,9 +20,9 @@ from typing import Any, Generic, TypeVar, overload
 
 from dynaconf import Dynaconf, ValidationError, Validator
 
-from adapters.kafka.settings import parse_brokers
-from domain.errors import ConfigurationError
-from entrypoints.config_values import (
+from jobworker.adapters.kafka.settings import parse_brokers
+from jobworker.domain.errors import ConfigurationError
+from jobworker.entrypoints.config_values import (
     at_most,
     choice,
     duration_at_least,

@@ -8,12 +8,12 @@ from collections.abc import Iterable
 from kafka.errors import KafkaError
 from tqdm import tqdm
 
-from adapters.kafka.publisher import KafkaJobPublisher, PublishFailed
-from domain.errors import ConfigurationError, JobWorkerError
-from domain.model import Job
-from entrypoints.container import kafka_client_settings
-from entrypoints.exit_codes import ServiceUnavailable, UsageError
-from entrypoints.settings import Settings
+from jobworker.adapters.kafka.publisher import KafkaJobPublisher, PublishFailed
+from jobworker.domain.errors import ConfigurationError, JobWorkerError
+from jobworker.domain.model import Job
+from jobworker.entrypoints.container import kafka_client_settings
+from jobworker.entrypoints.exit_codes import ServiceUnavailable, UsageError
+from jobworker.entrypoints.settings import Settings
 
 # Wait for the broker's acknowledgements in batches, so a failure is reported close to
 # where it happened and memory stays flat for files of any size.

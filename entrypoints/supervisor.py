@@ -38,8 +38,8 @@ import structlog
 from gevent import subprocess
 from gevent.event import Event
 
-from domain.errors import ConfigurationError
-from entrypoints.settings import Settings
+from jobworker.domain.errors import ConfigurationError
+from jobworker.entrypoints.settings import Settings
 
 log = structlog.get_logger("jobworker.supervisor")
 
@@ -309,7 +309,7 @@ def run_supervisor(settings: Settings, argv: Sequence[str]) -> int:
     supervisor.install_signals()
     server = None
     if settings.metrics_port:
-        from entrypoints.supervisor_http import start_merged_endpoint  # noqa: PLC0415
+        from jobworker.entrypoints.supervisor_http import start_merged_endpoint  # noqa: PLC0415
 
         try:
             server = start_merged_endpoint(settings.metrics_host, settings.metrics_port, supervisor)

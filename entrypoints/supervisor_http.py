@@ -28,8 +28,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from adapters.observability.http_server import NotReady, ObservabilityServer
-from entrypoints.supervisor import Supervisor, WorkerSlot
+from jobworker.adapters.observability.http_server import NotReady, ObservabilityServer
+from jobworker.entrypoints.supervisor import Supervisor, WorkerSlot
 
 # A child that takes longer is counted as not answering for this request.
 CHILD_TIMEOUT_S = 2.0

@@ -12,15 +12,15 @@ import gevent
 import structlog
 from gevent.event import Event
 
-from adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
-from adapters.observability.http_server import ObservabilityServer
-from application.engine import StopReport, WorkerEngine
-from domain.errors import ConfigurationError, JobWorkerError, SourceFailed
-from entrypoints.container import Container
-from entrypoints.exit_codes import EXIT_FAILED, EXIT_OK, ServiceUnavailable
-from entrypoints.gc_tuning import settle_heap
-from entrypoints.observability import start_observability_server
-from entrypoints.settings import Settings
+from jobworker.adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
+from jobworker.adapters.observability.http_server import ObservabilityServer
+from jobworker.application.engine import StopReport, WorkerEngine
+from jobworker.domain.errors import ConfigurationError, JobWorkerError, SourceFailed
+from jobworker.entrypoints.container import Container
+from jobworker.entrypoints.exit_codes import EXIT_FAILED, EXIT_OK, ServiceUnavailable
+from jobworker.entrypoints.gc_tuning import settle_heap
+from jobworker.entrypoints.observability import start_observability_server
+from jobworker.entrypoints.settings import Settings
 
 log = structlog.get_logger("jobworker.worker")
 
@@ -115,7 +115,7 @@ def _size_hub_threadpool(settings: Settings) -> None:
     # look-ups of HTTP jobs (one per pool greenlet at most): room for all of them.
     concurrent_blocking_calls = settings.result_senders + settings.worker_pool_size
     if settings.result_sink == "grpc":
-        from adapters.grpc.runtime import init_grpc_for_gevent  # noqa: PLC0415
+        from jobworker.adapters.grpc.runtime import init_grpc_for_gevent  # noqa: PLC0415
 
         init_grpc_for_gevent(concurrent_blocking_calls)
     else:

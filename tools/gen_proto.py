@@ -3,7 +3,7 @@
 Usage: python tools/gen_proto.py TARGET_DIR
 
 Writes TARGET_DIR/jobworker/v1/*.py(i). The import root is mapped so the generated
-modules import each other as ``adapters.proto.jobworker.v1...``; the protobuf package
+modules import each other as ``jobworker.adapters.proto.jobworker.v1...``; the protobuf package
 (``jobworker.v1``) and so the wire format are unchanged by that mapping.
 """
 
@@ -19,7 +19,7 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
-IMPORT_ROOT = "adapters/proto"
+IMPORT_ROOT = "jobworker/adapters/proto"
 
 
 def main(target: Path) -> int:

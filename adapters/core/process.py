@@ -49,7 +49,7 @@ class CoreProcess:
         """Start Core and wait until it serves; raises ``RuntimeError`` if it does not."""
         if self._process is not None:
             raise RuntimeError("Core is already running")
-        command = [sys.executable, "-m", "entrypoints", "core"]
+        command = [sys.executable, "-m", "jobworker", "core"]
         command += ["--address", self.address, "--db", str(self.db_path)]
         with self.log_path.open("ab") as log:
             log_offset = log.tell()

@@ -13,12 +13,12 @@ import grpc
 import structlog
 from gevent import monkey
 
-from adapters.codec import result_from_proto
-from adapters.core.store import ResultStore
-from adapters.grpc.runtime import init_grpc_for_gevent
-from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
-from domain.errors import JobWorkerError
+from jobworker.adapters.codec import result_from_proto
+from jobworker.adapters.core.store import ResultStore
+from jobworker.adapters.grpc.runtime import init_grpc_for_gevent
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobworker.domain.errors import JobWorkerError
 
 logger = structlog.get_logger(__name__)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypedDict
 
-from domain.errors import JobWorkerError
-from domain.model import JobResult, JobStatus
+from jobworker.domain.errors import JobWorkerError
+from jobworker.domain.model import JobResult, JobStatus
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (

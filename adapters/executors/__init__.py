@@ -10,18 +10,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from adapters.executors.http import HttpExecutor
-    from adapters.executors.image_resize import ImageResizeExecutor
-    from adapters.executors.safe_http import SafeHttpClient
-    from adapters.executors.sleep import SleepExecutor
+    from jobworker.adapters.executors.http import HttpExecutor
+    from jobworker.adapters.executors.image_resize import ImageResizeExecutor
+    from jobworker.adapters.executors.safe_http import SafeHttpClient
+    from jobworker.adapters.executors.sleep import SleepExecutor
 
 __all__ = ["HttpExecutor", "ImageResizeExecutor", "SafeHttpClient", "SleepExecutor"]
 
 _MODULE_OF = {
-    "HttpExecutor": "adapters.executors.http",
-    "ImageResizeExecutor": "adapters.executors.image_resize",
-    "SafeHttpClient": "adapters.executors.safe_http",
-    "SleepExecutor": "adapters.executors.sleep",
+    "HttpExecutor": "jobworker.adapters.executors.http",
+    "ImageResizeExecutor": "jobworker.adapters.executors.image_resize",
+    "SafeHttpClient": "jobworker.adapters.executors.safe_http",
+    "SleepExecutor": "jobworker.adapters.executors.sleep",
 }
 
 

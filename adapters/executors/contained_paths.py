@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from adapters.executors.payload_fields import shown
-from domain.errors import InvalidPayload
+from jobworker.adapters.executors.payload_fields import shown
+from jobworker.domain.errors import InvalidPayload
 
 # Linux refuses a file name over 255 bytes and a path over 4096 with ENAMETOOLONG, an
 # OSError deep in pathlib; checked here first, a long path is a plain invalid payload.

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.executors.payload_fields import (
+from jobworker.adapters.executors.payload_fields import (
     MAX_URL_CHARS,
     checked_str,
     load_object,
@@ -28,9 +28,9 @@ from adapters.executors.payload_fields import (
     required_str,
     shown,
 )
-from adapters.executors.safe_http import SafeHttpClient, raise_for_http_status
-from domain.errors import InvalidPayload
-from domain.model import Job
+from jobworker.adapters.executors.safe_http import SafeHttpClient, raise_for_http_status
+from jobworker.domain.errors import InvalidPayload
+from jobworker.domain.model import Job
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 # requests computes framing itself; a caller's value could desynchronise the connection.

@@ -31,8 +31,8 @@ from typing import Any, TypeVar, cast
 
 from gevent.threadpool import ThreadPool
 
-from adapters.executors.contained_paths import MAX_RELATIVE_PATH_BYTES, resolve_inside
-from adapters.executors.image_source import (
+from jobworker.adapters.executors.contained_paths import MAX_RELATIVE_PATH_BYTES, resolve_inside
+from jobworker.adapters.executors.image_source import (
     ImageSource,
     SourceFetcher,
     decode_data,
@@ -40,7 +40,7 @@ from adapters.executors.image_source import (
     parse_source,
     read_file,
 )
-from adapters.executors.image_transform import (
+from jobworker.adapters.executors.image_transform import (
     FORMAT_ALIASES,
     FORMAT_BY_EXTENSION,
     FORMATS,
@@ -49,15 +49,15 @@ from adapters.executors.image_transform import (
     ResizeSpec,
     render,
 )
-from adapters.executors.payload_fields import (
+from jobworker.adapters.executors.payload_fields import (
     load_object,
     optional_int,
     optional_str,
     required_int,
     required_str,
 )
-from domain.errors import InvalidPayload, JobFailed
-from domain.model import Job
+from jobworker.domain.errors import InvalidPayload, JobFailed
+from jobworker.domain.model import Job
 
 MIB = 1024 * 1024
 _FIELDS = ("source", "width", "height", "mode", "format", "destination", "quality")

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from adapters.executors.contained_paths import check_relative_path, resolve_inside
-from adapters.executors.payload_fields import MAX_URL_CHARS, checked_str, shown
-from domain.errors import InvalidPayload
+from jobworker.adapters.executors.contained_paths import check_relative_path, resolve_inside
+from jobworker.adapters.executors.payload_fields import MAX_URL_CHARS, checked_str, shown
+from jobworker.domain.errors import InvalidPayload
 
 _DATA_URL = re.compile(r"data:(?P<media_type>[^,;]*)(?P<params>(;[^,;]*)*),(?P<data>.*)", re.DOTALL)
 _WHITESPACE = re.compile(r"\s+")

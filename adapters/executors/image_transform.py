@@ -12,7 +12,7 @@ from typing import Literal
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from domain.errors import InvalidPayload
+from jobworker.domain.errors import InvalidPayload
 
 ResizeMode = Literal["fit", "fill", "exact"]
 RESIZE_MODES: tuple[ResizeMode, ...] = ("fit", "fill", "exact")

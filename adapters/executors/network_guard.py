@@ -15,7 +15,7 @@ import ipaddress
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
-from adapters.executors.payload_fields import shown
+from jobworker.adapters.executors.payload_fields import shown
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

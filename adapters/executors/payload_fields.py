@@ -12,7 +12,7 @@ import json
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from domain.errors import InvalidPayload
+from jobworker.domain.errors import InvalidPayload
 
 # Common servers refuse a request line above 8 KiB (nginx, Apache): a longer URL
 # cannot work anyway.

@@ -20,7 +20,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util import connection
 
-from adapters.executors.network_guard import AddressGuard
+from jobworker.adapters.executors.network_guard import AddressGuard
 
 
 class GuardedHTTPAdapter(HTTPAdapter):

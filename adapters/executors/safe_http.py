@@ -18,9 +18,9 @@ import requests
 from requests.cookies import RequestsCookieJar
 from requests.structures import CaseInsensitiveDict
 
-from adapters.executors.network_guard import AddressGuard, RefusedDestination
-from adapters.executors.pinned_connections import GuardedHTTPAdapter
-from domain.errors import InvalidPayload, JobFailed, RetryableJobError
+from jobworker.adapters.executors.network_guard import AddressGuard, RefusedDestination
+from jobworker.adapters.executors.pinned_connections import GuardedHTTPAdapter
+from jobworker.domain.errors import InvalidPayload, JobFailed, RetryableJobError
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Statuses that say "not now" rather than "never": worth retrying like a 5xx.

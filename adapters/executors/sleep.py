@@ -18,15 +18,15 @@ from collections import OrderedDict
 
 import gevent
 
-from adapters.executors.payload_fields import (
+from jobworker.adapters.executors.payload_fields import (
     load_object,
     optional_bool,
     optional_int,
     optional_str,
     required_int,
 )
-from domain.errors import JobFailed, RetryableJobError
-from domain.model import Job
+from jobworker.domain.errors import JobFailed, RetryableJobError
+from jobworker.domain.model import Job
 
 ONE_HOUR_MS = 3_600_000
 _FIELDS = ("ms", "fail", "output", "retryable_failures")

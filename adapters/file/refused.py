@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapters.file.sink import FileResultSink, result_to_record
-from domain.errors import ResultRefused
-from domain.model import Job, JobResult
+from jobworker.adapters.file.sink import FileResultSink, result_to_record
+from jobworker.domain.errors import ResultRefused
+from jobworker.domain.model import Job, JobResult
 
 
 class FileRefusedResultStore:

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from domain.errors import ResultNotDelivered
-from domain.model import JobResult
+from jobworker.domain.errors import ResultNotDelivered
+from jobworker.domain.model import JobResult
 
 
 def result_to_record(result: JobResult) -> dict[str, object]:

@@ -19,8 +19,8 @@ from typing import IO, Any
 import gevent
 from gevent.fileobject import FileObjectPosix
 
-from domain.errors import JobWorkerError
-from domain.model import Job
+from jobworker.domain.errors import JobWorkerError
+from jobworker.domain.model import Job
 
 logger = logging.getLogger(__name__)
 

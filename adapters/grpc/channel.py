@@ -6,7 +6,7 @@ from pathlib import Path
 
 import grpc
 
-from domain.errors import ConfigurationError
+from jobworker.domain.errors import ConfigurationError
 
 ChannelOptions = list[tuple[str, int | str]]
 

@@ -12,13 +12,18 @@ import grpc
 import structlog
 from google.protobuf.message import Message
 
-from adapters.codec import result_to_proto, results_request
-from adapters.grpc.channel import client_channel_options, open_channel
-from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
-from application.retry import full_jitter_delay
-from domain.errors import BatchesUnsupported, ResultNotDelivered, ResultRefused, ResultTooLarge
-from domain.model import JobResult
+from jobworker.adapters.codec import result_to_proto, results_request
+from jobworker.adapters.grpc.channel import client_channel_options, open_channel
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobworker.application.retry import full_jitter_delay
+from jobworker.domain.errors import (
+    BatchesUnsupported,
+    ResultNotDelivered,
+    ResultRefused,
+    ResultTooLarge,
+)
+from jobworker.domain.model import JobResult
 
 log = structlog.get_logger(__name__)
 
@@ -95,7 +100,7 @@ class GrpcResultSink:
 
         ``call_timeout_s`` is the deadline of each attempt. ``max_attempts`` of 0 retries
         for ever. ``on_retry`` must not raise. TLS is used when any ``tls_*`` file is
-        given (see ``adapters.grpc.channel.open_channel``). A result whose request is
+        given (see ``jobworker.adapters.grpc.channel.open_channel``). A result whose request is
         larger than ``max_message_bytes`` is refused without a call. Raises
         ``ValueError`` for impossible numbers and ``ConfigurationError`` for bad TLS files.
         """

@@ -1,8 +1,8 @@
 """Apache Kafka adapters: the job source (consumer group), the publisher, the dead-letter topic."""
 
-from adapters.kafka.publisher import KafkaJobPublisher, PublishFailed
-from adapters.kafka.settings import KafkaClientSettings, parse_brokers
-from adapters.kafka.source import KafkaJobSource, KafkaReceipt
+from jobworker.adapters.kafka.publisher import KafkaJobPublisher, PublishFailed
+from jobworker.adapters.kafka.settings import KafkaClientSettings, parse_brokers
+from jobworker.adapters.kafka.source import KafkaJobSource, KafkaReceipt
 
 __all__ = [
     "KafkaClientSettings",

@@ -15,8 +15,8 @@ import structlog
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from adapters.kafka.quirks import UnreadableBatch
-from adapters.kafka.settings import KafkaClientSettings
+from jobworker.adapters.kafka.quirks import UnreadableBatch
+from jobworker.adapters.kafka.settings import KafkaClientSettings
 
 log = structlog.get_logger(__name__)
 

@@ -23,8 +23,8 @@ import structlog
 from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient, OffsetSpec
 
-from adapters.kafka.quirks import open_admin_client
-from adapters.kafka.settings import KafkaClientSettings
+from jobworker.adapters.kafka.quirks import open_admin_client
+from jobworker.adapters.kafka.settings import KafkaClientSettings
 
 log = structlog.get_logger(__name__)
 

@@ -7,10 +7,10 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from adapters.codec import task_from_job, type_number
-from adapters.kafka.settings import KafkaClientSettings
-from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from domain.model import Job
+from jobworker.adapters.codec import task_from_job, type_number
+from jobworker.adapters.kafka.settings import KafkaClientSettings
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.domain.model import Job
 
 UNSPECIFIED = "TYPE_UNSPECIFIED"
 

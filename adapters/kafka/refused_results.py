@@ -8,11 +8,11 @@ import structlog
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from adapters.codec import result_to_proto
-from adapters.kafka.settings import KafkaClientSettings
-from adapters.kafka.source import KafkaReceipt
-from domain.errors import ResultNotDelivered, ResultRefused
-from domain.model import Job, JobResult
+from jobworker.adapters.codec import result_to_proto
+from jobworker.adapters.kafka.settings import KafkaClientSettings
+from jobworker.adapters.kafka.source import KafkaReceipt
+from jobworker.domain.errors import ResultNotDelivered, ResultRefused
+from jobworker.domain.model import Job, JobResult
 
 log = structlog.get_logger(__name__)
 

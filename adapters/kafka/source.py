@@ -28,10 +28,10 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from kafka.util import ensure_valid_topic_name
 
-from adapters.codec import job_from_task
-from adapters.kafka.dlq import DeadLetter, DeadLetterOutbox, DeadLetterWriter
-from adapters.kafka.lag import PartitionOffsets
-from adapters.kafka.quirks import (
+from jobworker.adapters.codec import job_from_task
+from jobworker.adapters.kafka.dlq import DeadLetter, DeadLetterOutbox, DeadLetterWriter
+from jobworker.adapters.kafka.lag import PartitionOffsets
+from jobworker.adapters.kafka.quirks import (
     UnreadableBatch,
     UnreadableBatchDetector,
     fetch_position,
@@ -40,16 +40,16 @@ from adapters.kafka.quirks import (
     resume_interrupted_join,
     sleep_on_io_loop,
 )
-from adapters.kafka.refusals import fatal_error_message
-from adapters.kafka.settings import KafkaClientSettings
-from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from adapters.sparse_warnings import SparseWarning
-from adapters.tracing.headers import trace_headers
-from application import finished_offsets
-from application.commit_cadence import CommitCadence, Due
-from application.partitions import ORDERINGS, AssignedPartitions, Commit
-from domain.errors import ConfigurationError, SourceFailed
-from domain.model import Job
+from jobworker.adapters.kafka.refusals import fatal_error_message
+from jobworker.adapters.kafka.settings import KafkaClientSettings
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.adapters.sparse_warnings import SparseWarning
+from jobworker.adapters.tracing.headers import trace_headers
+from jobworker.application import finished_offsets
+from jobworker.application.commit_cadence import CommitCadence, Due
+from jobworker.application.partitions import ORDERINGS, AssignedPartitions, Commit
+from jobworker.domain.errors import ConfigurationError, SourceFailed
+from jobworker.domain.model import Job
 
 log = structlog.get_logger(__name__)
 
@@ -94,7 +94,7 @@ def decode_task(record: Any) -> pb.JobTask | str:
 
 
 class KafkaJobSource:
-    """The JobSource port over a Kafka consumer group (see ``domain.ports.JobSource``).
+    """The JobSource port over a Kafka consumer group (see ``jobworker.domain.ports.JobSource``).
 
     A partition's committed offset never passes a job that is not done (acked, or its
     record written to the dead-letter topic). ``max_in_flight_per_partition`` bounds a

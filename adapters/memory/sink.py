@@ -7,8 +7,13 @@ from collections.abc import Sequence
 import gevent
 import gevent.event
 
-from domain.errors import BatchesUnsupported, ResultNotDelivered, ResultRefused, ResultTooLarge
-from domain.model import Job, JobResult
+from jobworker.domain.errors import (
+    BatchesUnsupported,
+    ResultNotDelivered,
+    ResultRefused,
+    ResultTooLarge,
+)
+from jobworker.domain.model import Job, JobResult
 
 
 class InMemoryResultSink:

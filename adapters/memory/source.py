@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 import gevent
 from gevent.event import Event
 
-from domain.model import Job
+from jobworker.domain.model import Job
 
 
 class InMemoryJobSource:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from adapters.observability.hub_watch import BlockedHubStandIn, HubHeartbeat
+from jobworker.adapters.observability.hub_watch import BlockedHubStandIn, HubHeartbeat
 
 
 @dataclass(frozen=True)

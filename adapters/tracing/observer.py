@@ -18,8 +18,8 @@ from opentelemetry import context, trace
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from adapters.sparse_warnings import SparseWarning
-from domain.model import Job, JobResult, JobStatus
+from jobworker.adapters.sparse_warnings import SparseWarning
+from jobworker.domain.model import Job, JobResult, JobStatus
 
 log = structlog.get_logger("jobworker.tracing")
 

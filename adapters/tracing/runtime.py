@@ -1,6 +1,6 @@
 """Tracing once it is on: the SDK's provider and exporters, and the instrumentations.
 
-Only ``adapters.tracing.setup.start_tracing`` imports this module, and only when the
+Only ``jobworker.adapters.tracing.setup.start_tracing`` imports this module, and only when the
 ``OTEL_*`` variables ask for tracing.
 """
 
@@ -22,9 +22,9 @@ from opentelemetry.sdk.resources import (
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from adapters.tracing.observer import JobSpans, TracingJobObserver
-from adapters.tracing.sink import TracedResultSink
-from domain.ports import ResultSink
+from jobworker.adapters.tracing.observer import JobSpans, TracingJobObserver
+from jobworker.adapters.tracing.sink import TracedResultSink
+from jobworker.domain.ports import ResultSink
 
 INSTRUMENTATION_NAME = "jobworker"
 

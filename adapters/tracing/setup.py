@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
-from domain.errors import ConfigurationError
+from jobworker.domain.errors import ConfigurationError
 
 SDK_DISABLED = "OTEL_SDK_DISABLED"
 TRACES_EXPORTER = "OTEL_TRACES_EXPORTER"
@@ -117,6 +117,6 @@ def start_tracing(worker_id: str, version: str, environ: Mapping[str, str] | Non
     if plan is None:
         return None
     # Imported here: with tracing off, the SDK is never loaded.
-    from adapters.tracing.runtime import Tracing  # noqa: PLC0415
+    from jobworker.adapters.tracing.runtime import Tracing  # noqa: PLC0415
 
     return Tracing.start(plan.exporters, worker_id, version, DEFAULT_SERVICE_NAME)

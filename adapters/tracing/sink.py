@@ -18,10 +18,10 @@ import structlog
 from opentelemetry import context, trace
 from opentelemetry.trace import Link, SpanKind
 
-from adapters.tracing.observer import JobSpans
-from domain.errors import BatchesUnsupported
-from domain.model import JobResult
-from domain.ports import ResultSink
+from jobworker.adapters.tracing.observer import JobSpans
+from jobworker.domain.errors import BatchesUnsupported
+from jobworker.domain.model import JobResult
+from jobworker.domain.ports import ResultSink
 
 
 class TracedResultSink:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from adapters.kafka import KafkaClientSettings, KafkaJobSource
+from jobworker.adapters.kafka import KafkaClientSettings, KafkaJobSource
 from tests.support.kafka import create_topic, produce, task_bytes, unique_name
 
 JobsTopic = Callable[..., str]

@@ -16,9 +16,9 @@ from kafka import KafkaProducer
 from kafka.record.memory_records import MemoryRecords
 from structlog.testing import capture_logs
 
-from adapters.kafka import KafkaClientSettings, KafkaJobSource
-from domain.errors import SourceFailed
-from domain.model import Job
+from jobworker.adapters.kafka import KafkaClientSettings, KafkaJobSource
+from jobworker.domain.errors import SourceFailed
+from jobworker.domain.model import Job
 from tests.support.kafka import (
     committed_offsets,
     end_offsets,

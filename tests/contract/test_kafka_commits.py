@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from adapters.kafka import KafkaJobSource
-from domain.model import Job
+from jobworker.adapters.kafka import KafkaJobSource
+from jobworker.domain.model import Job
 from tests.contract.conftest import JobsTopic
 from tests.support.kafka import committed_offsets
 

@@ -12,10 +12,10 @@ from kafka import errors as kafka_errors
 from kafka.admin import NewTopic
 from structlog.testing import capture_logs
 
-from adapters.kafka import KafkaClientSettings, KafkaJobSource
-from adapters.kafka.refusals import fatal_error_message
-from domain.errors import ConfigurationError, SourceFailed
-from domain.model import Job
+from jobworker.adapters.kafka import KafkaClientSettings, KafkaJobSource
+from jobworker.adapters.kafka.refusals import fatal_error_message
+from jobworker.domain.errors import ConfigurationError, SourceFailed
+from jobworker.domain.model import Job
 from tests.contract.conftest import JobsTopic
 from tests.support.kafka import (
     admin_client,

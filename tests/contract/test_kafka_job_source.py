@@ -15,10 +15,15 @@ import pytest
 from kafka import TopicPartition
 from structlog.testing import capture_logs
 
-from adapters.kafka import KafkaClientSettings, KafkaJobPublisher, KafkaJobSource, KafkaReceipt
-from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from application.finished_offsets import decode
-from domain.model import Job
+from jobworker.adapters.kafka import (
+    KafkaClientSettings,
+    KafkaJobPublisher,
+    KafkaJobSource,
+    KafkaReceipt,
+)
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.application.finished_offsets import decode
+from jobworker.domain.model import Job
 from tests.contract.conftest import JobsTopic
 from tests.support.kafka import (
     commit_with_metadata,
@@ -434,7 +439,7 @@ GEVENT_SCRIPT = textwrap.dedent(
     import json, sys, time
     import gevent
     from gevent.queue import Queue
-    from adapters.kafka import KafkaClientSettings, KafkaJobSource
+    from jobworker.adapters.kafka import KafkaClientSettings, KafkaJobSource
 
     servers, topic, group_id, expected = sys.argv[1:5]
     source = KafkaJobSource(

@@ -8,8 +8,8 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from adapters.kafka import KafkaClientSettings
-from adapters.kafka.lag import BrokerOffsetsMonitor, GroupOffsetsProbe, PartitionOffsets
+from jobworker.adapters.kafka import KafkaClientSettings
+from jobworker.adapters.kafka.lag import BrokerOffsetsMonitor, GroupOffsetsProbe, PartitionOffsets
 from tests.support.kafka import admin_client, produce, task_bytes
 
 pytestmark = pytest.mark.contract

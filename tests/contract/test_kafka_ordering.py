@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
-from adapters.kafka import KafkaJobSource
-from domain.errors import ConfigurationError
-from domain.model import Job
+from jobworker.adapters.kafka import KafkaJobSource
+from jobworker.domain.errors import ConfigurationError
+from jobworker.domain.model import Job
 from tests.support.kafka import create_topic, produce, task_bytes
 
 SourceFactory = Callable[..., KafkaJobSource]

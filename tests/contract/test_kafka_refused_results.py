@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.kafka import KafkaClientSettings
-from adapters.kafka.refused_results import MAX_VALUE_BYTES, KafkaRefusedResultStore
-from adapters.kafka.source import KafkaReceipt
-from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from domain.errors import ResultNotDelivered, ResultRefused
-from domain.model import Job, JobResult, JobStatus
+from jobworker.adapters.kafka import KafkaClientSettings
+from jobworker.adapters.kafka.refused_results import MAX_VALUE_BYTES, KafkaRefusedResultStore
+from jobworker.adapters.kafka.source import KafkaReceipt
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.domain.errors import ResultNotDelivered, ResultRefused
+from jobworker.domain.model import Job, JobResult, JobStatus
 from tests.support.kafka import create_topic, read_all, set_topic_config
 
 pytestmark = pytest.mark.contract

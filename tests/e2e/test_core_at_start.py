@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.core.process import CoreProcess
+from jobworker.adapters.core.process import CoreProcess
 from tests.support.e2e import publish, results_in_core, sleep_jobs, worker_settings
 from tests.support.kafka import committed_offsets, create_topic, group_members, unique_name
 from tests.support.processes import ROOT, free_port, worker_env
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 def run(settings: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "entrypoints", "run"],
+        [sys.executable, "-m", "jobworker", "run"],
         env=worker_env(**settings),
         cwd=cwd,
         capture_output=True,
@@ -104,7 +104,7 @@ def test_a_signal_while_waiting_for_core_stops_cleanly_having_run_nothing(
     log = tmp_path / "worker.log"
     with log.open("wb") as out:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "entrypoints", "run"],
+            [sys.executable, "-m", "jobworker", "run"],
             env=worker_env(**settings),
             cwd=ROOT,
             stdout=out,

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from adapters.core.process import CoreProcess
+from jobworker.adapters.core.process import CoreProcess
 from tests.support.e2e import (
     publish,
     reports_per_job,

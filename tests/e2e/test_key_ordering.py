@@ -15,10 +15,10 @@ from collections.abc import Iterable
 
 import pytest
 
-from adapters.core.process import CoreProcess
-from adapters.core.store import ResultStore
-from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from domain.model import JobResult
+from jobworker.adapters.core.process import CoreProcess
+from jobworker.adapters.core.store import ResultStore
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.domain.model import JobResult
 from tests.support.e2e import tally, worker_settings
 from tests.support.fixtures import Report, StartWorker
 from tests.support.kafka import create_topic, produce, unique_name
@@ -152,7 +152,7 @@ def test_an_unknown_ordering_is_one_line_naming_the_variable_and_exit_2() -> Non
         KAFKA_ORDERING="by-user",
     )
     run = subprocess.run(
-        [sys.executable, "-m", "entrypoints", "run"],
+        [sys.executable, "-m", "jobworker", "run"],
         env=env,
         capture_output=True,
         text=True,

@@ -9,8 +9,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.core.process import CoreProcess
-from domain.model import Job
+from jobworker.adapters.core.process import CoreProcess
+from jobworker.domain.model import Job
 from tests.support.e2e import publish, results_in_core, sleep_jobs, worker_settings
 from tests.support.fixtures import StartWorker
 from tests.support.kafka import create_topic, unique_name

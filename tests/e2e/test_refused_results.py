@@ -11,10 +11,10 @@ from pathlib import Path
 
 import grpc
 
-from adapters.codec import task_from_job
-from adapters.core.server import CoreServicer
-from adapters.core.store import ResultStore
-from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.adapters.codec import task_from_job
+from jobworker.adapters.core.server import CoreServicer
+from jobworker.adapters.core.store import ResultStore
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from tests.support.e2e import core_in_this_process, sleep_jobs, tally, worker_settings
 from tests.support.fixtures import StartWorker
 from tests.support.kafka import (

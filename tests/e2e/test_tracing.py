@@ -31,11 +31,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from adapters.codec import task_from_job
-from adapters.core.server import CoreServicer
-from adapters.core.store import ResultStore
-from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from domain.model import Job
+from jobworker.adapters.codec import task_from_job
+from jobworker.adapters.core.server import CoreServicer
+from jobworker.adapters.core.store import ResultStore
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.domain.model import Job
 from tests.support.e2e import core_in_this_process, tally, worker_settings
 from tests.support.fixtures import StartWorker
 from tests.support.kafka import create_topic, unique_name

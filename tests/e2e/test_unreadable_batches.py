@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.core.process import CoreProcess
+from jobworker.adapters.core.process import CoreProcess
 from tests.support.e2e import results_in_core, worker_settings
 from tests.support.fixtures import StartWorker
 from tests.support.kafka import (

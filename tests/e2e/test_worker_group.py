@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from adapters.core.process import CoreProcess
+from jobworker.adapters.core.process import CoreProcess
 from tests.support.e2e import (
     reporting_workers,
     results_in_core,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from adapters.core.process import CoreProcess
+from jobworker.adapters.core.process import CoreProcess
 from tests.support.e2e import reporting_workers, results_in_core, sleep_jobs, tally, worker_settings
 from tests.support.fixtures import Report, StartWorker
 from tests.support.kafka import create_topic, group_members, job_record, produce, unique_name

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.core.process import CoreProcess
+from jobworker.adapters.core.process import CoreProcess
 from tests.support.e2e import publish, sleep_jobs, tally, worker_settings
 from tests.support.faults import PrivateBroker
 from tests.support.fixtures import Report, StartWorker

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from adapters.core.process import CoreProcess
+from jobworker.adapters.core.process import CoreProcess
 from tests.support.e2e import publish, sleep_jobs, tally, worker_settings
 from tests.support.faults import MIB, metrics_answer, rss_bytes, scrape_metric
 from tests.support.fixtures import Report, StartWorker

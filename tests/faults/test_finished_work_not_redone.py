@@ -13,8 +13,8 @@ import json
 
 import pytest
 
-from adapters.core.process import CoreProcess
-from domain.model import Job
+from jobworker.adapters.core.process import CoreProcess
+from jobworker.domain.model import Job
 from tests.support.e2e import (
     publish,
     reports_per_job,

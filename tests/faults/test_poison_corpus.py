@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from google.protobuf.message import DecodeError
 
-from adapters.core.process import CoreProcess
-from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from domain.model import JobStatus
+from jobworker.adapters.core.process import CoreProcess
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.domain.model import JobStatus
 from tests.support.e2e import sleep_jobs, statuses, tally, worker_settings
 from tests.support.faults import MIB, SilentServer, decompression_bomb_png, png_bytes
 from tests.support.fixtures import Report, StartWorker

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from adapters.core.process import CoreProcess
-from domain.model import Job
+from jobworker.adapters.core.process import CoreProcess
+from jobworker.domain.model import Job
 from tests.support.e2e import publish, results_in_core, sleep_jobs, worker_settings
 from tests.support.faults import PrivateBroker
 from tests.support.fixtures import Report, StartWorker

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from adapters.core.process import CoreProcess
+from jobworker.adapters.core.process import CoreProcess
 from tests.support.e2e import reporters, reporting_workers, sleep_jobs, tally, worker_settings
 from tests.support.fixtures import Report, StartWorker
 from tests.support.kafka import create_topic, job_record, produce, unique_name

@@ -23,7 +23,7 @@ def jobworker(
     *args: str, env: dict[str, str], cwd: Path, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "entrypoints", *args],
+        [sys.executable, "-m", "jobworker", *args],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -119,7 +119,7 @@ def test_sigterm_lets_running_jobs_finish(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "entrypoints",
+                "jobworker",
                 "run",
                 "--jobs",
                 str(jobs),
@@ -198,7 +198,7 @@ def test_submit_refuses_a_payload_that_is_not_json(tmp_path: Path) -> None:
 
 def test_demo_reports_every_example_job_to_core(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "entrypoints.demo", "--workdir", str(tmp_path / "demo")],
+        [sys.executable, "-m", "jobworker.entrypoints.demo", "--workdir", str(tmp_path / "demo")],
         env=worker_env(),
         cwd=ROOT,
         capture_output=True,
@@ -410,7 +410,7 @@ def test_unreachable_kafka_at_start_exits_69(tmp_path: Path) -> None:
 def test_core_reads_log_format_like_run_and_its_flag_wins(
     tmp_path: Path, env_format: str, flags: list[str], json_lines: bool
 ) -> None:
-    command = [sys.executable, "-m", "entrypoints", "core", "--address", "127.0.0.1:0"]
+    command = [sys.executable, "-m", "jobworker", "core", "--address", "127.0.0.1:0"]
     core = subprocess.Popen(
         [*command, "--db", str(tmp_path / "core.db"), *flags],
         env=worker_env(LOG_FORMAT=env_format, PYTHONUNBUFFERED="1"),

@@ -10,13 +10,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from adapters.codec import result_to_proto
-from adapters.core.process import CoreProcess
-from adapters.core.server import CoreServer, CoreServerError
-from adapters.core.store import ResultStore
-from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
-from domain.model import JobResult, JobStatus
+from jobworker.adapters.codec import result_to_proto
+from jobworker.adapters.core.process import CoreProcess
+from jobworker.adapters.core.server import CoreServer, CoreServerError
+from jobworker.adapters.core.store import ResultStore
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobworker.domain.model import JobResult, JobStatus
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.integration
@@ -126,7 +126,7 @@ def test_the_core_process_explains_an_unusable_database_in_one_line(tmp_path: Pa
         [
             sys.executable,
             "-m",
-            "entrypoints",
+            "jobworker",
             "core",
             "--address",
             "127.0.0.1:0",

@@ -20,12 +20,12 @@ import pytest
 import trustme
 from structlog.testing import capture_logs
 
-from adapters.core.server import CoreServicer
-from adapters.core.store import ResultStore
-from adapters.grpc.sink import GrpcResultSink
-from adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
-from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
-from domain.model import JobResult, JobStatus
+from jobworker.adapters.core.server import CoreServicer
+from jobworker.adapters.core.store import ResultStore
+from jobworker.adapters.grpc.sink import GrpcResultSink
+from jobworker.adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobworker.domain.model import JobResult, JobStatus
 from tests.support.processes import WorkerProcess, events_named, free_port, wait_while_running
 
 pytestmark = pytest.mark.integration

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from adapters.file import FileJobSource, FileResultSink, JobFileError, parse_job_line
-from adapters.file.refused import FileRefusedResultStore
-from adapters.file.sink import result_to_record
-from domain.errors import ResultNotDelivered, ResultRefused
-from domain.model import Job, JobResult, JobStatus
+from jobworker.adapters.file import FileJobSource, FileResultSink, JobFileError, parse_job_line
+from jobworker.adapters.file.refused import FileRefusedResultStore
+from jobworker.adapters.file.sink import result_to_record
+from jobworker.domain.errors import ResultNotDelivered, ResultRefused
+from jobworker.domain.model import Job, JobResult, JobStatus
 
 pytestmark = pytest.mark.integration
 

@@ -18,21 +18,21 @@ import grpc
 import pytest
 from structlog.testing import capture_logs
 
-from adapters.core.process import CoreProcess
-from adapters.core.server import CoreServicer
-from adapters.core.store import ResultStore
-from adapters.grpc.sink import GrpcResultSink, RetryNotice
-from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
-from application.retry import full_jitter_delay
-from domain.errors import (
+from jobworker.adapters.core.process import CoreProcess
+from jobworker.adapters.core.server import CoreServicer
+from jobworker.adapters.core.store import ResultStore
+from jobworker.adapters.grpc.sink import GrpcResultSink, RetryNotice
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobworker.application.retry import full_jitter_delay
+from jobworker.domain.errors import (
     BatchesUnsupported,
     ConfigurationError,
     ResultNotDelivered,
     ResultRefused,
     ResultTooLarge,
 )
-from domain.model import JobResult, JobStatus
+from jobworker.domain.model import JobResult, JobStatus
 from tests.support.e2e import core_in_this_process
 from tests.support.processes import free_port
 
@@ -387,12 +387,12 @@ GEVENT_SENDER = """
 from gevent import monkey
 monkey.patch_all()
 import json, socket, sys
-from adapters.grpc.runtime import init_grpc_for_gevent
+from jobworker.adapters.grpc.runtime import init_grpc_for_gevent
 init_grpc_for_gevent(concurrent_calls=100)
 import gevent
-from adapters.grpc.sink import GrpcResultSink, RetryNotice
-from domain.errors import ResultNotDelivered
-from domain.model import JobResult, JobStatus
+from jobworker.adapters.grpc.sink import GrpcResultSink, RetryNotice
+from jobworker.domain.errors import ResultNotDelivered
+from jobworker.domain.model import JobResult, JobStatus
 
 def result(job_id):
     return JobResult(job_id=job_id, type="SLEEP", status=JobStatus.SUCCEEDED)

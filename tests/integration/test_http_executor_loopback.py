@@ -18,11 +18,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from adapters.executors.http import HttpExecutor
-from adapters.executors.network_guard import AddressGuard, IPAddress
-from adapters.executors.safe_http import SafeHttpClient
-from domain.errors import InvalidPayload, JobFailed, RetryableJobError
-from domain.model import Job
+from jobworker.adapters.executors.http import HttpExecutor
+from jobworker.adapters.executors.network_guard import AddressGuard, IPAddress
+from jobworker.adapters.executors.safe_http import SafeHttpClient
+from jobworker.domain.errors import InvalidPayload, JobFailed, RetryableJobError
+from jobworker.domain.model import Job
 
 pytestmark = pytest.mark.integration
 

@@ -26,8 +26,8 @@ from gevent import monkey
 monkey.patch_all()
 import sys
 
-from entrypoints import supervisor
-from entrypoints.logging_setup import configure_logging
+from jobworker.entrypoints import supervisor
+from jobworker.entrypoints.logging_setup import configure_logging
 
 configure_logging("json", "info")
 supervisor.BACKOFF_FIRST_S, supervisor.BACKOFF_MAX_S, supervisor.STOP_MARGIN_S = 0.05, 0.2, 0.5

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from adapters.file.source import JobFileError, parse_job_line
+from jobworker.adapters.file.source import JobFileError, parse_job_line
 from tests.support.processes import worker_env
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,7 @@ def run_file_worker(tmp_path: Path, lines: list[dict[str, Any]], **otel: str) ->
         **otel,
     )
     return subprocess.run(
-        [sys.executable, "-m", "entrypoints", "run"],
+        [sys.executable, "-m", "jobworker", "run"],
         env=env,
         cwd=tmp_path,
         capture_output=True,

@@ -14,13 +14,13 @@ from typing import Any
 
 import grpc
 
-from adapters.core.process import CoreProcess
-from adapters.core.server import CoreServicer
-from adapters.core.store import ResultStore
-from adapters.kafka import KafkaClientSettings
-from adapters.kafka.publisher import KafkaJobPublisher
-from adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
-from domain.model import Job, JobStatus
+from jobworker.adapters.core.process import CoreProcess
+from jobworker.adapters.core.server import CoreServicer
+from jobworker.adapters.core.store import ResultStore
+from jobworker.adapters.kafka import KafkaClientSettings
+from jobworker.adapters.kafka.publisher import KafkaJobPublisher
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobworker.domain.model import Job, JobStatus
 from tests.support.processes import free_port
 
 

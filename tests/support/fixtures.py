@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.core.process import CoreProcess
+from jobworker.adapters.core.process import CoreProcess
 from tests.support.e2e import running_core
 from tests.support.processes import WorkerProcess, log_tail
 
@@ -39,7 +39,7 @@ def core(tmp_path: Path) -> Iterator[CoreProcess]:
 
 @pytest.fixture
 def start_worker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StartWorker]:
-    """``start_worker(name, settings)``: ``python -m entrypoints run`` with ``WORKER_ID``
+    """``start_worker(name, settings)``: ``python -m jobworker run`` with ``WORKER_ID``
     set to ``name``, logging to ``<tmp>/<name>.log``. Every one is killed after the test,
     and a failed test prints the end of each worker's log."""
     started: list[tuple[str, WorkerProcess]] = []

@@ -7,9 +7,9 @@ import threading
 import time
 from collections.abc import Sequence
 
-from adapters.kafka import KafkaClientSettings
-from adapters.kafka.publisher import KafkaJobPublisher
-from domain.model import Job
+from jobworker.adapters.kafka import KafkaClientSettings
+from jobworker.adapters.kafka.publisher import KafkaJobPublisher
+from jobworker.domain.model import Job
 from tests.support.processes import WorkerProcess, assigned_partitions
 
 

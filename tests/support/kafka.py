@@ -31,9 +31,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.structs import OffsetAndMetadata
 
-from adapters.codec import task_from_job
-from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from domain.model import Job
+from jobworker.adapters.codec import task_from_job
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.domain.model import Job
 
 KAFKA_TOOLS = Path(__file__).resolve().parents[2] / "tools" / "kafka"
 NO_BROKER = (

@@ -26,7 +26,7 @@ def free_port() -> int:
 def worker_env(**settings: str) -> dict[str, str]:
     """This environment minus every jobworker setting and ``OTEL_*`` variable, plus
     ``settings``: a developer's shell cannot turn tracing (or anything else) on in tests."""
-    from entrypoints.settings import SETTINGS
+    from jobworker.entrypoints.settings import SETTINGS
 
     names = {s.name for s in SETTINGS}
     env = {k: v for k, v in os.environ.items() if k not in names and not k.startswith("OTEL_")}
@@ -35,7 +35,7 @@ def worker_env(**settings: str) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """``python -m entrypoints run`` with its own settings; output goes to ``log_path``."""
+    """``python -m jobworker run`` with its own settings; output goes to ``log_path``."""
 
     def __init__(self, settings: Mapping[str, str], log_path: Path) -> None:
         self.settings = dict(settings)
@@ -45,7 +45,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "entrypoints", "run"],
+                [sys.executable, "-m", "jobworker", "run"],
                 env=worker_env(**self.settings),
                 cwd=ROOT,
                 stdout=log,

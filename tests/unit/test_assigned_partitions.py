@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from application import finished_offsets
-from application.finished_offsets import decode
-from application.partitions import AssignedPartitions, Commit, Taken
+from jobworker.application import finished_offsets
+from jobworker.application.finished_offsets import decode
+from jobworker.application.partitions import AssignedPartitions, Commit, Taken
 
 P0 = ("jobs", 0)
 P1 = ("jobs", 1)

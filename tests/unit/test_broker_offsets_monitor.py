@@ -12,9 +12,9 @@ from kafka import TopicPartition
 from kafka.errors import KafkaConnectionError, KafkaError
 from structlog.testing import capture_logs
 
-from adapters.kafka import KafkaClientSettings
-from adapters.kafka.lag import BrokerOffsetsMonitor, GroupOffsetsProbe, PartitionOffsets
-from adapters.kafka.source import partition_lag
+from jobworker.adapters.kafka import KafkaClientSettings
+from jobworker.adapters.kafka.lag import BrokerOffsetsMonitor, GroupOffsetsProbe, PartitionOffsets
+from jobworker.adapters.kafka.source import partition_lag
 
 TP = TopicPartition("jobs", 0)
 

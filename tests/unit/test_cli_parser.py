@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from entrypoints.commands import SETTING_FLAGS, build_parser, load_settings
+from jobworker.entrypoints.commands import SETTING_FLAGS, build_parser, load_settings
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from adapters.codec import (
+from jobworker.adapters.codec import (
     job_from_task,
     result_from_proto,
     result_to_proto,
@@ -8,8 +8,8 @@ from adapters.codec import (
     type_name,
     type_number,
 )
-from adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from domain.model import JobResult, JobStatus
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.domain.model import JobResult, JobStatus
 
 
 def result(job_id: str, **overrides: object) -> JobResult:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from application.commit_cadence import CommitCadence, Due
+from jobworker.application.commit_cadence import CommitCadence, Due
 
 
 class Clock:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.core.store import ResultStore, ResultStoreError, format_summary
-from domain.model import JobResult, JobStatus
+from jobworker.adapters.core.store import ResultStore, ResultStoreError, format_summary
+from jobworker.domain.model import JobResult, JobStatus
 
 
 class StepClock:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adapters.kafka.dlq import MAX_BATCH_BYTES, fitted_dead_letter
+from jobworker.adapters.kafka.dlq import MAX_BATCH_BYTES, fitted_dead_letter
 
 OURS = [("x-dlq-reason", b"value is not a JobTask"), ("x-dlq-source-offset", b"7")]
 

@@ -7,13 +7,17 @@ import time
 import gevent
 import pytest
 
-from adapters.memory import InMemoryJobSource, InMemoryRefusedResultStore, InMemoryResultSink
-from application.engine import EngineConfig, WorkerEngine
-from application.registry import ExecutorRegistry
-from application.result_delivery import RefusalPolicy
-from application.retry import RetryPolicy
-from domain.errors import InvalidPayload, JobFailed, RetryableJobError, SourceFailed
-from domain.model import Job, JobResult, JobStatus
+from jobworker.adapters.memory import (
+    InMemoryJobSource,
+    InMemoryRefusedResultStore,
+    InMemoryResultSink,
+)
+from jobworker.application.engine import EngineConfig, WorkerEngine
+from jobworker.application.registry import ExecutorRegistry
+from jobworker.application.result_delivery import RefusalPolicy
+from jobworker.application.retry import RetryPolicy
+from jobworker.domain.errors import InvalidPayload, JobFailed, RetryableJobError, SourceFailed
+from jobworker.domain.model import Job, JobResult, JobStatus
 
 
 class SleepFor:

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from application import finished_offsets
-from application.finished_offsets import (
+from jobworker.application import finished_offsets
+from jobworker.application.finished_offsets import (
     METADATA_MAX_BYTES,
     UnreadableMetadataError,
     decode,

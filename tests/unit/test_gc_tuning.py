@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from entrypoints.gc_tuning import YOUNG_THRESHOLD, settle_heap
+from jobworker.entrypoints.gc_tuning import YOUNG_THRESHOLD, settle_heap
 
 
 @pytest.fixture

@@ -11,16 +11,20 @@ from collections.abc import Iterator
 
 import pytest
 
-from adapters.executors.http import HttpExecutor, parse_http_request
-from adapters.executors.network_guard import (
+from jobworker.adapters.executors.http import HttpExecutor, parse_http_request
+from jobworker.adapters.executors.network_guard import (
     AddressGuard,
     RefusedDestination,
     embedded_ipv4,
     non_public_reason,
 )
-from adapters.executors.safe_http import HttpResponse, SafeHttpClient, raise_for_http_status
-from domain.errors import InvalidPayload, JobFailed, RetryableJobError
-from domain.model import Job
+from jobworker.adapters.executors.safe_http import (
+    HttpResponse,
+    SafeHttpClient,
+    raise_for_http_status,
+)
+from jobworker.domain.errors import InvalidPayload, JobFailed, RetryableJobError
+from jobworker.domain.model import Job
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ import pytest
 from gevent.threadpool import ThreadPool
 from PIL import Image
 
-from adapters.executors.image_resize import ImageResizeExecutor
-from domain.errors import InvalidPayload, JobFailed
-from domain.model import Job
+from jobworker.adapters.executors.image_resize import ImageResizeExecutor
+from jobworker.domain.errors import InvalidPayload, JobFailed
+from jobworker.domain.model import Job
 
 
 class CountingThreadPool(ThreadPool):  # type: ignore[misc]  # gevent is untyped

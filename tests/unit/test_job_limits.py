@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from application.job_limits import JobLimits, nested_deeper_than
-from domain.model import Job
+from jobworker.application.job_limits import JobLimits, nested_deeper_than
+from jobworker.domain.model import Job
 
 LIMITS = JobLimits()
 

@@ -16,7 +16,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.future import Future
 
-from adapters.kafka.quirks import (
+from jobworker.adapters.kafka.quirks import (
     ADMIN_INTERNALS,
     _FinishedJoin,
     fetch_position,

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from kafka.record.memory_records import MemoryRecordsBuilder
 
-from adapters.kafka.dlq import MAX_BATCH_BYTES, unreadable_batch_message
-from adapters.kafka.quirks import UnreadableBatch, _batch_holding
-from adapters.kafka.settings import KafkaClientSettings
-from domain.errors import ConfigurationError
+from jobworker.adapters.kafka.dlq import MAX_BATCH_BYTES, unreadable_batch_message
+from jobworker.adapters.kafka.quirks import UnreadableBatch, _batch_holding
+from jobworker.adapters.kafka.settings import KafkaClientSettings
+from jobworker.domain.errors import ConfigurationError
 
 
 def batch_bytes(base_offset: int, count: int, compression: int = 0) -> bytes:

@@ -11,18 +11,18 @@ import pytest
 import structlog
 from structlog.typing import EventDict
 
-from adapters.executors import HttpExecutor, SafeHttpClient
-from adapters.memory import InMemoryJobSource, InMemoryResultSink
-from application.engine import EngineConfig, WorkerEngine
-from application.registry import ExecutorRegistry
-from domain.model import Job, JobStatus, JobType
-from entrypoints.logging_setup import (
+from jobworker.adapters.executors import HttpExecutor, SafeHttpClient
+from jobworker.adapters.memory import InMemoryJobSource, InMemoryResultSink
+from jobworker.application.engine import EngineConfig, WorkerEngine
+from jobworker.application.registry import ExecutorRegistry
+from jobworker.domain.model import Job, JobStatus, JobType
+from jobworker.entrypoints.logging_setup import (
     MAX_FIELD_CHARS,
     MAX_TRACEBACK_CHARS,
     FieldCap,
     configure_logging,
 )
-from entrypoints.observers import LoggingJobObserver
+from jobworker.entrypoints.observers import LoggingJobObserver
 
 KB = 1000
 # A line holds several fields, each capped; this bounds a line with a few long ones.

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from adapters.observability.metrics import (
+from jobworker.adapters.observability.metrics import (
     LiveState,
     LiveStateCollector,
     PrometheusJobObserver,
@@ -10,7 +10,7 @@ from adapters.observability.metrics import (
     installed_version,
     new_registry,
 )
-from domain.model import Job, JobResult, JobStatus
+from jobworker.domain.model import Job, JobResult, JobStatus
 
 KNOWN_TYPES = ("HTTP", "SLEEP")
 

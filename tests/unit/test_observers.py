@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from structlog.testing import capture_logs
 
-from domain.model import Job, JobResult, JobStatus
-from entrypoints.logging_setup import current_job_fields
-from entrypoints.observers import LoggingJobObserver
+from jobworker.domain.model import Job, JobResult, JobStatus
+from jobworker.entrypoints.logging_setup import current_job_fields
+from jobworker.entrypoints.observers import LoggingJobObserver
 
 JOB = Job(id="j-1", type="SLEEP")
 

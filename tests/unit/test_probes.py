@@ -18,7 +18,11 @@ import gevent
 import pytest
 from prometheus_client import CollectorRegistry
 
-from adapters.observability.http_server import NotReady, ObservabilityServer, readiness_body
+from jobworker.adapters.observability.http_server import (
+    NotReady,
+    ObservabilityServer,
+    readiness_body,
+)
 
 MAX_BLOCKED_S = 1.0
 

@@ -13,8 +13,8 @@ import pytest
 from gevent.event import Event
 from prometheus_client import CollectorRegistry
 
-from adapters.observability.http_server import ObservabilityServer
-from entrypoints.observability import start_observability_server
+from jobworker.adapters.observability.http_server import ObservabilityServer
+from jobworker.entrypoints.observability import start_observability_server
 
 
 class Core:

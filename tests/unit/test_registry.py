@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from application.registry import PLUGIN_GROUP, ExecutorRegistry, PluginLoadError
-from domain.errors import DuplicateExecutor, UnknownJobType
-from domain.model import Job
+from jobworker.application.registry import PLUGIN_GROUP, ExecutorRegistry, PluginLoadError
+from jobworker.domain.errors import DuplicateExecutor, UnknownJobType
+from jobworker.domain.model import Job
 
 
 class EchoExecutor:

@@ -11,13 +11,18 @@ from pathlib import Path
 import pytest
 from gevent.threadpool import ThreadPool
 
-from adapters.executors import HttpExecutor, ImageResizeExecutor, SafeHttpClient, SleepExecutor
-from application.job_limits import JobLimits
-from application.observers import ObserverGroup
-from application.registry import ExecutorRegistry
-from application.retry import RetryPolicy
-from application.run_job import JobRunner
-from domain.model import Job, JobResult, JobStatus
+from jobworker.adapters.executors import (
+    HttpExecutor,
+    ImageResizeExecutor,
+    SafeHttpClient,
+    SleepExecutor,
+)
+from jobworker.application.job_limits import JobLimits
+from jobworker.application.observers import ObserverGroup
+from jobworker.application.registry import ExecutorRegistry
+from jobworker.application.retry import RetryPolicy
+from jobworker.application.run_job import JobRunner
+from jobworker.domain.model import Job, JobResult, JobStatus
 
 KB = 1000
 SHORT_REASON_CHARS = 300

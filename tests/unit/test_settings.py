@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from domain.errors import ConfigurationError
-from entrypoints.config_values import parse_duration, parse_size
-from entrypoints.settings import SETTINGS, Settings, settings_table
+from jobworker.domain.errors import ConfigurationError
+from jobworker.entrypoints.config_values import parse_duration, parse_size
+from jobworker.entrypoints.settings import SETTINGS, Settings, settings_table
 
 KAFKA_RUN = {
     "KAFKA_BROKERS": "k1:9092,k2:9092",

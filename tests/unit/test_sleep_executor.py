@@ -8,9 +8,9 @@ import time
 import gevent
 import pytest
 
-from adapters.executors.sleep import SleepExecutor
-from domain.errors import InvalidPayload, JobFailed, RetryableJobError
-from domain.model import Job
+from jobworker.adapters.executors.sleep import SleepExecutor
+from jobworker.domain.errors import InvalidPayload, JobFailed, RetryableJobError
+from jobworker.domain.model import Job
 
 
 def sleep_job(payload: object, job_id: str = "job-1") -> Job:

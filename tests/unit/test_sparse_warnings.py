@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adapters.sparse_warnings import SparseWarning
+from jobworker.adapters.sparse_warnings import SparseWarning
 
 
 def test_the_first_is_logged_then_one_per_interval_with_the_count_held_back() -> None:

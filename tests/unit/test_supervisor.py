@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from entrypoints.supervisor import child_arguments, describe_exit
+from jobworker.entrypoints.supervisor import child_arguments, describe_exit
 
 
 def test_children_get_the_parents_arguments_without_processes() -> None:

@@ -17,12 +17,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from structlog.testing import capture_logs
 
-from adapters.tracing.headers import trace_headers
-from adapters.tracing.observer import JobSpans, TracingJobObserver
-from adapters.tracing.setup import tracing_plan
-from adapters.tracing.sink import TracedResultSink
-from domain.errors import BatchesUnsupported, ConfigurationError, ResultRefused
-from domain.model import Job, JobResult, JobStatus
+from jobworker.adapters.tracing.headers import trace_headers
+from jobworker.adapters.tracing.observer import JobSpans, TracingJobObserver
+from jobworker.adapters.tracing.setup import tracing_plan
+from jobworker.adapters.tracing.sink import TracedResultSink
+from jobworker.domain.errors import BatchesUnsupported, ConfigurationError, ResultRefused
+from jobworker.domain.model import Job, JobResult, JobStatus
 
 PRODUCER_TRACE = "0af7651916cd43dd8448eb211c80319c"
 PRODUCER_SPAN = "b7ad6b7169203331"

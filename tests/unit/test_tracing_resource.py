@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME
 
-from adapters.tracing.runtime import _resource
+from jobworker.adapters.tracing.runtime import _resource
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from adapters.proto.jobworker.v1 import jobworker_pb2 as adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as jobworker_dot_adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in adapters/proto/jobworker/v1/jobworker_pb2_grpc.py depends on'
+        + ' but the generated code in jobworker/adapters/proto/jobworker/v1/jobworker_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,13 +36,13 @@ class CoreServiceStub:
         """
         self.ReportResult = channel.unary_unary(
                 '/jobworker.v1.CoreService/ReportResult',
-                request_serializer=adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultRequest.SerializeToString,
-                response_deserializer=adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultResponse.FromString,
+                request_serializer=jobworker_dot_adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultRequest.SerializeToString,
+                response_deserializer=jobworker_dot_adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultResponse.FromString,
                 _registered_method=True)
         self.ReportResults = channel.unary_unary(
                 '/jobworker.v1.CoreService/ReportResults',
-                request_serializer=adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultsRequest.SerializeToString,
-                response_deserializer=adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultsResponse.FromString,
+                request_serializer=jobworker_dot_adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultsRequest.SerializeToString,
+                response_deserializer=jobworker_dot_adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultsResponse.FromString,
                 _registered_method=True)
 
 
@@ -69,13 +69,13 @@ def add_CoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ReportResult': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportResult,
-                    request_deserializer=adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultRequest.FromString,
-                    response_serializer=adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultResponse.SerializeToString,
+                    request_deserializer=jobworker_dot_adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultRequest.FromString,
+                    response_serializer=jobworker_dot_adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultResponse.SerializeToString,
             ),
             'ReportResults': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportResults,
-                    request_deserializer=adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultsRequest.FromString,
-                    response_serializer=adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultsResponse.SerializeToString,
+                    request_deserializer=jobworker_dot_adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultsRequest.FromString,
+                    response_serializer=jobworker_dot_adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -103,8 +103,8 @@ class CoreService:
             request,
             target,
             '/jobworker.v1.CoreService/ReportResult',
-            adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultRequest.SerializeToString,
-            adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultResponse.FromString,
+            jobworker_dot_adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultRequest.SerializeToString,
+            jobworker_dot_adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -130,8 +130,8 @@ class CoreService:
             request,
             target,
             '/jobworker.v1.CoreService/ReportResults',
-            adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultsRequest.SerializeToString,
-            adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultsResponse.FromString,
+            jobworker_dot_adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultsRequest.SerializeToString,
+            jobworker_dot_adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2.ReportResultsResponse.FromString,
             options,
             channel_credentials,
             insecure,

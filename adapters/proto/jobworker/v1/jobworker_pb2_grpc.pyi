@@ -9,9 +9,9 @@ KAFKA_ORDERING=key reads the key as an ordering key (an entity id) instead; the 
 id is always JobTask.id.
 """
 
-from adapters.proto.jobworker.v1 import jobworker_pb2 as _jobworker_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as _jobworker_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
