@@ -120,7 +120,8 @@ def _kafka_counters(source: KafkaJobSource) -> dict[str, Reading]:
             lambda: source.counters["finished_skipped"],
         ),
         "jobworker_commit_metadata_fallbacks": (
-            "Commits made without their finished offsets (over the metadata size limit).",
+            "Commits whose finished offsets did not all fit the metadata size limit"
+            " (the leading ones were kept).",
             lambda: source.counters["commit_metadata_fallbacks"],
         ),
     }
