@@ -52,7 +52,8 @@ class SleepExecutor:
         retryable_failures = optional_int(
             fields, "retryable_failures", default=0, minimum=0, maximum=_MAX_RETRYABLE_FAILURES
         )
-        gevent.sleep(ms / 1000)
+        if ms:  # a zero sleep is no sleep: the pool slot yields to the hub on its own
+            gevent.sleep(ms / 1000)
         if self._should_fail_retryably(job.id, retryable_failures):
             raise RetryableJobError(
                 f"SLEEP job asked to fail retryably {retryable_failures} time(s) "
