@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from jobworker.adapters.file.source import JobFileError, job_to_record, parse_jo
 from jobworker.domain.errors import ConfigurationError, JobWorkerError, SourceFailed
 from jobworker.domain.model import Job
 from jobworker.entrypoints.exit_codes import (
+    EXIT_BROKEN_PIPE,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_UNAVAILABLE,
@@ -148,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_cli(argv: list[str]) -> int:
+def run_cli(argv: list[str]) -> int:  # noqa: PLR0911 - one exit status per outcome
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
@@ -168,6 +170,12 @@ def run_cli(argv: list[str]) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (``jobworker settings | head``): stop quietly, as a
+        # command killed by SIGPIPE would, and keep the interpreter's final flush of
+        # stdout from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 # -- run -----------------------------------------------------------------------------

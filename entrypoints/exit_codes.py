@@ -14,6 +14,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69
 EXIT_INTERRUPTED = 130
+# The reader of our output went away: 128 + SIGPIPE, what a shell shows for `git log | head`.
+EXIT_BROKEN_PIPE = 141
 
 
 class UsageError(JobWorkerError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -428,3 +429,23 @@ def test_core_reads_log_format_like_run_and_its_flag_wins(
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert lines, "Core logged nothing"
     assert all(line.startswith("{") for line in lines) == json_lines, stderr
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
+    # ``jobworker settings --defaults | head -1``: the reader is gone before the table
+    # is written (it fits a pipe's buffer, so a reader that left later might not be seen).
+    reader, writer = os.pipe()
+    settings = subprocess.Popen(
+        [sys.executable, "-m", "jobworker", "settings", "--defaults"],
+        env=worker_env(),
+        cwd=tmp_path,
+        stdout=writer,
+        stderr=subprocess.PIPE,
+    )
+    os.close(writer)
+    os.close(reader)
+    _, stderr = settings.communicate(timeout=60)
+
+    assert settings.returncode == 141
+    assert b"Traceback" not in stderr
+    assert stderr == b""
