@@ -40,7 +40,10 @@ def _shared_broker_env(kafka_servers: str) -> dict[str, str]:
     host, _, port = kafka_servers.split(",", maxsplit=1)[0].rpartition(":")
     if host not in {"127.0.0.1", "localhost"}:
         pytest.skip("the tools start brokers on 127.0.0.1 only")
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    # As a user's shell runs make, not as `make test` does: a make run inside another
+    # one prints "Entering directory" lines that a shell's `make kafka-up` never shows.
+    inherited = {"KAFKA_BOOTSTRAP_SERVERS", "MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"}
+    env = {k: v for k, v in os.environ.items() if k not in inherited}
     return env | {"KAFKA_PORT": port}
 
 
