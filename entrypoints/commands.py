@@ -43,6 +43,13 @@ LOG_FLAGS = SETTING_FLAGS[1:3]
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No abbreviated flags: `--proc 2` must not pass for `--processes 2` (the
+        # supervisor strips the full flag from its children's arguments), and a flag
+        # added later must not change what an old abbreviation meant.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         # One line, like every other error (argparse prints the whole usage first).
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")

@@ -38,3 +38,12 @@ def test_flags_become_settings_that_win(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.job_source == "file"
     assert settings.job_file == "-"
     assert settings.origin(type(settings).worker_pool_size) == "flag --concurrency"
+
+
+def test_abbreviated_flags_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    # The supervisor strips `--processes` from its children's arguments: an abbreviation
+    # it would not strip must not start a supervisor in every child.
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["run", "--proc", "2"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --proc 2" in capsys.readouterr().err
