@@ -45,8 +45,11 @@ from jobworker.domain.errors import ConfigurationError
 from jobworker.domain.model import JobType
 from jobworker.domain.ports import Executor, JobObserver, ResultSink
 from jobworker.entrypoints.exit_codes import ServiceUnavailable
+from jobworker.entrypoints.logging_setup import first_error, held_back_connection_errors
 from jobworker.entrypoints.observers import LoggingJobObserver
 from jobworker.entrypoints.settings import Settings
+
+kafka_log = structlog.get_logger("jobworker.kafka")
 
 
 def _closing(resource: Any) -> Iterator[Any]:
@@ -77,8 +80,20 @@ def kafka_client_settings(settings: Settings) -> KafkaClientSettings:
 
 
 def kafka_source(settings: Settings) -> Iterator[KafkaJobSource]:
+    brokers = ",".join(settings.kafka_brokers)
+    kafka_log.info("connecting to Kafka", brokers=brokers)
+    with held_back_connection_errors() as held:
+        source = _open_kafka_source(settings, brokers, held)
+    if held:
+        kafka_log.warning(
+            "Kafka answered after failed attempts", brokers=brokers, first=first_error(held)
+        )
+    yield from _closing(source)
+
+
+def _open_kafka_source(settings: Settings, brokers: str, held: list[str]) -> KafkaJobSource:
     try:
-        source = KafkaJobSource(
+        return KafkaJobSource(
             kafka_client_settings(settings),
             topic=settings.kafka_topic,
             group_id=settings.kafka_group_id,
@@ -91,11 +106,11 @@ def kafka_source(settings: Settings) -> Iterator[KafkaJobSource]:
             ordering=settings.kafka_ordering,
         )
     except KafkaError as error:
-        brokers = ",".join(settings.kafka_brokers)
+        cause = first_error(held)
         raise ServiceUnavailable(
             f"cannot reach Kafka at {brokers} (KAFKA_BROKERS): {error}"
+            + (f" ({cause})" if cause else "")
         ) from None
-    yield from _closing(source)
 
 
 def broker_offsets_monitor(

@@ -13,7 +13,8 @@ from __future__ import annotations
 import enum
 import logging
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -262,3 +263,41 @@ class _OurSlowRevokeIsExpected(logging.Filter):
             and isinstance(record.args, tuple)
             and record.args[0] == "_RebalanceListener"
         )
+
+
+# Where kafka-python logs each failed connection attempt (four lines per try).
+_KAFKA_CONNECTION_LOGGERS = ("kafka.net.manager", "kafka.net.connection", "kafka.conn")
+
+
+@contextmanager
+def held_back_connection_errors() -> Iterator[list[str]]:
+    """Hold back kafka-python's per-attempt connection lines while the worker first
+    reaches the brokers, keeping their messages (the list yielded) for one line of our own.
+
+    Unreachable brokers would otherwise print some 70 lines in the 30 s before the
+    worker gives up; once connected, outages are logged as they come.
+    """
+    held: list[str] = []
+
+    class _Hold(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.levelno >= logging.WARNING:
+                held.append(record.getMessage())
+            return False
+
+    hold = _Hold()
+    loggers = [logging.getLogger(name) for name in _KAFKA_CONNECTION_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(hold)
+    try:
+        yield held
+    finally:
+        for logger in loggers:
+            logger.removeFilter(hold)
+
+
+def first_error(held: list[str]) -> str | None:
+    """The first connection failure among held-back lines (the cause, not the give-up)."""
+    return next((line for line in held if line.startswith("Connection failed")), None) or (
+        held[0] if held else None
+    )
