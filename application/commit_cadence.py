@@ -1,11 +1,13 @@
 """When a source commits its done offsets: on a clock, or after so many acks.
 
-On the clock (every ``interval_s``) a commit waits for the broker's answer, so one is
-known to land at least once per interval. After ``every`` acks in between, a commit is
-sent without waiting: waiting there held up every job behind the poll loop for a round
-trip, ``every`` acks at a time. One such commit is in flight at a time (the next
-carries what was done meanwhile); one unanswered for ``patience_s`` is taken as lost, so
-that they cannot stop for good.
+On the clock (every ``interval_s``) done work is committed without waiting for the
+broker's answer: a short interval then costs the poll loop nothing, and finished work is
+on record soon after Core took it (what a crash redoes). A clock tick with no acks since
+(a position moved by skipped records alone) commits and waits. After ``every`` acks in
+between, a commit is sent without waiting too: waiting there held up every job behind
+the poll loop for a round trip, ``every`` acks at a time. One commit without waiting is
+in flight at a time (the next carries what was done meanwhile); one unanswered for
+``patience_s`` is taken as lost, so that they cannot stop for good.
 
 Not thread-safe: the source holds its lock around ``acked`` and ``committing``.
 """
@@ -50,7 +52,7 @@ class CommitCadence:
     def due(self) -> Due:
         """The commit due now: on the clock first, then after enough acks."""
         if self._clock() - self._last >= self._interval_s:
-            return Due.WAITING
+            return Due.SENT if self._acks else Due.WAITING
         if self._acks >= self._every:
             return Due.SENT
         return Due.NONE
@@ -58,8 +60,8 @@ class CommitCadence:
     def seconds_until_due(self) -> float | None:
         """How soon the clock commit is due, if anything was done since the last one:
         a poll should wait no longer, so that done work is committed on time."""
-        if not self._acks:
-            return None
+        if not self._acks or not self.may_send():
+            return None  # nothing to commit, or the last commit is still unanswered
         return max(0.0, self._interval_s - (self._clock() - self._last))
 
     def committing(self) -> None:

@@ -263,7 +263,7 @@ class Settings:
     # Short, so that finished work is on record soon after Core took it (a crash then
     # redoes little); a commit is sent only when something moved.
     kafka_commit_interval = setting(
-        "200ms", "commit done offsets at least this often", positive(parse_duration)
+        "100ms", "commit done offsets at least this often", positive(parse_duration)
     )
     kafka_commit_every = setting("1000", "…or after this many finished jobs", positive(parse_int))
     kafka_max_partition_fetch_bytes = setting(

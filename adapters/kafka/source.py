@@ -60,6 +60,8 @@ _POLL_RETRY_MIN_S = 0.1
 # While jobs are held for their key, polls are this short, so that a released job waits
 # for a poll no longer than this.
 _HELD_POLL_S = 0.02
+# While jobs are out (taken, not yet acked), polls are at most this long.
+_JOBS_OUT_POLL_S = 0.05
 # Look-ups of a partition's committed metadata that may fail before its finished
 # offsets are given up on (and the jobs behind the committed offset redone).
 _FINISHED_LOOKUP_TRIES = 3
@@ -131,7 +133,7 @@ class KafkaJobSource:
         dlq_topic: str,
         worker_id: str = "",
         max_in_flight_per_partition: int = 1000,
-        commit_interval_s: float = 0.2,
+        commit_interval_s: float = 0.1,
         commit_every: int = 1000,
         dead_letter_retry_s: float = 1.0,
         dead_letter_max_backoff_s: float = 30.0,
@@ -247,6 +249,11 @@ class KafkaJobSource:
             with self._lock:
                 holding = self._partitions.holding()
                 commit_in = self._cadence.seconds_until_due()
+                jobs_out = any(self._partitions.in_flight(tp) for tp in self._partitions.owned())
+            if jobs_out:
+                # Their acks come from other greenlets while this poll waits: the commit
+                # they make due should not wait out a whole poll (what a crash redoes).
+                timeout_s = min(timeout_s, _JOBS_OUT_POLL_S)
             if jobs or holding or paused_for_window:
                 # Released jobs go out at once; held ones are released, and full
                 # windows opened, by acks, which a long poll would not see.

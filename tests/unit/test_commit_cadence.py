@@ -15,7 +15,7 @@ class Clock:
         return self.now
 
 
-def test_the_clock_comes_first_and_waits_for_the_answer() -> None:
+def test_the_clock_comes_first_and_sends_done_work_without_waiting() -> None:
     clock = Clock()
     cadence = CommitCadence(interval_s=1.0, every=3, clock=clock)
 
@@ -23,9 +23,18 @@ def test_the_clock_comes_first_and_waits_for_the_answer() -> None:
     clock.now += 1.0
     for _ in range(5):
         cadence.acked()
-    assert cadence.due() is Due.WAITING
+    assert cadence.due() is Due.SENT
     cadence.committing()
     assert cadence.due() is Due.NONE
+
+
+def test_a_tick_with_nothing_acked_commits_and_waits() -> None:
+    # A position moved by skipped records alone (transaction markers) still lands.
+    clock = Clock()
+    cadence = CommitCadence(interval_s=1.0, every=3, clock=clock)
+
+    clock.now += 1.0
+    assert cadence.due() is Due.WAITING
 
 
 def test_enough_acks_between_ticks_send_one_without_waiting() -> None:
@@ -80,4 +89,17 @@ def test_a_poll_waits_no_longer_than_the_clock_commit_once_work_is_done() -> Non
     now[0] = 0.5
     assert cadence.seconds_until_due() == 0.0
     cadence.committing()
+    assert cadence.seconds_until_due() is None
+
+
+def test_a_poll_is_not_cut_short_while_the_last_commit_is_unanswered() -> None:
+    # A broker that does not answer must not turn the poll loop into a spin.
+    clock = Clock()
+    cadence = CommitCadence(interval_s=0.2, every=1000, clock=clock)
+    cadence.acked()
+    clock.now += 0.5
+    cadence.sending()
+    cadence.committing()
+    cadence.acked()
+
     assert cadence.seconds_until_due() is None
