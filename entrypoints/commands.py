@@ -8,12 +8,12 @@ import os
 import sys
 import uuid
 from collections.abc import Iterator
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NoReturn
 
 import structlog
 
+from jobworker import __version__
 from jobworker.adapters.file.source import JobFileError, job_to_record, parse_job_line
 from jobworker.domain.errors import ConfigurationError, JobWorkerError, SourceFailed
 from jobworker.domain.model import Job
@@ -55,13 +55,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def _version() -> str:
-    try:
-        return version("jobworker")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
-
-
 def _add_setting_flags(parser: argparse.ArgumentParser, flags: list[Any]) -> None:
     for names, entry, metavar in flags:
         parser.add_argument(
@@ -94,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 clean stop, 1 failure, 2 usage or configuration error,"
         " 69 Kafka or Core unreachable at start (CORE_START_TIMEOUT).",
     )
-    parser.add_argument("-V", "--version", action="version", version=f"jobworker {_version()}")
+    parser.add_argument("-V", "--version", action="version", version=f"jobworker {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(

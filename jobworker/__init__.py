@@ -11,4 +11,4 @@ from importlib.metadata import PackageNotFoundError, version
 try:
     __version__ = version("jobworker")
 except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
+    __version__ = "unknown"

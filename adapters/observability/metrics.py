@@ -10,7 +10,6 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import (
     CollectorRegistry,
@@ -29,11 +28,11 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from jobworker import __version__
 from jobworker.domain.model import Job, JobResult
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 UNKNOWN_TYPE = "unknown"
-DISTRIBUTION = "jobworker"
 
 
 def new_registry() -> CollectorRegistry:
@@ -61,10 +60,8 @@ def new_registry() -> CollectorRegistry:
 
 
 def installed_version() -> str:
-    try:
-        return version(DISTRIBUTION)
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
+    """The installed jobworker's version ("unknown" in a never-installed source tree)."""
+    return __version__
 
 
 class PrometheusJobObserver(Collector):
