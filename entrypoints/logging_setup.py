@@ -5,19 +5,25 @@ A line costs in proportion to whether it is written: the level is asked before a
 processor runs, so a line filtered out costs one check. Our own events are rendered by
 structlog and handed to the standard library as finished text, so the handler (and
 anything else attached to the root logger) still sees every line, but no line is
-processed twice.
+processed twice. Lines reach stderr in batches (see ``BatchedLineHandler``): one write
+per line was the largest part of a line's cost at 10,000 jobs/s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import json
 import logging
 import sys
+import threading
+import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+import orjson
 import structlog
 
 # A field longer than this is cut: one job's 900 KB URL must not make a 1.8 MB log
@@ -29,6 +35,10 @@ _LONG_FIELDS = frozenset({"exception", "stack", "stack_info"})
 _SHORT_TYPES = (int, float, bool, type(None))
 # Set on the records of lines structlog rendered already (see _HandOver).
 _RENDERED = "jobworker_rendered"
+# INFO and DEBUG lines wait at most this long for the lines after them (one write for
+# all); a WARNING or worse line is written at once, with every line before it.
+FLUSH_INTERVAL_S = 0.1
+_MAX_PENDING_CHARS = 64 * 1024
 
 # The fields of the job the current greenlet runs. One context variable set once per
 # attempt: binding three of structlog's contextvars per job, and clearing them (which
@@ -173,6 +183,117 @@ class LevelFirstBoundLogger(structlog.stdlib.BoundLogger):
         return super().log(level, event, *args, **kw)
 
 
+class BatchedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler that writes its lines in batches instead of one write per line.
+
+    A line waits at most ``FLUSH_INTERVAL_S`` (or until 64 KiB are pending); a WARNING
+    or worse line goes out at once, behind the lines before it, so what explains a
+    failure is on stderr before the process can die of it. A SIGKILL loses at most the
+    last interval's INFO lines. On a terminal every line is written as it comes.
+    """
+
+    def __init__(self, stream: Any, flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
+        super().__init__(stream)
+        self._interval = flush_interval_s
+        self._pending: list[str] = []
+        self._pending_chars = 0
+        self._oldest = 0.0  # when the first pending line came
+        self._each_line = bool(getattr(stream, "isatty", lambda: False)())
+        self._flusher: threading.Thread | None = None
+        self._closed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+            return
+        now = time.monotonic()
+        if not self._pending:
+            self._oldest = now
+        self._pending.append(line)
+        self._pending_chars += len(line)
+        if (
+            record.levelno >= logging.WARNING
+            or self._each_line
+            or self._pending_chars >= _MAX_PENDING_CHARS
+            or now - self._oldest >= self._interval
+        ):
+            self.flush()
+        elif self._flusher is None:
+            # A thread (a greenlet where gevent patched threading) for the quiet
+            # moments after a burst: no line waits longer than the interval.
+            self._flusher = threading.Thread(
+                target=self._flush_every_interval, name="log-flusher", daemon=True
+            )
+            self._flusher.start()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            if self._pending:
+                lines, self._pending, self._pending_chars = self._pending, [], 0
+                try:
+                    self.stream.write("\n".join(lines) + "\n")
+                except Exception:
+                    # Like StreamHandler: a broken stderr must not break the worker.
+                    if logging.raiseExceptions:
+                        sys.stderr.write("--- logging could not write its lines to stderr\n")
+            super().flush()
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(ValueError):  # a closed stream: go on, as logging.shutdown
+            self.flush()
+        super().close()
+
+    def _flush_every_interval(self) -> None:
+        while not self._closed:
+            time.sleep(self._interval)
+            try:
+                self.flush()
+            except ValueError:  # the stream was closed under us (a test's captured stderr)
+                return
+
+
+class UtcTimestamp:
+    """structlog's ``TimeStamper(fmt="iso", utc=True)`` at a third of the cost: the date
+    and time of day are formatted once a second. Always six digits of microseconds."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(
+        self, _logger: Any, _method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        return event_dict
+
+
+def _json_text(event_dict: Any, **dumps_kw: Any) -> str:
+    """orjson, a fifth of json.dumps's cost per line; json.dumps for what orjson refuses
+    (an integer beyond 64 bits). ``default`` is structlog's: repr for other objects."""
+    try:
+        return orjson.dumps(
+            event_dict, default=dumps_kw.get("default"), option=orjson.OPT_NON_STR_KEYS
+        ).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        return json.dumps(event_dict, **dumps_kw)
+
+
+def flush_logs() -> None:
+    """Write out every line still waiting in a handler (tests, and before an exit)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
 def _hand_over(_logger: Any, _method_name: str, line: Any) -> tuple[tuple[str], dict[str, Any]]:
     """The last processor: the rendered line to the standard library, marked as done."""
     return (line,), {"extra": {_RENDERED: True}}
@@ -202,7 +323,7 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
         structlog.stdlib.add_logger_name,
     ]
     stamp: list[structlog.types.Processor] = [
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        UtcTimestamp(),
         # Tracebacks as text in both formats, so that the cap below bounds them too
         # (and the console shows no local variables, which may hold secrets).
         structlog.processors.format_exc_info,
@@ -210,7 +331,7 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
     renderer: structlog.types.Processor
     finish: list[structlog.types.Processor] = []
     if fmt == "json":
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=_json_text)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         finish.append(plain_enums)  # JSON writes a StrEnum as its value already
@@ -222,7 +343,7 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
         wrapper_class=LevelFirstBoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BatchedLineHandler(sys.stderr)
     handler.setFormatter(
         _Formatter(
             # Library records may carry ``extra`` fields; our own lines never come here.
@@ -235,7 +356,13 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+    # No line shows the caller either: without this the standard library walks the
+    # stack for it on every record (its own comment names this switch for the purpose).
+    logging._srcfile = None
     root = logging.getLogger()
+    for previous in root.handlers:
+        if isinstance(previous, BatchedLineHandler):
+            previous.close()  # a second configure (tests) must not leave a flusher behind
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # kafka-python is chatty at INFO (every rebalance step); its warnings still show.

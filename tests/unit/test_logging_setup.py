@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -19,8 +20,10 @@ from jobworker.domain.model import Job, JobStatus, JobType
 from jobworker.entrypoints.logging_setup import (
     MAX_FIELD_CHARS,
     MAX_TRACEBACK_CHARS,
+    BatchedLineHandler,
     FieldCap,
     configure_logging,
+    flush_logs,
 )
 from jobworker.entrypoints.observers import LoggingJobObserver
 
@@ -45,11 +48,15 @@ def logged(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[str], ReadL
         configure_logging(fmt, "debug")
 
         def read() -> list[str]:
+            flush_logs()  # INFO lines wait for a batch (BatchedLineHandler)
             return capsys.readouterr().err.splitlines()
 
         return read
 
     yield configure
+    for handler in root.handlers:
+        if handler not in saved_root[0]:
+            handler.close()
     root.handlers[:], level = saved_root
     root.setLevel(level)
     structlog.configure(**saved_structlog)
@@ -260,14 +267,68 @@ def test_text_logs_show_enum_names_not_reprs(logged: Callable[[str], ReadLines])
 
 
 def test_kafka_pythons_slow_listener_warning_is_dropped_for_our_listener_only(
-    capsys: pytest.CaptureFixture[str],
+    logged: Callable[[str], ReadLines],
 ) -> None:
-    configure_logging("json", "info")
+    read = logged("json")
     coordinator = logging.getLogger("kafka.coordinator.consumer")
     message = "Rebalance listener %s.%s for group %s took %.3fs. Sync listeners block ..."
     coordinator.warning(message, "_RebalanceListener", "on_partitions_revoked", "g", 5.02)
     coordinator.warning(message, "TheirListener", "on_partitions_revoked", "g", 5.02)
 
-    lines = capsys.readouterr().err.strip().splitlines()
+    lines = read()
     assert len(lines) == 1
     assert "TheirListener" in lines[0]
+
+
+def _record(level: int, message: str) -> logging.LogRecord:
+    return logging.LogRecord("t", level, __file__, 1, message, None, None)
+
+
+def test_info_lines_are_written_together_and_a_warning_takes_them_along() -> None:
+    stream = io.StringIO()
+    handler = BatchedLineHandler(stream, flush_interval_s=60)
+    try:
+        handler.handle(_record(logging.INFO, "one"))
+        handler.handle(_record(logging.INFO, "two"))
+        assert stream.getvalue() == ""  # waiting for the batch
+
+        handler.handle(_record(logging.WARNING, "three"))
+
+        assert stream.getvalue() == "one\ntwo\nthree\n"
+    finally:
+        handler.close()
+
+
+def test_a_waiting_line_is_written_within_the_interval_without_more_logging() -> None:
+    stream = io.StringIO()
+    handler = BatchedLineHandler(stream, flush_interval_s=0.01)
+    try:
+        handler.handle(_record(logging.INFO, "alone"))
+        with gevent.Timeout(5):
+            while not stream.getvalue():
+                gevent.sleep(0.01)
+        assert stream.getvalue() == "alone\n"
+    finally:
+        handler.close()
+
+
+def test_closing_writes_what_waits() -> None:
+    stream = io.StringIO()
+    handler = BatchedLineHandler(stream, flush_interval_s=60)
+    handler.handle(_record(logging.INFO, "last words"))
+
+    handler.close()
+
+    assert stream.getvalue() == "last words\n"
+
+
+def test_json_lines_take_what_orjson_refuses(logged: Callable[[str], ReadLines]) -> None:
+    read = logged("json")
+
+    structlog.get_logger("t").info("big", number=2**70, parts={1: "a"}, thing=Unprintable)
+
+    [line] = read()
+    event = json.loads(line)
+    assert event["number"] == 2**70
+    assert event["parts"] == {"1": "a"}
+    assert event["thing"].startswith("<class")
