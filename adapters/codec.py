@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping
 
 from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from jobworker.domain.model import NO_TRACE_HEADERS, Job, JobResult, JobStatus
+from jobworker.domain.model import NO_METADATA, NO_TRACE_HEADERS, Job, JobResult, JobStatus
 
 _UNKNOWN_TYPE_PREFIX = "TYPE_"
 # Every job passes through these translations twice: plain dict look-ups, built once,
@@ -44,7 +44,7 @@ def job_from_task(
         type=type_name(task.type),
         payload=task.payload,
         timeout_ms=task.timeout_ms,
-        metadata=dict(task.metadata) if task.metadata else {},
+        metadata=dict(task.metadata) if task.metadata else NO_METADATA,
         created_at_unix_ms=task.created_at_unix_ms,
         receipt=receipt,
         trace_headers=trace_headers,

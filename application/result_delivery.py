@@ -9,7 +9,6 @@ result the sink will not take must not hold up the others.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -328,8 +327,8 @@ def _failed_for_size(result: JobResult, too_large: ResultTooLarge) -> JobResult:
         f"result of {too_large.size} bytes is above the {too_large.limit}-byte limit of the"
         f" result sink; its output was dropped (the job had ended {result.status.value})"
     )
-    return dataclasses.replace(
-        result, status=JobStatus.FAILED, output="", error=reason[:_MAX_TOO_LARGE_REASON_CHARS]
+    return result._replace(
+        status=JobStatus.FAILED, output="", error=reason[:_MAX_TOO_LARGE_REASON_CHARS]
     )
 
 

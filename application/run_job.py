@@ -146,8 +146,9 @@ class JobRunner:
             started_at_unix_ms=started_ms,
             finished_at_unix_ms=_now_ms(),
             worker_id=self._worker_id,
-            # A job that passed the limits check has metadata within them.
-            metadata=dict(job.metadata) if metadata is None else metadata,
+            # A job that passed the limits check has metadata within them; no one
+            # changes a job's metadata in place, so the result shares it.
+            metadata=job.metadata if metadata is None else metadata,
         )
 
 

@@ -42,7 +42,7 @@ MAX_HEADER_VALUE_CHARS = 8192
 MAX_HEADER_NAME_CHARS = 256
 MAX_HEADERS = 100
 _MAX_METHOD_CHARS = 16
-_FIELDS = ("method", "url", "headers", "body", "timeout_ms")
+_FIELDS = frozenset(("method", "url", "headers", "body", "timeout_ms"))
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEADER_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
 

@@ -60,7 +60,7 @@ from jobworker.domain.errors import InvalidPayload, JobFailed
 from jobworker.domain.model import Job
 
 MIB = 1024 * 1024
-_FIELDS = ("source", "width", "height", "mode", "format", "destination", "quality")
+_FIELDS = frozenset(("source", "width", "height", "mode", "format", "destination", "quality"))
 # Enough for every name the executor knows ("exact", "JPEG"); a longer one is a typo.
 _MAX_NAME_CHARS = 16
 _T = TypeVar("_T")

@@ -9,8 +9,10 @@ the value may be a megabyte long.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping, Set
 from typing import Any
+
+import orjson
 
 from jobworker.domain.errors import InvalidPayload
 
@@ -21,18 +23,27 @@ _SHOWN_CHARS = 64
 _UNKNOWN_FIELDS_SHOWN = 5
 
 
-def load_object(payload: str, known_fields: Collection[str]) -> dict[str, Any]:
+def load_object(payload: str, known_fields: Set[str]) -> dict[str, Any]:
     """Parse ``payload`` as a JSON object whose keys are all in ``known_fields``.
 
     Unknown keys are refused rather than ignored: a misspelt ``timout_ms`` silently
     falling back to a default is worse than a rejection that names it.
     """
     try:
-        fields = json.loads(payload)
-    except ValueError as error:
-        raise InvalidPayload(f"payload is not valid JSON: {error}") from error
+        # orjson parses a small payload in a tenth of json.loads's time; what it refuses
+        # (NaN, lone surrogates, invalid JSON) goes to json.loads, whose answer (and
+        # error message) is the one that counts, as before. orjson reads an integer
+        # beyond 64 bits as a float: out of every integer field's range either way.
+        fields = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        try:
+            fields = json.loads(payload)
+        except ValueError as error:
+            raise InvalidPayload(f"payload is not valid JSON: {error}") from error
     if not isinstance(fields, dict):
         raise InvalidPayload(f"payload must be a JSON object, got {_json_type(fields)}")
+    if fields.keys() <= known_fields:
+        return fields
     unknown = sorted(set(fields) - set(known_fields))
     if unknown:
         listed = ", ".join(map(shown, unknown[:_UNKNOWN_FIELDS_SHOWN]))

@@ -29,7 +29,7 @@ from jobworker.domain.errors import JobFailed, RetryableJobError
 from jobworker.domain.model import Job
 
 ONE_HOUR_MS = 3_600_000
-_FIELDS = ("ms", "fail", "output", "retryable_failures")
+_FIELDS = frozenset(("ms", "fail", "output", "retryable_failures"))
 _MAX_RETRYABLE_FAILURES = 100
 # Echoed into the result, which the runner caps at its output limit (1 MiB by
 # default); this only stops a benchmark's echo from growing past any use.
@@ -63,7 +63,8 @@ class SleepExecutor:
             raise JobFailed("SLEEP job asked to fail (fail=true)")
         # What json.dumps({"slept_ms": ms, "output": output}) gives, without building and
         # walking a dict per job: ``ms`` is an int, only ``output`` needs encoding.
-        return f'{{"slept_ms": {ms}, "output": {json.dumps(output)}}}'
+        echoed = json.dumps(output) if output else '""'
+        return f'{{"slept_ms": {ms}, "output": {echoed}}}'
 
     def _should_fail_retryably(self, job_id: str, retryable_failures: int) -> bool:
         failures = self._failed_attempts.pop(job_id, 0)

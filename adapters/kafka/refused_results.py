@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import structlog
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -74,7 +72,7 @@ class KafkaRefusedResultStore:
         headers = refused_result_headers(job, refusal, self._worker_id)
         if len(value) > MAX_VALUE_BYTES:
             headers.append(("x-dlq-output-dropped-bytes", str(len(result.output)).encode()))
-            value = result_to_proto(dataclasses.replace(result, output="")).SerializeToString()
+            value = result_to_proto(result._replace(output="")).SerializeToString()
         try:
             producer = self._open()
             future = producer.send(self.topic, key=job.id.encode(), value=value, headers=headers)

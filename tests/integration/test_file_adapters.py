@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -105,8 +104,8 @@ def test_a_record_holds_every_field_of_the_result_in_order() -> None:
     )
     record = result_to_record(result)
 
-    assert list(record) == [field.name for field in dataclasses.fields(JobResult)]
-    assert record == {**dataclasses.asdict(result), "status": "TIMED_OUT"}
+    assert list(record) == list(JobResult._fields)
+    assert record == {**result._asdict(), "status": "TIMED_OUT"}
 
 
 def test_a_batch_is_appended_line_by_line(tmp_path: Path) -> None:
