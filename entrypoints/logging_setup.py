@@ -15,6 +15,7 @@ import contextlib
 import enum
 import json
 import logging
+import select
 import sys
 import threading
 import time
@@ -39,6 +40,9 @@ _RENDERED = "jobworker_rendered"
 # all); a WARNING or worse line is written at once, with every line before it.
 FLUSH_INTERVAL_S = 0.1
 _MAX_PENDING_CHARS = 64 * 1024
+# What a pipe writes without interleaving another writer's bytes (POSIX: at least 512;
+# 4096 on Linux).
+_PIPE_BUF = getattr(select, "PIPE_BUF", 512)
 
 # The fields of the job the current greenlet runs. One context variable set once per
 # attempt: binding three of structlog's contextvars per job, and clearing them (which
@@ -235,7 +239,9 @@ class BatchedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             if self._pending:
                 lines, self._pending, self._pending_chars = self._pending, [], 0
                 try:
-                    self.stream.write("\n".join(lines) + "\n")
+                    for chunk in _whole_line_chunks(lines):
+                        self.stream.write(chunk)
+                        self.stream.flush()
                 except Exception:
                     # Like StreamHandler: a broken stderr must not break the worker.
                     if logging.raiseExceptions:
@@ -255,6 +261,26 @@ class BatchedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.flush()
             except ValueError:  # the stream was closed under us (a test's captured stderr)
                 return
+
+
+def _whole_line_chunks(lines: list[str]) -> Iterator[str]:
+    """``lines`` joined into texts of at most PIPE_BUF bytes (a longer line alone).
+
+    Each is written and flushed on its own: a pipe writes up to PIPE_BUF bytes at once
+    without interleaving, so the lines of worker processes sharing one stderr
+    (``run --processes N``) never cut into each other.
+    """
+    chunk: list[str] = []
+    size = 0
+    for line in lines:
+        length = (len(line) if line.isascii() else len(line.encode("utf-8", "replace"))) + 1
+        if chunk and size + length > _PIPE_BUF:
+            yield "\n".join(chunk) + "\n"
+            chunk, size = [], 0
+        chunk.append(line)
+        size += length
+    if chunk:
+        yield "\n".join(chunk) + "\n"
 
 
 class UtcTimestamp:

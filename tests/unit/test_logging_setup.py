@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import select
 from collections.abc import Callable, Iterator
 
 import gevent
@@ -332,3 +333,27 @@ def test_json_lines_take_what_orjson_refuses(logged: Callable[[str], ReadLines])
     assert event["number"] == 2**70
     assert event["parts"] == {"1": "a"}
     assert event["thing"].startswith("<class")
+
+
+def test_a_batch_is_written_in_whole_lines_of_at_most_a_pipe_buffer() -> None:
+    writes: list[str] = []
+
+    class Recorder(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+    handler = BatchedLineHandler(Recorder(), flush_interval_s=60)
+    lines = [f"line {n} " + "x" * 300 for n in range(40)] + ["é" * 3000, "last"]
+    try:
+        for line in lines:
+            handler.handle(_record(logging.INFO, line))
+        handler.flush()
+    finally:
+        handler.close()
+
+    assert "".join(writes).splitlines() == lines
+    assert all(text.endswith("\n") for text in writes)
+    # Several lines per write, none over the pipe's atomic size unless a line is.
+    assert 1 < len(writes) < len(lines)
+    assert all(len(text.encode()) <= select.PIPE_BUF or text.count("\n") == 1 for text in writes)
