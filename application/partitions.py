@@ -258,7 +258,9 @@ class AssignedPartitions(Generic[P]):
             return False  # the partition went to another worker, which redoes the job
         if not self._tracker.done(tp, offset):
             return False
-        self._ready.extend((tp, epoch, item) for item in state.gate.done(offset))
+        released = state.gate.done(offset)
+        if released:
+            self._ready.extend((tp, epoch, item) for item in released)
         return True
 
     # -- ordering -----------------------------------------------------------------------

@@ -334,5 +334,7 @@ def _failed_for_size(result: JobResult, too_large: ResultTooLarge) -> JobResult:
 
 def approximate_bytes(result: JobResult) -> int:
     """About how large ``result`` is on the wire: enough to bound a batch, cheaply."""
-    metadata = sum(len(key) + len(value) + 4 for key, value in result.metadata.items())
-    return len(result.output) + len(result.error) + len(result.job_id) + metadata + 64
+    size = len(result.output) + len(result.error) + len(result.job_id) + 64
+    if result.metadata:  # most results have none: no generator for them
+        size += sum(len(key) + len(value) + 4 for key, value in result.metadata.items())
+    return size
