@@ -357,3 +357,59 @@ def test_a_batch_is_written_in_whole_lines_of_at_most_a_pipe_buffer() -> None:
     # Several lines per write, none over the pipe's atomic size unless a line is.
     assert 1 < len(writes) < len(lines)
     assert all(len(text.encode()) <= select.PIPE_BUF or text.count("\n") == 1 for text in writes)
+
+
+def test_a_handler_attached_beside_ours_still_gets_every_line(
+    logged: Callable[[str], ReadLines],
+) -> None:
+    read = logged("json")
+    seen: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    collect = Collect()
+    logging.getLogger().addHandler(collect)
+    try:
+        structlog.get_logger("jobworker.t").info("to both", n=1)
+    finally:
+        logging.getLogger().removeHandler(collect)
+    structlog.get_logger("jobworker.t").info("ours only", n=2)
+
+    assert [json.loads(line)["event"] for line in read()] == ["to both", "ours only"]
+    [record] = seen
+    assert json.loads(record.getMessage())["event"] == "to both"
+    assert record.levelno == logging.INFO
+
+
+def test_a_filter_on_a_logger_still_sees_our_lines(logged: Callable[[str], ReadLines]) -> None:
+    read = logged("json")
+
+    class DropSecrets(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "secret" not in record.getMessage()
+
+    drop = DropSecrets()
+    logger = logging.getLogger("jobworker.filtered")
+    logger.addFilter(drop)
+    try:
+        structlog.get_logger("jobworker.filtered").info("a secret")
+        structlog.get_logger("jobworker.filtered").info("public")
+    finally:
+        logger.removeFilter(drop)
+
+    assert [json.loads(line)["event"] for line in read()] == ["public"]
+
+
+def test_our_error_lines_skip_the_batch_on_the_direct_path(
+    logged: Callable[[str], ReadLines], capsys: pytest.CaptureFixture[str]
+) -> None:
+    logged("json")
+    structlog.get_logger("jobworker.t").info("first")
+
+    structlog.get_logger("jobworker.t").error("then this")
+
+    # Not flushed by the test: the error took the waiting line along.
+    events = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
+    assert events == ["first", "then this"]
