@@ -1,6 +1,6 @@
 """The worker engine: jobs in from a source, through a gevent pool, results out to a sink.
 
-    source.fetch ──▶ jobs queue (bounded) ──▶ Pool(pool_size) ──▶ results queue (bounded)
+    source.fetch ──▶ jobs queue (bounded) ──▶ pool_size slots ──▶ results queue (bounded)
          ▲                                                              │
          └────────────── source.ack(job) ◀── sink.send(result) ◀────────┘
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import gevent
 from gevent.event import Event
 from gevent.lock import Semaphore
-from gevent.pool import Pool
+from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
 from jobworker.application.job_limits import DEFAULT_LIMITS, JobLimits
@@ -137,7 +137,11 @@ class WorkerEngine:
         )
         self._jobs: Queue[Job] = Queue(self._config.jobs_queue_size)
         self._results: Queue[tuple[Job, JobResult]] = Queue(self._config.results_queue_size)
-        self._pool = Pool(self._config.pool_size)
+        # Pool slots: greenlets that take jobs from the queue and run them, one at a time,
+        # for as long as the engine runs (see _slot).
+        self._slots = Group()
+        self._waiting_slots: set[gevent.Greenlet[..., object]] = set()  # holding no job
+        self._running = 0  # jobs being run now
         self._greenlets: list[gevent.Greenlet[..., object]] = []
         self._intake_stopped = Event()
         self._room_available = Event()
@@ -165,8 +169,7 @@ class WorkerEngine:
         if self._started:
             return
         self._started = True
-        loops = [self._intake_loop, self._dispatch_loop]
-        loops += [self._send_loop] * self._config.result_senders
+        loops = [self._intake_loop] + [self._send_loop] * self._config.result_senders
         for loop in loops:
             greenlet = gevent.spawn(loop)
             # A loop that dies would stall the worker without a word: fail loudly.
@@ -200,24 +203,25 @@ class WorkerEngine:
             return self._stopped
         deadline = time.monotonic() + timeout
         self._intake_stopped.set()
-        intake, dispatcher, *senders = self._greenlets or [None, None]
+        intake, *senders = self._greenlets or [None]
         if intake is not None:
             intake.join(timeout=_left(deadline))
             intake.kill(block=True)
         self._dispatch_stopped = True  # pool slots take no further job
-        if dispatcher is not None:
-            dispatcher.kill(block=True)
+        # Slots waiting for a job hold none: they end now (a job the queue was about to
+        # hand one of them stays in the queue, not started).
+        gevent.killall(list(self._waiting_slots), block=True)
         # While the pool drains, the source keeps being polled for nothing: a Kafka
         # source then stays in its group and commits what finishes, so even a second
         # signal mid-drain leaves less to redeliver.
         drained = Event()
         keepalive = gevent.spawn(self._keep_source_alive, drained)
         not_started = self._jobs.qsize()
-        self._pool.join(timeout=_left(deadline))
-        in_flight = len(self._pool)
+        self._slots.join(timeout=_left(deadline))
+        in_flight = len(self._slots)
         if in_flight:
             logger.warning("shutdown timeout: interrupting running jobs", extra={"jobs": in_flight})
-            self._pool.kill(block=True, timeout=1)
+            self._slots.kill(block=True, timeout=1)
         self._courier.stop_waiting()
         self._wait_results_flushed(deadline)
         self._courier.flush(_left(deadline))
@@ -253,6 +257,8 @@ class WorkerEngine:
                 self._unreported += 1
                 self._idle.clear()
                 self._jobs.put(job)
+            if jobs:
+                self._add_slots()
             if not jobs and self._source.exhausted():
                 self._intake_stopped.set()
                 self._mark_idle_if_drained()
@@ -287,42 +293,53 @@ class WorkerEngine:
             gevent.sleep(min(1.0, self._config.fetch_timeout_s))
             return []
 
-    def _dispatch_loop(self) -> None:
-        while True:
-            # Take a job only once a pool slot is free, so that no job sits in the
-            # dispatcher's hands, uncounted, when stop() ends intake.
-            self._pool.wait_available()
-            job = self._jobs.get()
-            self._took_job()
-            self._pool.spawn(self._run_and_queue, job)
+    def _add_slots(self) -> None:
+        """One more slot per queued job that no waiting slot will take, up to the pool."""
+        wanted = min(
+            self._jobs.qsize() - len(self._waiting_slots),
+            self._config.pool_size - len(self._slots),
+        )
+        for _ in range(wanted):
+            self._slots.spawn(self._slot)
 
     def _took_job(self) -> None:
         if self._jobs.qsize() <= self._config.low_water:
             self._room_available.set()
 
-    def _run_and_queue(self, job: Job) -> None:
-        """Run ``job``, then the queued jobs after it while there are any.
+    def _slot(self) -> None:
+        """A pool slot: runs queued jobs one after another until stop() begins.
 
-        A pool slot's greenlet goes on with the next queued job instead of ending: under
-        load, spawning, starting and ending a greenlet per job cost more than a short job
-        itself. A slot that finds the queue empty ends, and the dispatcher starts a new
-        one for the next job; once stop() began, the slot ends after its job.
+        A slot lives on between jobs, waiting on the jobs queue: a greenlet spawned per
+        job cost more than a short job itself (measured before: one spawn per two jobs at
+        24,000 no-op jobs/s, slots ending whenever the queue ran dry between fetches).
+        A slot waiting for a job holds none, so stop() ends the waiting ones at once and
+        the others after their job; none takes a job once stop() began.
         """
-        taken = 0
-        while True:
-            result = self._runner.run(job)
-            self._observer.job_finished(job, result)
-            self._results.put((job, result))
-            if self._dispatch_stopped or not self._jobs.qsize():
-                return
-            taken += 1
-            if taken % _TURN_JOBS == 0:
-                # Jobs that never yield must not keep intake and the senders waiting.
-                gevent.sleep(0)
-                if self._dispatch_stopped or not self._jobs.qsize():
-                    return
-            job = self._jobs.get_nowait()
+        me = gevent.getcurrent()
+        in_a_row = 0
+        while not self._dispatch_stopped:
+            if self._jobs.qsize():
+                in_a_row += 1
+                if in_a_row % _TURN_JOBS == 0:
+                    # Jobs that never yield must not keep intake and the senders waiting.
+                    gevent.sleep(0)
+                    continue  # stop() may have begun meanwhile, another slot taken the job
+                job = self._jobs.get_nowait()
+            else:
+                self._waiting_slots.add(me)
+                try:
+                    job = self._jobs.get()
+                finally:
+                    self._waiting_slots.discard(me)
+                in_a_row = 0
             self._took_job()
+            self._running += 1
+            try:
+                result = self._runner.run(job)
+                self._observer.job_finished(job, result)
+                self._results.put((job, result))
+            finally:
+                self._running -= 1
 
     def _send_loop(self) -> None:
         while True:
@@ -415,7 +432,7 @@ class WorkerEngine:
 
     @property
     def jobs_in_flight(self) -> int:
-        return len(self._pool)
+        return self._running
 
     @property
     def results_refused(self) -> int:
