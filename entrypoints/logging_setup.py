@@ -143,41 +143,53 @@ class LevelFirstBoundLogger(structlog.stdlib.BoundLogger):
 
     structlog's own BoundLogger runs every processor and lets the standard library
     drop the result. Per-logger levels (``kafka`` at WARNING) still apply: the check
-    is the standard library's ``isEnabledFor``, which caches its answer.
+    is the standard library's ``isEnabledFor``, which caches its answer. A line that is
+    written goes through the processors in one step (``_emit``), not through the two
+    layers of ``_proxy_to_logger`` that each repacked its fields.
     """
+
+    def _emit(self, method_name: str, event: str | None, args: Any, kw: dict[str, Any]) -> Any:
+        # What structlog.stdlib.BoundLogger._proxy_to_logger and the base class's do.
+        if args:
+            kw["positional_args"] = args
+        try:
+            out_args, out_kw = self._process_event(method_name, event, kw)
+        except structlog.DropEvent:
+            return None
+        return getattr(self._logger, method_name)(*out_args, **out_kw)
 
     def debug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
         if not self._logger.isEnabledFor(logging.DEBUG):
             return None
-        return self._proxy_to_logger("debug", event, *args, **kw)
+        return self._emit("debug", event, args, kw)
 
     def info(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
         if not self._logger.isEnabledFor(logging.INFO):
             return None
-        return self._proxy_to_logger("info", event, *args, **kw)
+        return self._emit("info", event, args, kw)
 
     def warning(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
         if not self._logger.isEnabledFor(logging.WARNING):
             return None
-        return self._proxy_to_logger("warning", event, *args, **kw)
+        return self._emit("warning", event, args, kw)
 
     warn = warning
 
     def error(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
         if not self._logger.isEnabledFor(logging.ERROR):
             return None
-        return self._proxy_to_logger("error", event, *args, **kw)
+        return self._emit("error", event, args, kw)
 
     def exception(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
         if not self._logger.isEnabledFor(logging.ERROR):
             return None
         kw.setdefault("exc_info", True)
-        return self._proxy_to_logger("exception", event, *args, **kw)
+        return self._emit("exception", event, args, kw)
 
     def critical(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
         if not self._logger.isEnabledFor(logging.CRITICAL):
             return None
-        return self._proxy_to_logger("critical", event, *args, **kw)
+        return self._emit("critical", event, args, kw)
 
     fatal = critical
 
@@ -304,12 +316,12 @@ class UtcTimestamp:
     def __call__(
         self, _logger: Any, _method_name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        now = time.time()
-        second = int(now)
+        now_ns = time.time_ns()
+        second = now_ns // 1_000_000_000
         if second != self._second:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
-        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        event_dict["timestamp"] = f"{self._prefix}.{now_ns // 1000 % 1_000_000:06d}Z"
         return event_dict
 
 
