@@ -36,7 +36,8 @@ class LoggingJobObserver:
 
     def job_finished(self, job: Job, result: JobResult) -> None:
         status = result.status
-        self.finished_by_status[status.value] += 1
+        status_name = status.value
+        self.finished_by_status[status_name] += 1
         if status is JobStatus.SUCCEEDED:
             # Asked here, before the fields are gathered and structlog's lazy logger is
             # resolved: a filtered-out line cost 2.1 µs per job, now 0.3.
@@ -46,7 +47,7 @@ class LoggingJobObserver:
                     job_id=job.id,
                     type=job.type,
                     attempt=result.attempts,
-                    status=status.value,
+                    status=status_name,
                     duration_ms=result.duration_ms,
                 )
         else:
@@ -55,7 +56,7 @@ class LoggingJobObserver:
                 job_id=job.id,
                 type=job.type,
                 attempt=result.attempts,
-                status=status.value,
+                status=status_name,
                 duration_ms=result.duration_ms,
                 error=result.error,
             )
