@@ -33,7 +33,8 @@ from bench.e2e_kafka import PARTITIONS, Topics, fast_producer, fill, produce_pac
 from bench.e2e_processes import ROOT, BenchCore, WorkerProcess, child_env
 from bench.e2e_runs import Bench, WorkerRun, wait_for_results
 
-LOG_LEVEL = "warning"  # "info" logs a line per job: a cost of its own, not measured here
+# "info" (the default) logs a line per job: a cost of its own, measured once beside it.
+LOG_LEVEL = "warning"
 NOOP_POOL = 100
 SLEEP_MS = 100
 SLEEP_POOLS = (200, 1_000)
@@ -117,7 +118,8 @@ def print_header(repeats: int) -> None:
     print("\njobworker end-to-end benchmark: Kafka -> worker CLI -> a Core process")
     print(
         f"  cpus {os.cpu_count()}, Python {platform.python_version()}, {platform.platform()}\n"
-        f"  {PARTITIONS} partitions; worker LOG_LEVEL={LOG_LEVEL}; the bench Core counts results"
+        f"  {PARTITIONS} partitions; worker LOG_LEVEL={LOG_LEVEL} (section 1 also at info);"
+        " the bench Core counts results"
         f" and stores nothing\n"
         f"  ReportResults in the proto: {batched}; speed figures: best of {repeats}"
     )
@@ -161,16 +163,19 @@ def bench_throughput(bench: Bench, topics: Topics, scale: Scale, repeats: int) -
         f'1. No-op jobs (SLEEP {{"ms": 0}}), {count:,} records, worker pool {NOOP_POOL}'
         f" (pre-filled at {count / filled:,.0f} records/s)"
     )
-    rows: dict[str, list[float]] = {"raw": [], "both": [], "unary": []}
-    cpu: dict[str, list[float]] = {"raw": [], "both": [], "unary": []}  # µs per record
+    modes = ("both", "info", "unary")
+    rows: dict[str, list[float]] = {mode: [] for mode in ("raw", *modes)}
+    cpu: dict[str, list[float]] = {mode: [] for mode in ("raw", *modes)}  # µs per record
     runs: dict[str, WorkerRun] = {}
     with BenchCore("both") as both, BenchCore("unary") as unary:
         for _ in range(repeats):
             rate, cpu_us = raw_consume_rate(bench.servers, topic, count)
             rows["raw"].append(rate)
             cpu["raw"].append(cpu_us)
-            for mode, core in (("both", both), ("unary", unary)):
-                run = bench.run(core, topic, count, NOOP_POOL)
+            for mode, core in (("both", both), ("info", both), ("unary", unary)):
+                # "info": the default LOG_LEVEL, a "job finished" line per job.
+                extra = {"LOG_LEVEL": "info"} if mode == "info" else {}
+                run = bench.run(core, topic, count, NOOP_POOL, **extra)
                 rows[mode].append(run.rate)
                 cpu[mode].append(run.worker_cpu_s * 1e6 / run.results)
                 if run.rate >= max(rows[mode]):
@@ -179,6 +184,7 @@ def bench_throughput(bench: Bench, topics: Topics, scale: Scale, repeats: int) -
     print(f"   {'raw kafka-python consume + JobTask.FromString':<48}{raw:>10,.0f} records/s")
     for mode, label in (
         ("both", "end to end, Core with both RPCs"),
+        ("info", "the same at LOG_LEVEL=info (the default)"),
         ("unary", "end to end, unary-only Core (fallback)"),
     ):
         ratios = [r / w for r, w in zip(rows[mode], rows["raw"], strict=True)]
@@ -190,7 +196,7 @@ def bench_throughput(bench: Bench, topics: Topics, scale: Scale, repeats: int) -
     # CPU per record is far less moved by the machine's other load than a rate is.
     raw_cpu = min(cpu["raw"])
     print(f"   cpu per record (least of the runs): raw consume + decode {raw_cpu:.1f} µs;")
-    for mode in ("both", "unary"):
+    for mode in modes:
         each = ", ".join(f"{value:.0f}" for value in cpu[mode])
         print(
             f"      worker, {mode:<5} {min(cpu[mode]):6.1f} µs per job = raw / "

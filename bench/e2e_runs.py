@@ -53,11 +53,12 @@ class Bench:
         }
         return WorkerProcess(settings | extra, self.workdir / f"worker-{number}.log")
 
-    def run(self, core: BenchCore, topic: str, count: int, pool: int) -> WorkerRun:
+    def run(self, core: BenchCore, topic: str, count: int, pool: int, **extra: str) -> WorkerRun:
         """A fresh group reads ``topic`` (``count`` jobs) from its start; returns once
-        Core has ``count`` results (raises if the worker dies or stalls for a minute)."""
+        Core has ``count`` results (raises if the worker dies or stalls for a minute).
+        ``extra``: settings over the bench's own (``LOG_LEVEL="info"``)."""
         core.command("reset")
-        worker = self.worker(core, topic, pool)
+        worker = self.worker(core, topic, pool, **extra)
         try:
             stats = wait_for_results(core, worker, count)
             _, peak_rss = worker.memory()
