@@ -265,31 +265,29 @@ class BatchedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
-            if self._pending:
-                lines, self._pending, self._pending_chars = self._pending, [], 0
-                try:
-                    for chunk in _whole_line_chunks(lines):
-                        self.stream.write(chunk)
-                        self.stream.flush()
-                except Exception:
-                    # Like StreamHandler: a broken stderr must not break the worker.
-                    if logging.raiseExceptions:
-                        sys.stderr.write("--- logging could not write its lines to stderr\n")
-            super().flush()
+            lines, self._pending, self._pending_chars = self._pending, [], 0
+            try:
+                for chunk in _whole_line_chunks(lines):
+                    self.stream.write(chunk)
+                    self.stream.flush()
+                if not lines:
+                    super().flush()
+            except Exception as error:
+                # As StreamHandler's handleError: a broken or closed stderr must not
+                # break the worker (or whichever greenlet logged); the lines are lost.
+                if logging.raiseExceptions and sys.__stderr__ is not None:
+                    with contextlib.suppress(Exception):
+                        sys.__stderr__.write(f"--- logging could not write its lines: {error!r}\n")
 
     def close(self) -> None:
         self._closed = True
-        with contextlib.suppress(ValueError):  # a closed stream: go on, as logging.shutdown
-            self.flush()
+        self.flush()
         super().close()
 
     def _flush_every_interval(self) -> None:
         while not self._closed:
             time.sleep(self._interval)
-            try:
-                self.flush()
-            except ValueError:  # the stream was closed under us (a test's captured stderr)
-                return
+            self.flush()
 
 
 def _whole_line_chunks(lines: list[str]) -> Iterator[str]:

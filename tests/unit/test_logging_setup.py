@@ -413,3 +413,15 @@ def test_our_error_lines_skip_the_batch_on_the_direct_path(
     # Not flushed by the test: the error took the waiting line along.
     events = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
     assert events == ["first", "then this"]
+
+
+def test_a_stream_that_cannot_be_written_costs_lines_not_the_caller() -> None:
+    stream = io.StringIO()
+    handler = BatchedLineHandler(stream, flush_interval_s=60)
+    stream.close()
+    try:
+        handler.handle(_record(logging.INFO, "lost"))
+        handler.handle(_record(logging.ERROR, "lost too"))  # flushes: the write fails
+        handler.flush()
+    finally:
+        handler.close()
