@@ -265,13 +265,13 @@ class BatchedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            if not self._pending:
+                return  # every chunk written was flushed with it
             lines, self._pending, self._pending_chars = self._pending, [], 0
             try:
                 for chunk in _whole_line_chunks(lines):
                     self.stream.write(chunk)
                     self.stream.flush()
-                if not lines:
-                    super().flush()
             except Exception as error:
                 # As StreamHandler's handleError: a broken or closed stderr must not
                 # break the worker (or whichever greenlet logged); the lines are lost.
