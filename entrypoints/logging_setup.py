@@ -112,6 +112,30 @@ class FieldCap:
         return event_dict
 
 
+class CappedRenderer:
+    """``renderer``, with ``FieldCap`` applied to lines long enough to need it.
+
+    A field longer than the cap makes the rendered line longer than the cap, so a line
+    within it has no field to cut: most lines skip FieldCap's walk over their fields
+    (0.7 µs of a 7 µs line). A longer line is rendered again from capped fields.
+    ``keeps_fields``: the renderer leaves the event dict as it found it (JSON does; the
+    console renderer pops fields, so it renders a copy).
+    """
+
+    def __init__(self, renderer: Any, keeps_fields: bool, cap: FieldCap | None = None) -> None:
+        self._renderer = renderer
+        self._keeps_fields = keeps_fields
+        self._cap = cap or FieldCap()
+        self._short = min(self._cap.max_chars, self._cap.max_traceback_chars)
+
+    def __call__(self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
+        fields = event_dict if self._keeps_fields else dict(event_dict)
+        line = self._renderer(logger, method_name, fields)
+        if len(line) <= self._short:
+            return line
+        return self._renderer(logger, method_name, self._cap(logger, method_name, event_dict))
+
+
 def cut(text: str, max_chars: int) -> str:
     """``text`` cut to ``max_chars`` characters, marked with the number cut."""
     return f"{text[:max_chars]}…[cut {len(text) - max_chars} chars]"
@@ -456,8 +480,8 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         finish.append(plain_enums)  # JSON writes a StrEnum as its value already
-    # Last before the renderer: every line, ours or a library's, passes here.
-    finish += [FieldCap(), renderer]
+    # Last: every line, ours or a library's, passes here.
+    finish.append(CappedRenderer(renderer, keeps_fields=fmt == "json"))
     structlog.configure(
         processors=[*context, *stamp, *finish, _hand_over],
         logger_factory=_stdlib_logger,
