@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import Any
 
 import structlog
 
@@ -21,7 +22,8 @@ class LoggingJobObserver:
     """
 
     def __init__(self) -> None:
-        self._log = structlog.get_logger(_JOBS_LOGGER)
+        self._log: Any = structlog.get_logger(_JOBS_LOGGER)
+        self._resolved = False
         self._jobs_logger = logging.getLogger(_JOBS_LOGGER)  # its level is the one that counts
         self.finished_by_status: Counter[str] = Counter()
 
@@ -39,6 +41,10 @@ class LoggingJobObserver:
         status_name = status.value
         self.finished_by_status[status_name] += 1
         extra: dict[str, str] = {}
+        if not self._resolved:
+            # structlog's lazy logger looks its bound logger up on every call (0.5 µs a
+            # job); this is the same lookup done once, as cache_logger_on_first_use does.
+            self._log, self._resolved = self._log.bind(), True
         if status is not JobStatus.SUCCEEDED:
             log = self._log.warning
             extra["error"] = result.error
