@@ -418,8 +418,13 @@ class _LineOut:
         self._out(logging.ERROR, line, kw)
 
     def exception(self, line: str, **kw: Any) -> None:
-        # format_exc_info rendered the traceback into the line already.
-        self._out(logging.ERROR, line, kw)
+        # format_exc_info rendered the traceback into the line already; a record still
+        # carries the exception for handlers that want it (an error tracker's).
+        handler = _only_handler(self._logger)
+        if handler is None:
+            self._logger.exception(line, **kw)
+        else:
+            handler.write_line(line, logging.ERROR)
 
     def critical(self, line: str, **kw: Any) -> None:
         self._out(logging.CRITICAL, line, kw)

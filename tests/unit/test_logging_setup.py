@@ -425,3 +425,30 @@ def test_a_stream_that_cannot_be_written_costs_lines_not_the_caller() -> None:
         handler.flush()
     finally:
         handler.close()
+
+
+def test_a_handler_beside_ours_gets_the_exception_with_an_error_line(
+    logged: Callable[[str], ReadLines],
+) -> None:
+    read = logged("json")
+    seen: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    collect = Collect()
+    logging.getLogger().addHandler(collect)
+    try:
+        try:
+            raise KeyError("lost")
+        except KeyError:
+            structlog.get_logger("jobworker.t").exception("it broke")
+    finally:
+        logging.getLogger().removeHandler(collect)
+
+    [line] = read()
+    assert json.loads(line)["exception"].endswith("KeyError: 'lost'")
+    [record] = seen
+    assert record.levelno == logging.ERROR
+    assert record.exc_info is not None and record.exc_info[0] is KeyError
