@@ -7,6 +7,7 @@ import json
 import logging
 import select
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import gevent
 import pytest
@@ -359,10 +360,9 @@ def test_a_batch_is_written_in_whole_lines_of_at_most_a_pipe_buffer() -> None:
     assert all(len(text.encode()) <= select.PIPE_BUF or text.count("\n") == 1 for text in writes)
 
 
-def test_a_handler_attached_beside_ours_still_gets_every_line(
-    logged: Callable[[str], ReadLines],
-) -> None:
-    read = logged("json")
+@contextmanager
+def records_beside_ours() -> Iterator[list[logging.LogRecord]]:
+    """The records a second handler on the root logger gets while the block runs."""
     seen: list[logging.LogRecord] = []
 
     class Collect(logging.Handler):
@@ -372,9 +372,18 @@ def test_a_handler_attached_beside_ours_still_gets_every_line(
     collect = Collect()
     logging.getLogger().addHandler(collect)
     try:
-        structlog.get_logger("jobworker.t").info("to both", n=1)
+        yield seen
     finally:
         logging.getLogger().removeHandler(collect)
+
+
+def test_a_handler_attached_beside_ours_still_gets_every_line(
+    logged: Callable[[str], ReadLines],
+) -> None:
+    read = logged("json")
+
+    with records_beside_ours() as seen:
+        structlog.get_logger("jobworker.t").info("to both", n=1)
     structlog.get_logger("jobworker.t").info("ours only", n=2)
 
     assert [json.loads(line)["event"] for line in read()] == ["to both", "ours only"]
@@ -431,21 +440,12 @@ def test_a_handler_beside_ours_gets_the_exception_with_an_error_line(
     logged: Callable[[str], ReadLines],
 ) -> None:
     read = logged("json")
-    seen: list[logging.LogRecord] = []
 
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append(record)
-
-    collect = Collect()
-    logging.getLogger().addHandler(collect)
-    try:
+    with records_beside_ours() as seen:
         try:
             raise KeyError("lost")
         except KeyError:
             structlog.get_logger("jobworker.t").exception("it broke")
-    finally:
-        logging.getLogger().removeHandler(collect)
 
     [line] = read()
     assert json.loads(line)["exception"].endswith("KeyError: 'lost'")
