@@ -26,7 +26,7 @@ from jobworker.entrypoints.exit_codes import (
     ServiceUnavailable,
     UsageError,
 )
-from jobworker.entrypoints.logging_setup import configure_logging, flush_logs
+from jobworker.entrypoints.logging_setup import configure_logging, say_after_logs
 from jobworker.entrypoints.settings import Setting, Settings, settings_table
 
 log = structlog.get_logger("jobworker")
@@ -150,29 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _say(line: str) -> None:
-    """The CLI's last word on stderr, after every log line still waiting for its batch."""
-    flush_logs()
-    print(line, file=sys.stderr)
-
-
 def run_cli(argv: list[str]) -> int:  # noqa: PLR0911 - one exit status per outcome
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
     except ConfigurationError as error:
-        _say(f"jobworker: configuration error: {error}")
+        say_after_logs(f"jobworker: configuration error: {error}")
         return EXIT_USAGE
     except ServiceUnavailable as error:
-        _say(f"jobworker: {error}")
+        say_after_logs(f"jobworker: {error}")
         return EXIT_UNAVAILABLE
     except (UsageError, JobFileError, SourceFailed) as error:
         # SourceFailed: the broker refused what the settings ask (credentials, group
         # settings) or KAFKA_UNREADABLE_BATCHES=fail stopped it: change input, not retry.
-        _say(f"jobworker: {error}")
+        say_after_logs(f"jobworker: {error}")
         return EXIT_USAGE
     except JobWorkerError as error:
-        _say(f"jobworker: {error}")
+        say_after_logs(f"jobworker: {error}")
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -20,7 +20,7 @@ import select
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -371,6 +371,13 @@ def flush_logs() -> None:
         handler.flush()
 
 
+def say_after_logs(line: str) -> None:
+    """``line`` on stderr, after every log line still waiting for its batch (the CLI's
+    last word: what led to it comes first)."""
+    flush_logs()
+    print(line, file=sys.stderr)  # noqa: T201 - the CLI's own line, not a log line
+
+
 def _hand_over(_logger: Any, _method_name: str, line: Any) -> tuple[tuple[str], dict[str, Any]]:
     """The last processor: the rendered line to the standard library, marked as done."""
     return (line,), {"extra": {_RENDERED: True}}
@@ -420,11 +427,7 @@ class _LineOut:
     def exception(self, line: str, **kw: Any) -> None:
         # format_exc_info rendered the traceback into the line already; a record still
         # carries the exception for handlers that want it (an error tracker's).
-        handler = _only_handler(self._logger)
-        if handler is None:
-            self._logger.exception(line, **kw)
-        else:
-            handler.write_line(line, logging.ERROR)
+        self._out(logging.ERROR, line, kw, self._logger.exception)
 
     def critical(self, line: str, **kw: Any) -> None:
         self._out(logging.CRITICAL, line, kw)
@@ -432,12 +435,17 @@ class _LineOut:
     warn = warning
     fatal = critical
 
-    def _out(self, levelno: int, line: str, kw: dict[str, Any]) -> None:
+    def _out(
+        self, levelno: int, line: str, kw: dict[str, Any], record: Callable[..., None] | None = None
+    ) -> None:
+        """To our handler alone, or as a record by ``record`` (``log`` at ``levelno``)."""
         handler = _only_handler(self._logger)
-        if handler is None:
-            self._logger.log(levelno, line, **kw)
-        else:
+        if handler is not None:
             handler.write_line(line, levelno)
+        elif record is not None:
+            record(line, **kw)
+        else:
+            self._logger.log(levelno, line, **kw)
 
 
 def _only_handler(logger: logging.Logger) -> BatchedLineHandler | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from typing import Any
 
@@ -19,7 +18,7 @@ from jobworker.domain.errors import ConfigurationError, JobWorkerError, SourceFa
 from jobworker.entrypoints.container import Container
 from jobworker.entrypoints.exit_codes import EXIT_FAILED, EXIT_OK, ServiceUnavailable
 from jobworker.entrypoints.gc_tuning import settle_heap
-from jobworker.entrypoints.logging_setup import flush_logs
+from jobworker.entrypoints.logging_setup import say_after_logs
 from jobworker.entrypoints.observability import start_observability_server
 from jobworker.entrypoints.settings import Settings
 
@@ -104,8 +103,7 @@ def _exit_status(engine: WorkerEngine, report: StopReport, finite: bool) -> int:
     if isinstance(engine.failure, SourceFailed):
         raise engine.failure  # one line naming the cause, exit 2 (see commands.run_cli)
     if engine.failure is not None:
-        flush_logs()  # the log lines that led here come first
-        print(f"jobworker: the worker failed: {engine.failure}", file=sys.stderr)  # noqa: T201
+        say_after_logs(f"jobworker: the worker failed: {engine.failure}")
         return EXIT_FAILED
     if finite and not report.clean:
         return EXIT_INCOMPLETE
