@@ -5,7 +5,7 @@ import warnings
 
 from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as jobworker_dot_adapters_dot_proto_dot_jobworker_dot_v1_dot_jobworker__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
