@@ -62,8 +62,8 @@ lint: venv proto-check
 	$(BIN)/hadolint Dockerfile
 
 # The Dockerfile's build steps without Docker: wheel, clean virtualenv, a real run.
-package-check:
-	PYTHON=$(PYTHON) tools/check_package.sh
+package-check: $(UV)
+	PYTHON=$(PYTHON) UV=$(UV) tools/check_package.sh
 
 unit: venv
 	$(BIN)/pytest tests/unit -q

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Does what the Dockerfile's build stage does, without Docker: build the wheel, install
-# it into a clean virtualenv (runtime dependencies only), then run the installed
-# `jobworker` for --help and a short file-to-file job run. CI runs it (make package-check).
+# Does what the Dockerfile's build stage does, without Docker: the locked runtime
+# dependencies and the project as a wheel into a clean virtualenv (uv sync --locked
+# --no-dev --no-editable), then runs the installed `jobworker` for --help and a short
+# file-to-file job run. CI runs it (make package-check, which supplies UV).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+UV="$(realpath "${UV:-.cache/uv/bin/uv}")"
 PYTHON="${PYTHON:-python3}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-"$PYTHON" -m venv "$work/venv"
-"$work/venv/bin/pip" install -q --upgrade pip
-"$work/venv/bin/pip" wheel -q --no-deps --wheel-dir "$work/wheels" .
-"$work/venv/bin/pip" install -q --find-links "$work/wheels" jobworker
+UV_PROJECT_ENVIRONMENT="$work/venv" UV_PYTHON="$PYTHON" UV_PYTHON_DOWNLOADS=never \
+  "$UV" sync --quiet --locked --no-dev --no-editable
 
 # Run from an empty folder so nothing of the source tree can be imported by accident.
 cd "$work"
@@ -38,8 +38,15 @@ if [ "$(grep -c '"status": "SUCCEEDED"' results.jsonl)" != 2 ]; then
   cat results.jsonl run.log >&2
   exit 1
 fi
-if venv/bin/python -c 'import pytest' 2>/dev/null; then
-  echo "package check: a dev dependency leaked into the runtime install" >&2
+for dev_only in pytest pip setuptools; do
+  if venv/bin/python -c "import $dev_only" 2>/dev/null; then
+    echo "package check: $dev_only is in the runtime install; the image would carry it" >&2
+    exit 1
+  fi
+done
+if ! (cd "$OLDPWD" && UV_PROJECT_ENVIRONMENT="$work/venv" UV_PYTHON="$PYTHON" \
+      "$UV" sync --quiet --locked --no-dev --no-editable --check); then
+  echo "package check: the runtime install differs from uv.lock" >&2
   exit 1
 fi
-echo "package check: wheel builds, installs clean, runs jobs"
+echo "package check: installs exactly the locked runtime versions, no pip, runs jobs"
