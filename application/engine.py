@@ -181,7 +181,10 @@ class WorkerEngine:
 
     def _fail(self, error: BaseException) -> None:
         if not self.failed.is_set():
-            logger.critical("engine cannot go on: %s", error, exc_info=error)
+            # A SourceFailed is one line saying what to fix, which whoever runs the engine
+            # reports (the CLI: as its last line); a traceback before it would bury it.
+            if not isinstance(error, SourceFailed):
+                logger.critical("engine cannot go on: %s", error, exc_info=error)
             self.failure = error
             self.failed.set()
 

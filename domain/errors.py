@@ -69,6 +69,12 @@ class SourceFailed(JobWorkerError):  # noqa: N818
     """
 
 
+class AccessRefused(JobWorkerError):  # noqa: N818 - reads as the verdict it is
+    """A service refused what the settings ask (credentials, a SASL mechanism, a
+    certificate, a permission): retrying cannot fix it. The message names what to change.
+    """
+
+
 class ConfigurationError(JobWorkerError):
     """A setting is missing or malformed; ``variable`` names it."""
 

@@ -15,7 +15,12 @@ import structlog
 
 from jobworker import __version__
 from jobworker.adapters.file.source import JobFileError, job_to_record, parse_job_line
-from jobworker.domain.errors import ConfigurationError, JobWorkerError, SourceFailed
+from jobworker.domain.errors import (
+    AccessRefused,
+    ConfigurationError,
+    JobWorkerError,
+    SourceFailed,
+)
 from jobworker.domain.model import Job
 from jobworker.entrypoints.exit_codes import (
     EXIT_BROKEN_PIPE,
@@ -160,9 +165,10 @@ def run_cli(argv: list[str]) -> int:  # noqa: PLR0911 - one exit status per outc
     except ServiceUnavailable as error:
         say_after_logs(f"jobworker: {error}")
         return EXIT_UNAVAILABLE
-    except (UsageError, JobFileError, SourceFailed) as error:
-        # SourceFailed: the broker refused what the settings ask (credentials, group
-        # settings) or KAFKA_UNREADABLE_BATCHES=fail stopped it: change input, not retry.
+    except (UsageError, JobFileError, SourceFailed, AccessRefused) as error:
+        # AccessRefused, SourceFailed: the broker refused what the settings ask
+        # (credentials, ACLs, group settings) or KAFKA_UNREADABLE_BATCHES=fail stopped
+        # it: change input, not retry.
         say_after_logs(f"jobworker: {error}")
         return EXIT_USAGE
     except JobWorkerError as error:
@@ -273,6 +279,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"wrote {sent} job(s) to {args.to_file}", file=sys.stderr)
         return 0
     settings = Settings.load(dotenv=args.env_file)
+    # What it waits for and why that failed are said as `run` says them.
+    configure_logging(settings.log_format, settings.log_level)
     from jobworker.entrypoints.submit_kafka import submit_to_kafka  # noqa: PLC0415
 
     sent = submit_to_kafka(settings, jobs, total)

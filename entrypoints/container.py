@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,21 +80,32 @@ def kafka_client_settings(settings: Settings) -> KafkaClientSettings:
     )
 
 
-def kafka_source(settings: Settings) -> Iterator[KafkaJobSource]:
+@contextmanager
+def connecting_to_kafka(settings: Settings) -> Iterator[None]:
+    """Around making a Kafka client: one line saying where, kafka-python's lines about
+    each failed attempt held back meanwhile, and a broker that never answered reported
+    as ``ServiceUnavailable`` (exit 69) with the first failure's cause. A refusal
+    (``AccessRefused``, exit 2) goes through as it is."""
     brokers = ",".join(settings.kafka_brokers)
     kafka_log.info("connecting to Kafka", brokers=brokers)
     with held_back_connection_errors() as held:
-        source = _open_kafka_source(settings, brokers, held)
+        try:
+            yield
+        except KafkaError as error:
+            cause = first_error(held)
+            raise ServiceUnavailable(
+                f"cannot reach Kafka at {brokers} (KAFKA_BROKERS): {error}"
+                + (f" ({cause})" if cause else "")
+            ) from None
     if held:
         kafka_log.warning(
             "Kafka answered after failed attempts", brokers=brokers, first=first_error(held)
         )
-    yield from _closing(source)
 
 
-def _open_kafka_source(settings: Settings, brokers: str, held: list[str]) -> KafkaJobSource:
-    try:
-        return KafkaJobSource(
+def kafka_source(settings: Settings) -> Iterator[KafkaJobSource]:
+    with connecting_to_kafka(settings):
+        source = KafkaJobSource(
             kafka_client_settings(settings),
             topic=settings.kafka_topic,
             group_id=settings.kafka_group_id,
@@ -105,12 +117,7 @@ def _open_kafka_source(settings: Settings, brokers: str, held: list[str]) -> Kaf
             unreadable_batches=settings.kafka_unreadable_batches,
             ordering=settings.kafka_ordering,
         )
-    except KafkaError as error:
-        cause = first_error(held)
-        raise ServiceUnavailable(
-            f"cannot reach Kafka at {brokers} (KAFKA_BROKERS): {error}"
-            + (f" ({cause})" if cause else "")
-        ) from None
+    yield from _closing(source)
 
 
 def broker_offsets_monitor(

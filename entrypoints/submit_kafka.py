@@ -5,14 +5,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 
-from kafka.errors import KafkaError
 from tqdm import tqdm
 
 from jobworker.adapters.kafka.publisher import KafkaJobPublisher, PublishFailed
-from jobworker.domain.errors import ConfigurationError, JobWorkerError
+from jobworker.domain.errors import AccessRefused, ConfigurationError, JobWorkerError
 from jobworker.domain.model import Job
-from jobworker.entrypoints.container import kafka_client_settings
-from jobworker.entrypoints.exit_codes import ServiceUnavailable, UsageError
+from jobworker.entrypoints.container import connecting_to_kafka, kafka_client_settings
+from jobworker.entrypoints.exit_codes import UsageError
 from jobworker.entrypoints.settings import Settings
 
 # Wait for the broker's acknowledgements in batches, so a failure is reported close to
@@ -22,13 +21,8 @@ _FLUSH_EVERY = 5_000
 
 def submit_to_kafka(settings: Settings, jobs: Iterable[Job], total: int | None) -> int:
     topic = settings.kafka_topic
-    brokers = ",".join(settings.kafka_brokers)
-    try:
+    with connecting_to_kafka(settings):
         publisher = KafkaJobPublisher(kafka_client_settings(settings), topic)
-    except KafkaError as error:
-        raise ServiceUnavailable(
-            f"cannot reach Kafka at {brokers} (KAFKA_BROKERS): {error}"
-        ) from None
     sent = 0
     progress = tqdm(total=total, unit="job", file=sys.stderr, disable=None, desc=topic)
     try:
@@ -41,7 +35,7 @@ def submit_to_kafka(settings: Settings, jobs: Iterable[Job], total: int | None) 
         publisher.flush()
     except PublishFailed as error:
         raise JobWorkerError(f"Kafka refused jobs: {error}") from None
-    except ConfigurationError:
+    except (ConfigurationError, AccessRefused):
         raise
     except (ValueError, JobWorkerError) as error:
         # The jobs before the bad one are on the topic already: say how many, so a

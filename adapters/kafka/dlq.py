@@ -16,6 +16,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from jobworker.adapters.kafka.quirks import UnreadableBatch
+from jobworker.adapters.kafka.refusals import write_refusal_hint
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 
 log = structlog.get_logger(__name__)
@@ -116,6 +117,15 @@ class DeadLetterWriter:
     ``max.message.bytes``) as fatal and fails every later send, so without a new one
     the topic would never be written again, even once fixed. Timeouts and other
     retriable errors keep the producer, which goes on connecting in the background.
+
+    The producer is not idempotent. An idempotent one asks for a producer id first,
+    which Kafka (2.8+) grants only to a principal that may WRITE to some topic: without
+    the WRITE grant on this topic it was refused as a *cluster* operation
+    (ClusterAuthorizationFailedError from InitProducerId), which sent operators after a
+    cluster ACL they do not need. What idempotence would add, no duplicate when a
+    retried send had in fact been written, the dead-letter topic does not need: its
+    readers see a letter again anyway when a worker stops between writing it and
+    committing past it, and the order of dead letters carries no meaning.
     """
 
     def __init__(
@@ -150,7 +160,12 @@ class DeadLetterWriter:
         if self._producer is None:
             extra = {} if self._api_version is None else {"api_version": self._api_version}
             self._producer = KafkaProducer(
-                **self._settings.producer_kwargs(), **extra, acks="all", max_block_ms=MAX_BLOCK_MS
+                **self._settings.producer_kwargs(),
+                **extra,
+                acks="all",
+                max_block_ms=MAX_BLOCK_MS,
+                # See the class docstring: a refusal then names the topic, not the cluster.
+                enable_idempotence=False,
             )
         key, value, headers = self._message(record, reason)
         producer = self._producer
@@ -300,7 +315,12 @@ class DeadLetterOutbox:
 
     def _written(self, letter: DeadLetter) -> None:
         with self._lock:
-            self._backoff_s = 0.0
+            recovered, self._backoff_s = self._backoff_s > 0, 0.0
+        if recovered:
+            log.info(
+                "the dead-letter topic accepts records again",
+                dead_letter_topic=self._writer.topic,
+            )
         self._on_written(letter)
 
     def _failed(self, letter: DeadLetter, error: BaseException) -> None:
@@ -312,12 +332,14 @@ class DeadLetterOutbox:
             self._backoff_s = min(self._max_backoff_s, self._backoff_s * 2 or self._first_backoff_s)
             self._blocked_until = now + self._backoff_s
             waiting = len(self._waiting)
+        fix = write_refusal_hint(error, self._writer.topic, "KAFKA_DLQ_TOPIC")
         log.warning(
             "cannot write to the dead-letter topic (KAFKA_DLQ_TOPIC); poison records"
             " hold their partitions' commits until it accepts them",
             dead_letter_topic=self._writer.topic,
             error=str(error),
             error_type=type(error).__name__,
+            **({"fix": fix} if fix else {}),
             waiting=waiting,
             retry_in_s=self._backoff_s,
         )

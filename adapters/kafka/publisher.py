@@ -5,14 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAuthorizationFailedError,
+)
 
 from jobworker.adapters.codec import task_from_job, type_number
+from jobworker.adapters.kafka.bootstrap import open_client
+from jobworker.adapters.kafka.refusals import is_write_refusal
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.domain.errors import AccessRefused, ConfigurationError
 from jobworker.domain.model import Job
 
 UNSPECIFIED = "TYPE_UNSPECIFIED"
+# How long to wait for the topic's metadata: a topic that is not there is not waited
+# for as long as kafka-python would (60 s).
+METADATA_WAIT_S = 10.0
 
 
 class PublishFailed(Exception):  # noqa: N818 - reads as the verdict it is
@@ -28,13 +38,39 @@ class KafkaJobPublisher:
 
     ``publish`` only queues; ``flush`` waits until the broker has acknowledged every
     queued job (acks=all) and raises ``PublishFailed`` if any was refused.
+
+    Made only once the topic is known to be there and writable as far as its metadata
+    says: ``AccessRefused`` when the broker refuses the connection or the topic,
+    ``ConfigurationError`` (KAFKA_TOPIC) when it has no such topic; both say what to
+    change. A missing WRITE grant is found by ``flush``, as ``AccessRefused`` too.
     """
 
-    def __init__(self, settings: KafkaClientSettings, topic: str) -> None:
+    def __init__(
+        self, settings: KafkaClientSettings, topic: str, metadata_wait_s: float = METADATA_WAIT_S
+    ) -> None:
         self.topic = topic
-        self._producer = KafkaProducer(**settings.producer_kwargs(), acks="all")
+        self._producer = open_client(
+            KafkaProducer,
+            settings,
+            **settings.producer_kwargs(),
+            acks="all",
+            max_block_ms=int(metadata_wait_s * 1000),
+        )
         self._pending: list[Any] = []
         self._closed = False
+        try:
+            self._producer.partitions_for(topic)
+        except KafkaError as error:
+            self._producer.close(timeout=0)
+            if isinstance(error, TopicAuthorizationFailedError):
+                raise AccessRefused(_write_refused(topic, error)) from None
+            if isinstance(error, KafkaTimeoutError):
+                raise ConfigurationError(
+                    "KAFKA_TOPIC",
+                    f"Kafka has no topic {topic!r} (no metadata for it within"
+                    f" {metadata_wait_s:g} s): create it, or check the name",
+                ) from None
+            raise
 
     def publish(self, job: Job) -> None:
         if not job.id:
@@ -54,6 +90,8 @@ class KafkaJobPublisher:
         self._producer.flush(timeout=timeout_s)
         errors = [future.exception for future in pending if future.failed()]
         unfinished = sum(1 for future in pending if not future.is_done)
+        if errors and is_write_refusal(errors[0]):
+            raise AccessRefused(_write_refused(self.topic, errors[0]))
         if errors or unfinished:
             first = errors[0] if errors else KafkaError("not acknowledged in time")
             raise PublishFailed(len(errors) + unfinished, first)
@@ -66,3 +104,16 @@ class KafkaJobPublisher:
             self.flush(timeout_s)
         finally:
             self._producer.close(timeout=timeout_s)
+
+
+def _write_refused(topic: str, error: BaseException) -> str:
+    # Without WRITE on any topic, this idempotent producer's first request
+    # (InitProducerId) is refused as a cluster operation; WRITE on the topic ends it
+    # (Kafka 2.8+; before, IDEMPOTENT_WRITE on the cluster did).
+    refusal = type(error).__name__
+    if refusal == "KafkaError":  # kafka-python's wrapping of that cluster refusal
+        refusal = "ClusterAuthorizationFailedError for InitProducerId"
+    return (
+        f"Kafka refused writing to topic {topic!r}: {refusal} — grant the principal of"
+        " KAFKA_SASL_USERNAME WRITE and DESCRIBE on KAFKA_TOPIC"
+    )

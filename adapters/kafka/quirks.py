@@ -28,6 +28,7 @@ CONSUMER_INTERNALS = (
     "_coordinator.request_rejoin",
     "_subscription.assignment",
     "_net.sleep",
+    "_cluster.unauthorized_topics",
 )
 # Those ``open_admin_client`` touches on a KafkaAdminClient that failed to start.
 ADMIN_INTERNALS = ("_client", "_net")
@@ -77,6 +78,45 @@ def open_admin_client(**config: Any) -> KafkaAdminClient:
                 halt()
         raise
     return admin
+
+
+def unauthorized_topics(consumer: KafkaConsumer) -> frozenset[str]:
+    """The topics the last metadata answer refused this client (no DESCRIBE on them).
+
+    kafka-python 3.0 notes them and logs "Topic … is not authorized" at every metadata
+    refresh, but a subscribed consumer never raises: it waits for ever with no
+    partition assigned. Empty if the internals differ.
+    """
+    cluster = getattr(consumer, "_cluster", None)
+    return frozenset(getattr(cluster, "unauthorized_topics", None) or ())
+
+
+def keep_bytes_before_disconnect(transport: Any) -> None:
+    """Work around kafka-python 3.0 dropping the bytes that came with a disconnect.
+
+    Its transport reads until the socket would block; when the peer closed the
+    connection right after its last answer, that read ends in EOF and the answer read
+    before it is thrown away with the error. A broker refusing a SASL mechanism or the
+    credentials does exactly that, so the refusal is lost about half of the time and
+    retried as "socket disconnected". With this, the bytes are handed on first and the
+    EOF is found by the next read. Does nothing if the internals differ.
+    """
+    receive = getattr(transport, "_sock_recv", None)
+    if not callable(receive):
+        return
+
+    def bytes_first() -> tuple[bytes, Any]:
+        data, error = receive()
+        return (data, None) if error is not None and data else (data, error)
+
+    transport._sock_recv = bytes_first
+
+
+def wrapped_cluster_refusal(error: BaseException) -> bool:
+    """True for kafka-python 3.0's wrapping of an InitProducerId refused as a cluster
+    operation: a plain KafkaError ("Unexpected error in InitProducerIdResponse: …
+    ClusterAuthorizationFailedError"), not the error class itself."""
+    return "ClusterAuthorizationFailedError" in str(error)
 
 
 def release_parked_records(consumer: KafkaConsumer) -> None:

@@ -7,6 +7,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from jobworker.adapters.codec import result_to_proto
+from jobworker.adapters.kafka.refusals import write_refusal_hint
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.adapters.kafka.source import KafkaReceipt
 from jobworker.domain.errors import ResultNotDelivered, ResultRefused
@@ -80,9 +81,11 @@ class KafkaRefusedResultStore:
         except KafkaError as error:
             if not getattr(error, "retriable", False):
                 self._discard_producer()
+            fix = write_refusal_hint(error, self.topic, "KAFKA_RESULTS_DLQ_TOPIC")
             raise ResultNotDelivered(
                 f"cannot write the refused result of job {job.id!r} to {self.topic!r}"
                 f" (KAFKA_RESULTS_DLQ_TOPIC): {type(error).__name__}: {error}"
+                + (f" — {fix}" if fix else "")
             ) from error
 
     def close(self) -> None:
@@ -91,7 +94,11 @@ class KafkaRefusedResultStore:
     def _open(self) -> KafkaProducer:
         if self._producer is None:
             self._producer = KafkaProducer(
-                **self._settings.producer_kwargs(), acks="all", max_block_ms=MAX_BLOCK_MS
+                **self._settings.producer_kwargs(),
+                acks="all",
+                max_block_ms=MAX_BLOCK_MS,
+                # As the dead-letter producer (dlq.py): a refusal names this topic.
+                enable_idempotence=False,
             )
         return self._producer
 

@@ -24,11 +24,12 @@ import structlog
 from google.protobuf.message import DecodeError
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, TopicAuthorizationFailedError
 from kafka.structs import OffsetAndMetadata
 from kafka.util import ensure_valid_topic_name
 
 from jobworker.adapters.codec import job_from_task
+from jobworker.adapters.kafka.bootstrap import open_client
 from jobworker.adapters.kafka.dlq import DeadLetter, DeadLetterOutbox, DeadLetterWriter
 from jobworker.adapters.kafka.lag import PartitionOffsets
 from jobworker.adapters.kafka.quirks import (
@@ -39,6 +40,7 @@ from jobworker.adapters.kafka.quirks import (
     release_parked_records,
     resume_interrupted_join,
     sleep_on_io_loop,
+    unauthorized_topics,
 )
 from jobworker.adapters.kafka.refusals import fatal_error_message
 from jobworker.adapters.kafka.settings import KafkaClientSettings
@@ -194,7 +196,10 @@ class KafkaJobSource:
         # Entity keys on every record would otherwise mean one warning per record.
         self._key_warning = SparseWarning()
         self._closed = False
-        self._consumer = KafkaConsumer(
+        # A refused first connection (credentials, mechanism, TLS) raises AccessRefused.
+        self._consumer = open_client(
+            KafkaConsumer,
+            settings,
             **settings.consumer_kwargs(),
             group_id=group_id,
             enable_auto_commit=False,
@@ -394,6 +399,13 @@ class KafkaJobSource:
             log.warning("kafka poll failed", error=str(error), error_type=type(error).__name__)
             gevent.sleep(max(_POLL_RETRY_MIN_S, min(timeout_s, 1.0)))
             return {}
+        if self.topic in unauthorized_topics(self._consumer):
+            # The consumer itself would wait for ever, with no partition ever assigned.
+            refused = TopicAuthorizationFailedError({self.topic})
+            reason = fatal_error_message(
+                refused, self.topic, self._group_id, self._session_timeout_ms
+            )
+            raise SourceFailed(reason or str(refused))
         with self._lock:
             for tp, batch in records.items():
                 if batch:

@@ -9,9 +9,18 @@ import pytest
 
 from jobworker.adapters.kafka import KafkaClientSettings, KafkaJobSource
 from tests.support.kafka import create_topic, produce, task_bytes, unique_name
+from tests.support.secure_kafka import SecureBroker, secure_broker
 
 JobsTopic = Callable[..., str]
 """The ``jobs_topic`` fixture: ``jobs_topic(ids_on_partition_0, ids_on_partition_1, …)``."""
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    """One SASL_SSL/SCRAM/ACL broker for the session (tests/support/secure_kafka.py):
+    fails on CI, skips elsewhere, without java and the Kafka jars."""
+    with secure_broker(tmp_path_factory.mktemp("secure-kafka")) as broker:
+        yield broker
 
 
 @pytest.fixture
