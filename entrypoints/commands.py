@@ -32,7 +32,12 @@ from jobworker.entrypoints.exit_codes import (
     UsageError,
 )
 from jobworker.entrypoints.logging_setup import configure_logging, say_after_logs
-from jobworker.entrypoints.settings import Setting, Settings, settings_table
+from jobworker.entrypoints.settings import (
+    ConfigurationErrors,
+    Setting,
+    Settings,
+    settings_table,
+)
 
 log = structlog.get_logger("jobworker")
 
@@ -71,7 +76,9 @@ def _add_setting_flags(parser: argparse.ArgumentParser, flags: list[Any]) -> Non
 
 
 def _add_run_inputs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--env-file", type=Path, help="read settings from this file, not ./.env")
+    parser.add_argument(
+        "--env-file", type=Path, help="read settings from this file (default: ./.env)"
+    )
     parser.add_argument(
         "--jobs",
         metavar="FILE",
@@ -98,37 +105,87 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run the worker (settings from flags, the environment, .env)",
-        description="Run the worker. A flag wins over its variable, which wins over .env.",
+        description="Run the worker: take jobs from Kafka (or a jobs file), run them and"
+        " report each result to Core (or a results file) until SIGTERM or SIGINT. Settings"
+        " come from the flags, the environment and ./.env: a flag wins over its variable,"
+        " which wins over .env. `jobworker settings` shows them.",
     )
     _add_run_inputs(run)
     run.set_defaults(handler=cmd_run)
 
-    core = commands.add_parser("core", help="run the reference Core service (SQLite)")
-    core.add_argument("--address", default="127.0.0.1:50051", help="host:port to listen on")
-    core.add_argument("--db", type=Path, default=Path("core.db"), help="SQLite file")
-    core.add_argument("--max-workers", type=int, default=16, help="concurrent RPC handlers")
-    core.add_argument("--grace", type=float, default=5.0, help="seconds to drain on SIGTERM")
+    core = commands.add_parser(
+        "core",
+        help="run the reference Core service (SQLite)",
+        description="Run the reference Core: the gRPC service workers report results to"
+        " (GRPC_SERVER_ADDRESS), keeping each in a SQLite file, for the demo, tests and"
+        " local runs. It prints `core listening on port N` once it takes calls, and stops"
+        " on SIGTERM or SIGINT.",
+    )
+    core.add_argument(
+        "--address",
+        default="127.0.0.1:50051",
+        help="host:port to listen on; port 0 takes a free one (default: %(default)s)",
+    )
+    core.add_argument(
+        "--db", type=Path, default=Path("core.db"), help="SQLite file (default: %(default)s)"
+    )
+    core.add_argument(
+        "--max-workers",
+        type=int,
+        default=16,
+        help="concurrent RPC handlers (default: %(default)s)",
+    )
+    core.add_argument(
+        "--grace",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="on SIGTERM, seconds to let calls in flight finish (default: %(default)s)",
+    )
     _add_setting_flags(core, LOG_FLAGS)
     core.set_defaults(handler=cmd_core)
 
-    summary = commands.add_parser("core-summary", help="summarise what a Core database holds")
-    summary.add_argument("--db", type=Path, default=Path("core.db"), help="SQLite file")
-    summary.add_argument("--json", action="store_true", help="print JSON")
+    summary = commands.add_parser(
+        "core-summary",
+        help="summarise what a Core database holds",
+        description="Print what a Core database holds: jobs, reports, duplicates (a job"
+        " reported more than once) and jobs by status. Exit 2 if the file is not one.",
+    )
+    summary.add_argument(
+        "--db", type=Path, default=Path("core.db"), help="SQLite file (default: %(default)s)"
+    )
+    summary.add_argument("--json", action="store_true", help="print JSON, not a table")
     summary.set_defaults(handler=cmd_core_summary)
 
-    submit = commands.add_parser("submit", help="submit jobs to Kafka or to a jobs file")
+    submit = commands.add_parser(
+        "submit",
+        help="submit jobs to Kafka or to a jobs file",
+        description="Submit jobs to KAFKA_TOPIC on KAFKA_BROKERS (read from the environment"
+        " and .env, as `run` reads them), or append them to a jobs file (--to-file): one job"
+        " (--type and --payload), --count copies of it, or every line of a JSON Lines file"
+        " (--file).",
+    )
     what = submit.add_mutually_exclusive_group(required=True)
     what.add_argument("--type", help="job type of one job (SLEEP, HTTP, IMAGE_RESIZE, …)")
     what.add_argument("--file", metavar="JSONL", help="jobs from a JSON Lines file (`-`: stdin)")
-    submit.add_argument("--payload", default="{}", help="the job's payload (JSON)")
+    submit.add_argument(
+        "--payload", default="{}", help="the job's payload (JSON) (default: %(default)s)"
+    )
     submit.add_argument("--id", help="job id (default: a new UUID)")
-    submit.add_argument("--count", type=int, default=1, help="submit N copies, ids suffixed")
+    submit.add_argument(
+        "--count",
+        type=int,
+        default=1,
+        metavar="N",
+        help="submit N copies, ids suffixed -0, -1 … (default: %(default)s)",
+    )
     submit.add_argument(
         "--timeout-ms",
         type=int,
         default=0,
         metavar="MS",
-        help="the job's own deadline in milliseconds (0: the worker's MAX_JOB_TIMEOUT)",
+        help="the job's own deadline in milliseconds; 0: the worker's MAX_JOB_TIMEOUT"
+        " (default: %(default)s)",
     )
     submit.add_argument(
         "--meta",
@@ -138,14 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="a metadata entry of the job; repeat for more",
     )
     submit.add_argument("--to-file", metavar="JSONL", help="append to a jobs file, not Kafka")
-    submit.add_argument("--env-file", type=Path, help="settings file for Kafka (default ./.env)")
+    submit.add_argument("--env-file", type=Path, help="settings file for Kafka (default: ./.env)")
     submit.set_defaults(handler=cmd_submit)
 
     show = commands.add_parser(
         "settings",
         help="print the settings in force, where each comes from, and check them",
         description="Print every setting in force (secrets masked) with its source: default,"
-        " .env, environment or flag; exit 2 if one is wrong, as `run` would.",
+        " .env, environment, flag or derived. Then every problem, one line each: an error"
+        " (exit 2, as `run` would refuse to start) or a warning (a variable that looks like"
+        " a setting but is none; alone, exit 0).",
     )
     _add_run_inputs(show)
     show.add_argument(
@@ -160,7 +219,8 @@ def run_cli(argv: list[str]) -> int:  # noqa: PLR0911 - one exit status per outc
     try:
         return int(args.handler(args))
     except ConfigurationError as error:
-        say_after_logs(f"jobworker: configuration error: {error}")
+        for each in error.errors if isinstance(error, ConfigurationErrors) else [error]:
+            say_after_logs(f"jobworker: configuration error: {each}")
         return EXIT_USAGE
     except ServiceUnavailable as error:
         say_after_logs(f"jobworker: {error}")
@@ -203,8 +263,14 @@ def load_settings(args: argparse.Namespace, flags: list[Any] = SETTING_FLAGS) ->
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args)
-    settings.validate_for_run()
+    try:
+        settings.validate_for_run()
+    except ConfigurationError:
+        _say_unknown(settings)  # a misspelt name may be why a setting is missing
+        raise
     configure_logging(settings.log_format, settings.log_level)
+    for unknown in settings.unknown:
+        log.warning(str(unknown), variable=unknown.name, nearest=unknown.nearest)
     if settings.worker_processes > 1:
         from jobworker.entrypoints.supervisor import run_supervisor  # noqa: PLC0415
 
@@ -220,13 +286,22 @@ def cmd_settings(args: argparse.Namespace) -> int:
         print(settings_table())
         return 0
     settings = load_settings(args)
-    settings.validate_for_run()
+    problems = settings.problems()
     rows = settings.in_force()
     width = max(len(name) for name, _, _ in rows)
     value_width = min(40, max(len(value) for _, value, _ in rows))
     for name, value, source in rows:
         print(f"{name:<{width}}  {value:<{value_width}}  {source}")
-    return 0
+    sys.stdout.flush()  # the table first, then what is wrong with it
+    _say_unknown(settings)
+    for problem in problems:
+        print(f"jobworker: configuration error: {problem}", file=sys.stderr)
+    return EXIT_USAGE if problems else 0
+
+
+def _say_unknown(settings: Settings) -> None:
+    for unknown in settings.unknown:
+        print(f"jobworker: warning: {unknown}", file=sys.stderr)
 
 
 # -- core ----------------------------------------------------------------------------

@@ -13,6 +13,9 @@ N = TypeVar("N", int, float)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_BARE_NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
+# A variable named for its unit (``POLL_TIMEOUT_MS``) takes a bare number in that unit.
+_UNIT_SUFFIXES = (("_MS", "ms"), ("_SECONDS", "s"), ("_S", "s"))
 _SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
     "b": 1,
@@ -28,12 +31,48 @@ _FALSE = {"0", "false", "no", "off"}
 
 
 def parse_duration(text: str) -> float:
-    """``500ms`` → 0.5, ``30s`` → 30.0, ``2m`` → 120.0; a bare number means seconds."""
+    """``500ms`` → 0.5, ``30s`` → 30.0, ``2m`` → 120.0; ``0`` → 0.0.
+
+    Any other number without a unit is refused: ``300000`` could be Kafka's milliseconds
+    or seconds, and read as the wrong one it is a worker that never times out. A variable
+    whose name says its unit gets it added first (``with_unit``).
+    """
     match = _DURATION.match(text)
     if not match:
         raise ValueError(f"{text!r} is not a duration; write e.g. 500ms, 30s, 2m or 1h")
     number, unit = match.groups()
+    if unit is None and float(number) != 0:
+        as_ms = _in_largest_unit(float(number) / 1000)
+        meant = f" (= {as_ms})" if as_ms != f"{number}ms" else ""
+        raise ValueError(
+            f"{text!r} has no unit: write {number}ms{meant} or {number}s (units: ms, s, m, h)"
+        )
     return float(number) * _DURATION_UNITS[unit or "s"]
+
+
+def _in_largest_unit(seconds: float) -> str:
+    for unit in ("h", "m", "s"):
+        count = seconds / _DURATION_UNITS[unit]
+        if count >= 1 and count.is_integer():
+            return f"{count:g}{unit}"
+    return f"{seconds * 1000:g}ms"
+
+
+def unit_in_name(name: str) -> str | None:
+    """The unit a variable's name gives its bare numbers (``*_MS``: ms, ``*_S``: s)."""
+    return next((unit for suffix, unit in _UNIT_SUFFIXES if name.endswith(suffix)), None)
+
+
+def with_unit(text: str, name: str) -> str:
+    """A duration as written, with the unit its variable's name gives to a bare number
+    (``0`` has none: ``0s``); anything else unchanged, for ``parse_duration`` to judge."""
+    number = text.strip()
+    if not _BARE_NUMBER.match(number):
+        return text
+    unit = unit_in_name(name)
+    if unit is None:
+        return "0s" if float(number) == 0 else text
+    return f"{number}{unit}"
 
 
 def parse_size(text: str) -> int:

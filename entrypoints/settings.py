@@ -4,16 +4,18 @@ Each setting is declared once, as an attribute of ``Settings``: its variable is 
 attribute's name in capitals, with its default, meaning, parser (the check) and, if it
 is needed only by one adapter, the condition under which it is required. Adding a
 setting is adding one attribute. The container reads the typed attributes; the README
-table and ``jobworker settings`` are generated from the same declarations. A missing or
-malformed value raises ``ConfigurationError`` naming the variable (or the flag that
-set it); the CLI prints that one line and exits 2.
+table and ``jobworker settings`` are generated from the same declarations. Every
+missing or malformed value is found in one reading, each a ``ConfigurationError``
+naming the variable (or the flag that set it); the CLI prints one line for each and
+exits 2. A variable that looks like a setting but is none is a warning
+(``unknown_variables``).
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
@@ -36,8 +38,10 @@ from jobworker.entrypoints.config_values import (
     parse_size,
     positive,
     readable_file,
+    with_unit,
     writable_file,
 )
+from jobworker.entrypoints.unknown_variables import UnknownVariable, unknown_variables
 
 T = TypeVar("T")
 
@@ -50,12 +54,15 @@ _OWN_PREFIX = "JOBWORKER_DYNACONF"
 # Where a value in force came from (``jobworker settings``).
 DEFAULT, DOTENV, ENVIRONMENT, FLAG, DERIVED = "default", ".env", "environment", "flag", "derived"
 
-# When a setting is needed (dynaconf ``when`` conditions on the parsed values).
-KAFKA_SOURCE = Validator("JOB_SOURCE", eq="kafka")
-FILE_SOURCE = Validator("JOB_SOURCE", eq="file")
-GRPC_SINK = Validator("RESULT_SINK", eq="grpc")
-FILE_SINK = Validator("RESULT_SINK", eq="file")
-SASL = KAFKA_SOURCE & Validator("KAFKA_SECURITY_PROTOCOL", is_in=["SASL_PLAINTEXT", "SASL_SSL"])
+# When a setting is needed (dynaconf ``when`` conditions on the parsed values). A choice
+# that could not be read holds none of them (dynaconf would take a missing one for any).
+KAFKA_SOURCE = Validator("JOB_SOURCE", must_exist=True, eq="kafka")
+FILE_SOURCE = Validator("JOB_SOURCE", must_exist=True, eq="file")
+GRPC_SINK = Validator("RESULT_SINK", must_exist=True, eq="grpc")
+FILE_SINK = Validator("RESULT_SINK", must_exist=True, eq="file")
+SASL = KAFKA_SOURCE & Validator(
+    "KAFKA_SECURITY_PROTOCOL", must_exist=True, is_in=["SASL_PLAINTEXT", "SASL_SSL"]
+)
 
 # A greenlet per pool slot is cheap, but each slot may hold one of the hub's threads
 # (DNS look-ups of HTTP jobs) and a connection: past this, run more worker processes.
@@ -86,6 +93,7 @@ class Setting(Generic[T]):
         empty_means_default: bool = True,
         secret: bool = False,
         may_be_none: bool = False,
+        duration: bool = False,
     ) -> None:
         self.default = default
         self.help = meaning
@@ -100,6 +108,8 @@ class Setting(Generic[T]):
         self.secret = secret
         # Reads as None when unset (typed ``T | None``), even where ``needed_when`` applies.
         self.may_be_none = may_be_none
+        # Written with a unit, unless the name says it (``with_unit``).
+        self.duration = duration
 
     def __set_name__(self, owner: type, attribute: str) -> None:
         self.attribute = attribute
@@ -131,6 +141,18 @@ def setting(
 ) -> Setting[T]:
     """A setting with a default."""
     return Setting(default, meaning, parse, empty_means_default=empty_means_default)
+
+
+_POSITIVE_DURATION = positive(parse_duration)
+
+
+def duration(
+    default: str,
+    meaning: str,
+    parse: Callable[[str], float] = _POSITIVE_DURATION,
+) -> Setting[float]:
+    """A duration in seconds, written with its unit (``500ms``, ``30s``, ``5m``)."""
+    return Setting(default, meaning, parse, duration=True)
 
 
 def optional(
@@ -184,6 +206,17 @@ def _results_dlq_file(s: Settings) -> str:
     if job_file and job_file != "-":
         return f"{job_file}.refused.jsonl"
     return "refused-results.jsonl"
+
+
+class ConfigurationErrors(ConfigurationError):  # noqa: N818 - several ConfigurationErrors
+    """Several problems found in one reading of the settings; ``errors`` has each.
+
+    Itself the first of them, for whoever handles one ``ConfigurationError``.
+    """
+
+    def __init__(self, errors: Sequence[ConfigurationError]) -> None:
+        super().__init__(errors[0].variable, errors[0].problem)
+        self.errors = list(errors)
 
 
 @dataclass(frozen=True)
@@ -253,8 +286,16 @@ class Settings:
     kafka_ssl_certfile = optional("client certificate (mutual TLS)", str)
     kafka_ssl_keyfile = optional("client key (mutual TLS)", str)
     kafka_max_poll_records = setting("500", "records per poll at most", positive(parse_int))
-    kafka_session_timeout = setting("45s", "group session timeout", positive(parse_duration))
-    kafka_max_poll_interval = setting("5m", "max.poll.interval.ms", positive(parse_duration))
+    kafka_session_timeout = duration(
+        "45s",
+        "the broker drops this worker from the group after no heartbeat for this long"
+        " (Kafka's session.timeout.ms, written with a unit: 45s or 45000ms)",
+    )
+    kafka_max_poll_interval = duration(
+        "5m",
+        "the group drops this worker when it has not polled for this long"
+        " (Kafka's max.poll.interval.ms, written with a unit: 5m or 300000ms)",
+    )
     kafka_max_in_flight_per_partition = setting(
         "1000",
         "unfinished jobs per partition before it is paused (bounds redelivery)",
@@ -262,8 +303,9 @@ class Settings:
     )
     # Short, so that finished work is on record soon after Core took it (a crash then
     # redoes little); a commit is sent only when something moved.
-    kafka_commit_interval = setting(
-        "100ms", "commit done offsets at least this often", positive(parse_duration)
+    kafka_commit_interval = duration(
+        "100ms",
+        "commit done offsets at least this often",
     )
     kafka_commit_every = setting("1000", "…or after this many finished jobs", positive(parse_int))
     kafka_max_partition_fetch_bytes = setting(
@@ -321,10 +363,9 @@ class Settings:
     result_batch_size = setting(
         "100", "results per ReportResults call at most", positive(parse_int)
     )
-    result_batch_linger = setting(
+    result_batch_linger = duration(
         "5ms",
         "how long a part-filled batch waits for more results (adds up to this latency)",
-        positive(parse_duration),
     )
     result_batch_max_bytes = setting(
         "3MiB",
@@ -356,14 +397,14 @@ class Settings:
     grpc_server_address = needed(
         "Core service host:port (RESULT_SINK=grpc)", GRPC_SINK, parse_address
     )
-    grpc_call_timeout = setting("5s", "deadline of one ReportResult call", positive(parse_duration))
-    core_start_timeout = setting(
+    grpc_call_timeout = duration("5s", "deadline of one ReportResult call")
+    core_start_timeout = duration(
         "30s",
         "at start, wait this long for Core to answer before taking any job, then exit 69"
         " (0 = start at once and hold results until Core answers)",
         non_negative(parse_duration),
     )
-    grpc_retry_backoff_max = setting(
+    grpc_retry_backoff_max = duration(
         "10s", "longest pause between ReportResult retries", duration_at_least(0.1)
     )
     grpc_tls_ca_file = optional("CA bundle: set to use TLS to Core", str)
@@ -371,8 +412,9 @@ class Settings:
     grpc_tls_key_file = optional("client key for mutual TLS", str)
 
     # -- jobs -------------------------------------------------------------------------
-    max_job_timeout = setting(
-        "30s", "hard limit per job, retries included", positive(parse_duration)
+    max_job_timeout = duration(
+        "30s",
+        "hard limit per job, retries included",
     )
     max_output_bytes = setting(
         "1MiB",
@@ -386,12 +428,13 @@ class Settings:
     retry_max_attempts = setting(
         "3", "attempts for a retryable failure, the first included", positive(parse_int)
     )
-    retry_backoff_base = setting(
+    retry_backoff_base = duration(
         "500ms", "first retry pause (doubles, full jitter)", non_negative(parse_duration)
     )
-    retry_backoff_max = setting("30s", "longest retry pause", non_negative(parse_duration))
-    shutdown_timeout = setting(
-        "30s", "time to finish in-flight jobs on SIGTERM", positive(parse_duration)
+    retry_backoff_max = duration("30s", "longest retry pause", non_negative(parse_duration))
+    shutdown_timeout = duration(
+        "30s",
+        "time to finish in-flight jobs on SIGTERM",
     )
 
     # -- logs and metrics -------------------------------------------------------------
@@ -401,7 +444,7 @@ class Settings:
     )
     metrics_port = setting("0", "Prometheus /metrics, /healthz, /readyz port (0 = off)", parse_port)
     metrics_host = setting("0.0.0.0", "address the metrics server listens on", str)  # noqa: S104
-    readiness_broker_timeout = setting(
+    readiness_broker_timeout = duration(
         "15s",
         "/readyz fails when the broker has not answered for this long (asked every 5s)",
         duration_at_least(6.0),
@@ -411,7 +454,7 @@ class Settings:
         "/readyz also fails while Core is unreachable (shown, not required, by default)",
         parse_bool,
     )
-    liveness_max_blocked = setting(
+    liveness_max_blocked = duration(
         "10s",
         "/healthz fails while the event loop has been blocked for longer than this",
         duration_at_least(1.0),
@@ -425,10 +468,9 @@ class Settings:
     http_max_redirects = setting(
         "5", "redirects followed (each re-checked)", non_negative(parse_int)
     )
-    http_max_timeout = setting(
+    http_max_timeout = duration(
         "10s",
         "longest HTTP request, redirects and body included (timeout_ms may shorten it)",
-        positive(parse_duration),
     )
     image_input_root = setting("./data/images/in", "image sources must be under this folder", str)
     image_output_root = setting("./data/images/out", "resized images are written under it", str)
@@ -445,10 +487,16 @@ class Settings:
     def __init__(
         self, values: Mapping[str, Any], origins: Mapping[str, Origin] | None = None
     ) -> None:
-        """``values``: raw strings by variable; ``origins``: where each came from."""
+        """``values``: raw strings by variable, ours and others (the rest of the
+        environment: ``unknown`` lists those that look like a misspelt setting);
+        ``origins``: where each came from (the environment, if not said)."""
         self._raw = {k: v for k, v in values.items() if k in _BY_NAME}
         self._origins = dict(origins or {})
         self._cache: dict[str, Any] = {}
+        self.unknown: list[UnknownVariable] = unknown_variables(
+            {name: self._origins.get(name, Origin(ENVIRONMENT)).source for name in values},
+            _BY_NAME,
+        )
 
     @classmethod
     def load(
@@ -474,12 +522,8 @@ class Settings:
             loader.get(_OWN_PREFIX)  # dynaconf is lazy: this is what reads the file
         except Exception as error:
             raise ConfigurationError(str(dotenv or ".env"), f"cannot be read: {error}") from None
-        values: dict[str, str] = {}
-        origins: dict[str, Origin] = {}
-        for name in _BY_NAME:
-            if name in os.environ:
-                values[name] = os.environ[name]
-                origins[name] = Origin(ENVIRONMENT if name in before else DOTENV)
+        values = dict(os.environ)
+        origins = {name: Origin(ENVIRONMENT if name in before else DOTENV) for name in values}
         for name, (flag, text) in (flags or {}).items():
             values[name] = text
             origins[name] = Origin(FLAG, flag)
@@ -527,6 +571,8 @@ class Settings:
             if setting.default is None:
                 return None
             text = setting.default
+        if setting.duration:
+            text = with_unit(text, setting.name)
         try:
             return setting.parse(text)
         except ValueError as error:
@@ -539,29 +585,59 @@ class Settings:
     def validate_for_run(self) -> None:
         """Parse every setting this run uses and check the rules between them.
 
-        Raises ``ConfigurationError`` on the first problem, naming the variable.
+        Raises the ``ConfigurationError`` of the one problem, or ``ConfigurationErrors``
+        with every one of several.
         """
-        uses_kafka = self.job_source == "kafka"
-        uses_core = self.result_sink == "grpc"
-        present: dict[str, Any] = {}
-        for entry in SETTINGS:
-            unused = (entry.name.startswith("KAFKA_") and not uses_kafka) or (
-                entry.name.startswith("GRPC_") and not uses_core
-            )
-            if unused:
-                # Not needed by this run, but a value given is still checked: a typo
-                # (KAFKA_ORDERING=bogus) would otherwise surface only on the next run.
-                if not self._is_unset(entry):
-                    self.value_of(entry)
-                continue
-            if entry.needed_when is not None and self._is_unset(entry):
-                continue  # whether it must be given is dynaconf's check, below
-            value = self.value_of(entry)
-            if value is not None:
-                present[entry.name] = value
-        self._check_rules(present)
+        problems = self.problems()
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            raise ConfigurationErrors(problems)
 
-    def _check_rules(self, present: Mapping[str, Any]) -> None:
+    def problems(self) -> list[ConfigurationError]:
+        """Every problem of the settings this run uses, each naming its variable: the
+        settings in the table's order, then the rules between them."""
+        found: list[ConfigurationError] = []
+        unused = self._unused_prefixes()
+        present: dict[str, Any] = {}
+        wrong: set[str] = set()
+        for entry in SETTINGS:
+            # Whether a required one is given is dynaconf's check, below. One of an
+            # adapter this run does not use is still checked when given: a typo
+            # (KAFKA_ORDERING=bogus) would otherwise surface only on the next run.
+            needed_or_unused = entry.needed_when is not None or entry.name.startswith(unused)
+            if self._is_unset(entry) and needed_or_unused:
+                continue
+            try:
+                value = self.value_of(entry)
+            except ConfigurationError as error:
+                found.append(error)
+                wrong.add(entry.name)
+                continue
+            if value is not None and not entry.name.startswith(unused):
+                present[entry.name] = value
+        found += self._broken_rules(present, wrong)
+        # A setting derived from a wrong one repeats its problem.
+        return list({str(problem): problem for problem in found}.values())
+
+    def _unused_prefixes(self) -> tuple[str, ...]:
+        """The adapters' variables this run does not use: Kafka's or Core's."""
+        unused = []
+        for prefix, selected, wanted in (
+            ("KAFKA_", Settings.job_source, "kafka"),
+            ("GRPC_", Settings.result_sink, "grpc"),
+        ):
+            try:
+                if self.value_of(selected) != wanted:
+                    unused.append(prefix)
+            except ConfigurationError:
+                pass  # a problem of its own; whether the adapter's are needed is unknown
+        return tuple(unused)
+
+    def _broken_rules(
+        self, present: Mapping[str, Any], wrong: set[str]
+    ) -> list[ConfigurationError]:
+        """The rules ``present`` (parsed values) breaks; a ``wrong`` one is not missing."""
         checked = Dynaconf(
             envvar_prefix=_OWN_PREFIX, environments=False, load_dotenv=False, loaders=[]
         )
@@ -570,43 +646,50 @@ class Settings:
             # numbers); the rest as "present": dynaconf would read a text such as
             # ``@json {`` as a directive of its own.
             checked.set(name, value if name in _COMPARED else True)
+        for name in wrong - _COMPARED:
+            checked.set(name, True)
         checked.validators.register(*_RULES)
+        broken = []
         try:
-            checked.validators.validate()
+            checked.validators.validate_all()
         except ValidationError as error:
-            validator = error.details[0][0] if error.details else None
-            name = validator.names[0] if validator is not None else "settings"
-            raise ConfigurationError(name, error.message.partition(": ")[2]) from None
-        if self.job_source == "kafka" and self.kafka_results_dlq_topic in {
-            self.kafka_topic,
-            self.kafka_dlq_topic,
-        }:
-            raise ConfigurationError(
-                "KAFKA_RESULTS_DLQ_TOPIC",
-                f"{self.kafka_results_dlq_topic!r} must differ from KAFKA_TOPIC and"
-                " KAFKA_DLQ_TOPIC",
+            broken = [
+                ConfigurationError(validator.names[0], message.partition(": ")[2])
+                for validator, message in error.details
+            ]
+        results_dlq = present.get("KAFKA_RESULTS_DLQ_TOPIC")
+        if present.get("JOB_SOURCE") == "kafka" and results_dlq in {
+            present.get("KAFKA_TOPIC"),
+            present.get("KAFKA_DLQ_TOPIC"),
+        } - {None}:
+            broken.append(
+                ConfigurationError(
+                    "KAFKA_RESULTS_DLQ_TOPIC",
+                    f"{results_dlq!r} must differ from KAFKA_TOPIC and KAFKA_DLQ_TOPIC",
+                )
             )
+        return broken
 
     # -- showing ----------------------------------------------------------------------
 
     def in_force(self) -> list[tuple[str, str, str]]:
-        """(variable, value as text, where it came from) of every setting; secrets masked."""
-        rows = []
-        for entry in SETTINGS:
-            try:
-                value = self.value_of(entry)
-            except ConfigurationError:
-                value = None  # a setting this run does not use, left unset
-            if value is None:
-                text = "—"
-            elif entry.secret:
-                text = "****"
-            elif entry.derive is None and not self._is_unset(entry):
-                text = str(self._raw[entry.name]).strip()
-            else:
-                text = _as_text(entry, value)
-            rows.append((entry.name, text, self.origin(entry)))
-        return rows
+        """(variable, value as text, where it came from) of every setting: a value given
+        as it was given, even a wrong one (durations with their unit); secrets masked."""
+        return [(entry.name, self._shown(entry), self.origin(entry)) for entry in SETTINGS]
+
+    def _shown(self, setting: Setting[Any]) -> str:
+        if not self._is_unset(setting):
+            text = str(self._raw[setting.name]).strip()
+            if setting.secret:
+                return "****"
+            return with_unit(text, setting.name) if setting.duration else text or '""'
+        try:
+            value = self.value_of(setting)
+        except ConfigurationError:
+            return "—"  # required and missing, or derived from a wrong one
+        if value is None:
+            return "—"
+        return "****" if setting.secret else _as_text(setting, value)
 
 
 def _required(setting: Setting[Any]) -> str:

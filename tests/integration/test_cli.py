@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from jobworker.entrypoints.settings import SETTINGS
 from tests.support.processes import worker_env
 
 pytestmark = pytest.mark.integration
@@ -36,13 +38,62 @@ def jobworker(
 
 
 def test_missing_kafka_brokers_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    done = jobworker("run", env=worker_env(), cwd=tmp_path)
+    env = worker_env(KAFKA_GROUP_ID="g", GRPC_SERVER_ADDRESS="127.0.0.1:9")
+    done = jobworker("run", env=env, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "jobworker: configuration error: KAFKA_BROKERS: is required "
         "(comma-separated bootstrap servers (JOB_SOURCE=kafka))"
     ]
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_every_configuration_problem_is_a_line_of_one_run(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("KAFKA_SESSION_TIMEOUT=45000\n")
+    env = worker_env(KAFKA_BROKERS="127.0.0.1:9", WORKER_POOL_SIZE="ten")
+    done = jobworker("run", env=env, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr + done.stdout
+    assert done.stderr.splitlines() == [
+        "jobworker: configuration error: KAFKA_SESSION_TIMEOUT: '45000' has no unit: write"
+        " 45000ms (= 45s) or 45000s (units: ms, s, m, h)",
+        "jobworker: configuration error: WORKER_POOL_SIZE: 'ten' is not a whole number",
+        "jobworker: configuration error: KAFKA_GROUP_ID: is required (consumer group"
+        " (JOB_SOURCE=kafka))",
+        "jobworker: configuration error: GRPC_SERVER_ADDRESS: is required (Core service"
+        " host:port (RESULT_SINK=grpc))",
+    ]
+
+
+def test_a_misspelt_variable_is_a_warning_naming_the_setting(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "a", "type": "SLEEP", "payload": {"ms": 1}}) + "\n")
+    (tmp_path / ".env").write_text("MAX_JOB_TIMEOT=5s\n")
+    env = worker_env(WORKER_POOLSIZE="4")
+    done = jobworker("run", "--jobs", str(jobs), "--results", "-", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    warnings = [e for e in log_events(done.stderr) if e["level"] == "warning"]
+    assert [(e["event"], e["variable"], e["nearest"]) for e in warnings] == [
+        (
+            "MAX_JOB_TIMEOT (in .env) is not a setting; did you mean MAX_JOB_TIMEOUT?",
+            "MAX_JOB_TIMEOT",
+            "MAX_JOB_TIMEOUT",
+        ),
+        (
+            "WORKER_POOLSIZE is not a setting; did you mean WORKER_POOL_SIZE?",
+            "WORKER_POOLSIZE",
+            "WORKER_POOL_SIZE",
+        ),
+    ]
+    # Where it stops the run, it comes before the errors it may explain.
+    failed = jobworker("run", env=worker_env(KAFKA_BROKER="127.0.0.1:9"), cwd=tmp_path)
+    assert failed.returncode == 2
+    assert failed.stderr.splitlines()[:2] == [
+        "jobworker: warning: KAFKA_BROKER is not a setting; did you mean KAFKA_BROKERS?",
+        "jobworker: warning: MAX_JOB_TIMEOT (in .env) is not a setting; did you mean"
+        " MAX_JOB_TIMEOUT?",
+    ]
+    assert "KAFKA_BROKERS: is required" in failed.stderr.splitlines()[2]
 
 
 def test_a_malformed_duration_names_its_variable(tmp_path: Path) -> None:
@@ -294,8 +345,8 @@ def test_text_logs_name_job_types_without_reprs(tmp_path: Path) -> None:
 
 def test_a_missing_jobs_file_exits_2_at_once_with_one_line(tmp_path: Path) -> None:
     done = jobworker(
-        "run", "--jobs", str(tmp_path / "nonexistent.jsonl"), env=worker_env(), cwd=tmp_path,
-        timeout=30,
+        "run", "--jobs", str(tmp_path / "nonexistent.jsonl"), "--results", "-",
+        env=worker_env(), cwd=tmp_path, timeout=30,
     )  # fmt: skip
     assert done.returncode == 2
     assert _one_line(done) == (
@@ -373,13 +424,96 @@ def test_settings_fails_like_run(tmp_path: Path) -> None:
     shown = jobworker("settings", env=env, cwd=tmp_path)
     ran = jobworker("run", env=env, cwd=tmp_path)
     assert shown.returncode == ran.returncode == 2
-    assert _one_line(shown) == _one_line(ran)
+    assert shown.stderr == ran.stderr
+    assert len(shown.stderr.splitlines()) == 3  # MAX_JOB_TIMEOUT, KAFKA_GROUP_ID, GRPC_…
+
+
+def test_settings_shows_the_table_whatever_is_wrong(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "WORKER_POOL_SIZE": "55"}
+    env |= {"SHUTDOWN_TIMEOUT": "30", "CORE_START_TIMEOUT": "0", "WORKER_POOLSIZE": "4"}
+    done = jobworker("settings", env=env, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr + done.stdout
+    rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()}
+    assert len(rows) == len(SETTINGS)
+    assert rows["WORKER_POOL_SIZE"] == ["55", "environment"]
+    assert rows["SHUTDOWN_TIMEOUT"] == ["30", "environment"]  # wrong, shown as given
+    assert rows["CORE_START_TIMEOUT"] == ["0s", "environment"]
+    assert rows["MAX_JOB_TIMEOUT"] == ["30s", "default"]
+    assert rows["KAFKA_BROKERS"] == ["—", "default"]
+    assert done.stderr.splitlines() == [
+        "jobworker: warning: WORKER_POOLSIZE is not a setting; did you mean WORKER_POOL_SIZE?",
+        "jobworker: configuration error: SHUTDOWN_TIMEOUT: '30' has no unit: write 30ms or"
+        " 30s (units: ms, s, m, h)",
+        "jobworker: configuration error: KAFKA_BROKERS: is required (comma-separated"
+        " bootstrap servers (JOB_SOURCE=kafka))",
+        "jobworker: configuration error: KAFKA_GROUP_ID: is required (consumer group"
+        " (JOB_SOURCE=kafka))",
+        "jobworker: configuration error: GRPC_SERVER_ADDRESS: is required (Core service"
+        " host:port (RESULT_SINK=grpc))",
+    ]
+
+
+def test_settings_with_only_a_warning_exits_0(tmp_path: Path) -> None:
+    base = {"JOB_SOURCE": "file", "JOB_FILE": "-", "RESULT_SINK": "file", "RESULT_FILE": "-"}
+    done = jobworker("settings", env=worker_env(**base, LOG_LEVLE="debug"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "jobworker: warning: LOG_LEVLE is not a setting; did you mean LOG_LEVEL?"
+    ]
 
 
 def test_settings_defaults_is_the_readme_table(tmp_path: Path) -> None:
     done = jobworker("settings", "--defaults", env=worker_env(), cwd=tmp_path)
     assert done.returncode == 0
     assert done.stdout.strip() in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("command", "defaults"),
+    [
+        ("run", ["(default: ./.env)", "default 10]", "default info]"]),
+        ("core", ["(default: 127.0.0.1:50051)", "(default: core.db)", "(default: 16)"]),
+        ("core-summary", ["(default: core.db)"]),
+        ("submit", ["(default: {})", "(default: 1)", "(default: 0)", "(default: a new UUID)"]),
+        ("settings", ["(default: ./.env)"]),
+    ],
+)
+def test_each_commands_help_has_a_description_and_shows_defaults(
+    tmp_path: Path, command: str, defaults: list[str]
+) -> None:
+    done = jobworker(command, "--help", env=worker_env(), cwd=tmp_path)
+    assert done.returncode == 0
+    usage, description, options = done.stdout.split("\n\n", 2)
+    assert usage.startswith(f"usage: jobworker {command}")
+    assert len(description.split()) > 10, description
+    text = " ".join(options.split())
+    assert all(default in text for default in defaults), text
+
+
+def test_the_readme_flag_table_lists_every_flag_of_run(tmp_path: Path) -> None:
+    done = jobworker("run", "--help", env=worker_env(), cwd=tmp_path)
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| Flag | Variable |") :].split("\n\n")[0]
+    for flag in set(re.findall(r"--[a-z-]+", done.stdout)) - {"--help"}:
+        assert f"`{flag}" in table or f", `{flag}" in table, flag
+
+
+def test_the_readme_examples_of_configuration_errors_are_true(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("In a shell with no settings exported:\n\n```\n")[1].split("```")[0]
+    (tmp_path / "jobs.jsonl").write_text(
+        json.dumps({"id": "hello-1", "type": "SLEEP", "payload": {"ms": 100}}) + "\n"
+    )
+    examples = re.findall(r"^\$ (.*)\n((?:[^$].*\n)*)", block, re.MULTILINE)
+    assert len(examples) >= 4
+    for command, expected in examples:
+        words = shlex.split(command)
+        assigned = dict(word.split("=", 1) for word in words if "=" in word.split("-")[0])
+        args = words[words.index("jobworker") + 1 :]
+        done = jobworker(*args, env=worker_env(**assigned), cwd=tmp_path)
+        assert done.returncode == 2, command
+        assert done.stderr == expected, command
 
 
 def test_help_names_the_variable_behind_each_flag(tmp_path: Path) -> None:
@@ -437,8 +571,8 @@ def test_core_reads_log_format_like_run_and_its_flag_wins(
 
 
 def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
-    # ``jobworker settings --defaults | head -1``: the reader is gone before the table
-    # is written (it fits a pipe's buffer, so a reader that left later might not be seen).
+    # ``jobworker settings --defaults | true``: the reader is gone before the table is
+    # written (it fits a pipe's buffer, so a reader that left later might not be seen).
     reader, writer = os.pipe()
     settings = subprocess.Popen(
         [sys.executable, "-m", "jobworker", "settings", "--defaults"],

@@ -1,12 +1,22 @@
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from jobworker.domain.errors import ConfigurationError
-from jobworker.entrypoints.config_values import parse_duration, parse_size
-from jobworker.entrypoints.settings import SETTINGS, Settings, settings_table
+from jobworker.entrypoints.config_values import parse_duration, parse_size, with_unit
+from jobworker.entrypoints.settings import (
+    FLAG,
+    SETTINGS,
+    ConfigurationErrors,
+    Origin,
+    Settings,
+    settings_table,
+)
+from jobworker.entrypoints.unknown_variables import OUR_PREFIXES
 
 KAFKA_RUN = {
     "KAFKA_BROKERS": "k1:9092,k2:9092",
@@ -17,10 +27,67 @@ KAFKA_RUN = {
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("500ms", 0.5), ("30s", 30.0), ("2m", 120.0), ("1h", 3600.0), ("1.5s", 1.5), ("7", 7.0)],
+    [("500ms", 0.5), ("30s", 30.0), ("2m", 120.0), ("1h", 3600.0), ("1.5s", 1.5), ("0", 0.0)],
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("300000", "'300000' has no unit: write 300000ms (= 5m) or 300000s (units: ms, s, m, h)"),
+        ("45000", "'45000' has no unit: write 45000ms (= 45s) or 45000s"),
+        ("30", "'30' has no unit: write 30ms or 30s (units: ms, s, m, h)"),
+        ("2.5", "'2.5' has no unit"),
+    ],
+)
+def test_a_duration_without_a_unit_is_refused_with_the_units_it_takes(
+    text: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        parse_duration(text)
+
+
+def test_a_variable_named_for_its_unit_takes_a_bare_number() -> None:
+    assert with_unit("250", "POLL_TIMEOUT_MS") == "250ms"
+    assert with_unit("3", "DRAIN_S") == "3s"
+    assert with_unit("1m", "DRAIN_S") == "1m"
+    assert with_unit("30", "SHUTDOWN_TIMEOUT") == "30"  # left for parse_duration to refuse
+    assert with_unit("0", "SHUTDOWN_TIMEOUT") == "0s"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("KAFKA_MAX_POLL_INTERVAL", "300000"),
+        ("KAFKA_SESSION_TIMEOUT", "45000"),
+        ("SHUTDOWN_TIMEOUT", "30"),
+        ("RESULT_BATCH_LINGER", "5"),
+    ],
+)
+def test_a_duration_setting_without_a_unit_is_refused(name: str, value: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"'{value}' has no unit") as caught:
+        Settings(KAFKA_RUN | {name: value}).validate_for_run()
+    assert caught.value.variable == name
+
+
+def test_durations_are_shown_with_their_unit() -> None:
+    settings = Settings(KAFKA_RUN | {"CORE_START_TIMEOUT": "0", "SHUTDOWN_TIMEOUT": "2m"})
+    settings.validate_for_run()
+    assert settings.core_start_timeout == 0.0
+    rows = {name: value for name, value, _ in settings.in_force()}
+    assert rows["CORE_START_TIMEOUT"] == "0s"
+    assert rows["SHUTDOWN_TIMEOUT"] == "2m"
+    assert rows["MAX_JOB_TIMEOUT"] == "30s"
+
+
+def test_every_duration_is_declared_as_one_and_its_help_agrees_with_its_unit() -> None:
+    for entry in SETTINGS:
+        if entry.default is not None and re.fullmatch(r"\d+(ms|s|m|h)", entry.default):
+            assert entry.duration, entry.name
+        if entry.duration and ".ms" in entry.help:  # names Kafka's property in milliseconds
+            assert "written with a unit" in entry.help, entry.name
 
 
 @pytest.mark.parametrize("text", ["", "fast", "10 parsecs", "-1s", "1d"])
@@ -48,6 +115,49 @@ def test_defaults_match_the_seed() -> None:
     assert settings.kafka_brokers == ["k1:9092", "k2:9092"]
     assert settings.kafka_dlq_topic == "job_requests.dlq"
     assert settings.jobs_queue_size == 20
+
+
+def test_every_problem_is_found_in_one_reading() -> None:
+    settings = Settings({"WORKER_POOL_SIZE": "ten", "KAFKA_MAX_POLL_INTERVAL": "300000"})
+    problems = [(p.variable, p.problem) for p in settings.problems()]
+    assert [variable for variable, _ in problems] == [
+        "KAFKA_MAX_POLL_INTERVAL",
+        "WORKER_POOL_SIZE",  # once, though two derived settings read it
+        "KAFKA_BROKERS",
+        "KAFKA_GROUP_ID",
+        "GRPC_SERVER_ADDRESS",
+    ]
+    with pytest.raises(ConfigurationErrors) as caught:
+        settings.validate_for_run()
+    assert [(p.variable, p.problem) for p in caught.value.errors] == problems
+    assert caught.value.variable == "KAFKA_MAX_POLL_INTERVAL"  # to a handler of one, the first
+
+
+def test_a_wrong_value_of_a_required_setting_is_not_also_missing(tmp_path: Path) -> None:
+    run = {"JOB_SOURCE": "file", "RESULT_SINK": "file", "RESULT_FILE": "-"}
+    settings = Settings(run | {"JOB_FILE": str(tmp_path / "nope.jsonl")})
+    assert [p.variable for p in settings.problems()] == ["JOB_FILE"]
+    by_flag = {"JOB_SOURCE": Origin(FLAG, "--jobs"), "JOB_FILE": Origin(FLAG, "--jobs")}
+    flagged = Settings(run | {"JOB_FILE": str(tmp_path / "nope.jsonl")}, by_flag)
+    assert [p.variable for p in flagged.problems()] == ["--jobs"]
+
+
+def test_a_wrong_source_hides_no_other_problem() -> None:
+    settings = Settings({"JOB_SOURCE": "redis", "KAFKA_ORDERING": "bogus"})
+    assert [p.variable for p in settings.problems()] == [
+        "JOB_SOURCE",
+        "KAFKA_ORDERING",
+        "GRPC_SERVER_ADDRESS",
+    ]
+
+
+def test_the_table_shows_wrong_values_as_given_and_secrets_masked() -> None:
+    settings = Settings({"WORKER_POOL_SIZE": "ten", "KAFKA_SASL_PASSWORD": "hunter2"})
+    rows = {name: value for name, value, _ in settings.in_force()}
+    assert rows["WORKER_POOL_SIZE"] == "ten"
+    assert rows["JOBS_QUEUE_SIZE"] == "—"  # derived from the wrong one
+    assert rows["KAFKA_BROKERS"] == "—"
+    assert rows["KAFKA_SASL_PASSWORD"] == "****"  # noqa: S105 - the mask, not a password
 
 
 @pytest.mark.parametrize("missing", ["KAFKA_BROKERS", "KAFKA_GROUP_ID", "GRPC_SERVER_ADDRESS"])
@@ -142,15 +252,30 @@ def test_a_selected_file_adapter_needs_its_file() -> None:
         Settings(KAFKA_RUN | {"JOB_SOURCE": "file"}).validate_for_run()
 
 
+@pytest.fixture
+def dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Path]:
+    """Writes a ``.env`` file; its variables are unset now and again after the test:
+    python-dotenv writes them into os.environ, and they must not reach later tests (nor
+    the environment of the CLI they start)."""
+
+    def write(text: str) -> Path:
+        for line in text.splitlines():
+            name = line.partition("=")[0]
+            monkeypatch.setenv(name, "")  # delenv alone records nothing for an unset one
+            monkeypatch.delenv(name)
+        path = tmp_path / ".env"
+        path.write_text(text)
+        return path
+
+    return write
+
+
 def test_dotenv_is_read_and_the_environment_wins(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dotenv: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dotenv = tmp_path / ".env"
-    dotenv.write_text("KAFKA_TOPIC=from_dotenv\nWORKER_POOL_SIZE=3\n")
-    # python-dotenv writes into os.environ; monkeypatch removes it again afterwards.
-    monkeypatch.delenv("KAFKA_TOPIC", raising=False)
+    env_file = dotenv("KAFKA_TOPIC=from_dotenv\nWORKER_POOL_SIZE=3\n")
     monkeypatch.setenv("WORKER_POOL_SIZE", "7")
-    settings = Settings.load(dotenv=dotenv)
+    settings = Settings.load(dotenv=env_file)
     assert settings.kafka_topic == "from_dotenv"
     assert settings.worker_pool_size == 7
 
@@ -161,14 +286,11 @@ def test_the_table_lists_every_setting() -> None:
 
 
 def test_values_are_taken_exactly_as_written(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dotenv: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dotenv = tmp_path / ".env"
-    dotenv.write_text("KAFKA_GROUP_ID=1.10\nKAFKA_SASL_PASSWORD=true\n")
-    monkeypatch.delenv("KAFKA_GROUP_ID", raising=False)
-    monkeypatch.delenv("KAFKA_SASL_PASSWORD", raising=False)
+    env_file = dotenv("KAFKA_GROUP_ID=1.10\nKAFKA_SASL_PASSWORD=true\n")
     monkeypatch.setenv("UNRELATED_VARIABLE", "@json {")  # must not matter to us
-    settings = Settings.load(dotenv=dotenv)
+    settings = Settings.load(dotenv=env_file)
     assert settings.kafka_group_id == "1.10"
     assert settings.kafka_sasl_password == "true"  # noqa: S105 - the text, not a bool
 
@@ -232,16 +354,14 @@ def test_a_jobs_file_that_cannot_be_read_is_a_configuration_error(tmp_path: Path
 
 
 def test_each_value_says_where_it_came_from(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dotenv: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dotenv = tmp_path / ".env"
-    dotenv.write_text("KAFKA_TOPIC=from_dotenv\nLOG_LEVEL=debug\n")
-    for name in ("KAFKA_TOPIC", "LOG_LEVEL", "LOG_FORMAT"):
-        monkeypatch.delenv(name, raising=False)
+    env_file = dotenv("KAFKA_TOPIC=from_dotenv\nLOG_LEVEL=debug\n")
+    monkeypatch.delenv("LOG_FORMAT", raising=False)
     monkeypatch.setenv("WORKER_POOL_SIZE", "55")
     monkeypatch.setenv("LOG_LEVEL", "warning")  # the environment wins over .env
     monkeypatch.setenv("KAFKA_SASL_PASSWORD", "hunter2")
-    settings = Settings.load(dotenv=dotenv, flags={"LOG_FORMAT": ("--log-format", "text")})
+    settings = Settings.load(dotenv=env_file, flags={"LOG_FORMAT": ("--log-format", "text")})
     rows = {name: (value, source) for name, value, source in settings.in_force()}
     assert rows["KAFKA_TOPIC"] == ("from_dotenv", ".env")
     assert rows["WORKER_POOL_SIZE"] == ("55", "environment")
@@ -291,3 +411,50 @@ def test_a_malformed_value_is_named_even_when_this_run_does_not_use_it(
     with pytest.raises(ConfigurationError, match=name):
         Settings(file_run | {name: value}).validate_for_run()
     Settings(file_run).validate_for_run()  # and without it the same run is fine
+
+
+# -- variables that look like settings but are none ------------------------------------
+
+
+def test_a_misspelt_variable_is_named_with_the_nearest_setting(
+    dotenv: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env_file = dotenv("KAFKA_GROUPID=g\n")
+    monkeypatch.setenv("WORKER_POOLSIZE", "4")
+    settings = Settings.load(dotenv=env_file)
+    assert [str(unknown) for unknown in settings.unknown] == [
+        "KAFKA_GROUPID (in .env) is not a setting; did you mean KAFKA_GROUP_ID?",
+        "WORKER_POOLSIZE is not a setting; did you mean WORKER_POOL_SIZE?",
+    ]
+    assert settings.worker_pool_size == 10  # a warning: nothing else changes
+
+
+def test_a_variable_like_no_setting_is_named_alone() -> None:
+    [unknown] = Settings({"RETRY_ZZZ": "1"}).unknown
+    assert str(unknown) == "RETRY_ZZZ is not a setting; see `jobworker settings`"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "KAFKA_BOOTSTRAP_SERVERS",  # the tests' broker
+        "KAFKA_PORT",  # tools/kafka, and a Kubernetes service link
+        "KAFKA_HEAP_OPTS",  # Kafka's scripts
+        "CORE_SERVICE_HOST",  # Kubernetes service links
+        "CORE_PORT_50051_TCP_ADDR",
+        "GRPC_VERBOSITY",  # gRPC's core library
+        "GRPC_PYTHON_BUILD_WITH_CYTHON",
+        "HTTP_PROXY",  # requests
+        "JOB_NAME",  # Jenkins
+        "OTEL_SERVICE_NAME",  # OpenTelemetry's, not our prefix
+        "SOMETHING_ELSE",
+        "worker_pool_size",  # not how a setting is spelt
+        "WORKER_POOL_SIZE",
+    ],
+)
+def test_others_variables_and_our_settings_are_no_warning(name: str) -> None:
+    assert Settings({name: "x"}).unknown == []
+
+
+def test_every_setting_has_one_of_the_prefixes_checked_for_misspellings() -> None:
+    assert all(entry.name.startswith(OUR_PREFIXES) for entry in SETTINGS)
