@@ -269,8 +269,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _say_unknown(settings)  # a misspelt name may be why a setting is missing
         raise
     configure_logging(settings.log_format, settings.log_level)
-    for unknown in settings.unknown:
-        log.warning(str(unknown), variable=unknown.name, nearest=unknown.nearest)
+    _log_unknown(settings)
     if settings.worker_processes > 1:
         from jobworker.entrypoints.supervisor import run_supervisor  # noqa: PLC0415
 
@@ -300,8 +299,14 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 
 def _say_unknown(settings: Settings) -> None:
+    """Variables like settings, as lines of the CLI's own (before logging is set up)."""
     for unknown in settings.unknown:
         print(f"jobworker: warning: {unknown}", file=sys.stderr)
+
+
+def _log_unknown(settings: Settings) -> None:
+    for unknown in settings.unknown:
+        log.warning(str(unknown), variable=unknown.name, nearest=unknown.nearest)
 
 
 # -- core ----------------------------------------------------------------------------
@@ -356,6 +361,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     settings = Settings.load(dotenv=args.env_file)
     # What it waits for and why that failed are said as `run` says them.
     configure_logging(settings.log_format, settings.log_level)
+    _log_unknown(settings)  # KAFKA_TOPC=orders would send them to the default topic
     from jobworker.entrypoints.submit_kafka import submit_to_kafka  # noqa: PLC0415
 
     sent = submit_to_kafka(settings, jobs, total)

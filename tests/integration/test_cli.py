@@ -454,6 +454,14 @@ def test_settings_shows_the_table_whatever_is_wrong(tmp_path: Path) -> None:
     ]
 
 
+def test_submit_warns_of_a_misspelt_variable_too(tmp_path: Path) -> None:
+    env = worker_env(KAFKA_TOPC="orders")  # the jobs would go to the default topic
+    done = jobworker("submit", "--type", "SLEEP", env=env, cwd=tmp_path)
+    assert done.returncode == 2  # no KAFKA_BROKERS: before any connection
+    [warning] = [e for e in log_events(done.stderr) if e["level"] == "warning"]
+    assert warning["event"] == "KAFKA_TOPC is not a setting; did you mean KAFKA_TOPIC?"
+
+
 def test_settings_with_only_a_warning_exits_0(tmp_path: Path) -> None:
     base = {"JOB_SOURCE": "file", "JOB_FILE": "-", "RESULT_SINK": "file", "RESULT_FILE": "-"}
     done = jobworker("settings", env=worker_env(**base, LOG_LEVLE="debug"), cwd=tmp_path)
