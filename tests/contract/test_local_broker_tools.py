@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socketserver
 import subprocess
 import threading
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.faults import free_port_pair
 from tests.support.kafka import KAFKA_TOOLS, container_image, docker_problem, kafka_version
 
 ROOT = KAFKA_TOOLS.parents[1]
@@ -183,3 +185,52 @@ def test_tests_see_no_docker_when_none_answers(
 ) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'nothing.sock'}")
     assert docker_problem(container_image()) == "no Docker engine answers"
+
+
+def _broker_pids(state: Path) -> set[int]:
+    """The running java processes whose command line names a config under ``state``."""
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"kafka.Kafka" in cmdline and any(str(state).encode() in arg for arg in cmdline):
+                pids.add(int(proc.name))
+    return pids
+
+
+def _make(target: str, env: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [MAKE, target], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s,
+        check=False,
+    )  # fmt: skip
+
+
+def test_kafka_down_without_the_port_stops_the_broker_started_with_one(tmp_path: Path) -> None:
+    # `KAFKA_PORT=… make kafka-up`, then `make kafka-down` in another shell: its own
+    # state directory, so the shared broker of the other tests is never touched.
+    port = free_port_pair()
+    env = {k: v for k, v in os.environ.items() if k not in {"KAFKA_PORT", "MAKELEVEL", "MAKEFLAGS"}}
+    env["JOBWORKER_KAFKA_STATE"] = str(tmp_path)
+    up = _make("kafka-up", env | {"KAFKA_PORT": str(port)}, timeout_s=180)
+    assert up.returncode == 0, up.stderr
+    [pid] = _broker_pids(tmp_path)
+    try:
+        other_port = _make("kafka-down", env | {"KAFKA_PORT": str(port + 2)}, timeout_s=60)
+        assert other_port.returncode == 0
+        assert _broker_pids(tmp_path) == {pid}, "another port's down leaves it running"
+        assert f"runs on port {port + 2} (it has one on port(s) {port}:" in other_port.stderr
+
+        down = _make("kafka-down", env, timeout_s=120)
+
+        assert down.returncode == 0, down.stderr
+        assert f"stopping Kafka on 127.0.0.1:{port} (pid {pid})" in down.stderr
+        assert _broker_pids(tmp_path) == set()
+        again = _make("kafka-down", env, timeout_s=60)
+        assert again.returncode == 0
+        assert f"no broker started from {tmp_path} is running" in again.stderr
+    finally:
+        for leftover in _broker_pids(tmp_path):
+            os.kill(leftover, signal.SIGKILL)

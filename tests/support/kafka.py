@@ -117,15 +117,17 @@ def _jar_broker() -> Iterator[str]:
     """``broker.sh up`` (reusing a healthy broker on KAFKA_PORT); stopped again on leaving
     only when it was started here."""
     script = str(KAFKA_TOOLS / "broker.sh")
-    running = subprocess.run([script, "status"], capture_output=True, check=False)
-    up = subprocess.run([script, "up"], capture_output=True, text=True, check=False)
+    # The port named: `down` without one stops every broker of the state directory.
+    env = os.environ | {"KAFKA_PORT": os.environ.get("KAFKA_PORT") or "19092"}
+    running = subprocess.run([script, "status"], env=env, capture_output=True, check=False)
+    up = subprocess.run([script, "up"], env=env, capture_output=True, text=True, check=False)
     if up.returncode != 0:
         pytest.fail(f"tools/kafka/broker.sh up failed:\n{up.stderr}", pytrace=False)
     try:
         yield up.stdout.strip().removeprefix("export KAFKA_BROKERS=")
     finally:
         if running.returncode != 0:
-            subprocess.run([script, "down"], capture_output=True, check=False)
+            subprocess.run([script, "down"], env=env, capture_output=True, check=False)
 
 
 def _to_stderr(line: str) -> None:

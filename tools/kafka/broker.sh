@@ -3,7 +3,8 @@
 # published jars: needs only java and mvn, no Docker and no Kafka download.
 #
 #   tools/kafka/broker.sh up       start (or reuse a healthy) broker; prints `export KAFKA_BROKERS=…`
-#   tools/kafka/broker.sh down     stop it (SIGTERM, then SIGKILL); a no-op when not running
+#   tools/kafka/broker.sh down     stop it (SIGTERM, then SIGKILL); without KAFKA_PORT, every
+#                                  broker started from the state directory, whatever its port
 #   tools/kafka/broker.sh status   exit 0 and print the same line when it is healthy
 #
 # stdout is only that one line, so `eval "$(tools/kafka/broker.sh up)"` (or `make kafka-up`)
@@ -19,18 +20,24 @@ REPO="$(cd "$HERE/../.." && pwd)"
 POM="$HERE/pom.xml"
 
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM")"
-PORT="${KAFKA_PORT:-19092}"
-CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
 LIBS="${JOBWORKER_CACHE:-$HOME/.cache/jobworker}/kafka-$KAFKA_VERSION/libs"
-STATE="${JOBWORKER_KAFKA_STATE:-$REPO/.cache/kafka}/broker-$PORT"
-PID_FILE="$STATE/kafka.pid"
-LOG_FILE="$STATE/kafka.log"
-CONFIG="$STATE/server.properties"
+# One folder per port below it: broker-<port>/ holds a broker's data, log and pid file.
+STATE_ROOT="${JOBWORKER_KAFKA_STATE:-$REPO/.cache/kafka}"
 START_TIMEOUT_S="${KAFKA_START_TIMEOUT_S:-90}"
 JVM_OPTS="${KAFKA_JVM_OPTS:--Xms128m -Xmx512m -XX:+UseSerialGC}"
 # Any fixed base64 UUID will do: the cluster lives and dies with this state directory.
 CLUSTER_ID="am9id29ya2VyLWthZmthLQ"
-BOOTSTRAP="127.0.0.1:$PORT"
+
+use_port() {
+    PORT="$1"
+    CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
+    STATE="$STATE_ROOT/broker-$PORT"
+    PID_FILE="$STATE/kafka.pid"
+    LOG_FILE="$STATE/kafka.log"
+    CONFIG="$STATE/server.properties"
+    BOOTSTRAP="127.0.0.1:$PORT"
+}
+use_port "${KAFKA_PORT:-19092}"
 
 say() { echo "broker.sh: $*" >&2; }
 
@@ -136,7 +143,7 @@ start() {
         if ((SECONDS >= deadline)); then
             say "the broker did not serve metadata within ${START_TIMEOUT_S}s; last lines of $LOG_FILE:"
             tail -n 40 "$LOG_FILE" >&2
-            stop
+            stop || true
             exit 1
         fi
         sleep 1
@@ -148,9 +155,9 @@ stop() {
     local pid
     if ! pid="$(our_pid)"; then
         rm -f "$PID_FILE"
-        return 0
+        return 1
     fi
-    say "stopping Kafka (pid $pid)"
+    say "stopping Kafka on $BOOTSTRAP (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 60); do
         kill -0 "$pid" 2>/dev/null || break
@@ -163,6 +170,33 @@ stop() {
     rm -f "$PID_FILE"
 }
 
+running_ports() {
+    # The ports of the brokers started from STATE_ROOT that are running now.
+    local dir
+    for dir in "$STATE_ROOT"/broker-*; do
+        [[ -f "$dir/kafka.pid" ]] || continue
+        (use_port "${dir##*/broker-}" && our_pid >/dev/null) && echo "${dir##*/broker-}"
+    done
+    return 0
+}
+
+down() {
+    if [[ -n "${KAFKA_PORT:-}" ]]; then
+        locked stop && return 0
+        local others
+        others="$(running_ports | paste -sd, -)"
+        say "no broker started from $STATE_ROOT runs on port $PORT${others:+ (it has one on port(s) $others: without KAFKA_PORT, down stops every one)}"
+        return 0
+    fi
+    # No port given: the broker(s) this state directory started, on whichever port,
+    # rather than a silent no-op when `make kafka-up` had KAFKA_PORT and this has not.
+    local port stopped=0
+    for port in $(running_ports); do
+        (use_port "$port" && locked stop) && stopped=$((stopped + 1))
+    done
+    ((stopped > 0)) || say "no broker started from $STATE_ROOT is running"
+}
+
 up() {
     if our_pid >/dev/null; then
         if healthy; then
@@ -171,7 +205,7 @@ up() {
             return 0
         fi
         say "the running broker is not healthy: restarting it"
-        stop
+        stop || true
     elif port_answers "$PORT"; then
         if serves_metadata; then
             say "a Kafka broker not started from $STATE answers on $BOOTSTRAP: using it"
@@ -208,7 +242,7 @@ locked() {
 
 case "${1:-}" in
 up) locked up ;;
-down) locked stop ;;
+down) down ;;
 status) status ;;
 *)
     echo "usage: $0 up|down|status" >&2

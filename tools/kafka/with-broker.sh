@@ -36,6 +36,9 @@ if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
     echo "with-broker.sh: Docker answers but cannot supply $IMAGE: using the jar broker instead" >&2
 fi
 
+# The port named, so that the `down` below stops the broker started here and no other
+# (broker.sh down without KAFKA_PORT stops every broker of its state directory).
+export KAFKA_PORT="${KAFKA_PORT:-19092}"
 started_here=true
 if "$HERE/broker.sh" status >/dev/null 2>&1; then
     started_here=false
