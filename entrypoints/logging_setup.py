@@ -531,6 +531,11 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
     coordinator = logging.getLogger("kafka.coordinator.consumer")
     if not any(isinstance(f, _OurSlowRevokeIsExpected) for f in coordinator.filters):
         coordinator.addFilter(_OurSlowRevokeIsExpected())
+    for name in KafkaNoteAloneIsNoNews.LOGGERS:
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, KafkaNoteAloneIsNoNews)]:
+            logger.removeFilter(old)  # what a previous configure saw is forgotten
+        logger.addFilter(KafkaNoteAloneIsNoNews())
 
 
 class _OurSlowRevokeIsExpected(logging.Filter):
@@ -550,8 +555,66 @@ class _OurSlowRevokeIsExpected(logging.Filter):
         )
 
 
-# Where kafka-python logs each failed connection attempt (four lines per try).
-_KAFKA_CONNECTION_LOGGERS = ("kafka.net.manager", "kafka.net.connection", "kafka.conn")
+class KafkaNoteAloneIsNoNews(logging.Filter):
+    """Drops kafka-python's warnings and errors about what it recovers from at once
+    when they come alone, and lets them through when they recur within a minute.
+
+    - ``Topic … not found in cluster metadata`` (and ``… not available during
+      auto-create initialization``): a topic the broker creates on its first write, as a
+      dead-letter topic is by its first letter; one that is really missing is asked for
+      again and again, and shows from the second time.
+    - ``Marking the coordinator dead … NotCoordinatorError`` (or
+      ``CoordinatorNotAvailableError``): the group's coordinator moved or was still
+      loading (a fresh broker's first group); the client finds the new one at once. One
+      that stays unavailable (an offsets topic the cluster cannot create) recurs.
+    """
+
+    LOGGERS = ("kafka.cluster", "kafka.coordinator.base")
+    _TOPIC_NOTES = frozenset(
+        (
+            "Topic %s not found in cluster metadata",
+            "Topic %s is not available during auto-create initialization",
+        )
+    )
+    _COORDINATOR_MOVED = frozenset(("NotCoordinatorError", "CoordinatorNotAvailableError"))
+    RECUR_WITHIN_S = 60.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._clock = clock
+        self._last_seen: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = self._key(record)
+        if key is None:
+            return True
+        now = self._clock()
+        last = self._last_seen.get(key)
+        self._last_seen[key] = now
+        return last is not None and now - last < self.RECUR_WITHIN_S
+
+    def _key(self, record: logging.LogRecord) -> tuple[str, str] | None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if record.msg in self._TOPIC_NOTES and len(args) == 1:
+            return (str(record.msg), str(args[0]))
+        if (
+            isinstance(record.msg, str)
+            and record.msg.startswith("Marking the coordinator dead")
+            and len(args) == 3  # (node, group, error)
+            and type(args[2]).__name__ in self._COORDINATOR_MOVED
+        ):
+            return (record.msg, str(args[1]))
+        return None
+
+
+# Where kafka-python logs each failed connection attempt (four lines per try; two more
+# from the transport when an address takes the connection and drops it).
+_KAFKA_CONNECTION_LOGGERS = (
+    "kafka.net.manager",
+    "kafka.net.connection",
+    "kafka.net.transport",
+    "kafka.conn",
+)
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import gevent
 import pytest
 import structlog
+from kafka.errors import CoordinatorNotAvailableError, NotCoordinatorError
 from structlog.typing import EventDict
 
 from jobworker.adapters.executors import HttpExecutor, SafeHttpClient
@@ -24,6 +25,7 @@ from jobworker.entrypoints.logging_setup import (
     MAX_TRACEBACK_CHARS,
     BatchedLineHandler,
     FieldCap,
+    KafkaNoteAloneIsNoNews,
     configure_logging,
     flush_logs,
 )
@@ -280,6 +282,56 @@ def test_kafka_pythons_slow_listener_warning_is_dropped_for_our_listener_only(
     lines = read()
     assert len(lines) == 1
     assert "TheirListener" in lines[0]
+
+
+def test_kafka_pythons_note_of_an_auto_created_topic_is_dropped_when_alone(
+    logged: Callable[[str], ReadLines],
+) -> None:
+    read = logged("json")
+    cluster = logging.getLogger("kafka.cluster")
+    cluster.error("Topic %s not found in cluster metadata", "jobs.dlq")  # created by it
+    cluster.error("Topic %s not found in cluster metadata", "typo")
+    cluster.error("Topic %s not found in cluster metadata", "typo")  # really missing
+    cluster.error("Topic %s is not authorized for this client", "secret")
+
+    events = [json.loads(line)["event"] for line in read()]
+    assert events == [
+        "Topic typo not found in cluster metadata",
+        "Topic secret is not authorized for this client",
+    ]
+
+
+def test_a_kafka_note_alone_again_after_a_minute_is_dropped_again() -> None:
+    now = [0.0]
+    quiet = KafkaNoteAloneIsNoNews(clock=lambda: now[0])
+    note = logging.LogRecord(
+        "kafka.cluster", logging.ERROR, __file__, 1,
+        "Topic %s not found in cluster metadata", ("jobs.dlq",), None,
+    )  # fmt: skip
+    shown = []
+    for at in (0.0, 30.0, 200.0):
+        now[0] = at
+        shown.append(quiet.filter(note))
+    assert shown == [False, True, False]
+
+
+def test_kafka_pythons_note_of_a_moved_coordinator_is_dropped_when_alone(
+    logged: Callable[[str], ReadLines],
+) -> None:
+    read = logged("json")
+    base = logging.getLogger("kafka.coordinator.base")
+    message = "Marking the coordinator dead (node %s) for group %s: %s."
+    base.warning(message, 1, "g", NotCoordinatorError())
+    base.warning(message, 1, "other", CoordinatorNotAvailableError())
+    base.warning(message, 1, "other", CoordinatorNotAvailableError())  # it stays away
+    base.warning(message, 1, "g", "Node Disconnected")
+
+    events = [json.loads(line)["event"] for line in read()]
+    assert events == [
+        "Marking the coordinator dead (node 1) for group other: [Error 15]"
+        " CoordinatorNotAvailableError.",
+        "Marking the coordinator dead (node 1) for group g: Node Disconnected.",
+    ]
 
 
 def _record(level: int, message: str) -> logging.LogRecord:
