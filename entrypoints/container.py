@@ -260,16 +260,24 @@ def image_threadpool(settings: Settings) -> Iterator[ThreadPool]:
 
 
 def image_folder(path: str, name: str, access: int) -> Path:
-    """The folder a setting names, made if missing; a clear error if it cannot be used.
+    """The folder a setting names, checked but not made: an IMAGE_RESIZE job makes the
+    output folder when it first writes one, so a SLEEP-only worker leaves no folders.
 
-    Checked at start-up: a wrong folder would otherwise surface as every image job
-    REJECTED for a "missing file" the producer did nothing wrong about.
+    A folder that exists must be usable, and a missing output folder must be one this
+    process can make: a wrong folder would otherwise surface as every image job failing
+    for a reason the producer did nothing wrong about. A missing input folder fails
+    only the image jobs that read a file, with a reason naming it.
     """
     folder = Path(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigurationError(name, f"cannot create {folder}: {error.strerror}") from None
+    if not folder.exists():
+        above = next(p for p in folder.absolute().parents if p.exists())  # at least "/"
+        if access == os.W_OK and not (above.is_dir() and os.access(above, os.W_OK | os.X_OK)):
+            raise ConfigurationError(
+                name, f"cannot create {folder}: {above} is not a folder this process can write"
+            )
+        return folder
+    if not folder.is_dir():
+        raise ConfigurationError(name, f"{folder} is not a folder")
     if not os.access(folder, access | os.X_OK):
         verb = "written" if access == os.W_OK else "read"
         raise ConfigurationError(name, f"{folder} cannot be {verb} by this process")

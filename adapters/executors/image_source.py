@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 
 from jobworker.adapters.executors.contained_paths import check_relative_path, resolve_inside
 from jobworker.adapters.executors.payload_fields import MAX_URL_CHARS, checked_str, shown
-from jobworker.domain.errors import InvalidPayload
+from jobworker.domain.errors import InvalidPayload, JobFailed
 
 _DATA_URL = re.compile(r"data:(?P<media_type>[^,;]*)(?P<params>(;[^,;]*)*),(?P<data>.*)", re.DOTALL)
 _WHITESPACE = re.compile(r"\s+")
@@ -94,7 +94,16 @@ def decode_data(encoded: str, max_bytes: int) -> bytes:
 
 
 def read_file(input_root: Path, relative: str, max_bytes: int) -> bytes:
-    """Read a source file under ``input_root`` (resolved); blocking, run it off the hub."""
+    """Read a source file under ``input_root`` (resolved); blocking, run it off the hub.
+
+    A missing file is the job's fault (REJECTED); a missing ``input_root`` the worker's
+    (FAILED, naming the setting): it is not made at start, having nothing to hold.
+    """
+    if not input_root.is_dir():
+        raise JobFailed(
+            f"field 'source': the worker's input folder {input_root} (IMAGE_INPUT_ROOT)"
+            f" does not exist, so {relative!r} cannot be read from it"
+        )
     path = resolve_inside(input_root, relative, "source")
     try:
         if not path.exists():

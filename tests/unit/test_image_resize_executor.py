@@ -488,3 +488,42 @@ def test_an_unusable_destination_directory_fails_the_job(
             height=2,
             destination="file.png/a.png",
         )
+
+
+class TestRootFolders:
+    """The roots are not made at start (a SLEEP-only worker leaves no folders): the
+    output root is made by the first image written, a missing input root fails the job."""
+
+    def test_a_missing_output_root_is_made_by_the_first_image_written(
+        self, input_root: Path, tmp_path: Path, threadpool: ThreadPool
+    ) -> None:
+        output_root = tmp_path / "not" / "yet"
+        executor = ImageResizeExecutor(input_root, output_root, threadpool, http_client=None)
+
+        output = resize(
+            executor, source=data_url(png_bytes((4, 4))), width=2, height=2, destination="a.png"
+        )
+
+        assert output["destination"] == "a.png"
+        assert (output_root / "a.png").read_bytes().startswith(b"\x89PNG")
+
+    def test_a_missing_input_root_fails_the_job_naming_the_setting(
+        self, output_root: Path, tmp_path: Path, threadpool: ThreadPool
+    ) -> None:
+        input_root = tmp_path / "nothing-here"
+        executor = ImageResizeExecutor(input_root, output_root, threadpool, http_client=None)
+
+        with pytest.raises(JobFailed) as failed:
+            resize(executor, source="a.png", width=2, height=2, destination="a.png")
+
+        assert str(failed.value) == (
+            f"field 'source': the worker's input folder {input_root} (IMAGE_INPUT_ROOT)"
+            " does not exist, so 'a.png' cannot be read from it"
+        )
+        assert not input_root.exists()
+
+    def test_a_missing_file_in_the_input_root_is_still_the_jobs_fault(
+        self, executor: ImageResizeExecutor
+    ) -> None:
+        with pytest.raises(InvalidPayload, match="no file 'a.png' in the input directory"):
+            resize(executor, source="a.png", width=2, height=2, destination="a.png")
