@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jobworker",
         description="Background jobs from Kafka, run on gevent, reported to Core over gRPC.",
         epilog="Exit status: 0 clean stop, 1 failure, 2 usage or configuration error,"
+        " 65 a jobs file had lines that held no job (<file>.dlq.jsonl),"
         " 69 Kafka or Core unreachable at start (CORE_START_TIMEOUT).",
     )
     parser.add_argument("-V", "--version", action="version", version=f"jobworker {__version__}")

@@ -24,6 +24,7 @@ from jobworker.adapters.executors.image_resize import ImageResizeExecutor
 from jobworker.adapters.executors.safe_http import SafeHttpClient
 from jobworker.adapters.executors.sleep import SleepExecutor
 from jobworker.adapters.file import FileJobSource, FileResultSink
+from jobworker.adapters.file.dead_letters import JobLineDeadLetters, dead_letter_path
 from jobworker.adapters.file.refused import FileRefusedResultStore
 from jobworker.adapters.file.source import JobFileError
 from jobworker.adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
@@ -133,8 +134,10 @@ def broker_offsets_monitor(
 
 
 def file_source(settings: Settings) -> Iterator[FileJobSource]:
+    # Malformed lines go beside the jobs file, as poison records go to KAFKA_DLQ_TOPIC.
+    dead_letters = JobLineDeadLetters(dead_letter_path(settings.job_file), settings.worker_id)
     try:
-        source = FileJobSource(settings.job_file)
+        source = FileJobSource(settings.job_file, dead_letters)
     except JobFileError as error:
         raise ConfigurationError(settings.name_of(Settings.job_file), str(error)) from None
     yield from _closing(source)

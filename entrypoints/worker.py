@@ -5,20 +5,27 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import gevent
 import structlog
 from gevent.event import Event
 
+from jobworker.adapters.file.source import FileJobSource
 from jobworker.adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
 from jobworker.adapters.observability.http_server import ObservabilityServer
 from jobworker.application.engine import StopReport, WorkerEngine
 from jobworker.domain.errors import ConfigurationError, JobWorkerError, SourceFailed
 from jobworker.entrypoints.container import Container
-from jobworker.entrypoints.exit_codes import EXIT_FAILED, EXIT_OK, ServiceUnavailable
+from jobworker.entrypoints.exit_codes import (
+    EXIT_FAILED,
+    EXIT_MALFORMED_INPUT,
+    EXIT_OK,
+    ServiceUnavailable,
+)
 from jobworker.entrypoints.gc_tuning import settle_heap
-from jobworker.entrypoints.logging_setup import say_after_logs
+from jobworker.entrypoints.logging_setup import held_back_connection_errors, say_after_logs
 from jobworker.entrypoints.observability import start_observability_server
 from jobworker.entrypoints.settings import Settings
 
@@ -30,10 +37,16 @@ EXIT_INCOMPLETE = EXIT_FAILED
 
 
 class ShutdownSignals:
-    """First SIGTERM/SIGINT: graceful stop. Second: exit at once (Kafka redelivers)."""
+    """First SIGTERM/SIGINT: graceful stop. Second: exit at once (Kafka redelivers).
+
+    Before the worker has started (connecting to Kafka, waiting for Core) the first
+    signal only sets ``requested``: start-up gives up, and ``run_worker`` says so.
+    """
 
     def __init__(self) -> None:
         self.requested = Event()
+        self.started = False
+        self.first: str | None = None
         self._count = 0
 
     def install(self) -> None:
@@ -44,7 +57,9 @@ class ShutdownSignals:
         self._count += 1
         name = signal.Signals(signum).name
         if self._count == 1:
-            log.info("shutdown requested; finishing in-flight jobs", signal=name)
+            self.first = name
+            if self.started:
+                log.info("shutdown requested; finishing in-flight jobs", signal=name)
             self.requested.set()
         else:
             log.warning(
@@ -64,16 +79,22 @@ def run_worker(settings: Settings) -> int:
             # Tracing first, so that it instruments the channel the sink opens.
             container.tracing()
             if not _wait_for_core(settings, container, signals.requested):
-                container.shutdown_resources()  # a signal came while waiting: nothing ran
-                return EXIT_OK
-        engine = container.engine()
-        source, sink = container.job_source(), container.result_sink()
+                return _stopped_before_starting(settings, container, signals)
+        # Connecting to Kafka blocks until the brokers answer or the bootstrap times
+        # out: a signal must not wait for either (a rollout during a broker outage).
+        parts = _unless_stopped(lambda: _build(container), signals.requested)
+        if parts is None:
+            return _stopped_before_starting(settings, container, signals)
+        engine, source, sink = parts
         metrics_server = _start_metrics(settings, container, engine, source, sink)
     except Exception as error:
         container.shutdown_resources()
         if isinstance(error, JobWorkerError):
             raise
         raise JobWorkerError(f"cannot start the worker: {error}") from error
+    signals.started = True
+    if signals.requested.is_set():  # came after the last check, before ``started``
+        return _stopped_before_starting(settings, container, signals, metrics_server)
     log.info(
         "worker starting",
         worker_id=settings.worker_id,
@@ -91,12 +112,87 @@ def run_worker(settings: Settings) -> int:
     container.shutdown_resources()
     if metrics_server is not None:
         metrics_server.stop()
+    file_source = source if isinstance(source, FileJobSource) else None
     log.info(
         "worker stopped",
         finished=dict(container.job_log().finished_by_status),
+        **({"malformed_lines": file_source.malformed} if file_source else {}),
         **_report_fields(report),
     )
-    return _exit_status(engine, report, finite=settings.job_source == "file")
+    status = _exit_status(engine, report, finite=settings.job_source == "file")
+    if status == EXIT_OK and file_source and file_source.malformed:
+        # Every job read ran and was reported, but lines held no job: a script must
+        # be able to tell (the jobs file still has them, and the dead-letter file).
+        say_after_logs(f"jobworker: {_malformed_summary(file_source)}")
+        return EXIT_MALFORMED_INPUT
+    return status
+
+
+def _malformed_summary(source: FileJobSource) -> str:
+    count, lost = source.malformed, source.dead_letters_lost
+    said = f"{count} line(s) of {source.path} held no job"
+    if lost == count or source.dead_letter_file is None:
+        return f"{said}; see the log (no dead-letter file could be written)"
+    kept = f"{count - lost} of them are" if lost else "they are"
+    return f"{said}; {kept} in {source.dead_letter_file}"
+
+
+def _build(container: Container) -> tuple[WorkerEngine, Any, Any]:
+    engine = container.engine()  # the job source, the sink and the executors with it
+    return engine, container.job_source(), container.result_sink()
+
+
+_T = TypeVar("_T")
+# How long a start-up step given up on may take to unwind before the process goes on.
+_ABANDON_WAIT_S = 1.0
+
+
+def _unless_stopped(step: Callable[[], _T], stop: Event) -> _T | None:
+    """``step()``'s value, or None when ``stop`` is set first (the step is abandoned).
+
+    The step runs in a greenlet of its own; its exception is raised here, as if it had
+    run on this one (a greenlet's own failure would print a traceback).
+    """
+    outcome: list[Any] = []
+
+    def attempt() -> None:
+        try:
+            outcome.append((True, step()))
+        except Exception as error:  # raised again below, on our greenlet
+            outcome.append((False, error))
+
+    running = gevent.spawn(attempt)
+    gevent.wait([running, stop], count=1)
+    if not outcome:
+        # Killed at the point it waits (a socket, kafka-python's I/O thread): what it
+        # opened is dropped with the process, which has taken nothing.
+        running.kill(block=True, timeout=_ABANDON_WAIT_S)
+        return None
+    succeeded, value = outcome[0]
+    if not succeeded:
+        raise value
+    return cast("_T", value)
+
+
+def _stopped_before_starting(
+    settings: Settings,
+    container: Container,
+    signals: ShutdownSignals,
+    metrics_server: ObservabilityServer | None = None,
+) -> int:
+    """A signal came during start-up: no job was taken, so there is nothing to finish."""
+    # An abandoned connection to Kafka goes on trying until the process ends: its
+    # per-attempt lines are held back, as they were while it was wanted.
+    with held_back_connection_errors():
+        if settings.result_sink == "grpc":
+            # gRPC's connectivity poller (behind Core pings) leaves within 0.2 s of the
+            # last ping; a channel closed before then makes it print a traceback.
+            gevent.sleep(_GRPC_POLLER_EXIT_S)
+        container.shutdown_resources()
+        if metrics_server is not None:
+            metrics_server.stop()
+    log.info("stopped before starting; no job was taken", signal=signals.first)
+    return EXIT_OK
 
 
 def _exit_status(engine: WorkerEngine, report: StopReport, finite: bool) -> int:
@@ -107,7 +203,7 @@ def _exit_status(engine: WorkerEngine, report: StopReport, finite: bool) -> int:
         return EXIT_FAILED
     if finite and not report.clean:
         return EXIT_INCOMPLETE
-    return 0
+    return EXIT_OK
 
 
 def _size_hub_threadpool(settings: Settings) -> None:
@@ -183,12 +279,12 @@ def _wait_for_core(settings: Settings, container: Container, stop: Event) -> boo
             if announced:
                 log.info("Core answered", address=address)
             return True
-        if stop.is_set() or remaining_s <= 0:
+        if stop.is_set():
+            return False  # the caller waits for gRPC's poller before closing the channel
+        if remaining_s <= 0:
             # gRPC's connectivity poller (behind ping) leaves within 0.2 s of the last
             # ping; a channel closed before then makes it print a traceback.
             gevent.sleep(_GRPC_POLLER_EXIT_S)
-            if stop.is_set():
-                return False
             break
         if not announced:
             log.info(

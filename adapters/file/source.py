@@ -4,25 +4,28 @@
      "metadata": {"tenant": "acme"}}
 
 ``payload`` may be a JSON object (stored as its JSON text) or a string. A malformed
-line is not fatal: it is reported once, with its line number, and skipped; a line with
-an id but a bad field still becomes a job, and the engine REJECTs it with the reason.
+line (not JSON, not UTF-8, no id, a field of the wrong kind) is not fatal: it is logged
+with its line number, counted, written to the dead-letter file if one is given (see
+``dead_letters``), and passed over. A line with an id and a payload or type the engine
+cannot run still becomes a job, which the engine REJECTs with the reason.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import gevent
+import structlog
 from gevent.fileobject import FileObjectPosix
 
+from jobworker.adapters.file.dead_letters import DeadLetterNotWritten, JobLineDeadLetters
 from jobworker.domain.errors import JobWorkerError
 from jobworker.domain.model import Job
 
-logger = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 class JobFileError(JobWorkerError):
@@ -82,15 +85,21 @@ class FileJobSource:
 
     Acks are counted but have nowhere to go: a file has no offsets, so a run that is
     interrupted starts again from the top (use a Kafka source for redelivery).
+
+    ``malformed`` counts the lines that hold no job, ``skipped`` says why each was
+    passed over; with ``dead_letters`` each is also written there (those it could not
+    write are counted in ``dead_letters_lost``, and logged whole).
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, dead_letters: JobLineDeadLetters | None = None) -> None:
         self._path = str(path)
         self._stream: IO[str] | None = None
         self._line_number = 0
         self._eof = False
         self._one_line_per_fetch = False
+        self._dead_letters = dead_letters
         self.skipped: list[str] = []
+        self.dead_letters_lost = 0
         self.acked = 0
         if self._path != "-":
             # Now, not at the first fetch: a file that cannot be read is the user's input
@@ -104,11 +113,13 @@ class FileJobSource:
 
                 # A pipe's readline would block the whole event loop: read it through
                 # gevent, so jobs, results and signals go on while input is awaited.
-                self._stream = FileObjectPosix(sys.stdin.fileno(), "r", close=False)
+                self._stream = FileObjectPosix(
+                    sys.stdin.fileno(), "r", close=False, encoding="utf-8", errors=_BAD_BYTES
+                )
                 self._one_line_per_fetch = True
             else:
                 try:
-                    self._stream = Path(self._path).open(encoding="utf-8")  # noqa: SIM115
+                    self._stream = Path(self._path).open(encoding="utf-8", errors=_BAD_BYTES)  # noqa: SIM115
                 except OSError as error:
                     raise JobFileError(
                         f"cannot read jobs file {self._path}: {error.strerror}"
@@ -134,11 +145,50 @@ class FileJobSource:
                 continue
             where = f"{self._path}:{self._line_number}"
             try:
+                if bad_byte := _first_undecodable(line):
+                    raise JobFileError(f"{where}: not valid UTF-8 ({bad_byte})")
                 jobs.append(parse_job_line(line, where))
             except JobFileError as error:
-                self.skipped.append(str(error))
-                logger.error("skipping malformed job line: %s", error)
+                self._set_aside(line, where, str(error).removeprefix(f"{where}: "))
         return jobs
+
+    @property
+    def malformed(self) -> int:
+        """Lines read that held no job."""
+        return len(self.skipped)
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def dead_letter_file(self) -> str | None:
+        return None if self._dead_letters is None else self._dead_letters.path
+
+    def _set_aside(self, line: str, where: str, reason: str) -> None:
+        self.skipped.append(f"{where}: {reason}")
+        if self._dead_letters is None:
+            log.warning("malformed job line: skipping it", line=where, reason=reason)
+            return
+        try:
+            self._dead_letters.write(line, self._path, self._line_number, reason)
+        except DeadLetterNotWritten as error:
+            self.dead_letters_lost += 1
+            # Then the log is its only record: the line itself goes there.
+            log.error(
+                "malformed job line, and the dead-letter file cannot be written",
+                line=where,
+                reason=reason,
+                error=str(error),
+                text=line.rstrip("\r\n"),
+            )
+            return
+        log.warning(
+            "malformed job line: written to the dead-letter file",
+            line=where,
+            reason=reason,
+            dead_letter_file=self._dead_letters.path,
+        )
 
     def ack(self, job: Job) -> None:
         self.acked += 1
@@ -150,6 +200,25 @@ class FileJobSource:
         if self._stream is not None and self._path != "-":
             self._stream.close()
         self._stream = None
+        if self._dead_letters is not None:
+            self._dead_letters.close()
+
+
+# A byte that is not UTF-8 spoils its line, not the whole read: it is kept as a
+# surrogate, found by _first_undecodable, and written back as it was to the dead letter.
+_BAD_BYTES = "surrogateescape"
+
+
+def _first_undecodable(line: str) -> str | None:
+    """``byte 0xff at column 7`` for a line read with surrogateescape, else None."""
+    if line.isascii():
+        return None
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError as error:
+        byte = ord(line[error.start]) - 0xDC00
+        return f"byte 0x{byte:02x} at column {error.start + 1}"
+    return None
 
 
 def job_to_record(job: Job) -> dict[str, Any]:

@@ -143,18 +143,29 @@ def test_file_to_file_run_reports_every_job(tmp_path: Path) -> None:
         env=worker_env(LOG_FORMAT="json"),
         cwd=tmp_path,
     )
-    assert done.returncode == 0, done.stderr
+    # Every job ran and was reported; the line with no job makes the run's status 65.
+    assert done.returncode == 65, done.stderr
     by_id = {r["job_id"]: r for r in map(json.loads, results.read_text().splitlines())}
     assert by_id["ok"]["status"] == "SUCCEEDED"
     assert by_id["ok"]["metadata"] == {"t": "1"}
     assert by_id["bad"]["status"] == "REJECTED"
     assert "'ms'" in by_id["bad"]["error"]
     assert by_id["who"]["status"] == "REJECTED"
-    logs = [json.loads(line) for line in done.stderr.splitlines()]
-    assert any("jobs.jsonl:3" in e["event"] for e in logs if e["level"] == "error")
+    *log_lines, last = done.stderr.splitlines()
+    assert last == (f"jobworker: 1 line(s) of {jobs} held no job; they are in {jobs}.dlq.jsonl")
+    logs = [json.loads(line) for line in log_lines]
+    [malformed] = [e for e in logs if e["event"].startswith("malformed job line")]
+    assert (malformed["level"], malformed["line"]) == ("warning", f"{jobs}:3")
     finished = [e for e in logs if e["event"] == "job finished"]
     assert {e["job_id"] for e in finished} == {"ok", "bad", "who"}
     assert all({"type", "attempt", "status", "duration_ms"} <= e.keys() for e in finished)
+    [stopped] = [e for e in logs if e["event"] == "worker stopped"]
+    assert stopped["malformed_lines"] == 1
+    assert stopped["finished"] == {"SUCCEEDED": 1, "REJECTED": 2}
+    [dead] = map(json.loads, (tmp_path / "jobs.jsonl.dlq.jsonl").read_text().splitlines())
+    assert dead["line"] == "{this is not json"
+    assert (dead["source_file"], dead["source_line"]) == (str(jobs), 3)
+    assert dead["reason"].startswith("not valid JSON")
 
 
 def test_sigterm_lets_running_jobs_finish(tmp_path: Path) -> None:

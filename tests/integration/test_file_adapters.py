@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import base64
 import json
+import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from jobworker.adapters.file import FileJobSource, FileResultSink, JobFileError, parse_job_line
+from jobworker.adapters.file.dead_letters import JobLineDeadLetters, dead_letter_path
 from jobworker.adapters.file.refused import FileRefusedResultStore
 from jobworker.adapters.file.sink import result_to_record
 from jobworker.domain.errors import ResultNotDelivered, ResultRefused
@@ -45,6 +49,63 @@ def test_malformed_lines_are_skipped_and_named(tmp_path: Path) -> None:
         f"{path}:1: a job must be a JSON object, got list",
         f"{path}:2: 'id' must be a non-empty string",
     ]
+    assert source.malformed == 2
+
+
+def test_malformed_lines_are_kept_in_the_dead_letter_file(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.jsonl"
+    path.write_bytes(
+        b'{"id": "a", "type": "SLEEP"}\n'
+        b"{not json\r\n"
+        b'{"id": "caf\xe9", "type": "SLEEP"}\n'  # Latin-1, not UTF-8
+        b'{"id": "b", "type": "SLEEP"}\n'
+    )
+    dead_letters = JobLineDeadLetters(dead_letter_path(str(path)), worker_id="w-1")
+    source = FileJobSource(path, dead_letters)
+    before_ms = time.time_ns() // 1_000_000
+
+    assert [j.id for j in source.fetch(10, 0.01)] == ["a", "b"]
+    source.close()
+
+    assert source.dead_letter_file == f"{path}.dlq.jsonl"
+    first, second = map(json.loads, Path(f"{path}.dlq.jsonl").read_text().splitlines())
+    assert first["line"] == "{not json"
+    assert (
+        first["reason"]
+        == "not valid JSON (Expecting property name enclosed in double quotes at column 2)"
+    )
+    assert (first["source_file"], first["source_line"], first["worker"]) == (str(path), 2, "w-1")
+    assert first["dead_lettered_at_unix_ms"] >= before_ms
+    assert "line" not in second  # the bytes as they were, which JSON text cannot hold
+    assert base64.b64decode(second["line_base64"]) == b'{"id": "caf\xe9", "type": "SLEEP"}'
+    assert second["reason"] == "not valid UTF-8 (byte 0xe9 at column 12)"
+    assert second["source_line"] == 3
+
+
+def test_a_clean_file_leaves_no_dead_letter_file(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.jsonl"
+    path.write_text('{"id": "a", "type": "SLEEP"}\n')
+    source = FileJobSource(path, JobLineDeadLetters(dead_letter_path(str(path))))
+    assert len(source.fetch(10, 0.01)) == 1
+    source.close()
+    assert not Path(f"{path}.dlq.jsonl").exists()
+    assert dead_letter_path("-") == "stdin.dlq.jsonl"
+
+
+def test_a_dead_letter_file_that_cannot_be_written_is_counted_and_logged(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("oops\n")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    source = FileJobSource(path, JobLineDeadLetters(blocked / "jobs.dlq.jsonl"))
+    with capture_logs() as logs:
+        assert source.fetch(10, 0.01) == []
+    assert (source.malformed, source.dead_letters_lost) == (1, 1)
+    [line] = logs
+    assert line["log_level"] == "error"
+    assert line["text"] == "oops"  # the log is its only record
 
 
 @pytest.mark.parametrize(
