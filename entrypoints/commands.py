@@ -38,6 +38,7 @@ from jobworker.entrypoints.settings import (
     Settings,
     settings_table,
 )
+from jobworker.entrypoints.unknown_variables import WARNED_BY_PARENT
 
 log = structlog.get_logger("jobworker")
 
@@ -306,6 +307,8 @@ def _say_unknown(settings: Settings) -> None:
 
 
 def _log_unknown(settings: Settings) -> None:
+    if os.environ.get(WARNED_BY_PARENT):
+        return
     for unknown in settings.unknown:
         log.warning(str(unknown), variable=unknown.name, nearest=unknown.nearest)
 

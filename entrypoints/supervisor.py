@@ -40,6 +40,7 @@ from gevent.event import Event
 
 from jobworker.domain.errors import ConfigurationError
 from jobworker.entrypoints.settings import Settings
+from jobworker.entrypoints.unknown_variables import WARNED_BY_PARENT
 
 log = structlog.get_logger("jobworker.supervisor")
 
@@ -193,7 +194,7 @@ class Supervisor:
 
     def _start(self, slot: WorkerSlot) -> None:
         env = dict(os.environ)
-        env.update(WORKER_PROCESSES="1", WORKER_ID=slot.worker_id)
+        env.update(WORKER_PROCESSES="1", WORKER_ID=slot.worker_id, **{WARNED_BY_PARENT: "1"})
         if self._client_id:
             env["KAFKA_CLIENT_ID"] = f"{self._client_id}-{slot.index}"
         if self._metrics:

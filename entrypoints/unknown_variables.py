@@ -16,6 +16,10 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
+# Set by the ``--processes`` supervisor for its children: they read the same environment
+# and .env as the parent, which has already warned of what is in them.
+WARNED_BY_PARENT = "JOBWORKER_UNKNOWN_VARIABLES_WARNED"
+
 OUR_PREFIXES = (
     "CORE_",
     "GRPC_",

@@ -169,3 +169,22 @@ def test_processes_stop_at_once_while_kafka_does_not_answer(
     [stopped] = [e for e in events if e["event"] == "supervisor stopped"]
     assert stopped["exit_status"] == 0
     assert set(stopped["children"].values()) == {"exit code 0"}
+
+
+def test_processes_warn_of_a_misspelt_variable_once(tmp_path: Path, silent_broker: str) -> None:
+    # The children read the same environment as the supervisor, which already said it.
+    settings = {
+        "KAFKA_BROKERS": silent_broker,
+        "KAFKA_GROUP_ID": "g",
+        "GRPC_SERVER_ADDRESS": f"127.0.0.1:{free_port()}",
+        "CORE_START_TIMEOUT": "0",
+        "WORKER_POOLSIZE": "4",
+    }
+    supervisor = start_worker(tmp_path, settings, "--processes", "2")
+
+    status, _, text = signal_during(
+        tmp_path, supervisor, "connecting to Kafka", signal.SIGTERM, processes=2
+    )
+
+    assert status == 0, text
+    assert text.count("WORKER_POOLSIZE is not a setting; did you mean WORKER_POOL_SIZE?") == 1, text
