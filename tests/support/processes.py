@@ -9,10 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,15 +82,6 @@ class WorkerProcess:
             self.process.wait(10)
 
 
-def wait_until(condition: Callable[[], object], timeout_s: float, interval_s: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval_s)
-    return bool(condition())
-
-
 def wait_while_running(
     condition: Callable[[], object],
     timeout_s: float,
@@ -109,7 +101,7 @@ def wait_while_running(
                 )
         return bool(condition())
 
-    return wait_until(check, timeout_s, interval_s)
+    return bool(wait_until(check, timeout_s, interval_s=interval_s))
 
 
 def log_tail(worker: WorkerProcess, lines: int = 40) -> str:

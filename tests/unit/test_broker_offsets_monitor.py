@@ -123,10 +123,11 @@ def test_the_time_of_the_last_answer_is_kept_and_a_failure_does_not_renew_it() -
     monitor = monitor_for(probe, [TP])
     assert monitor.seconds_since_answer() is None  # never answered: not "just now"
 
+    before = time.monotonic()
     monitor.refresh()
     answered = monitor.seconds_since_answer()
-    assert answered is not None and answered < 1
-    time.sleep(0.2)
+    assert answered is not None and answered <= time.monotonic() - before
+    time.sleep(0.2)  # time passes on purpose, to be measured (the monitor reads the real clock)
     with capture_logs():
         monitor.refresh()  # the broker does not answer
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import gevent
+import gevent.event
 import pytest
 
 from jobworker.adapters.memory import (
@@ -16,8 +17,15 @@ from jobworker.application.engine import EngineConfig, WorkerEngine
 from jobworker.application.registry import ExecutorRegistry
 from jobworker.application.result_delivery import RefusalPolicy
 from jobworker.application.retry import RetryPolicy
-from jobworker.domain.errors import InvalidPayload, JobFailed, RetryableJobError, SourceFailed
+from jobworker.domain.errors import (
+    InvalidPayload,
+    JobFailed,
+    ResultRefused,
+    RetryableJobError,
+    SourceFailed,
+)
 from jobworker.domain.model import Job, JobResult, JobStatus
+from tests.support.waiting import wait_until
 
 
 class SleepFor:
@@ -29,7 +37,7 @@ class SleepFor:
 
     def execute(self, job: Job) -> str:
         self.started.append(job.id)
-        gevent.sleep(float(job.payload or 0))
+        gevent.sleep(float(job.payload or 0))  # the job's work, not a wait of the test's
         self.finished.append(job.id)
         return f"slept {job.payload}"
 
@@ -231,9 +239,13 @@ def test_nothing_is_acked_before_the_sink_accepted_it() -> None:
     sink = InMemoryResultSink()
     sink.block()
     source = InMemoryJobSource(sleep_jobs(3))
-    engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), config())
+    executor = SleepFor()
+    engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": executor}), config())
     engine.start()
-    gevent.sleep(0.05)
+    wait_until(
+        lambda: len(executor.finished) == 3 and engine.results_queue_depth == 0,
+        message="the senders never took the results to the blocked sink",
+    )
     assert source.acked == []
     assert engine.results_queue_depth + len(sink.results) <= 3
     sink.unblock()
@@ -295,9 +307,8 @@ def test_the_hold_policy_offers_a_refused_result_until_it_is_accepted() -> None:
     engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), cfg, (), store)
     engine.start()
     assert source.wait_for_acks(2)
-    gevent.sleep(0.1)
+    wait_until(lambda: engine.results_refused >= 5, message="the refused result was not re-offered")
     assert sorted(source.acked_ids) == ["j0", "j2"], "j1 is not acked while refused"
-    assert engine.results_refused >= 5, "the refused result keeps being offered"
     sink.refuse = frozenset()
     assert engine.wait_until_drained(2)
     assert sorted(source.acked_ids) == ["j0", "j1", "j2"]
@@ -319,16 +330,26 @@ def test_a_held_result_is_abandoned_at_stop_and_its_job_not_acked() -> None:
     assert report.results_not_delivered == 1
 
 
+class CountsTries(InMemoryRefusedResultStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tries = 0
+
+    def store(self, job: Job, result: JobResult, refusal: ResultRefused) -> None:
+        self.tries += 1
+        super().store(job, result, refusal)
+
+
 def test_a_store_that_refuses_writes_leaves_the_job_not_acked_until_it_works() -> None:
     sink = InMemoryResultSink(refuse=frozenset({"j1"}))
-    store = InMemoryRefusedResultStore()
+    store = CountsTries()
     store.failing = True
     source = InMemoryJobSource(sleep_jobs(3))
     cfg = config(refusals=fast_refusals(attempts=1))
     engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), cfg, (), store)
     engine.start()
     assert source.wait_for_acks(2)
-    gevent.sleep(0.05)
+    wait_until(lambda: store.tries >= 2, message="the failed store was not tried again")
     assert sorted(source.acked_ids) == ["j0", "j2"]
     store.failing = False
     assert engine.wait_until_drained(2)
@@ -344,9 +365,8 @@ def test_other_sink_failures_are_retried_off_the_sender_and_never_dead_lettered(
     engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), cfg, (), store)
     engine.start()
     assert source.wait_for_acks(9)
-    gevent.sleep(0.05)
+    wait_until(lambda: sink.offers.get("j0", 0) >= 3, message="j0 was not offered again")
     assert "j0" not in source.acked_ids
-    assert sink.offers["j0"] >= 3
     sink.fail = frozenset()
     assert engine.wait_until_drained(2)
     assert store.stored == []
@@ -375,7 +395,10 @@ def test_queues_stay_bounded_under_a_stalled_sink() -> None:
     )
     engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), cfg)
     engine.start()
-    gevent.sleep(0.1)
+    wait_until(
+        lambda: engine.results_queue_depth == 5 and source.fetch_sizes[-1:] == [0],
+        message="the pipeline never filled up behind the blocked sink",
+    )
     taken = 1000 - len(source._pending)
     # results queue + one batch per blocked sender + finished jobs waiting to enqueue
     # (a full pool) + the jobs queue: nothing else holds a job.
@@ -393,10 +416,12 @@ def test_intake_resumes_as_soon_as_the_queue_drains_not_after_a_fetch_timeout() 
     # A slow fetch timeout must not cap throughput: the dispatcher wakes intake.
     executor = SleepFor()
     source = InMemoryJobSource(sleep_jobs(200))
-    cfg = config(pool_size=2, jobs_queue_size=4, fetch_timeout_s=5.0)
+    # A fetch timeout far above the drain's generous deadline: waiting one out fails the
+    # test on any machine, and a slow machine has the whole deadline for 200 jobs.
+    cfg = config(pool_size=2, jobs_queue_size=4, fetch_timeout_s=600.0)
     engine = WorkerEngine(source, InMemoryResultSink(), ExecutorRegistry({"SLEEP": executor}), cfg)
     engine.start()
-    assert engine.wait_until_drained(timeout=2), "intake waited out its fetch timeout"
+    assert engine.wait_until_drained(timeout=60), "intake waited out its fetch timeout"
     assert len(source.acked) == 200
 
 
@@ -414,11 +439,20 @@ def test_intake_resumes_only_below_the_low_water_mark() -> None:
     )
     engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), cfg)
     engine.start()
-    gevent.sleep(0.05)
+    wait_until(
+        lambda: engine.results_queue_depth == 1 and source.fetch_sizes[-1:] == [0],
+        message="the pipeline never filled up behind the blocked sink",
+    )
     asked = len(source.fetch_sizes)
+    stalled_depth = engine.jobs_queue_depth
     sink.unblock()
     sink.block()  # let a few through, not enough to reach the low-water mark
-    gevent.sleep(0.05)
+    wait_until(lambda: engine.jobs_queue_depth < stalled_depth, message="no job left the queue")
+    taken_from_queue = len(source.fetch_sizes)
+    wait_until(
+        lambda: len(source.fetch_sizes) > taken_from_queue,
+        message="intake never asked again after a job left the queue",
+    )
     assert set(source.fetch_sizes[asked:]) <= {0}
     sink.unblock()
     source.finish()
@@ -434,9 +468,8 @@ def test_stop_drains_in_flight_jobs_and_leaves_queued_ones_unacked() -> None:
     engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": executor}), cfg)
     assert not engine.taking_jobs
     engine.start()
-    gevent.sleep(0.01)
+    wait_until(lambda: len(executor.started) == 2, message="the pool did not start two jobs")
     assert engine.taking_jobs
-    assert len(executor.started) == 2
     report = engine.stop(timeout=2)
     assert not engine.taking_jobs
     assert report.jobs_abandoned_in_flight == 0
@@ -445,6 +478,8 @@ def test_stop_drains_in_flight_jobs_and_leaves_queued_ones_unacked() -> None:
     assert sorted(executor.finished) == ["j0", "j1"]
     assert sorted(source.acked_ids) == ["j0", "j1"]
     assert engine.stop(timeout=2) is report  # idempotent
+    # Lets time pass on purpose: nothing may happen in it (a slow machine only lets less
+    # happen, it cannot fail the test).
     gevent.sleep(0.1)
     assert len(executor.started) == 2, "nothing starts after stop"
 
@@ -455,7 +490,7 @@ def test_stop_interrupts_jobs_still_running_at_its_deadline() -> None:
     sink = InMemoryResultSink()
     engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": executor}), config())
     engine.start()
-    gevent.sleep(0.01)
+    wait_until(lambda: len(executor.started) == 2, message="the jobs did not start")
     report = engine.stop(timeout=0.05)
     assert report.jobs_abandoned_in_flight == 2
     assert source.acked == []
@@ -514,6 +549,7 @@ def test_an_output_core_cannot_take_fails_the_job(output: object, error: str) ->
 def test_an_executor_cannot_swallow_its_deadline() -> None:
     class Stubborn:
         def execute(self, job: Job) -> str:
+            # The job's work, far longer than its deadline: not a wait of the test's.
             try:
                 gevent.sleep(10)
             except Exception:  # what careless executor code does
@@ -573,20 +609,39 @@ def test_an_engine_loop_that_dies_fails_the_engine_loudly() -> None:
     assert isinstance(engine.failure, AttributeError)
 
 
+class WaitsForRelease:
+    """A job that runs until the test sets ``release``."""
+
+    def __init__(self) -> None:
+        self.started = gevent.event.Event()
+        self.release = gevent.event.Event()
+
+    def execute(self, job: Job) -> str:
+        self.started.set()
+        self.release.wait()
+        return "released"
+
+
 def test_the_source_is_kept_alive_while_stop_drains_the_pool() -> None:
-    source = InMemoryJobSource(sleep_jobs(1, 0.1), finite=False)
+    executor = WaitsForRelease()
+    source = InMemoryJobSource([Job(id="j0", type="WAIT")], finite=False)
     engine = WorkerEngine(
         source,
         InMemoryResultSink(),
-        ExecutorRegistry({"SLEEP": SleepFor()}),
+        ExecutorRegistry({"WAIT": executor}),
         config(fetch_timeout_s=0.01),
     )
     engine.start()
-    gevent.sleep(0.01)
+    assert executor.started.wait(5), "the job did not start"
     asked_before_stop = len(source.fetch_sizes)
-    assert engine.stop(timeout=2).clean
+    stopping = gevent.spawn(engine.stop, timeout=10)
+    wait_until(
+        lambda: len(source.fetch_sizes) >= asked_before_stop + 3,
+        message="the source was not polled while stop drained the pool",
+    )
+    executor.release.set()
+    assert stopping.get(timeout=10).clean
     during_drain = source.fetch_sizes[asked_before_stop:]
-    assert len(during_drain) >= 3, "polled (for nothing) while the job finished"
     assert set(during_drain) == {0}, "and never asked for new jobs"
 
 
@@ -597,7 +652,11 @@ def test_refused_results_waiting_at_once_are_bounded_by_the_results_queue() -> N
     cfg = config(result_senders=1, results_queue_size=2, refusals=policy)
     engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": SleepFor()}), cfg)
     engine.start()
-    gevent.sleep(0.1)
+    # Settled: the sender holds an offered result it has no room to park.
+    wait_until(
+        lambda: len(sink.offers) > engine.results_waiting_to_retry >= 2,
+        message="the refused results never filled the room to wait in",
+    )
     assert engine.results_waiting_to_retry == 2, "the rest wait in the bounded queues"
     assert engine.stop(timeout=2).results_not_delivered >= 3
 

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from jobworker.adapters.observability.http_server import ObservabilityServer
 from jobworker.entrypoints.observability import start_observability_server
+from tests.support.waiting import wait_until
 
 
 class Core:
@@ -87,7 +88,7 @@ def core_gauge(metrics: bytes) -> float:
 def test_a_core_that_never_answers_does_not_hold_up_readyz_or_metrics(serve: Any) -> None:
     core = Core(hang=True)
     server = serve(core)
-    gevent.sleep(0.05)  # the background ping starts, and hangs
+    wait_until(lambda: core.pings >= 1, message="the background ping never started")
     pings = core.pings
 
     status, body = request(server, "/readyz")
@@ -105,9 +106,8 @@ def test_a_core_that_never_answers_does_not_hold_up_readyz_or_metrics(serve: Any
 def test_readyz_requiring_core_shows_the_last_background_ping(serve: Any, reachable: bool) -> None:
     core = Core(reachable=reachable)
     server = serve(core, readiness_requires_core=True)
-    gevent.sleep(0.05)  # the first background ping
+    wait_until(lambda: core.pings >= 1, message="no background ping")
     pings = core.pings
-    assert pings >= 1
 
     status, body = request(server, "/readyz")
     _, metrics = request(server, "/metrics")

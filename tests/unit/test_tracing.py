@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 import gevent
+import gevent.event
 import pytest
 import structlog
 from opentelemetry import trace
@@ -184,10 +185,15 @@ def test_concurrent_jobs_each_have_their_own_current_span(
 ) -> None:
     observer = TracingJobObserver(tracer, JobSpans())
     current: dict[str, tuple[str, str]] = {}
+    started: list[str] = []
+    both_started = gevent.event.Event()
 
     def run(job: Job) -> None:
         observer.job_started(job, 1)
-        gevent.sleep(0.01)  # the other job starts meanwhile
+        started.append(job.id)
+        if len(started) == 2:
+            both_started.set()
+        assert both_started.wait(5), "the other job never started"
         current[job.id] = hex_ids(trace.get_current_span())
         observer.job_finished(job, result(job))
 
