@@ -29,6 +29,7 @@ from jobworker.adapters.file.refused import FileRefusedResultStore
 from jobworker.adapters.file.source import JobFileError
 from jobworker.adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
 from jobworker.adapters.kafka.lag import BrokerOffsetsMonitor, GroupOffsetsProbe
+from jobworker.adapters.kafka.modes import Ordering, UnreadableBatches
 from jobworker.adapters.kafka.refused_results import KafkaRefusedResultStore
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.adapters.kafka.source import KafkaJobSource
@@ -115,8 +116,8 @@ def kafka_source(settings: Settings) -> Iterator[KafkaJobSource]:
             max_in_flight_per_partition=settings.kafka_max_in_flight_per_partition,
             commit_interval_s=settings.kafka_commit_interval,
             commit_every=settings.kafka_commit_every,
-            unreadable_batches=settings.kafka_unreadable_batches,
-            ordering=settings.kafka_ordering,
+            unreadable_batches=UnreadableBatches(settings.kafka_unreadable_batches),
+            ordering=Ordering(settings.kafka_ordering),
         )
     yield from _closing(source)
 

@@ -32,6 +32,10 @@ from jobworker.adapters.codec import job_from_task
 from jobworker.adapters.kafka.bootstrap import open_client
 from jobworker.adapters.kafka.dlq import DeadLetter, DeadLetterOutbox, DeadLetterWriter
 from jobworker.adapters.kafka.lag import PartitionOffsets
+from jobworker.adapters.kafka.modes import Ordering, UnreadableBatches
+from jobworker.adapters.kafka.offsets import finished_offsets
+from jobworker.adapters.kafka.offsets.commit_cadence import CommitCadence, Due
+from jobworker.adapters.kafka.offsets.partitions import AssignedPartitions, Commit
 from jobworker.adapters.kafka.quirks import (
     UnreadableBatch,
     UnreadableBatchDetector,
@@ -47,9 +51,6 @@ from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobworker.adapters.sparse_warnings import SparseWarning
 from jobworker.adapters.tracing.headers import trace_headers
-from jobworker.application import finished_offsets
-from jobworker.application.commit_cadence import CommitCadence, Due
-from jobworker.application.partitions import ORDERINGS, AssignedPartitions, Commit
 from jobworker.domain.errors import ConfigurationError, SourceFailed
 from jobworker.domain.model import Job
 
@@ -67,8 +68,6 @@ _JOBS_OUT_POLL_S = 0.05
 # Look-ups of a partition's committed metadata that may fail before its finished
 # offsets are given up on (and the jobs behind the committed offset redone).
 _FINISHED_LOOKUP_TRIES = 3
-# What to do with a record batch the consumer cannot decode (KAFKA_UNREADABLE_BATCHES).
-UNREADABLE_BATCH_POLICIES = ("dead-letter", "fail")
 
 
 class KafkaReceipt(NamedTuple):
@@ -140,10 +139,10 @@ class KafkaJobSource:
         dead_letter_retry_s: float = 1.0,
         dead_letter_max_backoff_s: float = 30.0,
         dead_letter_budget_s: float = 1.0,
-        unreadable_batches: str = "dead-letter",
+        unreadable_batches: UnreadableBatches = UnreadableBatches.DEAD_LETTER,
         close_timeout_s: float = 10.0,
         revoke_grace_s: float = 5.0,
-        ordering: str = "none",
+        ordering: Ordering = Ordering.NONE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_in_flight_per_partition < 1:
@@ -154,17 +153,8 @@ class KafkaJobSource:
             raise ConfigurationError("KAFKA_DLQ_TOPIC", "must differ from KAFKA_TOPIC")
         if not group_id.strip():
             raise ConfigurationError("KAFKA_GROUP_ID", "must not be empty")
-        if unreadable_batches not in UNREADABLE_BATCH_POLICIES:
-            raise ConfigurationError(
-                "KAFKA_UNREADABLE_BATCHES",
-                f"{unreadable_batches!r} is not one of {', '.join(UNREADABLE_BATCH_POLICIES)}",
-            )
-        if ordering not in ORDERINGS:
-            raise ConfigurationError(
-                "KAFKA_ORDERING", f"{ordering!r} is not one of {', '.join(ORDERINGS)}"
-            )
-        self._keyed = ordering == "key"
-        self._fail_on_unreadable = unreadable_batches == "fail"
+        self._keyed = ordering == Ordering.KEY
+        self._fail_on_unreadable = unreadable_batches == UnreadableBatches.FAIL
         self.topic = topic
         self._group_id = group_id
         self._session_timeout_ms = settings.session_timeout_ms

@@ -17,6 +17,7 @@ from kafka.record.memory_records import MemoryRecords
 from structlog.testing import capture_logs
 
 from jobworker.adapters.kafka import KafkaClientSettings, KafkaJobSource
+from jobworker.adapters.kafka.modes import UnreadableBatches
 from jobworker.domain.errors import SourceFailed
 from jobworker.domain.model import Job
 from tests.support.kafka import (
@@ -272,7 +273,9 @@ def test_with_fail_an_unreadable_batch_stops_the_source_committing_nothing_past_
     unreadable = produce_batch(kafka_servers, topic, ids("zstd", 5), compression_type="zstd")
     produce_batch(kafka_servers, topic, ["after-0"])
     _hide_zstd(monkeypatch)
-    source = source_factory(topic, group_id, commit_interval_s=0, unreadable_batches="fail")
+    source = source_factory(
+        topic, group_id, commit_interval_s=0, unreadable_batches=UnreadableBatches.FAIL
+    )
 
     jobs: list[Job] = []
     with pytest.raises(SourceFailed) as failure:

@@ -21,8 +21,8 @@ from jobworker.adapters.kafka import (
     KafkaJobSource,
     KafkaReceipt,
 )
+from jobworker.adapters.kafka.offsets.finished_offsets import decode
 from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from jobworker.application.finished_offsets import decode
 from jobworker.domain.model import Job
 from tests.contract.conftest import JobsTopic
 from tests.support.kafka import (

@@ -6,10 +6,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import pytest
-
 from jobworker.adapters.kafka import KafkaJobSource
-from jobworker.domain.errors import ConfigurationError
+from jobworker.adapters.kafka.modes import Ordering
 from jobworker.domain.model import Job
 from tests.support.kafka import create_topic, produce, task_bytes
 
@@ -30,7 +28,7 @@ def test_a_keys_jobs_are_handed_out_one_at_a_time_in_offset_order(
     topic = create_topic(kafka_servers, 1)
     keyed = [(b"user-1", "a-0"), (b"user-2", "b-0"), (b"user-1", "a-1"), (b"user-1", "a-2")]
     produce(kafka_servers, topic, [(key, task_bytes(job_id), 0) for key, job_id in keyed])
-    source = source_factory(topic, group_id, ordering="key")
+    source = source_factory(topic, group_id, ordering=Ordering.KEY)
 
     first = _fetch_until(source, 2)
     assert [job.id for job in first] == ["a-0", "b-0"]
@@ -50,7 +48,7 @@ def test_partition_ordering_hands_out_one_job_of_a_partition_at_a_time(
 ) -> None:
     topic = create_topic(kafka_servers, 1)
     produce(kafka_servers, topic, [(None, task_bytes(f"j-{i}"), 0) for i in range(3)])
-    source = source_factory(topic, group_id, ordering="partition")
+    source = source_factory(topic, group_id, ordering=Ordering.PARTITION)
 
     seen = []
     for _ in range(3):
@@ -60,10 +58,3 @@ def test_partition_ordering_hands_out_one_job_of_a_partition_at_a_time(
         source.ack(job)
 
     assert seen == ["j-0", "j-1", "j-2"]
-
-
-def test_an_unknown_ordering_names_the_setting(
-    kafka_servers: str, group_id: str, source_factory: SourceFactory
-) -> None:
-    with pytest.raises(ConfigurationError, match="KAFKA_ORDERING"):
-        source_factory("jobs", group_id, ordering="by-user")

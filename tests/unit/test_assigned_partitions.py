@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from jobworker.application import finished_offsets
-from jobworker.application.finished_offsets import decode
-from jobworker.application.partitions import AssignedPartitions, Commit, Taken
+from jobworker.adapters.kafka.modes import Ordering
+from jobworker.adapters.kafka.offsets import finished_offsets
+from jobworker.adapters.kafka.offsets.finished_offsets import decode
+from jobworker.adapters.kafka.offsets.partitions import AssignedPartitions, Commit, Taken
 
 P0 = ("jobs", 0)
 P1 = ("jobs", 1)
@@ -192,7 +193,7 @@ def test_an_unreadable_batch_holds_the_commit_until_both_ends_are_done() -> None
 # -- ordering (KAFKA_ORDERING) ------------------------------------------------------------
 
 
-def ordered(mode: str, window: int = 100) -> AssignedPartitions[tuple[str, int]]:
+def ordered(mode: Ordering, window: int = 100) -> AssignedPartitions[tuple[str, int]]:
     state: AssignedPartitions[tuple[str, int]] = AssignedPartitions(window, ordering=mode)
     state.assigned([P0, P1])
     state.inherit(P0, ())
@@ -209,14 +210,14 @@ def offer(
 
 
 def test_without_ordering_every_job_runs_at_once() -> None:
-    state = ordered("none")
+    state = ordered(Ordering.NONE)
 
     assert offer(state, P0, [b"a", b"a", b"a"]) == [0, 1, 2]
     assert not state.holding()
 
 
 def test_a_keys_later_jobs_wait_and_are_released_one_by_one_in_offset_order() -> None:
-    state = ordered("key")
+    state = ordered(Ordering.KEY)
     epoch = state.epoch(P0) or 0
 
     assert offer(state, P0, [b"a", b"b", b"a", b"a", None, b"b"]) == [0, 1, 4]
@@ -235,7 +236,7 @@ def test_a_keys_later_jobs_wait_and_are_released_one_by_one_in_offset_order() ->
 
 
 def test_a_job_that_runs_long_or_retries_holds_its_key_until_it_is_done() -> None:
-    state = ordered("key")
+    state = ordered(Ordering.KEY)
     epoch = state.epoch(P0) or 0
     offer(state, P0, [b"a", b"a"])
 
@@ -246,14 +247,14 @@ def test_a_job_that_runs_long_or_retries_holds_its_key_until_it_is_done() -> Non
 
 
 def test_keys_are_per_partition() -> None:
-    state = ordered("key")
+    state = ordered(Ordering.KEY)
 
     assert offer(state, P0, [b"a"]) == [0]
     assert offer(state, P1, [b"a"]) == [0]
 
 
 def test_partition_ordering_runs_one_job_per_partition_whatever_the_keys() -> None:
-    state = ordered("partition")
+    state = ordered(Ordering.PARTITION)
 
     assert offer(state, P0, [b"a", b"b", None]) == [0]
     assert offer(state, P1, [b"a"]) == [0]
@@ -262,7 +263,7 @@ def test_partition_ordering_runs_one_job_per_partition_whatever_the_keys() -> No
 
 
 def test_ready_hands_out_at_most_the_room_the_caller_has() -> None:
-    state = ordered("key")
+    state = ordered(Ordering.KEY)
     epoch = state.epoch(P0) or 0
     offer(state, P0, [b"a", b"b", b"a", b"b"])
     state.done(P0, 0, epoch)
@@ -274,7 +275,7 @@ def test_ready_hands_out_at_most_the_room_the_caller_has() -> None:
 
 
 def test_held_jobs_fill_the_window_and_pause_the_partition() -> None:
-    state = ordered("partition", window=4)
+    state = ordered(Ordering.PARTITION, window=4)
 
     assert offer(state, P0, [b"a"] * 10) == [0]
 
@@ -283,7 +284,7 @@ def test_held_jobs_fill_the_window_and_pause_the_partition() -> None:
 
 
 def test_held_jobs_of_a_partition_that_moved_are_dropped() -> None:
-    state = ordered("key")
+    state = ordered(Ordering.KEY)
     epoch = state.epoch(P0) or 0
     offer(state, P0, [b"a", b"a"])
     state.done(P0, 0, epoch)
@@ -295,7 +296,7 @@ def test_held_jobs_of_a_partition_that_moved_are_dropped() -> None:
 
 
 def test_commits_are_unchanged_by_ordering() -> None:
-    state = ordered("key")
+    state = ordered(Ordering.KEY)
     epoch = state.epoch(P0) or 0
     offer(state, P0, [b"a", b"a", b"b"])
     state.done(P0, 2, epoch)
@@ -307,7 +308,7 @@ def test_commits_are_unchanged_by_ordering() -> None:
 
 
 def test_jobs_held_or_released_but_not_handed_out_are_not_counted_as_handed_out() -> None:
-    state = ordered("key")
+    state = ordered(Ordering.KEY)
     epoch = state.epoch(P0) or 0
     offer(state, P0, [b"a", b"a", b"a", b"b"])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobworker.application.commit_cadence import CommitCadence, Due
+from jobworker.adapters.kafka.offsets.commit_cadence import CommitCadence, Due
 
 
 class Clock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from jobworker.application.delivery import DeliveryTracker
+from jobworker.adapters.kafka.offsets.delivery_tracker import DeliveryTracker
 
 P0 = ("jobs", 0)
 P1 = ("jobs", 1)

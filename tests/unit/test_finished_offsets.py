@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from jobworker.application import finished_offsets
-from jobworker.application.finished_offsets import (
+from jobworker.adapters.kafka.offsets import finished_offsets
+from jobworker.adapters.kafka.offsets.finished_offsets import (
     METADATA_MAX_BYTES,
     UnreadableMetadataError,
     decode,

@@ -17,14 +17,11 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from jobworker.application import finished_offsets
-from jobworker.application.delivery import DeliveryTracker
+from jobworker.adapters.kafka.modes import Ordering
+from jobworker.adapters.kafka.offsets import finished_offsets
+from jobworker.adapters.kafka.offsets.delivery_tracker import DeliveryTracker
 
 P = TypeVar("P", bound=Hashable)
-
-# KAFKA_ORDERING: none (jobs of a partition run in any order), key (jobs with the same
-# record key one at a time, in offset order), partition (one job at a time).
-ORDERINGS = ("none", "key", "partition")
 
 
 class OrderingGate:
@@ -119,7 +116,7 @@ class AssignedPartitions(Generic[P]):
     offsets that do not fit are left out of the commit, counted in
     ``metadata_fallbacks``.
 
-    ``ordering`` ("none", "key" or "partition") gates the jobs of each partition: with
+    ``ordering`` (``Ordering``: none, key or partition) gates the jobs of each partition: with
     "key", a job whose record key has a job in flight is held until that one is done
     (keyless jobs are not held); with "partition", one job of a partition runs at a
     time. Held jobs stay taken, so they count in the window: a partition whose window
@@ -130,10 +127,8 @@ class AssignedPartitions(Generic[P]):
         self,
         window: int,
         metadata_max_bytes: int = finished_offsets.METADATA_MAX_BYTES,
-        ordering: str = "none",
+        ordering: Ordering = Ordering.NONE,
     ) -> None:
-        if ordering not in ORDERINGS:
-            raise ValueError(f"ordering {ordering!r} is not one of {', '.join(ORDERINGS)}")
         self._ordering = ordering
         self._ready: list[tuple[P, int, Any]] = []
         self._window = window
@@ -272,9 +267,10 @@ class AssignedPartitions(Generic[P]):
         records ``take`` started that carry a job.
         """
         state = self._partitions.get(tp)
-        if state is None or self._ordering == "none":
+        if state is None or self._ordering == Ordering.NONE:
             return True
-        return state.gate.offer(offset, tp if self._ordering == "partition" else key, item)
+        gate_key = tp if self._ordering == Ordering.PARTITION else key
+        return state.gate.offer(offset, gate_key, item)
 
     def ready(self, limit: int) -> list[Any]:
         """Up to ``limit`` held jobs released since, oldest first (of current assignments)."""
