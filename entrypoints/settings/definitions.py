@@ -1,24 +1,17 @@
-"""Settings from the environment and ``.env`` (dynaconf), typed, checked once at start-up.
+"""Every setting, declared once: its variable, default, meaning, parser (the check) and,
+if only one adapter needs it, when it is required; then the rules between settings.
 
-Each setting is declared once, as an attribute of ``Settings``: its variable is the
-attribute's name in capitals, with its default, meaning, parser (the check) and, if it
-is needed only by one adapter, the condition under which it is required. Adding a
-setting is adding one attribute. The container reads the typed attributes; the README
-table and ``jobworker settings`` are generated from the same declarations. Every
-missing or malformed value is found in one reading, each a ``ConfigurationError``
-naming the variable (or the flag that set it); the CLI prints one line for each and
-exits 2. A variable that looks like a setting but is none is a warning
-(``unknown_variables``).
+Adding a setting is adding one attribute to ``Settings``. The container reads the typed
+attributes; the README table and ``jobworker settings`` are generated from the same
+declarations.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Generic, TypeVar, overload
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from dynaconf import Dynaconf, ValidationError, Validator
 
@@ -38,21 +31,18 @@ from jobworker.entrypoints.config_values import (
     parse_size,
     positive,
     readable_file,
-    with_unit,
     writable_file,
 )
-from jobworker.entrypoints.unknown_variables import UnknownVariable, unknown_variables
-
-T = TypeVar("T")
-
-# dynaconf loads ``.env`` into the environment and checks the rules between settings
-# (its Validators); it parses no variable itself (no loaders): ours are read as the exact
-# strings they are, so unrelated variables (even DYNACONF_*) can never upset parsing, and
-# ``KAFKA_GROUP_ID=1.10`` stays the group ``1.10``, not the number 1.1.
-_OWN_PREFIX = "JOBWORKER_DYNACONF"
-
-# Where a value in force came from (``jobworker settings``).
-DEFAULT, DOTENV, ENVIRONMENT, FLAG, DERIVED = "default", ".env", "environment", "flag", "derived"
+from jobworker.entrypoints.settings.declaration import (
+    Setting,
+    derived,
+    duration,
+    needed,
+    optional,
+    setting,
+)
+from jobworker.entrypoints.settings.reading import OWN_PREFIX, SettingValues
+from jobworker.entrypoints.settings.table import markdown_table
 
 # When a setting is needed (dynaconf ``when`` conditions on the parsed values). A choice
 # that could not be read holds none of them (dynaconf would take a missing one for any).
@@ -71,119 +61,6 @@ MAX_POOL_SIZE = 10_000
 # error text, the metadata and the ids, which the worker caps well below this margin.
 CORE_MESSAGE_LIMIT = 4 * 1024 * 1024
 MAX_OUTPUT_BYTES_FOR_CORE = CORE_MESSAGE_LIMIT - 256 * 1024
-
-
-class Setting(Generic[T]):
-    """One setting, declared as an attribute of ``Settings``; reading it gives its value.
-
-    Use the constructors below (``setting``, ``optional``, ``needed``, ``derived``): they
-    give the attribute its type.
-    """
-
-    name: str  # the variable: the attribute's name in capitals
-
-    def __init__(
-        self,
-        default: str | None,
-        meaning: str,
-        parse: Callable[[str], Any],
-        *,
-        needed_when: Validator | None = None,
-        derive: Callable[[Settings], Any] | None = None,
-        empty_means_default: bool = True,
-        secret: bool = False,
-        may_be_none: bool = False,
-        duration: bool = False,
-    ) -> None:
-        self.default = default
-        self.help = meaning
-        self.parse = parse
-        # Required under this condition (dynaconf checks it); unset otherwise.
-        self.needed_when = needed_when
-        # The value when unset, computed from other settings (``default`` is then None).
-        self.derive = derive
-        # Set but empty: for most settings "use the default" (compose files write `X=`);
-        # for a name (a topic) it is a slip that would silently use another one.
-        self.empty_means_default = empty_means_default
-        self.secret = secret
-        # Reads as None when unset (typed ``T | None``), even where ``needed_when`` applies.
-        self.may_be_none = may_be_none
-        # Written with a unit, unless the name says it (``with_unit``).
-        self.duration = duration
-
-    def __set_name__(self, owner: type, attribute: str) -> None:
-        self.attribute = attribute
-        self.name = attribute.upper()
-
-    @overload
-    def __get__(self, instance: None, owner: type) -> Setting[T]: ...
-    @overload
-    def __get__(self, instance: Settings, owner: type) -> T: ...
-    def __get__(self, instance: Settings | None, owner: type) -> Setting[T] | T:
-        if instance is None:
-            return self
-        value: T = instance.value_of(self)
-        return value
-
-    def default_text(self) -> str:
-        """The default as the README shows it."""
-        if self.needed_when is not None:
-            return "required"
-        return "—" if self.default is None else self.default
-
-
-def setting(
-    default: str,
-    meaning: str,
-    parse: Callable[[str], T],
-    *,
-    empty_means_default: bool = True,
-) -> Setting[T]:
-    """A setting with a default."""
-    return Setting(default, meaning, parse, empty_means_default=empty_means_default)
-
-
-_POSITIVE_DURATION = positive(parse_duration)
-
-
-def duration(
-    default: str,
-    meaning: str,
-    parse: Callable[[str], float] = _POSITIVE_DURATION,
-) -> Setting[float]:
-    """A duration in seconds, written with its unit (``500ms``, ``30s``, ``5m``)."""
-    return Setting(default, meaning, parse, duration=True)
-
-
-def optional(
-    meaning: str,
-    parse: Callable[[str], T],
-    *,
-    secret: bool = False,
-    needed_when: Validator | None = None,
-) -> Setting[T | None]:
-    """A setting that may be unset (None); if ``needed_when`` holds, it must be set."""
-    return Setting(None, meaning, parse, secret=secret, needed_when=needed_when, may_be_none=True)
-
-
-def needed(
-    meaning: str,
-    when: Validator,
-    parse: Callable[[str], T],
-) -> Setting[T]:
-    """A setting without a default, required when ``when`` holds (``validate_for_run``)."""
-    return Setting(None, meaning, parse, needed_when=when)
-
-
-def derived(
-    meaning: str,
-    derive: Callable[[Settings], T],
-    parse: Callable[[str], T],
-    *,
-    empty_means_default: bool = True,
-) -> Setting[T]:
-    """A setting that, when unset, is computed from others (``meaning`` says how)."""
-    return Setting(None, meaning, parse, derive=derive, empty_means_default=empty_means_default)
 
 
 def _brokers(text: str) -> list[str]:
@@ -208,32 +85,9 @@ def _results_dlq_file(s: Settings) -> str:
     return "refused-results.jsonl"
 
 
-class ConfigurationErrors(ConfigurationError):  # noqa: N818 - several ConfigurationErrors
-    """Several problems found in one reading of the settings; ``errors`` has each.
-
-    Itself the first of them, for whoever handles one ``ConfigurationError``.
-    """
-
-    def __init__(self, errors: Sequence[ConfigurationError]) -> None:
-        super().__init__(errors[0].variable, errors[0].problem)
-        self.errors = list(errors)
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Where a raw value came from; ``flag`` is the option that gave it, if one did."""
-
-    source: str
-    flag: str | None = None
-
-
-class Settings:
-    """Typed, validated settings; each attribute is one setting, parsed on first use.
-
-    Lazy on purpose: a file-to-file run must not demand Kafka settings. Every value a
-    run needs is read by ``validate_for_run`` before anything starts, so a mistake is
-    found at start-up, not at the first job.
-    """
+class Settings(SettingValues):
+    """Every setting, typed: reading an attribute gives its parsed value (see
+    ``SettingValues``)."""
 
     # -- where jobs come from and results go ------------------------------------------
     job_source = setting("kafka", "where jobs come from: kafka or file", choice("kafka", "file"))
@@ -482,145 +336,7 @@ class Settings:
         "threads for Pillow (CPU count)", lambda _s: os.cpu_count() or 2, positive(parse_int)
     )
 
-    # -- reading ----------------------------------------------------------------------
-
-    def __init__(
-        self, values: Mapping[str, Any], origins: Mapping[str, Origin] | None = None
-    ) -> None:
-        """``values``: raw strings by variable, ours and others (the rest of the
-        environment: ``unknown`` lists those that look like a misspelt setting);
-        ``origins``: where each came from (the environment, if not said)."""
-        self._raw = {k: v for k, v in values.items() if k in _BY_NAME}
-        self._origins = dict(origins or {})
-        self._cache: dict[str, Any] = {}
-        self.unknown: list[UnknownVariable] = unknown_variables(
-            {name: self._origins.get(name, Origin(ENVIRONMENT)).source for name in values},
-            _BY_NAME,
-        )
-
-    @classmethod
-    def load(
-        cls, dotenv: Path | None = None, flags: Mapping[str, tuple[str, str]] | None = None
-    ) -> Settings:
-        """Read ``.env`` (from the working directory, or ``dotenv``) under the environment.
-
-        dynaconf loads the ``.env`` file into the environment (variables already set
-        win). ``flags`` maps a variable to the option and text given on the command
-        line; a flag wins over both.
-        """
-        if dotenv is not None and not dotenv.is_file():
-            raise ConfigurationError("--env-file", f"{dotenv} is not a readable file")
-        before = set(os.environ)
-        try:
-            loader = Dynaconf(
-                envvar_prefix=_OWN_PREFIX,
-                environments=False,
-                load_dotenv=True,
-                dotenv_path=str(dotenv) if dotenv else None,
-                loaders=[],  # not even its global DYNACONF_* variables
-            )
-            loader.get(_OWN_PREFIX)  # dynaconf is lazy: this is what reads the file
-        except Exception as error:
-            raise ConfigurationError(str(dotenv or ".env"), f"cannot be read: {error}") from None
-        values = dict(os.environ)
-        origins = {name: Origin(ENVIRONMENT if name in before else DOTENV) for name in values}
-        for name, (flag, text) in (flags or {}).items():
-            values[name] = text
-            origins[name] = Origin(FLAG, flag)
-        return cls(values, origins)
-
-    def value_of(self, setting: Setting[T]) -> T:
-        if setting.name not in self._cache:
-            self._cache[setting.name] = self._parse(setting)
-        value: T = self._cache[setting.name]
-        return value
-
-    def given(self, setting: Setting[T]) -> T | None:
-        """The value of a setting that may be required elsewhere, or None if unset."""
-        return None if self._is_unset(setting) else self.value_of(setting)
-
-    def origin(self, setting: Setting[Any]) -> str:
-        """default, .env, environment, flag (``--x``) or derived."""
-        origin = self._origins.get(setting.name)
-        if origin is None or self._is_unset(setting):
-            return DERIVED if setting.derive is not None else DEFAULT
-        return f"{FLAG} {origin.flag}" if origin.flag else origin.source
-
-    def _is_unset(self, setting: Setting[Any]) -> bool:
-        raw = self._raw.get(setting.name)
-        return raw is None or (not str(raw).strip() and setting.empty_means_default)
-
-    def name_of(self, setting: Setting[Any]) -> str:
-        """What an error names: the flag, if one gave the value, else the variable."""
-        origin = self._origins.get(setting.name)
-        return origin.flag if origin is not None and origin.flag else setting.name
-
-    def _parse(self, setting: Setting[Any]) -> Any:
-        raw = self._raw.get(setting.name)
-        text = "" if raw is None else str(raw).strip()
-        if not text:
-            if raw is not None and not setting.empty_means_default:
-                raise ConfigurationError(
-                    self.name_of(setting),
-                    "is set but empty: give a value, or unset it for the default",
-                )
-            if setting.needed_when is not None and not setting.may_be_none:
-                raise ConfigurationError(setting.name, _required(setting))
-            if setting.derive is not None:
-                return setting.derive(self)
-            if setting.default is None:
-                return None
-            text = setting.default
-        if setting.duration:
-            text = with_unit(text, setting.name)
-        try:
-            return setting.parse(text)
-        except ValueError as error:
-            raise ConfigurationError(self.name_of(setting), str(error)) from None
-        except ConfigurationError as error:
-            raise ConfigurationError(self.name_of(setting), error.problem) from None
-
-    # -- checking ---------------------------------------------------------------------
-
-    def validate_for_run(self) -> None:
-        """Parse every setting this run uses and check the rules between them.
-
-        Raises the ``ConfigurationError`` of the one problem, or ``ConfigurationErrors``
-        with every one of several.
-        """
-        problems = self.problems()
-        if len(problems) == 1:
-            raise problems[0]
-        if problems:
-            raise ConfigurationErrors(problems)
-
-    def problems(self) -> list[ConfigurationError]:
-        """Every problem of the settings this run uses, each naming its variable: the
-        settings in the table's order, then the rules between them."""
-        found: list[ConfigurationError] = []
-        unused = self._unused_prefixes()
-        present: dict[str, Any] = {}
-        wrong: set[str] = set()
-        for entry in SETTINGS:
-            # Whether a required one is given is dynaconf's check, below. One of an
-            # adapter this run does not use is still checked when given: a typo
-            # (KAFKA_ORDERING=bogus) would otherwise surface only on the next run.
-            needed_or_unused = entry.needed_when is not None or entry.name.startswith(unused)
-            if self._is_unset(entry) and needed_or_unused:
-                continue
-            try:
-                value = self.value_of(entry)
-            except ConfigurationError as error:
-                found.append(error)
-                wrong.add(entry.name)
-                continue
-            if value is not None and not entry.name.startswith(unused):
-                present[entry.name] = value
-        found += self._broken_rules(present, wrong)
-        # A setting derived from a wrong one repeats its problem.
-        return list({str(problem): problem for problem in found}.values())
-
-    def _unused_prefixes(self) -> tuple[str, ...]:
+    def unused_prefixes(self) -> tuple[str, ...]:
         """The adapters' variables this run does not use: Kafka's or Core's."""
         unused = []
         for prefix, selected, wanted in (
@@ -634,12 +350,10 @@ class Settings:
                 pass  # a problem of its own; whether the adapter's are needed is unknown
         return tuple(unused)
 
-    def _broken_rules(
-        self, present: Mapping[str, Any], wrong: set[str]
-    ) -> list[ConfigurationError]:
+    def broken_rules(self, present: Mapping[str, Any], wrong: set[str]) -> list[ConfigurationError]:
         """The rules ``present`` (parsed values) breaks; a ``wrong`` one is not missing."""
         checked = Dynaconf(
-            envvar_prefix=_OWN_PREFIX, environments=False, load_dotenv=False, loaders=[]
+            envvar_prefix=OWN_PREFIX, environments=False, load_dotenv=False, loaders=[]
         )
         for name, value in present.items():
             # Only what the rules compare is handed over as it is (parsed choices and
@@ -670,42 +384,8 @@ class Settings:
             )
         return broken
 
-    # -- showing ----------------------------------------------------------------------
 
-    def in_force(self) -> list[tuple[str, str, str]]:
-        """(variable, value as text, where it came from) of every setting: a value given
-        as it was given, even a wrong one (durations with their unit); secrets masked."""
-        return [(entry.name, self._shown(entry), self.origin(entry)) for entry in SETTINGS]
-
-    def _shown(self, setting: Setting[Any]) -> str:
-        if not self._is_unset(setting):
-            text = str(self._raw[setting.name]).strip()
-            if setting.secret:
-                return "****"
-            return with_unit(text, setting.name) if setting.duration else text or '""'
-        try:
-            value = self.value_of(setting)
-        except ConfigurationError:
-            return "—"  # required and missing, or derived from a wrong one
-        if value is None:
-            return "—"
-        return "****" if setting.secret else _as_text(setting, value)
-
-
-def _required(setting: Setting[Any]) -> str:
-    return f"is required ({setting.help})"
-
-
-def _as_text(setting: Setting[Any], value: Any) -> str:
-    if setting.default is not None and setting.derive is None:
-        return setting.default  # as written in the declaration (``1s``, not 1.0)
-    if isinstance(value, list):
-        return ",".join(map(str, value))
-    return str(value)
-
-
-SETTINGS: list[Setting[Any]] = [v for v in vars(Settings).values() if isinstance(v, Setting)]
-_BY_NAME = {entry.name: entry for entry in SETTINGS}
+SETTINGS: list[Setting[Any]] = Settings.declared
 
 # The rules between settings that dynaconf checks on the parsed values: what a selected
 # adapter needs, and Core's message limit.
@@ -714,7 +394,7 @@ _RULES: list[Validator] = [
         entry.name,
         must_exist=True,
         when=entry.needed_when,
-        messages={"must_exist_true": f"{{name}}: {_required(entry)}"},
+        messages={"must_exist_true": f"{{name}}: {entry.required()}"},
     )
     for entry in SETTINGS
     if entry.needed_when is not None
@@ -738,7 +418,4 @@ _COMPARED = {"JOB_SOURCE", "RESULT_SINK", "KAFKA_SECURITY_PROTOCOL", "MAX_OUTPUT
 
 def settings_table() -> str:
     """The Markdown table of every setting and its default (README, ``settings --defaults``)."""
-    rows = ["| Variable | Meaning | Default |", "|---|---|---|"]
-    for entry in SETTINGS:
-        rows.append(f"| `{entry.name}` | {entry.help} | {entry.default_text()} |")
-    return "\n".join(rows)
+    return markdown_table(SETTINGS)
