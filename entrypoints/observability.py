@@ -104,25 +104,25 @@ def _kafka_counters(source: KafkaJobSource) -> dict[str, Reading]:
     return {
         "jobworker_offset_commits": (
             "Offset commits made to Kafka.",
-            lambda: source.counters["offset_commits"],
+            lambda: source.stats().offset_commits,
         ),
         "jobworker_dlq_records": (
             "Records written to the dead-letter topic: poison messages and unreadable batches.",
-            lambda: source.counters["dlq_records"],
+            lambda: source.stats().dlq_records,
         ),
         "jobworker_unreadable_batches": (
             "Record batches the consumer could not decode (dead-lettered and skipped,"
             " or the reason the worker stopped).",
-            lambda: source.counters["unreadable_batches"],
+            lambda: source.stats().unreadable_batches,
         ),
         "jobworker_finished_skipped": (
             "Records skipped because the last commit's metadata records them as done.",
-            lambda: source.counters["finished_skipped"],
+            lambda: source.stats().finished_skipped,
         ),
         "jobworker_commit_metadata_fallbacks": (
             "Commits whose finished offsets did not all fit the metadata size limit"
             " (the leading ones were kept).",
-            lambda: source.counters["commit_metadata_fallbacks"],
+            lambda: source.stats().commit_metadata_fallbacks,
         ),
     }
 

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import gevent
 import structlog
@@ -25,6 +26,10 @@ from kafka.admin import KafkaAdminClient, OffsetSpec
 
 from jobworker.adapters.kafka.quirks import open_admin_client
 from jobworker.adapters.kafka.settings import KafkaClientSettings
+
+if TYPE_CHECKING:
+    from jobworker.adapters.kafka.book import SharedBook
+    from jobworker.adapters.kafka.consumer import Consumer
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +40,51 @@ class PartitionOffsets:
 
     end: int
     position: int
+
+
+def partition_lag(
+    highwater: int | None, position: int | None, broker: PartitionOffsets | None
+) -> int | None:
+    """Records left in a partition, from what the consumer and the broker last said.
+
+    Both ends and both positions only grow, so the larger of each is the fresher: the
+    consumer's after a fetch or a commit, the broker's for a partition paused or not
+    read yet. None when neither knows the end or the position.
+    """
+    end = highwater
+    if broker is not None:
+        end = broker.end if end is None else max(end, broker.end)
+        position = broker.position if position is None else max(position, broker.position)
+    if end is None or position is None:
+        return None
+    return max(0, end - position)
+
+
+def owned_lag(
+    consumer: Consumer, shared: SharedBook, broker: Mapping[TopicPartition, PartitionOffsets]
+) -> dict[TopicPartition, int]:
+    """Records per owned partition past the group's position: what is left to do.
+
+    The position is the offset this worker last committed there; before its first
+    commit in this assignment, the offset it first read (where the group's committed
+    offset, or ``earliest`` without one, put the consumer). The end is the consumer's
+    high-water mark, which it learns only from fetches: ``broker`` fills in partitions
+    not read yet and new records on paused partitions, so the lag grows while Core is
+    down. It is the LAG ``kafka-consumer-groups --describe`` shows, reaching zero only
+    once every record was taken, finished, reported and committed. Partitions with
+    neither figure are left out. Makes no request to the broker.
+    """
+    with shared as book:
+        owned = book.partitions.owned()
+    lags = {}
+    for tp in owned:
+        highwater = consumer.highwater(tp)
+        with shared as book:
+            position = book.partitions.lag_position(tp)
+        lag = partition_lag(highwater, position, broker.get(tp))
+        if lag is not None:
+            lags[tp] = lag
+    return lags
 
 
 class GroupOffsetsProbe:

@@ -90,7 +90,7 @@ def test_batches_in_every_codec_on_one_topic_are_all_read(
     fetch_for(source, 0.5)
 
     assert sorted(job.id for job in jobs) == sorted(expected)
-    assert source.counters["unreadable_batches"] == 0
+    assert source.stats().unreadable_batches == 0
     assert committed_offsets(kafka_servers, group_id, topic) == {0: 200, 1: 200}
 
 
@@ -244,7 +244,7 @@ def test_a_batch_in_a_codec_the_worker_lacks_is_dead_lettered_and_its_partition_
     (error,) = [e for e in logs if e["event"].startswith("unreadable record batch")]
     assert error["log_level"] == "error"
     assert (error["partition"], error["first_offset"]) == (0, unreadable[0])
-    assert source.counters["unreadable_batches"] == 1
+    assert source.stats().unreadable_batches == 1
     # The dead letter is written, so the commit passed the batch.
     assert committed_offsets(kafka_servers, group_id, topic) == {0: 8, 1: 20}
 
@@ -337,7 +337,7 @@ def test_a_batch_that_fails_its_crc_check_is_dead_lettered_and_skipped(
     corrupt = produce_batch(kafka_servers, topic, ids("corrupt", 3), compression_type="gzip")
     produce_batch(kafka_servers, topic, ["after-0"])
     source = source_factory(topic, group_id, commit_interval_s=0)
-    fetcher: Any = source._consumer._fetcher
+    fetcher: Any = source._consumer._client._fetcher
     fetcher._parse_fetched_data = _corrupting(fetcher._parse_fetched_data, corrupt[0])
 
     jobs = fetch_until(source, {"before-0", "after-0"})

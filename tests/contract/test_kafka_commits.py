@@ -50,7 +50,7 @@ def test_commits_every_few_acks_land_without_a_close_and_stop_before_an_unfinish
             source.ack(job)
 
     fetch_until(source, lambda: committed_offsets(kafka_servers, group_id, topic) == {0: 20})
-    fetch_until(source, lambda: source.counters["offset_commits"] >= 1)
+    fetch_until(source, lambda: source.stats().offset_commits >= 1)
     assert source.lag() == {source.assigned()[0]: 10}
 
     source.ack(unfinished)  # one ack: below the cadence, so close commits it
@@ -62,7 +62,7 @@ class PollTimeouts:
     """Watches the real consumer's polls (the broker is real): the timeouts asked for."""
 
     def __init__(self, source: KafkaJobSource) -> None:
-        consumer = source._consumer
+        consumer = source._consumer._client
         self.timeouts_ms: list[int] = []
         poll = consumer.poll
 
@@ -112,6 +112,6 @@ def test_jobs_out_keep_polls_short_and_a_quiet_source_polls_long(
     assert max(polls.timeouts_ms) <= 300  # done work waited at most the commit interval
 
     # Nothing out, nothing to commit: a whole poll, no busy loop.
-    fetch_until(source, lambda: source.counters["offset_commits"] >= 1)
+    fetch_until(source, lambda: source.stats().offset_commits >= 1)
     source.fetch(100, 5.0)
     assert polls.timeouts_ms[-1] == 5000

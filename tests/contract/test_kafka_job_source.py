@@ -105,9 +105,9 @@ def committed_after_fetches(
     source: KafkaJobSource, servers: str, group_id: str, topic: str
 ) -> dict[int, int]:
     """The group's committed offsets once one more commit of ``source`` has landed."""
-    before = source.counters["offset_commits"]
+    before = source.stats().offset_commits
     deadline = time.monotonic() + 30
-    while source.counters["offset_commits"] == before:
+    while source.stats().offset_commits == before:
         assert time.monotonic() < deadline, "no commit landed"
         source.fetch(10, 0.1)
     return committed_offsets(servers, group_id, topic)
@@ -132,7 +132,7 @@ def test_a_restart_redelivers_exactly_the_unacked_jobs_and_loses_none(
     assert committed_offsets(kafka_servers, group_id, topic) == {0: 2}
     assert decode(committed_metadata(kafka_servers, group_id, topic)[0], 2) == {3, 4}
     assert [job.id for job in redelivered] == ["job-2", *(f"job-{i}" for i in range(5, 10))]
-    assert second.counters["finished_skipped"] == 2
+    assert second.stats().finished_skipped == 2
     assert len(fetch_for(second, 0.5)) == 0
 
 
@@ -283,7 +283,8 @@ def test_one_job_never_acked_pauses_its_partition_at_the_window_however_many_fin
     from_stuck = [job.id for job in taken if job.id.startswith("a")]
     assert from_stuck == [f"a-{i}" for i in range(window)]  # and then the partition paused
     assert source.spans() == {stuck: window, free: 0}
-    assert source._partitions.held(stuck) <= window  # done offsets above a-0 stay bounded
+    with source._shared as book:
+        assert book.partitions.held(stuck) <= window  # done offsets above a-0 stay bounded
     # Partition 0 commits nothing past a-0, only what is done behind it; partition 1 is
     # unhindered.
     assert committed_offsets(kafka_servers, group_id, topic) == {0: 0, 1: 60}

@@ -13,8 +13,12 @@ from kafka.errors import KafkaConnectionError, KafkaError
 from structlog.testing import capture_logs
 
 from jobworker.adapters.kafka import KafkaClientSettings
-from jobworker.adapters.kafka.lag import BrokerOffsetsMonitor, GroupOffsetsProbe, PartitionOffsets
-from jobworker.adapters.kafka.source import partition_lag
+from jobworker.adapters.kafka.lag import (
+    BrokerOffsetsMonitor,
+    GroupOffsetsProbe,
+    PartitionOffsets,
+    partition_lag,
+)
 
 TP = TopicPartition("jobs", 0)
 
