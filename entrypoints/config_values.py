@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
 N = TypeVar("N", int, float)
+M = TypeVar("M", bound=StrEnum)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -103,12 +105,15 @@ def parse_int(text: str) -> int:
 # -- checks: a parser wrapped with a rule; each raises ValueError saying what is wrong --
 
 
-def choice(*allowed: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        value = text.strip().lower()
-        if value not in allowed:
-            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
-        return value
+def one_of(modes: type[M]) -> Callable[[str], M]:
+    """The mode a word names, in any case (``SASL_SSL``, ``sasl_ssl``)."""
+    by_word = {mode.lower(): mode for mode in modes}
+
+    def parse(text: str) -> M:
+        mode = by_word.get(text.strip().lower())
+        if mode is None:
+            raise ValueError(f"{text!r} is not one of {', '.join(by_word)}")
+        return mode
 
     return parse
 

@@ -20,6 +20,7 @@ _FLUSH_EVERY = 5_000
 
 
 def submit_to_kafka(settings: Settings, jobs: Iterable[Job], total: int | None) -> int:
+    settings.validate_for_submit()
     topic = settings.kafka_topic
     with connecting_to_kafka(settings):
         publisher = KafkaJobPublisher(kafka_client_settings(settings), topic)

@@ -10,23 +10,27 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from dynaconf import Dynaconf, ValidationError, Validator
-
-from jobworker.adapters.kafka.settings import parse_brokers
+from jobworker.adapters.kafka.modes import Ordering, UnreadableBatches
+from jobworker.adapters.kafka.settings import (
+    IsolationLevel,
+    SaslMechanism,
+    SecurityProtocol,
+    parse_brokers,
+    parse_topic,
+)
 from jobworker.domain.errors import ConfigurationError
 from jobworker.entrypoints.config_values import (
     at_most,
-    choice,
     duration_at_least,
     non_negative,
+    one_of,
     parse_address,
     parse_bool,
     parse_duration,
     parse_int,
-    parse_name,
     parse_port,
     parse_size,
     positive,
@@ -41,35 +45,33 @@ from jobworker.entrypoints.settings.declaration import (
     optional,
     setting,
 )
-from jobworker.entrypoints.settings.reading import OWN_PREFIX, SettingValues
-from jobworker.entrypoints.settings.table import markdown_table
-
-# When a setting is needed (dynaconf ``when`` conditions on the parsed values). A choice
-# that could not be read holds none of them (dynaconf would take a missing one for any).
-KAFKA_SOURCE = Validator("JOB_SOURCE", must_exist=True, eq="kafka")
-FILE_SOURCE = Validator("JOB_SOURCE", must_exist=True, eq="file")
-GRPC_SINK = Validator("RESULT_SINK", must_exist=True, eq="grpc")
-FILE_SINK = Validator("RESULT_SINK", must_exist=True, eq="file")
-SASL = KAFKA_SOURCE & Validator(
-    "KAFKA_SECURITY_PROTOCOL", must_exist=True, is_in=["SASL_PLAINTEXT", "SASL_SSL"]
+from jobworker.entrypoints.settings.kafka_tls import ca_bundle, readable_pem
+from jobworker.entrypoints.settings.modes import (
+    JobSourceKind,
+    LogFormat,
+    LogLevel,
+    RefusedResults,
+    ResultSinkKind,
 )
+from jobworker.entrypoints.settings.reading import SettingValues, raise_problems
+from jobworker.entrypoints.settings.rules import (
+    CORE_MESSAGE_LIMIT,
+    FILE_SINK,
+    FILE_SOURCE,
+    GRPC_SINK,
+    KAFKA_SOURCE,
+    SASL,
+    broken_rules,
+)
+from jobworker.entrypoints.settings.table import markdown_table
 
 # A greenlet per pool slot is cheap, but each slot may hold one of the hub's threads
 # (DNS look-ups of HTTP jobs) and a connection: past this, run more worker processes.
 MAX_POOL_SIZE = 10_000
-# Core takes one gRPC message of at most 4 MiB per result; the output shares it with the
-# error text, the metadata and the ids, which the worker caps well below this margin.
-CORE_MESSAGE_LIMIT = 4 * 1024 * 1024
-MAX_OUTPUT_BYTES_FOR_CORE = CORE_MESSAGE_LIMIT - 256 * 1024
 
 
 def _brokers(text: str) -> list[str]:
     return list(parse_brokers(text))
-
-
-def _upper_choice(*allowed: str) -> Callable[[str], str]:
-    lower = choice(*allowed)
-    return lambda text: lower(text).upper()
 
 
 def _client_id(s: Settings) -> str:
@@ -90,13 +92,13 @@ class Settings(SettingValues):
     ``SettingValues``)."""
 
     # -- where jobs come from and results go ------------------------------------------
-    job_source = setting("kafka", "where jobs come from: kafka or file", choice("kafka", "file"))
+    job_source = setting("kafka", "where jobs come from: kafka or file", one_of(JobSourceKind))
     job_file = needed(
         "JSON Lines jobs file when JOB_SOURCE=file (`-` = stdin)",
         FILE_SOURCE,
         readable_file("jobs file"),
     )
-    result_sink = setting("grpc", "where results go: grpc (Core) or file", choice("grpc", "file"))
+    result_sink = setting("grpc", "where results go: grpc (Core) or file", one_of(ResultSinkKind))
     result_file = needed(
         "JSON Lines results file when RESULT_SINK=file (`-` = stdout)",
         FILE_SINK,
@@ -107,18 +109,18 @@ class Settings(SettingValues):
     kafka_brokers = needed(
         "comma-separated bootstrap servers (JOB_SOURCE=kafka)", KAFKA_SOURCE, _brokers
     )
-    kafka_topic = setting("job_requests", "jobs topic", parse_name, empty_means_default=False)
+    kafka_topic = setting("job_requests", "jobs topic", parse_topic, empty_means_default=False)
     kafka_group_id = needed("consumer group (JOB_SOURCE=kafka)", KAFKA_SOURCE, str)
     kafka_dlq_topic = derived(
         "dead-letter topic for poison messages and unreadable batches (`<topic>.dlq`)",
         lambda s: f"{s.kafka_topic}.dlq",
-        parse_name,
+        parse_topic,
         empty_means_default=False,
     )
     kafka_results_dlq_topic = derived(
         "dead-letter topic for results Core refused for good (`<topic>.results.dlq`)",
         lambda s: f"{s.kafka_topic}.results.dlq",
-        parse_name,
+        parse_topic,
         empty_means_default=False,
     )
     kafka_client_id = derived(
@@ -129,16 +131,18 @@ class Settings(SettingValues):
     kafka_security_protocol = setting(
         "PLAINTEXT",
         "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
-        _upper_choice("plaintext", "ssl", "sasl_plaintext", "sasl_ssl"),
+        one_of(SecurityProtocol),
     )
     kafka_sasl_mechanism = optional(
-        "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL)", str, needed_when=SASL
+        "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL)",
+        one_of(SaslMechanism),
+        needed_when=SASL,
     )
     kafka_sasl_username = optional("SASL user name", str)
     kafka_sasl_password = optional("SASL password", str, secret=True)
-    kafka_ssl_cafile = optional("CA bundle to verify the brokers", str)
-    kafka_ssl_certfile = optional("client certificate (mutual TLS)", str)
-    kafka_ssl_keyfile = optional("client key (mutual TLS)", str)
+    kafka_ssl_cafile = optional("CA bundle to verify the brokers", ca_bundle)
+    kafka_ssl_certfile = optional("client certificate (mutual TLS)", readable_pem)
+    kafka_ssl_keyfile = optional("client key (mutual TLS)", readable_pem)
     kafka_max_poll_records = setting("500", "records per poll at most", positive(parse_int))
     kafka_session_timeout = duration(
         "45s",
@@ -171,18 +175,18 @@ class Settings(SettingValues):
     kafka_isolation_level = setting(
         "read_committed",
         "read_committed (skip aborted transactions) or read_uncommitted",
-        choice("read_committed", "read_uncommitted"),
+        one_of(IsolationLevel),
     )
     kafka_unreadable_batches = setting(
         "dead-letter",
         "a batch that cannot be decoded: dead-letter (and move on) or fail (stop the worker)",
-        choice("dead-letter", "fail"),
+        one_of(UnreadableBatches),
     )
     kafka_ordering = setting(
         "none",
         "none (jobs run in any order), key (jobs with the same record key one at a time, in"
         " offset order) or partition (one job at a time per partition)",
-        choice("none", "key", "partition"),
+        one_of(Ordering),
     )
 
     # -- the worker -------------------------------------------------------------------
@@ -233,7 +237,7 @@ class Settings(SettingValues):
     result_refused = setting(
         "dead-letter",
         "a result Core refuses for good: dead-letter (then ack the job) or hold (retry for ever)",
-        choice("dead-letter", "hold"),
+        one_of(RefusedResults),
     )
     result_refused_attempts = setting(
         "3",
@@ -292,10 +296,8 @@ class Settings(SettingValues):
     )
 
     # -- logs and metrics -------------------------------------------------------------
-    log_format = setting("json", "json or text", choice("json", "text"))
-    log_level = setting(
-        "info", "debug, info, warning or error", choice("debug", "info", "warning", "error")
-    )
+    log_format = setting("json", "json or text", one_of(LogFormat))
+    log_level = setting("info", "debug, info, warning or error", one_of(LogLevel))
     metrics_port = setting("0", "Prometheus /metrics, /healthz, /readyz port (0 = off)", parse_port)
     metrics_host = setting("0.0.0.0", "address the metrics server listens on", str)  # noqa: S104
     readiness_broker_timeout = duration(
@@ -336,13 +338,20 @@ class Settings(SettingValues):
         "threads for Pillow (CPU count)", lambda _s: os.cpu_count() or 2, positive(parse_int)
     )
 
+    def validate_for_submit(self) -> None:
+        """Check what ``submit`` uses: the topic and a Kafka client's settings, as a run
+        from Kafka would take them (it sends to Kafka whatever JOB_SOURCE says)."""
+        as_kafka_run = Settings({**self._raw, "JOB_SOURCE": "kafka"}, self._origins)
+        raise_problems([p for p in as_kafka_run.problems() if p.variable in KAFKA_CLIENT])
+
     def unused_prefixes(self) -> tuple[str, ...]:
         """The adapters' variables this run does not use: Kafka's or Core's."""
         unused = []
-        for prefix, selected, wanted in (
-            ("KAFKA_", Settings.job_source, "kafka"),
-            ("GRPC_", Settings.result_sink, "grpc"),
-        ):
+        selectors: tuple[tuple[str, Setting[Any], str], ...] = (
+            ("KAFKA_", Settings.job_source, JobSourceKind.KAFKA),
+            ("GRPC_", Settings.result_sink, ResultSinkKind.GRPC),
+        )
+        for prefix, selected, wanted in selectors:
             try:
                 if self.value_of(selected) != wanted:
                     unused.append(prefix)
@@ -351,69 +360,38 @@ class Settings(SettingValues):
         return tuple(unused)
 
     def broken_rules(self, present: Mapping[str, Any], wrong: set[str]) -> list[ConfigurationError]:
-        """The rules ``present`` (parsed values) breaks; a ``wrong`` one is not missing."""
-        checked = Dynaconf(
-            envvar_prefix=OWN_PREFIX, environments=False, load_dotenv=False, loaders=[]
-        )
-        for name, value in present.items():
-            # Only what the rules compare is handed over as it is (parsed choices and
-            # numbers); the rest as "present": dynaconf would read a text such as
-            # ``@json {`` as a directive of its own.
-            checked.set(name, value if name in _COMPARED else True)
-        for name in wrong - _COMPARED:
-            checked.set(name, True)
-        checked.validators.register(*_RULES)
-        broken = []
-        try:
-            checked.validators.validate_all()
-        except ValidationError as error:
-            broken = [
-                ConfigurationError(validator.names[0], message.partition(": ")[2])
-                for validator, message in error.details
-            ]
-        results_dlq = present.get("KAFKA_RESULTS_DLQ_TOPIC")
-        if present.get("JOB_SOURCE") == "kafka" and results_dlq in {
-            present.get("KAFKA_TOPIC"),
-            present.get("KAFKA_DLQ_TOPIC"),
-        } - {None}:
-            broken.append(
-                ConfigurationError(
-                    "KAFKA_RESULTS_DLQ_TOPIC",
-                    f"{results_dlq!r} must differ from KAFKA_TOPIC and KAFKA_DLQ_TOPIC",
-                )
-            )
-        return broken
+        """The rules between settings (``rules``) that ``present`` breaks."""
+        return broken_rules(self.declared, present, wrong)
 
 
 SETTINGS: list[Setting[Any]] = Settings.declared
 
+
 # The rules between settings that dynaconf checks on the parsed values: what a selected
 # adapter needs, and Core's message limit.
-_RULES: list[Validator] = [
-    Validator(
-        entry.name,
-        must_exist=True,
-        when=entry.needed_when,
-        messages={"must_exist_true": f"{{name}}: {entry.required()}"},
+# What ``submit`` reads: the jobs topic and what every Kafka client takes
+# (``container.kafka_client_settings``).
+KAFKA_CLIENT = frozenset(
+    entry.name
+    for entry in (
+        Settings.kafka_topic,
+        Settings.kafka_brokers,
+        Settings.kafka_client_id,
+        Settings.kafka_security_protocol,
+        Settings.kafka_sasl_mechanism,
+        Settings.kafka_sasl_username,
+        Settings.kafka_sasl_password,
+        Settings.kafka_ssl_cafile,
+        Settings.kafka_ssl_certfile,
+        Settings.kafka_ssl_keyfile,
+        Settings.kafka_session_timeout,
+        Settings.kafka_max_poll_records,
+        Settings.kafka_max_poll_interval,
+        Settings.kafka_isolation_level,
+        Settings.kafka_max_partition_fetch_bytes,
+        Settings.kafka_fetch_max_bytes,
     )
-    for entry in SETTINGS
-    if entry.needed_when is not None
-] + [
-    Validator(
-        "MAX_OUTPUT_BYTES",
-        lte=MAX_OUTPUT_BYTES_FOR_CORE,
-        when=GRPC_SINK,
-        messages={
-            "operations": "{name}: {value} bytes is more than Core can take: a result travels"
-            f" in one gRPC message of at most {CORE_MESSAGE_LIMIT} bytes, so outputs may be"
-            f" {MAX_OUTPUT_BYTES_FOR_CORE} bytes (3840KiB) at most"
-        },
-    )
-]
-
-
-# The settings whose values the rules above compare (all parsed: choices and a size).
-_COMPARED = {"JOB_SOURCE", "RESULT_SINK", "KAFKA_SECURITY_PROTOCOL", "MAX_OUTPUT_BYTES"}
+)
 
 
 def settings_table() -> str:

@@ -163,11 +163,7 @@ class SettingValues:
         Raises the ``ConfigurationError`` of the one problem, or ``ConfigurationErrors``
         with every one of several.
         """
-        problems = self.problems()
-        if len(problems) == 1:
-            raise problems[0]
-        if problems:
-            raise ConfigurationErrors(problems)
+        raise_problems(self.problems())
 
     def problems(self) -> list[ConfigurationError]:
         """Every problem of the settings this run uses, each naming its variable: the
@@ -213,3 +209,11 @@ class SettingValues:
 
 
 S = TypeVar("S", bound=SettingValues)
+
+
+def raise_problems(problems: list[ConfigurationError]) -> None:
+    """Raises the one problem, or ``ConfigurationErrors`` with every one of several."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ConfigurationErrors(problems)

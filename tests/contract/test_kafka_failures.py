@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ from structlog.testing import capture_logs
 
 from jobworker.adapters.kafka import KafkaClientSettings, KafkaJobSource
 from jobworker.adapters.kafka.refusals import fatal_error_message
-from jobworker.domain.errors import ConfigurationError, SourceFailed
+from jobworker.domain.errors import SourceFailed
 from jobworker.domain.model import Job
 from tests.contract.conftest import JobsTopic
 from tests.support.kafka import (
@@ -99,18 +98,6 @@ def test_refusals_retrying_cannot_fix_are_fatal_and_name_the_setting(
     assert message is not None
     assert type(error).__name__ in message
     assert variable in message
-
-
-def test_a_missing_tls_file_is_a_configuration_error_not_a_connection_retry(
-    kafka_servers: str, tmp_path: Path
-) -> None:
-    with pytest.raises(ConfigurationError) as missing:
-        KafkaClientSettings(
-            [kafka_servers], security_protocol="SSL", ssl_cafile=str(tmp_path / "ca.pem")
-        )
-
-    assert missing.value.variable == "KAFKA_SSL_CAFILE"
-    assert "No such file" in missing.value.problem
 
 
 def _colliding_topic(servers: str) -> str:

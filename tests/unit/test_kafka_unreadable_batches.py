@@ -9,7 +9,6 @@ from kafka.record.memory_records import MemoryRecordsBuilder
 from jobworker.adapters.kafka.dlq import MAX_BATCH_BYTES, unreadable_batch_message
 from jobworker.adapters.kafka.quirks import UnreadableBatch, _batch_holding
 from jobworker.adapters.kafka.settings import KafkaClientSettings
-from jobworker.domain.errors import ConfigurationError
 
 
 def batch_bytes(base_offset: int, count: int, compression: int = 0) -> bytes:
@@ -70,10 +69,3 @@ def test_the_isolation_level_defaults_to_read_committed_and_reaches_the_consumer
     )
     uncommitted = KafkaClientSettings(["k:9092"], isolation_level="read_uncommitted")
     assert uncommitted.consumer_kwargs()["isolation_level"] == "read_uncommitted"
-
-
-def test_an_unknown_isolation_level_names_its_variable() -> None:
-    with pytest.raises(ConfigurationError) as error:
-        KafkaClientSettings(["k:9092"], isolation_level="committed")
-
-    assert error.value.variable == "KAFKA_ISOLATION_LEVEL"

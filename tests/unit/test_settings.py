@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from jobworker.adapters.kafka.modes import Ordering
+from jobworker.adapters.kafka.settings import KafkaClientSettings, SecurityProtocol
 from jobworker.domain.errors import ConfigurationError
 from jobworker.entrypoints.config_values import parse_duration, parse_size, with_unit
 from jobworker.entrypoints.settings import (
@@ -16,6 +18,7 @@ from jobworker.entrypoints.settings import (
     Settings,
     settings_table,
 )
+from jobworker.entrypoints.settings.modes import JobSourceKind
 from jobworker.entrypoints.unknown_variables import OUR_PREFIXES
 
 KAFKA_RUN = {
@@ -391,11 +394,11 @@ def test_unrelated_variables_never_upset_loading(monkeypatch: pytest.MonkeyPatch
 
 def test_values_that_look_like_dynaconf_directives_are_plain_text() -> None:
     settings = Settings(
-        KAFKA_RUN | {"KAFKA_GROUP_ID": "@json {", "KAFKA_TOPIC": "@format {this.x}"}
+        KAFKA_RUN | {"KAFKA_GROUP_ID": "@json {", "KAFKA_CLIENT_ID": "@format {this.x}"}
     )
     settings.validate_for_run()
     assert settings.kafka_group_id == "@json {"
-    assert settings.kafka_dlq_topic == "@format {this.x}.dlq"
+    assert settings.kafka_client_id == "@format {this.x}"
 
 
 @pytest.mark.parametrize(
@@ -458,3 +461,102 @@ def test_others_variables_and_our_settings_are_no_warning(name: str) -> None:
 
 def test_every_setting_has_one_of_the_prefixes_checked_for_misspellings() -> None:
     assert all(entry.name.startswith(OUR_PREFIXES) for entry in SETTINGS)
+
+
+# -- one place checks them: the adapters take the values as valid -----------------------
+
+
+def test_modes_are_enums_equal_to_their_words() -> None:
+    settings = Settings(KAFKA_RUN | {"KAFKA_SECURITY_PROTOCOL": "ssl", "KAFKA_ORDERING": "KEY"})
+    settings.validate_for_run()
+    assert settings.kafka_security_protocol is SecurityProtocol.SSL
+    assert settings.kafka_security_protocol == "SSL"
+    assert settings.kafka_ordering is Ordering.KEY
+    assert settings.job_source is JobSourceKind.KAFKA
+    assert settings.log_format == "json"
+
+
+def test_the_kafka_clients_defaults_agree_with_the_settings() -> None:
+    settings = Settings(KAFKA_RUN)
+    client = KafkaClientSettings(["k1:9092"])
+    assert client.security_protocol == settings.kafka_security_protocol
+    assert client.session_timeout_ms == settings.kafka_session_timeout * 1000
+    assert client.max_poll_interval_ms == settings.kafka_max_poll_interval * 1000
+    assert client.max_poll_records == settings.kafka_max_poll_records
+    assert client.isolation_level == settings.kafka_isolation_level
+    assert client.max_partition_fetch_bytes == settings.kafka_max_partition_fetch_bytes
+    assert client.fetch_max_bytes == settings.kafka_fetch_max_bytes
+
+
+@pytest.mark.parametrize("protocol", ["SASL_SSL", "SASL_PLAINTEXT"])
+def test_sasl_needs_its_mechanism_and_credentials(protocol: str) -> None:
+    settings = Settings(KAFKA_RUN | {"KAFKA_SECURITY_PROTOCOL": protocol})
+    assert [str(p) for p in settings.problems()] == [
+        "KAFKA_SASL_MECHANISM: is required (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL))",
+        f"KAFKA_SASL_USERNAME: is required by {protocol}",
+        f"KAFKA_SASL_PASSWORD: is required by {protocol}",
+    ]
+
+
+def test_an_unknown_sasl_mechanism_is_named() -> None:
+    with pytest.raises(ConfigurationError, match="'SCRAM' is not one of plain, scram-sha-256"):
+        Settings(KAFKA_RUN | {"KAFKA_SASL_MECHANISM": "SCRAM"}).validate_for_run()
+
+
+def test_a_missing_tls_file_is_a_configuration_error_not_a_connection_retry(
+    tmp_path: Path,
+) -> None:
+    ca = tmp_path / "ca.pem"
+    settings = Settings(KAFKA_RUN | {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": str(ca)})
+    [missing] = settings.problems()
+    assert missing.variable == "KAFKA_SSL_CAFILE"
+    assert missing.problem == f"cannot use {str(ca)!r}: No such file or directory"
+    ca.write_text("not a certificate\n")
+    [unusable] = Settings(KAFKA_RUN | {"KAFKA_SSL_CAFILE": str(ca)}).problems()[:1]
+    assert unusable.variable == "KAFKA_SSL_CAFILE"
+    assert "no PEM certificates" in unusable.problem
+
+
+def test_tls_files_need_a_tls_protocol_and_a_key_its_certificate(tmp_path: Path) -> None:
+    key = tmp_path / "client.key"
+    key.write_text("not a key\n")
+    settings = Settings(KAFKA_RUN | {"KAFKA_SSL_KEYFILE": str(key)})
+    assert [str(p) for p in settings.problems()] == [
+        "KAFKA_SSL_CERTFILE: is required with KAFKA_SSL_KEYFILE"
+    ]
+    cert = tmp_path / "client.pem"
+    cert.write_text("not a certificate\n")
+    settings = Settings(KAFKA_RUN | {"KAFKA_SSL_CERTFILE": str(cert)})
+    assert [p.variable for p in settings.problems()] == [
+        "KAFKA_SECURITY_PROTOCOL",
+        "KAFKA_SSL_CERTFILE",
+    ]
+    assert "is PLAINTEXT, so the KAFKA_SSL_* files would be ignored" in str(settings.problems()[0])
+    assert "no usable certificate and private key" in str(settings.problems()[1])
+
+
+@pytest.mark.parametrize(
+    ("values", "variable", "message"),
+    [
+        ({"KAFKA_TOPIC": "jobs and more"}, "KAFKA_TOPIC", "is illegal, it contains a character"),
+        ({"KAFKA_DLQ_TOPIC": ".."}, "KAFKA_DLQ_TOPIC", 'cannot be "." or ".."'),
+        ({"KAFKA_DLQ_TOPIC": "job_requests"}, "KAFKA_DLQ_TOPIC", "must differ from KAFKA_TOPIC"),
+    ],
+)
+def test_topics_follow_kafkas_rules(values: dict[str, str], variable: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)) as caught:
+        Settings(KAFKA_RUN | values).validate_for_run()
+    assert caught.value.variable == variable
+
+
+def test_submit_checks_what_a_kafka_client_takes_whatever_the_source() -> None:
+    file_run = {"JOB_SOURCE": "file", "KAFKA_BROKERS": "k1:9092"}
+    Settings(file_run).validate_for_submit()  # no group, no Core: submit needs neither
+    secured = Settings(file_run | {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"})
+    with pytest.raises(ConfigurationErrors) as caught:
+        secured.validate_for_submit()
+    assert [p.variable for p in caught.value.errors] == [
+        "KAFKA_SASL_MECHANISM",
+        "KAFKA_SASL_USERNAME",
+        "KAFKA_SASL_PASSWORD",
+    ]

@@ -1,0 +1,138 @@
+"""The rules between settings: when a setting is required, what the Kafka client's
+security needs, Core's message limit, and the topics and TLS files that must agree.
+
+dynaconf's Validators check them on the parsed values; the few that compare two values
+in a way a Validator cannot say are plain code below them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from dynaconf import Dynaconf, ValidationError, Validator
+
+from jobworker.adapters.kafka.settings import SecurityProtocol
+from jobworker.domain.errors import ConfigurationError
+from jobworker.entrypoints.settings.declaration import Setting
+from jobworker.entrypoints.settings.kafka_tls import key_pair_problem
+from jobworker.entrypoints.settings.reading import OWN_PREFIX
+
+# When a setting is needed (dynaconf ``when`` conditions on the parsed values). A choice
+# that could not be read holds none of them (dynaconf would take a missing one for any).
+KAFKA_SOURCE = Validator("JOB_SOURCE", must_exist=True, eq="kafka")
+FILE_SOURCE = Validator("JOB_SOURCE", must_exist=True, eq="file")
+GRPC_SINK = Validator("RESULT_SINK", must_exist=True, eq="grpc")
+FILE_SINK = Validator("RESULT_SINK", must_exist=True, eq="file")
+_SASL_PROTOCOLS = [p for p in SecurityProtocol if p.uses_sasl]
+SASL = KAFKA_SOURCE & Validator("KAFKA_SECURITY_PROTOCOL", must_exist=True, is_in=_SASL_PROTOCOLS)
+
+# Core takes one gRPC message of at most 4 MiB per result; the output shares it with the
+# error text, the metadata and the ids, which the worker caps well below this margin.
+CORE_MESSAGE_LIMIT = 4 * 1024 * 1024
+MAX_OUTPUT_BYTES_FOR_CORE = CORE_MESSAGE_LIMIT - 256 * 1024
+
+_TLS_FILES = Validator("KAFKA_SSL_CAFILE", must_exist=True) | Validator(
+    "KAFKA_SSL_CERTFILE", must_exist=True
+)
+_TLS_PROTOCOLS = [p for p in SecurityProtocol if p.uses_tls]
+
+_BETWEEN: list[Validator] = [
+    *(
+        Validator(
+            credential,
+            must_exist=True,
+            when=KAFKA_SOURCE & Validator("KAFKA_SECURITY_PROTOCOL", must_exist=True, eq=protocol),
+            messages={"must_exist_true": f"{{name}}: is required by {protocol}"},
+        )
+        for protocol in _SASL_PROTOCOLS
+        for credential in ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD")
+    ),
+    Validator(
+        "KAFKA_SSL_CERTFILE",
+        must_exist=True,
+        when=KAFKA_SOURCE & Validator("KAFKA_SSL_KEYFILE", must_exist=True),
+        messages={"must_exist_true": "{name}: is required with KAFKA_SSL_KEYFILE"},
+    ),
+    Validator(
+        "KAFKA_SECURITY_PROTOCOL",
+        is_in=_TLS_PROTOCOLS,
+        when=KAFKA_SOURCE & _TLS_FILES,
+        messages={
+            "operations": "{name}: is {value}, so the KAFKA_SSL_* files would be ignored"
+            " (use SSL or SASL_SSL)"
+        },
+    ),
+    Validator(
+        "MAX_OUTPUT_BYTES",
+        lte=MAX_OUTPUT_BYTES_FOR_CORE,
+        when=GRPC_SINK,
+        messages={
+            "operations": "{name}: {value} bytes is more than Core can take: a result travels"
+            f" in one gRPC message of at most {CORE_MESSAGE_LIMIT} bytes, so outputs may be"
+            f" {MAX_OUTPUT_BYTES_FOR_CORE} bytes (3840KiB) at most"
+        },
+    ),
+]
+
+# The settings whose values the rules compare (all parsed: choices and a size).
+_COMPARED = {"JOB_SOURCE", "RESULT_SINK", "KAFKA_SECURITY_PROTOCOL", "MAX_OUTPUT_BYTES"}
+
+
+def broken_rules(
+    declared: Iterable[Setting[Any]], present: Mapping[str, Any], wrong: set[str]
+) -> list[ConfigurationError]:
+    """The rules ``present`` (parsed values) breaks; a ``wrong`` one is not missing."""
+    checked = Dynaconf(envvar_prefix=OWN_PREFIX, environments=False, load_dotenv=False, loaders=[])
+    for name, value in present.items():
+        # Only what the rules compare is handed over as it is (parsed choices and
+        # numbers); the rest as "present": dynaconf would read a text such as
+        # ``@json {`` as a directive of its own.
+        checked.set(name, value if name in _COMPARED else True)
+    for name in wrong - _COMPARED:
+        checked.set(name, True)
+    checked.validators.register(*_required(declared), *_BETWEEN)
+    broken = []
+    try:
+        checked.validators.validate_all()
+    except ValidationError as error:
+        broken = [
+            ConfigurationError(validator.names[0], message.partition(": ")[2])
+            for validator, message in error.details
+        ]
+    if present.get("JOB_SOURCE") == "kafka":
+        broken += _kafka_rules(present, wrong)
+    return broken
+
+
+def _required(declared: Iterable[Setting[Any]]) -> list[Validator]:
+    return [
+        Validator(
+            entry.name,
+            must_exist=True,
+            when=entry.needed_when,
+            messages={"must_exist_true": f"{{name}}: {entry.required()}"},
+        )
+        for entry in declared
+        if entry.needed_when is not None
+    ]
+
+
+def _kafka_rules(present: Mapping[str, Any], wrong: set[str]) -> list[ConfigurationError]:
+    broken = []
+    topic, dlq = present.get("KAFKA_TOPIC"), present.get("KAFKA_DLQ_TOPIC")
+    if dlq is not None and dlq == topic:
+        broken.append(ConfigurationError("KAFKA_DLQ_TOPIC", "must differ from KAFKA_TOPIC"))
+    results_dlq = present.get("KAFKA_RESULTS_DLQ_TOPIC")
+    if results_dlq in {topic, dlq} - {None}:
+        broken.append(
+            ConfigurationError(
+                "KAFKA_RESULTS_DLQ_TOPIC",
+                f"{results_dlq!r} must differ from KAFKA_TOPIC and KAFKA_DLQ_TOPIC",
+            )
+        )
+    certfile, keyfile = present.get("KAFKA_SSL_CERTFILE"), present.get("KAFKA_SSL_KEYFILE")
+    readable = not {"KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"} & wrong
+    if certfile is not None and readable and (problem := key_pair_problem(certfile, keyfile)):
+        broken.append(problem)
+    return broken
