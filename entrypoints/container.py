@@ -29,10 +29,12 @@ from jobworker.adapters.file.refused import FileRefusedResultStore
 from jobworker.adapters.file.source import JobFileError
 from jobworker.adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
 from jobworker.adapters.kafka.lag import BrokerOffsetsMonitor, GroupOffsetsProbe
+from jobworker.adapters.kafka.log_noise import first_error, held_back_connection_errors
 from jobworker.adapters.kafka.modes import Ordering, UnreadableBatches
 from jobworker.adapters.kafka.refused_results import KafkaRefusedResultStore
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.adapters.kafka.source import KafkaJobSource
+from jobworker.adapters.observability.job_log import LoggingJobObserver
 from jobworker.adapters.observability.metrics import (
     PrometheusJobObserver,
     ResultSendRetries,
@@ -48,8 +50,6 @@ from jobworker.domain.errors import ConfigurationError
 from jobworker.domain.model import JobType
 from jobworker.domain.ports import Executor, JobObserver, ResultSink
 from jobworker.entrypoints.exit_codes import ServiceUnavailable
-from jobworker.entrypoints.logging_setup import first_error, held_back_connection_errors
-from jobworker.entrypoints.observers import LoggingJobObserver
 from jobworker.entrypoints.settings import Settings
 
 kafka_log = structlog.get_logger("jobworker.kafka")

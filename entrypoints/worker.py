@@ -14,6 +14,7 @@ from gevent.event import Event
 
 from jobworker.adapters.file.source import FileJobSource
 from jobworker.adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
+from jobworker.adapters.kafka.log_noise import held_back_connection_errors
 from jobworker.adapters.observability.http_server import ObservabilityServer
 from jobworker.application.engine import StopReport, WorkerEngine
 from jobworker.domain.errors import ConfigurationError, JobWorkerError, SourceFailed
@@ -25,7 +26,7 @@ from jobworker.entrypoints.exit_codes import (
     ServiceUnavailable,
 )
 from jobworker.entrypoints.gc_tuning import settle_heap
-from jobworker.entrypoints.logging_setup import held_back_connection_errors, say_after_logs
+from jobworker.entrypoints.logging_setup import say_after_logs
 from jobworker.entrypoints.observability import start_observability_server
 from jobworker.entrypoints.settings import Settings
 

@@ -16,30 +16,26 @@ from kafka.errors import CoordinatorNotAvailableError, NotCoordinatorError
 from structlog.typing import EventDict
 
 from jobworker.adapters.executors import HttpExecutor, SafeHttpClient
+from jobworker.adapters.kafka.log_noise import KafkaNoteAloneIsNoNews
 from jobworker.adapters.memory import InMemoryJobSource, InMemoryResultSink
+from jobworker.adapters.observability.job_log import LoggingJobObserver
 from jobworker.application.engine import EngineConfig, WorkerEngine
 from jobworker.application.registry import ExecutorRegistry
 from jobworker.domain.model import Job, JobStatus, JobType
-from jobworker.entrypoints.logging_setup import (
-    MAX_FIELD_CHARS,
-    MAX_TRACEBACK_CHARS,
-    BatchedLineHandler,
-    FieldCap,
-    KafkaNoteAloneIsNoNews,
-    configure_logging,
-    flush_logs,
-)
-from jobworker.entrypoints.observers import LoggingJobObserver
+from jobworker.entrypoints.log_batching import BatchedLineHandler
+from jobworker.entrypoints.log_processors import MAX_FIELD_CHARS, MAX_TRACEBACK_CHARS, FieldCap
+from jobworker.entrypoints.logging_setup import configure_logging, flush_logs
 
 KB = 1000
 # A line holds several fields, each capped; this bounds a line with a few long ones.
 MAX_LINE_CHARS = 4 * MAX_FIELD_CHARS + MAX_TRACEBACK_CHARS
 
 ReadLines = Callable[[], list[str]]
+Configure = Callable[..., ReadLines]
 
 
 @pytest.fixture
-def logged(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[str], ReadLines]]:
+def logged(capsys: pytest.CaptureFixture[str]) -> Iterator[Configure]:
     """Configure logging in a format onto the captured stderr; undone afterwards."""
     root = logging.getLogger()
     saved_root = (root.handlers[:], root.level)
@@ -48,8 +44,8 @@ def logged(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[str], ReadL
     saved_levels = [logger.level for logger in named]
     saved_flags = (logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
 
-    def configure(fmt: str) -> ReadLines:
-        configure_logging(fmt, "debug")
+    def configure(fmt: str, level: str = "debug") -> ReadLines:
+        configure_logging(fmt, level)
 
         def read() -> list[str]:
             flush_logs()  # INFO lines wait for a batch (BatchedLineHandler)
@@ -69,7 +65,7 @@ def logged(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[str], ReadL
     logging.logThreads, logging.logProcesses, logging.logMultiprocessing = saved_flags
 
 
-def test_a_long_field_is_cut_and_marked_in_json(logged: Callable[[str], ReadLines]) -> None:
+def test_a_long_field_is_cut_and_marked_in_json(logged: Configure) -> None:
     read = logged("json")
 
     structlog.get_logger("t").info("long", url="u" * 900 * KB, short="kept", count=3)
@@ -82,7 +78,7 @@ def test_a_long_field_is_cut_and_marked_in_json(logged: Callable[[str], ReadLine
 
 
 def test_library_records_and_their_tracebacks_are_cut_too(
-    logged: Callable[[str], ReadLines],
+    logged: Configure,
 ) -> None:
     read = logged("json")
 
@@ -102,7 +98,7 @@ def test_library_records_and_their_tracebacks_are_cut_too(
     assert len(event["exception"]) <= MAX_TRACEBACK_CHARS + 30
 
 
-def test_the_text_format_is_capped_as_well(logged: Callable[[str], ReadLines]) -> None:
+def test_the_text_format_is_capped_as_well(logged: Configure) -> None:
     read = logged("text")
 
     try:
@@ -117,7 +113,7 @@ def test_the_text_format_is_capped_as_well(logged: Callable[[str], ReadLines]) -
 
 
 def test_a_job_with_a_900_kb_url_or_id_leaves_only_short_log_lines(
-    logged: Callable[[str], ReadLines],
+    logged: Configure,
 ) -> None:
     read = logged("json")
     # Loopback URLs: refused before any connection, whatever else the worker checks.
@@ -161,9 +157,8 @@ def test_values_are_measured_by_their_repr() -> None:
     assert capped["items"] == "[0, 1, 2, …[cut 380 chars]"
 
 
-def test_a_line_below_the_level_runs_no_processor(logged: Callable[[str], ReadLines]) -> None:
-    read = logged("json")
-    logging.getLogger().setLevel(logging.WARNING)
+def test_a_line_below_the_level_runs_no_processor(logged: Configure) -> None:
+    read = logged("json", "warning")
     seen: list[str] = []
 
     def spy(logger: object, method_name: str, event_dict: EventDict) -> EventDict:
@@ -182,7 +177,7 @@ def test_a_line_below_the_level_runs_no_processor(logged: Callable[[str], ReadLi
 
 
 def test_per_logger_levels_apply_to_structlog_lines_too(
-    logged: Callable[[str], ReadLines],
+    logged: Configure,
 ) -> None:
     read = logged("json")
 
@@ -193,7 +188,7 @@ def test_per_logger_levels_apply_to_structlog_lines_too(
     assert [json.loads(line)["event"] for line in read()] == ["worth reading", "debug is on"]
 
 
-def test_a_line_is_rendered_once_with_the_usual_fields(logged: Callable[[str], ReadLines]) -> None:
+def test_a_line_is_rendered_once_with_the_usual_fields(logged: Configure) -> None:
     read = logged("json")
 
     try:
@@ -211,7 +206,7 @@ def test_a_line_is_rendered_once_with_the_usual_fields(logged: Callable[[str], R
 
 
 def test_what_an_executor_logs_during_a_job_carries_the_job_and_nothing_after(
-    logged: Callable[[str], ReadLines],
+    logged: Configure,
 ) -> None:
     read = logged("json")
 
@@ -253,7 +248,7 @@ class Unprintable:
         raise AssertionError("a line below the level was rendered")
 
 
-def test_text_logs_show_enum_names_not_reprs(logged: Callable[[str], ReadLines]) -> None:
+def test_text_logs_show_enum_names_not_reprs(logged: Configure) -> None:
     read = logged("text")
 
     structlog.get_logger("t").info(
@@ -271,7 +266,7 @@ def test_text_logs_show_enum_names_not_reprs(logged: Callable[[str], ReadLines])
 
 
 def test_kafka_pythons_slow_listener_warning_is_dropped_for_our_listener_only(
-    logged: Callable[[str], ReadLines],
+    logged: Configure,
 ) -> None:
     read = logged("json")
     coordinator = logging.getLogger("kafka.coordinator.consumer")
@@ -285,7 +280,7 @@ def test_kafka_pythons_slow_listener_warning_is_dropped_for_our_listener_only(
 
 
 def test_kafka_pythons_note_of_an_auto_created_topic_is_dropped_when_alone(
-    logged: Callable[[str], ReadLines],
+    logged: Configure,
 ) -> None:
     read = logged("json")
     cluster = logging.getLogger("kafka.cluster")
@@ -316,7 +311,7 @@ def test_a_kafka_note_alone_again_after_a_minute_is_dropped_again() -> None:
 
 
 def test_kafka_pythons_note_of_a_moved_coordinator_is_dropped_when_alone(
-    logged: Callable[[str], ReadLines],
+    logged: Configure,
 ) -> None:
     read = logged("json")
     base = logging.getLogger("kafka.coordinator.base")
@@ -339,44 +334,44 @@ def _record(level: int, message: str) -> logging.LogRecord:
 
 
 def test_info_lines_are_written_together_and_a_warning_takes_them_along() -> None:
-    stream = io.StringIO()
+    stream = io.BytesIO()
     handler = BatchedLineHandler(stream, flush_interval_s=60)
     try:
         handler.handle(_record(logging.INFO, "one"))
         handler.handle(_record(logging.INFO, "two"))
-        assert stream.getvalue() == ""  # waiting for the batch
+        assert stream.getvalue() == b""  # waiting for the batch
 
         handler.handle(_record(logging.WARNING, "three"))
 
-        assert stream.getvalue() == "one\ntwo\nthree\n"
+        assert stream.getvalue() == b"one\ntwo\nthree\n"
     finally:
         handler.close()
 
 
 def test_a_waiting_line_is_written_within_the_interval_without_more_logging() -> None:
-    stream = io.StringIO()
+    stream = io.BytesIO()
     handler = BatchedLineHandler(stream, flush_interval_s=0.01)
     try:
         handler.handle(_record(logging.INFO, "alone"))
         with gevent.Timeout(5):
             while not stream.getvalue():
                 gevent.sleep(0.01)
-        assert stream.getvalue() == "alone\n"
+        assert stream.getvalue() == b"alone\n"
     finally:
         handler.close()
 
 
 def test_closing_writes_what_waits() -> None:
-    stream = io.StringIO()
+    stream = io.BytesIO()
     handler = BatchedLineHandler(stream, flush_interval_s=60)
     handler.handle(_record(logging.INFO, "last words"))
 
     handler.close()
 
-    assert stream.getvalue() == "last words\n"
+    assert stream.getvalue() == b"last words\n"
 
 
-def test_json_lines_take_what_orjson_refuses(logged: Callable[[str], ReadLines]) -> None:
+def test_json_lines_take_what_orjson_refuses(logged: Configure) -> None:
     read = logged("json")
 
     structlog.get_logger("t").info("big", number=2**70, parts={1: "a"}, thing=Unprintable)
@@ -391,10 +386,10 @@ def test_json_lines_take_what_orjson_refuses(logged: Callable[[str], ReadLines])
 def test_a_batch_is_written_in_whole_lines_of_at_most_a_pipe_buffer() -> None:
     writes: list[str] = []
 
-    class Recorder(io.StringIO):
-        def write(self, text: str) -> int:
-            writes.append(text)
-            return len(text)
+    class Recorder(io.BytesIO):
+        def write(self, data: bytes) -> int:  # type: ignore[override]
+            writes.append(data.decode())
+            return len(data)
 
     handler = BatchedLineHandler(Recorder(), flush_interval_s=60)
     lines = [f"line {n} " + "x" * 300 for n in range(40)] + ["é" * 3000, "last"]
@@ -430,7 +425,7 @@ def records_beside_ours() -> Iterator[list[logging.LogRecord]]:
 
 
 def test_a_handler_attached_beside_ours_still_gets_every_line(
-    logged: Callable[[str], ReadLines],
+    logged: Configure,
 ) -> None:
     read = logged("json")
 
@@ -444,7 +439,7 @@ def test_a_handler_attached_beside_ours_still_gets_every_line(
     assert record.levelno == logging.INFO
 
 
-def test_a_filter_on_a_logger_still_sees_our_lines(logged: Callable[[str], ReadLines]) -> None:
+def test_a_filter_on_a_logger_still_sees_our_lines(logged: Configure) -> None:
     read = logged("json")
 
     class DropSecrets(logging.Filter):
@@ -464,7 +459,7 @@ def test_a_filter_on_a_logger_still_sees_our_lines(logged: Callable[[str], ReadL
 
 
 def test_our_error_lines_skip_the_batch_on_the_direct_path(
-    logged: Callable[[str], ReadLines], capsys: pytest.CaptureFixture[str]
+    logged: Configure, capsys: pytest.CaptureFixture[str]
 ) -> None:
     logged("json")
     structlog.get_logger("jobworker.t").info("first")
@@ -477,7 +472,7 @@ def test_our_error_lines_skip_the_batch_on_the_direct_path(
 
 
 def test_a_stream_that_cannot_be_written_costs_lines_not_the_caller() -> None:
-    stream = io.StringIO()
+    stream = io.BytesIO()
     handler = BatchedLineHandler(stream, flush_interval_s=60)
     stream.close()
     try:
@@ -489,7 +484,7 @@ def test_a_stream_that_cannot_be_written_costs_lines_not_the_caller() -> None:
 
 
 def test_a_handler_beside_ours_gets_the_exception_with_an_error_line(
-    logged: Callable[[str], ReadLines],
+    logged: Configure,
 ) -> None:
     read = logged("json")
 

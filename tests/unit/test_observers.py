@@ -2,9 +2,8 @@ from __future__ import annotations
 
 from structlog.testing import capture_logs
 
+from jobworker.adapters.observability.job_log import LoggingJobObserver, current_job_fields
 from jobworker.domain.model import Job, JobResult, JobStatus
-from jobworker.entrypoints.logging_setup import current_job_fields
-from jobworker.entrypoints.observers import LoggingJobObserver
 
 JOB = Job(id="j-1", type="SLEEP")
 

@@ -1,17 +1,52 @@
-"""The logging job observer: one summary line per finished job."""
+"""The job's log: one summary line per finished job, and the job's fields on every line
+logged while it runs (the logging setup merges them in with ``add_job_fields``)."""
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping, MutableMapping
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
 
 from jobworker.domain.model import Job, JobResult, JobStatus
-from jobworker.entrypoints.logging_setup import bind_job_fields, clear_job_fields
 
 _JOBS_LOGGER = "jobworker.jobs"
+
+# The fields of the job the current greenlet runs: one context variable set once per
+# attempt, because binding three of structlog's contextvars per job, and clearing them
+# (which walks a copy of the whole context), cost more than the job's own log line.
+_job_fields: ContextVar[Mapping[str, Any] | None] = ContextVar("jobworker_job", default=None)
+
+
+def bind_job_fields(fields: Mapping[str, Any]) -> None:
+    """Add ``fields`` to every line logged in this greenlet until ``clear_job_fields``.
+
+    Fields given to the log call itself win over these.
+    """
+    _job_fields.set(fields)
+
+
+def clear_job_fields() -> None:
+    _job_fields.set(None)
+
+
+def current_job_fields() -> Mapping[str, Any]:
+    """The job fields bound in this greenlet (empty when none)."""
+    return _job_fields.get() or {}
+
+
+def add_job_fields(
+    _logger: Any, _method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A processor: the fields of ``bind_job_fields``, behind the event's own."""
+    fields = _job_fields.get()
+    if fields:
+        for key, value in fields.items():
+            event_dict.setdefault(key, value)
+    return event_dict
 
 
 class LoggingJobObserver:
@@ -42,14 +77,14 @@ class LoggingJobObserver:
         self.finished_by_status[status_name] += 1
         extra: dict[str, str] = {}
         if not self._resolved:
-            # structlog's lazy logger looks its bound logger up on every call (0.5 µs a
-            # job); this is the same lookup done once, as cache_logger_on_first_use does.
+            # structlog's lazy logger looks its bound logger up on every call; this is
+            # the same lookup done once, as cache_logger_on_first_use does.
             self._log, self._resolved = self._log.bind(), True
         if status is not JobStatus.SUCCEEDED:
             log = self._log.warning
             extra["error"] = result.error
-        # Asked before the fields are gathered and structlog's lazy logger is resolved:
-        # a filtered-out line cost 2.1 µs per job, now 0.6.
+        # Asked before the fields are gathered: a line filtered out costs next to nothing
+        # (docs/benchmarks.md).
         elif self._jobs_logger.isEnabledFor(logging.INFO):
             log = self._log.info
         else:
