@@ -341,10 +341,10 @@ class Settings(SettingValues):
     def validate_for_submit(self) -> None:
         """Check what ``submit`` uses: the topic and a Kafka client's settings, as a run
         from Kafka would take them (it sends to Kafka whatever JOB_SOURCE says)."""
-        as_kafka_run = Settings({**self._raw, "JOB_SOURCE": "kafka"}, self._origins)
-        raise_problems([p for p in as_kafka_run.problems() if p.variable in KAFKA_CLIENT])
+        problems = self.problems({"JOB_SOURCE": JobSourceKind.KAFKA})
+        raise_problems([p for p in problems if p.variable in KAFKA_CLIENT])
 
-    def unused_prefixes(self) -> tuple[str, ...]:
+    def unused_prefixes(self, chosen: Mapping[str, Any]) -> tuple[str, ...]:
         """The adapters' variables this run does not use: Kafka's or Core's."""
         unused = []
         selectors: tuple[tuple[str, Setting[Any], str], ...] = (
@@ -353,15 +353,16 @@ class Settings(SettingValues):
         )
         for prefix, selected, wanted in selectors:
             try:
-                if self.value_of(selected) != wanted:
-                    unused.append(prefix)
+                value = chosen.get(selected.name) or self.value_of(selected)
             except ConfigurationError:
-                pass  # a problem of its own; whether the adapter's are needed is unknown
+                continue  # a problem of its own; whether the adapter's are needed is unknown
+            if value != wanted:
+                unused.append(prefix)
         return tuple(unused)
 
     def broken_rules(self, present: Mapping[str, Any], wrong: set[str]) -> list[ConfigurationError]:
         """The rules between settings (``rules``) that ``present`` breaks."""
-        return broken_rules(self.declared, present, wrong)
+        return broken_rules(self.config, self.declared, present, wrong)
 
 
 SETTINGS: list[Setting[Any]] = Settings.declared

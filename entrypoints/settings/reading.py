@@ -1,5 +1,6 @@
-"""Reading declared settings: raw values from ``.env``, the environment and flags, each
-parsed by its declaration on first use, and every problem found in one pass.
+"""Reading declared settings: the values given in ``.env``, the environment and flags,
+held by dynaconf with where each came from, each parsed by its declaration on first use,
+and every problem found in one pass.
 
 ``definitions.Settings`` is the one subclass; it adds the declarations and the rules
 between them.
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from dynaconf import Dynaconf
+from dynaconf.loaders.base import SourceMetadata
+from dynaconf.utils.inspect import KeyNotFoundError, get_history
 
 from jobworker.domain.errors import ConfigurationError
 from jobworker.entrypoints.config_values import with_unit
@@ -31,11 +34,26 @@ from jobworker.entrypoints.unknown_variables import UnknownVariable, unknown_var
 
 T = TypeVar("T")
 
-# dynaconf loads ``.env`` into the environment; it parses no variable itself (no
-# loaders): ours are read as the exact strings they are, so unrelated variables (even
-# DYNACONF_*) can never upset parsing, and ``KAFKA_GROUP_ID=1.10`` stays the group
-# ``1.10``, not the number 1.1.
-OWN_PREFIX = "JOBWORKER_DYNACONF"
+
+# dynaconf reads ``.env`` into the environment (variables already set win), holds each
+# value given with where it came from, and checks the rules between settings (``rules``).
+# It reads no variable itself (``envvar_prefix=None``): its environment loader reads every
+# value as TOML (``KAFKA_GROUP_ID=1.10`` would be the number 1.1, ``true`` a boolean),
+# and ours are texts the declarations parse. With ``auto_cast`` off a text such as
+# ``@json {`` stays a text, never one of dynaconf's directives.
+def new_config(dotenv: Path | None = None, *, load_dotenv: bool = False) -> Dynaconf:
+    return Dynaconf(
+        environments=False,
+        envvar_prefix=None,
+        settings_files=[],
+        auto_cast=False,
+        load_dotenv=load_dotenv,
+        dotenv_path=str(dotenv) if dotenv else None,
+    )
+
+
+# The loaders, in dynaconf's record, of values as they were given (rules add parsed ones).
+_GIVEN = frozenset({DOTENV, ENVIRONMENT, FLAG})
 
 
 class SettingValues:
@@ -56,17 +74,26 @@ class SettingValues:
         cls.by_name = {entry.name: entry for entry in cls.declared}
 
     def __init__(
-        self, values: Mapping[str, Any], origins: Mapping[str, Origin] | None = None
+        self,
+        values: Mapping[str, Any],
+        origins: Mapping[str, Origin] | None = None,
+        config: Dynaconf | None = None,
     ) -> None:
         """``values``: raw strings by variable, ours and others (the rest of the
         environment: ``unknown`` lists those that look like a misspelt setting);
-        ``origins``: where each came from (the environment, if not said)."""
-        self._raw = {k: v for k, v in values.items() if k in self.by_name}
-        self._origins = dict(origins or {})
+        ``origins``: where each came from (the environment, if not said); ``config``:
+        the dynaconf instance that read them (``load``), else a new one."""
+        self.config = new_config() if config is None else config
+        sources = {name: (origins or {}).get(name, Origin(ENVIRONMENT)) for name in values}
+        for name, text in values.items():
+            if name in self.by_name:
+                origin = sources[name]
+                source = SourceMetadata(origin.source, origin.flag or origin.source)
+                self.config.set(name, str(text), loader_identifier=source, tomlfy=False)
         self._cache: dict[str, Any] = {}
+        self._given_by_name: dict[str, dict[str, Any]] = {}
         self.unknown: list[UnknownVariable] = unknown_variables(
-            {name: self._origins.get(name, Origin(ENVIRONMENT)).source for name in values},
-            self.by_name,
+            {name: origin.source for name, origin in sources.items()}, self.by_name
         )
 
     @classmethod
@@ -76,21 +103,15 @@ class SettingValues:
         """Read ``.env`` (from the working directory, or ``dotenv``) under the environment.
 
         dynaconf loads the ``.env`` file into the environment (variables already set
-        win). ``flags`` maps a variable to the option and text given on the command
-        line; a flag wins over both.
+        win; the snapshot before it tells which came from where). ``flags`` maps a
+        variable to the option and text given on the command line; a flag wins over both.
         """
         if dotenv is not None and not dotenv.is_file():
             raise ConfigurationError("--env-file", f"{dotenv} is not a readable file")
         before = set(os.environ)
+        config = new_config(dotenv, load_dotenv=True)
         try:
-            loader = Dynaconf(
-                envvar_prefix=OWN_PREFIX,
-                environments=False,
-                load_dotenv=True,
-                dotenv_path=str(dotenv) if dotenv else None,
-                loaders=[],  # not even its global DYNACONF_* variables
-            )
-            loader.get(OWN_PREFIX)  # dynaconf is lazy: this is what reads the file
+            config.get("JOB_SOURCE")  # dynaconf is lazy: the first read reads the file
         except Exception as error:
             raise ConfigurationError(str(dotenv or ".env"), f"cannot be read: {error}") from None
         values = dict(os.environ)
@@ -98,7 +119,7 @@ class SettingValues:
         for name, (flag, text) in (flags or {}).items():
             values[name] = text
             origins[name] = Origin(FLAG, flag)
-        return cls(values, origins)
+        return cls(values, origins, config)
 
     def value_of(self, setting: Setting[T]) -> T:
         if setting.name not in self._cache:
@@ -112,26 +133,40 @@ class SettingValues:
 
     def raw(self, setting: Setting[Any]) -> str:
         """The text a set setting was given, stripped."""
-        return str(self._raw[setting.name]).strip()
+        return str(self._given(setting)["value"]).strip()
 
     def origin(self, setting: Setting[Any]) -> str:
         """default, .env, environment, flag (``--x``) or derived."""
-        origin = self._origins.get(setting.name)
-        if origin is None or self.is_unset(setting):
+        if self.is_unset(setting):
             return DERIVED if setting.derive is not None else DEFAULT
-        return f"{FLAG} {origin.flag}" if origin.flag else origin.source
+        given = self._given(setting)
+        return f"{FLAG} {given['identifier']}" if given["loader"] == FLAG else given["loader"]
 
     def is_unset(self, setting: Setting[Any]) -> bool:
-        raw = self._raw.get(setting.name)
-        return raw is None or (not str(raw).strip() and setting.empty_means_default)
+        given = self._given(setting)
+        return not given or (not str(given["value"]).strip() and setting.empty_means_default)
 
     def name_of(self, setting: Setting[Any]) -> str:
         """What an error names: the flag, if one gave the value, else the variable."""
-        origin = self._origins.get(setting.name)
-        return origin.flag if origin is not None and origin.flag else setting.name
+        given = self._given(setting)
+        return given["identifier"] if given and given["loader"] == FLAG else setting.name
+
+    def _given(self, setting: Setting[Any]) -> dict[str, Any]:
+        """The value given for ``setting`` and where it came from (dynaconf's record:
+        ``loader`` the source, ``identifier`` the flag's name), or {} if none was."""
+        if setting.name not in self._given_by_name:
+            try:
+                history = get_history(self.config, setting.name)
+            except KeyNotFoundError:
+                history = []
+            given = [entry for entry in history if entry["loader"] in _GIVEN]
+            # What was given never changes; only the rules add parsed values after it.
+            self._given_by_name[setting.name] = given[-1] if given else {}
+        return self._given_by_name[setting.name]
 
     def _parse(self, setting: Setting[Any]) -> Any:
-        raw = self._raw.get(setting.name)
+        given = self._given(setting)
+        raw = given.get("value")
         text = "" if raw is None else str(raw).strip()
         if not text:
             if raw is not None and not setting.empty_means_default:
@@ -165,14 +200,18 @@ class SettingValues:
         """
         raise_problems(self.problems())
 
-    def problems(self) -> list[ConfigurationError]:
+    def problems(self, chosen: Mapping[str, Any] | None = None) -> list[ConfigurationError]:
         """Every problem of the settings this run uses, each naming its variable: the
-        settings in the table's order, then the rules between them."""
+        settings in the table's order, then the rules between them. ``chosen`` gives
+        settings a value whatever was given (``submit`` sends to Kafka in any case)."""
         found: list[ConfigurationError] = []
-        unused = self.unused_prefixes()
-        present: dict[str, Any] = {}
+        chosen = chosen or {}
+        unused = self.unused_prefixes(chosen)
+        present: dict[str, Any] = dict(chosen)
         wrong: set[str] = set()
         for entry in self.declared:
+            if entry.name in chosen:
+                continue
             # Whether a required one is given is dynaconf's check, below. One of an
             # adapter this run does not use is still checked when given: a typo
             # (KAFKA_ORDERING=bogus) would otherwise surface only on the next run.
@@ -191,7 +230,7 @@ class SettingValues:
         # A setting derived from a wrong one repeats its problem.
         return list({str(problem): problem for problem in found}.values())
 
-    def unused_prefixes(self) -> tuple[str, ...]:
+    def unused_prefixes(self, chosen: Mapping[str, Any]) -> tuple[str, ...]:
         """The prefixes of the adapters' variables this run does not use."""
         return ()
 

@@ -11,12 +11,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dynaconf import Dynaconf, ValidationError, Validator
+from dynaconf.loaders.base import SourceMetadata
 
 from jobworker.adapters.kafka.settings import SecurityProtocol
 from jobworker.domain.errors import ConfigurationError
 from jobworker.entrypoints.settings.declaration import Setting
 from jobworker.entrypoints.settings.kafka_tls import key_pair_problem
-from jobworker.entrypoints.settings.reading import OWN_PREFIX
 
 # When a setting is needed (dynaconf ``when`` conditions on the parsed values). A choice
 # that could not be read holds none of them (dynaconf would take a missing one for any).
@@ -75,26 +75,33 @@ _BETWEEN: list[Validator] = [
     ),
 ]
 
-# The settings whose values the rules compare (all parsed: choices and a size).
+# The settings whose values the rules compare (all parsed: choices and a size). A wrong
+# one is no value to compare: it is left out, so that no condition on it holds; any other
+# wrong one stays as given, so that it is not also missing.
 _COMPARED = {"JOB_SOURCE", "RESULT_SINK", "KAFKA_SECURITY_PROTOCOL", "MAX_OUTPUT_BYTES"}
+# Parsed values, as dynaconf records them beside the ones given.
+_PARSED = SourceMetadata("parsed", "declarations")
 
 
 def broken_rules(
-    declared: Iterable[Setting[Any]], present: Mapping[str, Any], wrong: set[str]
+    config: Dynaconf,
+    declared: Iterable[Setting[Any]],
+    present: Mapping[str, Any],
+    wrong: set[str],
 ) -> list[ConfigurationError]:
-    """The rules ``present`` (parsed values) breaks; a ``wrong`` one is not missing."""
-    checked = Dynaconf(envvar_prefix=OWN_PREFIX, environments=False, load_dotenv=False, loaders=[])
-    for name, value in present.items():
-        # Only what the rules compare is handed over as it is (parsed choices and
-        # numbers); the rest as "present": dynaconf would read a text such as
-        # ``@json {`` as a directive of its own.
-        checked.set(name, value if name in _COMPARED else True)
-    for name in wrong - _COMPARED:
-        checked.set(name, True)
-    checked.validators.register(*_required(declared), *_BETWEEN)
+    """The rules ``present`` (parsed values) breaks, checked on ``config`` (the dynaconf
+    instance that holds the values given); a ``wrong`` one is not missing."""
+    for entry in declared:
+        if entry.name in present:
+            config.set(entry.name, present[entry.name], loader_identifier=_PARSED, tomlfy=False)
+        elif entry.name not in wrong or entry.name in _COMPARED:
+            # Unset, blank, of an adapter this run does not use, or a wrong one the
+            # rules would compare: absent (the record of what was given stays).
+            config.unset(entry.name)
+    config.validators.register(*_required(declared), *_BETWEEN)
     broken = []
     try:
-        checked.validators.validate_all()
+        config.validators.validate_all()
     except ValidationError as error:
         broken = [
             ConfigurationError(validator.names[0], message.partition(": ")[2])
