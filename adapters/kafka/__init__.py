@@ -1,8 +1,9 @@
 """Apache Kafka adapters: the job source (consumer group), the publisher, the dead-letter topic."""
 
 from jobworker.adapters.kafka.publisher import KafkaJobPublisher, PublishFailed
+from jobworker.adapters.kafka.records import KafkaReceipt
 from jobworker.adapters.kafka.settings import KafkaClientSettings, parse_brokers
-from jobworker.adapters.kafka.source import KafkaJobSource, KafkaReceipt
+from jobworker.adapters.kafka.source import KafkaJobSource
 
 __all__ = [
     "KafkaClientSettings",

@@ -18,7 +18,6 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 import structlog
-from google.protobuf.message import DecodeError
 from kafka.errors import KafkaError
 
 from jobworker.adapters.kafka.book import SharedBook
@@ -27,24 +26,10 @@ from jobworker.adapters.kafka.dlq import DeadLetter, DeadLetterOutbox, DeadLette
 from jobworker.adapters.kafka.modes import UnreadableBatches
 from jobworker.adapters.kafka.quirks import UnreadableBatch
 from jobworker.adapters.kafka.settings import KafkaClientSettings
-from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobworker.domain.errors import SourceFailed
 
 # The source's lines keep the logger name they had before it was split in pieces.
 log = structlog.get_logger("jobworker.adapters.kafka.source")
-
-
-def decode_task(record: Any) -> pb.JobTask | str:
-    """The record's JobTask, or why there is no job in it (the dead-letter reason)."""
-    if record.value is None:
-        return "record has no value"
-    try:
-        task = pb.JobTask.FromString(record.value)
-    except DecodeError as error:
-        return f"value is not a JobTask: {error}"
-    if not task.id.strip():
-        return "JobTask has no id"
-    return task
 
 
 class PoisonPolicy:
@@ -90,7 +75,7 @@ class PoisonPolicy:
         )
 
     def dead_letter(self, record: Any, reason: str, epoch: int) -> None:
-        """``record`` holds no job (``reason``, from ``decode_task``): dead-letter it."""
+        """``record`` holds no job (``reason``, from ``records.decode_task``): dead-letter it."""
         log.warning(
             "poison record: writing it to the dead-letter topic",
             reason=reason,

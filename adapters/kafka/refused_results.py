@@ -7,9 +7,9 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from jobworker.adapters.codec import result_to_proto
+from jobworker.adapters.kafka.records import KafkaReceipt
 from jobworker.adapters.kafka.refusals import write_refusal_hint
 from jobworker.adapters.kafka.settings import KafkaClientSettings
-from jobworker.adapters.kafka.source import KafkaReceipt
 from jobworker.domain.errors import ResultNotDelivered, ResultRefused
 from jobworker.domain.model import Job, JobResult
 

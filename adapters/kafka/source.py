@@ -7,6 +7,7 @@ jobs is a piece beside it, found by its file name:
   workarounds (``quirks.py``) and typed errors;
 - ``rebalance.py``: assignment, the revoke grace, the revoke commit, and the finished
   offsets a new partition's last commit recorded;
+- ``records.py``: from a record to a job (``KafkaReceipt``);
 - ``poison.py`` and ``dlq.py``: records that hold no job, unreadable batches, the
   dead-letter topic;
 - ``flow_control.py``: pausing full partitions, how long a poll waits;
@@ -23,13 +24,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import gevent
 import structlog
 from kafka.util import ensure_valid_topic_name
 
-from jobworker.adapters.codec import job_from_task
 from jobworker.adapters.kafka.book import Book, SharedBook
 from jobworker.adapters.kafka.commits import OffsetCommits
 from jobworker.adapters.kafka.consumer import Consumer, ConsumerError, Records, TopicPartition
@@ -38,12 +38,11 @@ from jobworker.adapters.kafka.lag import PartitionOffsets, owned_lag
 from jobworker.adapters.kafka.modes import Ordering, UnreadableBatches
 from jobworker.adapters.kafka.offsets.commit_cadence import CommitCadence
 from jobworker.adapters.kafka.offsets.partitions import AssignedPartitions
-from jobworker.adapters.kafka.poison import PoisonPolicy, decode_task
+from jobworker.adapters.kafka.poison import PoisonPolicy
 from jobworker.adapters.kafka.rebalance import Rebalances
+from jobworker.adapters.kafka.records import JobReader, KafkaReceipt, decode_task
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.adapters.kafka.stats import SourceStats
-from jobworker.adapters.sparse_warnings import SparseWarning
-from jobworker.adapters.tracing.headers import trace_headers
 from jobworker.domain.errors import ConfigurationError
 from jobworker.domain.model import Job
 
@@ -52,19 +51,6 @@ log = structlog.get_logger(__name__)
 # A failed poll waits at least this long before the next: an error that recurs at once
 # must not turn the fetch loop into a spin, even when the engine asks for no wait.
 _POLL_RETRY_MIN_S = 0.1
-
-
-class KafkaReceipt(NamedTuple):
-    """Where a job came from. ``epoch`` tells one assignment of the partition from the next.
-
-    A named tuple, not a frozen dataclass: one is built per record, and a frozen
-    dataclass sets each field through ``object.__setattr__``, which costs more.
-    """
-
-    topic: str
-    partition: int
-    offset: int
-    epoch: int
 
 
 class KafkaJobSource:
@@ -79,19 +65,14 @@ class KafkaJobSource:
     (those without waiting for the broker's answer), when partitions are revoked, and on
     ``close``.
 
-    Poison records go to the dead-letter topic in slices of at most
-    ``dead_letter_budget_s`` per fetch; while that topic refuses them, retries wait
-    ``dead_letter_retry_s``, doubling up to ``dead_letter_max_backoff_s``.
-
     ``ordering`` (KAFKA_ORDERING) ``KEY`` runs the jobs of one record key one at a time,
     in offset order, and ``PARTITION`` one job of a partition at a time; ``NONE`` (the
     default) lets them all run at once. Held jobs count in the window.
 
-    A record batch the consumer cannot decode is, with ``unreadable_batches``
-    ``DEAD_LETTER``, logged at ERROR, written to the dead-letter topic (its raw bytes and
-    where it came from) and skipped. With ``FAIL``, it is logged at ERROR too, the jobs
-    read before it are still returned, and then every ``fetch`` raises ``SourceFailed``
-    naming the partition and offsets; nothing is committed past the batch.
+    Poison records and unreadable batches (``unreadable_batches``) are handled as
+    ``poison.PoisonPolicy`` says; dead letters are written in slices of at most
+    ``dead_letter_budget_s`` per fetch, retried after ``dead_letter_retry_s`` doubling
+    up to ``dead_letter_max_backoff_s``.
     """
 
     def __init__(
@@ -123,13 +104,11 @@ class KafkaJobSource:
         if not group_id.strip():
             raise ConfigurationError("KAFKA_GROUP_ID", "must not be empty")
         self.topic = topic
-        self._keyed = ordering == Ordering.KEY
+        self._reader = JobReader(keyed=ordering == Ordering.KEY)
         self._close_timeout_s = close_timeout_s
         self._closed = False
         # Partitions sought back in this fetch, to records before any unreadable batch.
         self._read_again: set[TopicPartition] = set()
-        # Entity keys on every record would otherwise mean one warning per record.
-        self._key_warning = SparseWarning()
         # A commit sent without waiting that has not answered after 60 s is taken as
         # lost (the client fails requests well before).
         cadence = CommitCadence(commit_interval_s, commit_every, clock, patience_s=60.0)
@@ -321,23 +300,7 @@ class KafkaJobSource:
         if isinstance(task, str):
             self._poison.dead_letter(record, task, epoch)
             return None
-        if (
-            not self._keyed
-            and record.key is not None
-            and record.key != task.id.encode()
-            and (held_back := self._key_warning.due()) is not None
-        ):
-            log.warning(
-                "record key differs from the job id; using the job id"
-                " (KAFKA_ORDERING=key reads the key as an ordering key)",
-                job_id=task.id,
-                key=record.key.decode("utf-8", "replace"),
-                partition=record.partition,
-                offset=record.offset,
-                not_logged_since_last=held_back,
-            )
-        receipt = KafkaReceipt(record.topic, record.partition, record.offset, epoch)
-        return job_from_task(task, receipt, trace_headers(record.headers))
+        return self._reader.job(record, task, epoch)
 
     def _released(self, limit: int) -> list[Job]:
         """Held jobs whose key's earlier job is done (KAFKA_ORDERING)."""

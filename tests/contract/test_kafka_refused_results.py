@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from jobworker.adapters.kafka import KafkaClientSettings
+from jobworker.adapters.kafka.records import KafkaReceipt
 from jobworker.adapters.kafka.refused_results import MAX_VALUE_BYTES, KafkaRefusedResultStore
-from jobworker.adapters.kafka.source import KafkaReceipt
 from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobworker.domain.errors import ResultNotDelivered, ResultRefused
 from jobworker.domain.model import Job, JobResult, JobStatus
