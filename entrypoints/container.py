@@ -30,7 +30,6 @@ from jobworker.adapters.file.source import JobFileError
 from jobworker.adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
 from jobworker.adapters.kafka.lag import BrokerOffsetsMonitor, GroupOffsetsProbe
 from jobworker.adapters.kafka.log_noise import first_error, held_back_connection_errors
-from jobworker.adapters.kafka.modes import Ordering, UnreadableBatches
 from jobworker.adapters.kafka.refused_results import KafkaRefusedResultStore
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.adapters.kafka.source import KafkaJobSource
@@ -51,6 +50,7 @@ from jobworker.domain.model import JobType
 from jobworker.domain.ports import Executor, JobObserver, ResultSink
 from jobworker.entrypoints.exit_codes import ServiceUnavailable
 from jobworker.entrypoints.settings import Settings
+from jobworker.entrypoints.settings.modes import RefusedResults
 
 kafka_log = structlog.get_logger("jobworker.kafka")
 
@@ -116,8 +116,8 @@ def kafka_source(settings: Settings) -> Iterator[KafkaJobSource]:
             max_in_flight_per_partition=settings.kafka_max_in_flight_per_partition,
             commit_interval_s=settings.kafka_commit_interval,
             commit_every=settings.kafka_commit_every,
-            unreadable_batches=UnreadableBatches(settings.kafka_unreadable_batches),
-            ordering=Ordering(settings.kafka_ordering),
+            unreadable_batches=settings.kafka_unreadable_batches,
+            ordering=settings.kafka_ordering,
         )
     yield from _closing(source)
 
@@ -239,7 +239,7 @@ def file_refused_results(settings: Settings) -> Iterator[FileRefusedResultStore]
 
 def refusal_policy(settings: Settings) -> RefusalPolicy:
     return RefusalPolicy(
-        dead_letter=settings.result_refused == "dead-letter",
+        dead_letter=settings.result_refused is RefusedResults.DEAD_LETTER,
         attempts=settings.result_refused_attempts,
     )
 

@@ -40,6 +40,7 @@ from gevent.event import Event
 
 from jobworker.domain.errors import ConfigurationError
 from jobworker.entrypoints.settings import Settings
+from jobworker.entrypoints.settings.modes import JobSourceKind, ResultSinkKind
 from jobworker.entrypoints.unknown_variables import WARNED_BY_PARENT
 
 log = structlog.get_logger("jobworker.supervisor")
@@ -288,12 +289,12 @@ def _pdeathsig_setter() -> Callable[[], None] | None:
 
 def run_supervisor(settings: Settings, argv: Sequence[str]) -> int:
     """``run`` with ``WORKER_PROCESSES`` > 1: supervise that many children until stopped."""
-    if settings.job_source != "kafka":
+    if settings.job_source is not JobSourceKind.KAFKA:
         raise ConfigurationError(
             "WORKER_PROCESSES",
             "needs JOB_SOURCE=kafka: with a jobs file every process would run every job",
         )
-    if settings.result_sink != "grpc":
+    if settings.result_sink is not ResultSinkKind.GRPC:
         raise ConfigurationError(
             "WORKER_PROCESSES",
             "needs RESULT_SINK=grpc: processes appending to one results file could"

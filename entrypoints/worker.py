@@ -29,6 +29,7 @@ from jobworker.entrypoints.gc_tuning import settle_heap
 from jobworker.entrypoints.logging_setup import say_after_logs
 from jobworker.entrypoints.observability import start_observability_server
 from jobworker.entrypoints.settings import Settings
+from jobworker.entrypoints.settings.modes import JobSourceKind, ResultSinkKind
 
 log = structlog.get_logger("jobworker.worker")
 
@@ -75,7 +76,7 @@ def run_worker(settings: Settings) -> int:
     signals.install()
     container = Container(settings=settings)
     try:
-        if settings.result_sink == "grpc" and settings.core_start_timeout > 0:
+        if settings.result_sink is ResultSinkKind.GRPC and settings.core_start_timeout > 0:
             # Before the job source exists: no group joined, nothing taken from Kafka.
             # Tracing first, so that it instruments the channel the sink opens.
             container.tracing()
@@ -99,16 +100,17 @@ def run_worker(settings: Settings) -> int:
     log.info(
         "worker starting",
         worker_id=settings.worker_id,
-        source=settings.job_source,
-        sink=settings.result_sink,
+        # The words, not the modes: a text log would show an enum by its name (KAFKA).
+        source=str(settings.job_source),
+        sink=str(settings.result_sink),
         pool_size=settings.worker_pool_size,
         job_types=container.registry().job_types(),
     )
-    if settings.result_sink == "grpc" and settings.core_start_timeout == 0:
+    if settings.result_sink is ResultSinkKind.GRPC and settings.core_start_timeout == 0:
         _warn_if_core_unreachable(sink, settings.grpc_server_address, container.core_tls())
     settle_heap()
     engine.start()
-    _wait_for_end(engine, signals.requested, finite=settings.job_source == "file")
+    _wait_for_end(engine, signals.requested, finite=settings.job_source is JobSourceKind.FILE)
     report = engine.stop(settings.shutdown_timeout)
     container.shutdown_resources()
     if metrics_server is not None:
@@ -120,7 +122,7 @@ def run_worker(settings: Settings) -> int:
         **({"malformed_lines": file_source.malformed} if file_source else {}),
         **_report_fields(report),
     )
-    status = _exit_status(engine, report, finite=settings.job_source == "file")
+    status = _exit_status(engine, report, finite=settings.job_source is JobSourceKind.FILE)
     if status == EXIT_OK and file_source and file_source.malformed:
         # Every job read ran and was reported, but lines held no job: a script must
         # be able to tell (the jobs file still has them, and the dead-letter file).
@@ -185,7 +187,7 @@ def _stopped_before_starting(
     # An abandoned connection to Kafka goes on trying until the process ends: its
     # per-attempt lines are held back, as they were while it was wanted.
     with held_back_connection_errors():
-        if settings.result_sink == "grpc":
+        if settings.result_sink is ResultSinkKind.GRPC:
             # gRPC's connectivity poller (behind Core pings) leaves within 0.2 s of the
             # last ping; a channel closed before then makes it print a traceback.
             gevent.sleep(_GRPC_POLLER_EXIT_S)
@@ -211,7 +213,7 @@ def _size_hub_threadpool(settings: Settings) -> None:
     # The hub's threadpool runs gRPC's blocking waits (one per sender) and the DNS
     # look-ups of HTTP jobs (one per pool greenlet at most): room for all of them.
     concurrent_blocking_calls = settings.result_senders + settings.worker_pool_size
-    if settings.result_sink == "grpc":
+    if settings.result_sink is ResultSinkKind.GRPC:
         from jobworker.adapters.grpc.runtime import init_grpc_for_gevent  # noqa: PLC0415
 
         init_grpc_for_gevent(concurrent_blocking_calls)
@@ -226,8 +228,9 @@ def _start_metrics(
     port = settings.metrics_port
     if not port:
         return None
-    broker_offsets = container.broker_offsets() if settings.job_source == "kafka" else None
-    core_tls = container.core_tls() if settings.result_sink == "grpc" else None
+    kafka = settings.job_source is JobSourceKind.KAFKA
+    broker_offsets = container.broker_offsets() if kafka else None
+    core_tls = container.core_tls() if settings.result_sink is ResultSinkKind.GRPC else None
     try:
         server = start_observability_server(
             settings.metrics_host,
