@@ -103,6 +103,7 @@ demo-kafka: venv
 # broker, a Core process and the worker CLI. BENCH_E2E_ARGS=--quick for a shorter run.
 bench: venv
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/logcost.py
 	tools/kafka/with-broker.sh $(BIN)/python bench/e2e.py $(BENCH_E2E_ARGS)
 
 clean:

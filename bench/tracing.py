@@ -25,8 +25,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from bench.run import best_time, engine_config, run_until_drained
 from bench.workloads import ReturnOkExecutor
 from jobworker.adapters.memory import InMemoryJobSource, InMemoryResultSink
+from jobworker.adapters.observability.job_trace import JobSpans, TracingJobObserver
 from jobworker.adapters.tracing.headers import trace_headers
-from jobworker.adapters.tracing.observer import JobSpans, TracingJobObserver
 from jobworker.adapters.tracing.sink import TracedResultSink
 from jobworker.application.engine import WorkerEngine
 from jobworker.application.registry import ExecutorRegistry

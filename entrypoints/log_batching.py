@@ -121,6 +121,24 @@ class BatchedLineHandler(logging.Handler):
             self.flush()
 
 
+def sole_handler(logger: logging.Logger) -> BatchedLineHandler | None:
+    """Our handler, when it is the only one a record of ``logger`` would reach and no
+    filter could drop or change the record; else None."""
+    found: BatchedLineHandler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters or current.disabled:
+            return None
+        for handler in current.handlers:
+            if found is not None or not isinstance(handler, BatchedLineHandler):
+                return None
+            found = handler
+        if not current.propagate:
+            break
+        current = current.parent
+    return None if found is None or found.filters else found
+
+
 def _whole_line_chunks(lines: list[bytes]) -> Iterator[bytes]:
     """``lines`` joined into chunks of at most PIPE_BUF bytes (a longer line alone).
 

@@ -18,7 +18,7 @@ import structlog
 
 from jobworker.adapters.kafka.log_noise import quiet_kafka_python
 from jobworker.adapters.observability.job_log import add_job_fields
-from jobworker.entrypoints.log_batching import BatchedLineHandler
+from jobworker.entrypoints.log_batching import BatchedLineHandler, sole_handler
 from jobworker.entrypoints.log_processors import (
     CappedRenderer,
     UtcTimestamp,
@@ -59,29 +59,11 @@ class _LineLogger:
         logger = self._logger
         if not logger.isEnabledFor(levelno):
             return
-        handler = _sole_handler(logger)
+        handler = sole_handler(logger)
         if handler is not None:
             handler.write_line(line, levelno)
         else:
             logger.log(levelno, line.decode(), exc_info=kw.get("exc_info"), extra=_RENDERED)
-
-
-def _sole_handler(logger: logging.Logger) -> BatchedLineHandler | None:
-    """Our handler, when it is the only one a record of ``logger`` would reach and no
-    filter could drop or change the record; else None."""
-    found: BatchedLineHandler | None = None
-    current: logging.Logger | None = logger
-    while current is not None:
-        if current.filters or current.disabled:
-            return None
-        for handler in current.handlers:
-            if found is not None or not isinstance(handler, BatchedLineHandler):
-                return None
-            found = handler
-        if not current.propagate:
-            break
-        current = current.parent
-    return None if found is None or found.filters else found
 
 
 class _Formatter(structlog.stdlib.ProcessorFormatter):

@@ -22,7 +22,7 @@ from opentelemetry.sdk.resources import (
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from jobworker.adapters.tracing.observer import JobSpans, TracingJobObserver
+from jobworker.adapters.observability.job_trace import JobSpans, TracingJobObserver
 from jobworker.adapters.tracing.sink import TracedResultSink
 from jobworker.domain.ports import ResultSink
 

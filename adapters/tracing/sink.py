@@ -18,7 +18,7 @@ import structlog
 from opentelemetry import context, trace
 from opentelemetry.trace import Link, SpanKind
 
-from jobworker.adapters.tracing.observer import JobSpans
+from jobworker.adapters.observability.job_trace import JobSpans
 from jobworker.domain.errors import BatchesUnsupported
 from jobworker.domain.model import JobResult
 from jobworker.domain.ports import ResultSink

@@ -18,8 +18,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from structlog.testing import capture_logs
 
+from jobworker.adapters.observability.job_trace import JobSpans, TracingJobObserver
 from jobworker.adapters.tracing.headers import trace_headers
-from jobworker.adapters.tracing.observer import JobSpans, TracingJobObserver
 from jobworker.adapters.tracing.setup import tracing_plan
 from jobworker.adapters.tracing.sink import TracedResultSink
 from jobworker.domain.errors import BatchesUnsupported, ConfigurationError, ResultRefused
