@@ -1,9 +1,10 @@
 """Every setting, declared once: its variable, default, meaning, parser (the check) and,
-if only one adapter needs it, when it is required; then the rules between settings.
+if only one adapter needs it, when it is required (the rules between settings are in
+``rules``).
 
 Adding a setting is adding one attribute to ``Settings``. The container reads the typed
-attributes; the README table and ``jobworker settings`` are generated from the same
-declarations.
+attributes and hands them to the adapters, which take them as valid; the README table
+and ``jobworker settings`` are generated from the same declarations.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def _client_id(s: Settings) -> str:
 
 def _results_dlq_file(s: Settings) -> str:
     result_file, job_file = s.given(Settings.result_file), s.given(Settings.job_file)
-    if s.result_sink == "file" and result_file and result_file != "-":
+    if s.result_sink is ResultSinkKind.FILE and result_file and result_file != "-":
         return f"{result_file}.refused.jsonl"
     if job_file and job_file != "-":
         return f"{job_file}.refused.jsonl"
@@ -368,8 +369,6 @@ class Settings(SettingValues):
 SETTINGS: list[Setting[Any]] = Settings.declared
 
 
-# The rules between settings that dynaconf checks on the parsed values: what a selected
-# adapter needs, and Core's message limit.
 # What ``submit`` reads: the jobs topic and what every Kafka client takes
 # (``container.kafka_client_settings``).
 KAFKA_CLIENT = frozenset(
