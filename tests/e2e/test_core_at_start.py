@@ -8,8 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,9 +15,11 @@ import pytest
 from jobworker.adapters.core.process import CoreProcess
 from tests.support.e2e import publish, results_in_core, sleep_jobs, worker_settings
 from tests.support.kafka import committed_offsets, create_topic, group_members, unique_name
-from tests.support.processes import ROOT, free_port, worker_env
+from tests.support.processes import WorkerProcess, free_port, wait_while_running, worker_env
 
 pytestmark = pytest.mark.e2e
+
+WAITING_FOR_CORE = '"waiting for Core to answer before taking jobs"'
 
 
 def run(settings: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -82,16 +82,16 @@ def test_a_core_that_comes_up_within_the_timeout_is_waited_for(tmp_path: Path) -
     jobs = tmp_path / "jobs.jsonl"
     ids = write_jobs(jobs, 3)
     core = CoreProcess(free_port(), tmp_path / "core.db")
-    late_start = threading.Timer(2.0, core.start)
-    late_start.start()
+    settings = file_worker(jobs, core.address, CORE_START_TIMEOUT="60s")
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
-        done = run(file_worker(jobs, core.address, CORE_START_TIMEOUT="30s"), tmp_path)
-        late_start.join()
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert '"waiting for Core to answer before taking jobs"' in done.stderr
+        # Core comes up only once the worker waits for it, however long its start took.
+        assert wait_while_running(lambda: WAITING_FOR_CORE in worker.log(), 30, worker)
+        core.start()
+        assert worker.wait(60) == 0, worker.log()[-3000:]
         assert results_in_core(core.db_path, ids) == set(ids)
     finally:
-        late_start.join()
+        worker.ensure_stopped()
         core.kill()
 
 
@@ -101,24 +101,11 @@ def test_a_signal_while_waiting_for_core_stops_cleanly_having_run_nothing(
     jobs = tmp_path / "jobs.jsonl"
     write_jobs(jobs, 3)
     settings = file_worker(jobs, f"127.0.0.1:{free_port()}", CORE_START_TIMEOUT="60s")
-    log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "jobworker", "run"],
-            env=worker_env(**settings),
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
-        deadline = time.monotonic() + 30
-        while "waiting for Core" not in log.read_text() and time.monotonic() < deadline:
-            assert worker.poll() is None, log.read_text()
-            time.sleep(0.1)
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(20) == 0, log.read_text()
-        assert '"job finished"' not in log.read_text()
+        assert wait_while_running(lambda: WAITING_FOR_CORE in worker.log(), 30, worker)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(20) == 0, worker.log()
+        assert '"job finished"' not in worker.log()
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait(10)
+        worker.ensure_stopped()

@@ -30,6 +30,7 @@ RSS_GROWTH_LIMIT = 50 * MIB
 # Published while Core is away: the lag gauge must count them though no fetch sees them.
 LATE_JOBS = 200
 CONSUMED = "jobworker_jobs_consumed_total"
+RESULTS_QUEUE_DEPTH = "jobworker_results_queue_depth"
 LAG = "jobworker_consumer_lag"
 
 
@@ -72,15 +73,20 @@ def test_core_down_for_20s_loses_nothing_and_pauses_consumption(
     delivered_before = len(tally(db, ids).received)
     assert delivered_before < JOBS - PIPELINE_CAPACITY, "the run ended before the outage"
     assert wait_until(lambda: metrics_answer(metrics_port), 10)
-    time.sleep(1)  # let the pipeline fill up and stall
+    assert wait_while_running(
+        lambda: scrape_metric(metrics_port, RESULTS_QUEUE_DEPTH) == RESULTS_QUEUE, 30, worker
+    ), "the pipeline did not back up to the results queue"
     pid = worker.process.pid  # type: ignore[union-attr]
     rss_at_start = rss_bytes(pid)
     consumed_first = scrape_metric(metrics_port, CONSUMED)
     # The pipeline is full and the partitions paused: no fetch will see these.
     publish(kafka_servers, topic, late_jobs)
-    time.sleep(5)
+    # Not synchronisation: time passes on purpose, in which nothing may be consumed
+    # beyond the pipeline (a slow machine consumes less, never more), and the outage
+    # lasts its 20 s.
+    time.sleep(5)  # on purpose: the window to count in
     consumed_second = scrape_metric(metrics_port, CONSUMED)
-    time.sleep(max(0.0, outage_ends - time.monotonic()))
+    time.sleep(max(0.0, outage_ends - time.monotonic()))  # on purpose: the outage's 20 s
     rss_at_end = rss_bytes(pid)
     consumed_at_end = scrape_metric(metrics_port, CONSUMED)
     lag_at_end = scrape_metric(metrics_port, LAG)

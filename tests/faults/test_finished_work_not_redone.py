@@ -24,7 +24,15 @@ from tests.support.e2e import (
     worker_settings,
 )
 from tests.support.fixtures import Report, StartWorker
-from tests.support.kafka import create_topic, job_record, produce, unique_name
+from tests.support.kafka import (
+    committed_metadata,
+    committed_offsets,
+    create_topic,
+    end_offsets,
+    job_record,
+    produce,
+    unique_name,
+)
 from tests.support.processes import (
     assigned_partitions,
     log_tail,
@@ -37,6 +45,9 @@ pytestmark = pytest.mark.faults
 FAST = 600
 # The bar: at most this many of the fast jobs are reported again.
 MAX_REREPORTED = 10
+# The commit that records every fast job as done: offset 0 (the head, still running) not
+# done, the FAST after it done, in the commit metadata's encoding (runs of 1 and 600).
+ALL_FAST_DONE = "jw1:0:AdgE"
 
 
 def test_a_killed_workers_finished_jobs_are_not_redone_by_the_next(
@@ -47,10 +58,11 @@ def test_a_killed_workers_finished_jobs_are_not_redone_by_the_next(
     fast = sleep_jobs(FAST, ms=1, prefix="fast")
     fast_ids = [job.id for job in fast]
     publish(kafka_servers, topic, [head, *fast])
+    group = unique_name("faults-finished")
     settings = worker_settings(
         kafka_servers,
         topic,
-        unique_name("faults-finished"),
+        group,
         core.address,
         WORKER_POOL_SIZE="8",
         KAFKA_SESSION_TIMEOUT="6s",
@@ -59,8 +71,9 @@ def test_a_killed_workers_finished_jobs_are_not_redone_by_the_next(
 
     first = start_worker("first", settings)
     assert wait_while_running(lambda: not tally(db, fast_ids).lost, 60, first), log_tail(first)
-    # Two commit intervals (500 ms each): the last finished jobs reach a commit.
-    wait_until(lambda: False, 1.2)
+    assert wait_while_running(
+        lambda: committed_metadata(kafka_servers, group, topic).get(0) == ALL_FAST_DONE, 30, first
+    ), "no commit recorded every fast job as done"
     assert not results_in_core(db, ["head-job"]), "the head finished before the kill"
     first.kill()
 
@@ -68,7 +81,11 @@ def test_a_killed_workers_finished_jobs_are_not_redone_by_the_next(
     assert wait_while_running(lambda: results_in_core(db, ["head-job"]), 90, second), log_tail(
         second
     )
-    wait_until(lambda: False, 1.0)  # anything the second worker would redo comes by now
+    # Committed to the end: whatever the second worker redid has reached Core.
+    ends = end_offsets(kafka_servers, topic)
+    assert wait_while_running(
+        lambda: committed_offsets(kafka_servers, group, topic) == ends, 30, second
+    ), log_tail(second)
     rereported = [job_id for job_id, n in reports_per_job(db, fast_ids).items() if n > 1]
     report(
         tally(db, ["head-job", *fast_ids]).line("SIGKILL behind a 15 s job")
@@ -92,10 +109,11 @@ def test_a_worker_joining_mid_run_redoes_nothing(
         for i in range(per_partition)
     ]
     ids = [job.id for job in jobs]
+    group = unique_name("faults-join")
     settings = worker_settings(
         kafka_servers,
         topic,
-        unique_name("faults-join"),
+        group,
         core.address,
         WORKER_POOL_SIZE="8",
         SHUTDOWN_TIMEOUT="20s",
@@ -115,7 +133,11 @@ def test_a_worker_joining_mid_run_redoes_nothing(
         second
     )
     assert wait_while_running(lambda: not tally(db, ids).lost, 120, first, second)
-    wait_until(lambda: False, 1.0)
+    # Committed to the end: every job either worker did has reached Core.
+    ends = end_offsets(kafka_servers, topic)
+    assert wait_while_running(
+        lambda: committed_offsets(kafka_servers, group, topic) == ends, 30, first, second
+    ), log_tail(first) + "\n" + log_tail(second)
 
     result = tally(db, ids)
     done_by_second = sum(1 for n in reports_per_job(db, ids).values() if n)

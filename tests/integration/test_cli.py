@@ -9,14 +9,14 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jobworker.entrypoints.settings import SETTINGS
-from tests.support.processes import worker_env
+from tests.support.faults import scrape_metric
+from tests.support.processes import free_port, wait_until, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -178,6 +178,7 @@ def test_sigterm_lets_running_jobs_finish(tmp_path: Path) -> None:
     )
     results = tmp_path / "results.jsonl"
     log = tmp_path / "worker.log"
+    metrics_port = free_port()
     with log.open("w") as stderr:
         worker = subprocess.Popen(
             [
@@ -190,14 +191,23 @@ def test_sigterm_lets_running_jobs_finish(tmp_path: Path) -> None:
                 "--results",
                 str(results),
             ],
-            env=worker_env(WORKER_POOL_SIZE="4", JOBS_QUEUE_SIZE="2"),
+            env=worker_env(
+                WORKER_POOL_SIZE="4", JOBS_QUEUE_SIZE="2", METRICS_PORT=str(metrics_port)
+            ),
             cwd=tmp_path,
             stderr=stderr,
         )
-    deadline = time.monotonic() + 30
-    while "worker starting" not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # the first four 1.5 s jobs are running now
+
+    def running_four_with_two_queued() -> bool:
+        assert worker.poll() is None, log.read_text()
+        try:
+            in_flight = scrape_metric(metrics_port, "jobworker_jobs_in_flight")
+            queued = scrape_metric(metrics_port, "jobworker_jobs_queue_depth")
+        except OSError:
+            return False  # not serving yet
+        return (in_flight, queued) == (4, 2)
+
+    assert wait_until(running_four_with_two_queued, 30), log.read_text()
     worker.send_signal(signal.SIGTERM)
     worker.wait(timeout=30)
     stderr_text = log.read_text()

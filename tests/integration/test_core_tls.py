@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from jobworker.adapters.grpc.sink import GrpcResultSink
 from jobworker.adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
 from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobworker.domain.model import JobResult, JobStatus
+from tests.support.faults import scrape_metric
 from tests.support.processes import WorkerProcess, events_named, free_port, wait_while_running
 
 pytestmark = pytest.mark.integration
@@ -268,6 +268,10 @@ def test_without_tls_files_there_is_nothing_to_diagnose(core: TlsCore, pki: Pki)
 # -- the worker process: start-up log, /readyz, recovery ---------------------------------
 
 
+def send_retries(port: int) -> float:
+    return scrape_metric(port, "jobworker_result_send_retries_total")
+
+
 def readiness(port: int) -> dict[str, Any]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
@@ -315,7 +319,9 @@ def test_a_worker_logs_the_reason_once_shows_it_in_readyz_and_recovers(
         assert "core_reachable" not in body["checks"]
         assert body["advisory"]["core_reachable"] is False
         assert body["reasons"]["core_reachable"].startswith("Core requires a client certificate")
-        time.sleep(2)  # several retries of the result, several probes
+        # Several retries of the result, several probes: still one line.
+        assert wait_while_running(lambda: send_retries(metrics_port) >= 3, 30, worker)
+        readiness(metrics_port)
         failures = events_named(worker, "TLS to Core fails")
         assert [e["reason"] for e in failures] == [body["reasons"]["core_reachable"]]
         assert failures[0]["level"] == "error"

@@ -9,13 +9,12 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.support.processes import worker_env
+from tests.support.processes import wait_until, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -118,9 +117,7 @@ def test_jobs_not_run_outrank_malformed_lines(tmp_path: Path) -> None:
             stderr=stderr,
         )
     try:
-        deadline = time.monotonic() + 30
-        while '"malformed job line' not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert wait_until(lambda: '"malformed job line' in log.read_text(), 30), log.read_text()
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 1, log.read_text()
     finally:

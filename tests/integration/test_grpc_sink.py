@@ -35,6 +35,7 @@ from jobworker.domain.errors import (
 from jobworker.domain.model import JobResult, JobStatus
 from tests.support.e2e import core_in_this_process
 from tests.support.processes import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -129,9 +130,12 @@ def test_results_sent_while_core_is_down_arrive_once_each_when_it_is_back(
             sender.start()
         return senders
 
+    def retried(prefix: str) -> set[str]:
+        return {n.job_id.rsplit("-", 1)[0] for n in retries.notices if n.job_id.startswith(prefix)}
+
     # Core has never been up: every send waits, retrying.
     senders = send_from_threads("before-start", threads=10, per_thread=5)
-    time.sleep(1.0)
+    wait_until(lambda: len(retried("before-start")) == 10, 30, "not every sender retried")
     assert all(sender.is_alive() for sender in senders)
     assert retries.codes == {"UNAVAILABLE"}
     core.start()
@@ -142,7 +146,7 @@ def test_results_sent_while_core_is_down_arrive_once_each_when_it_is_back(
     # Core crashes and comes back on the same port and database.
     core.kill()
     senders = send_from_threads("after-crash", threads=5, per_thread=4)
-    time.sleep(0.5)
+    wait_until(lambda: len(retried("after-crash")) == 5, 30, "not every sender retried")
     assert all(sender.is_alive() for sender in senders)
     core.start()
     for sender in senders:
@@ -162,12 +166,10 @@ def test_a_refused_result_fails_at_once_with_core_s_reason(
 ) -> None:
     core.start()
 
-    started = time.monotonic()
     with pytest.raises(ResultRefused, match=r"INVALID_ARGUMENT: result\.job_id is required") as e:
         sink.send(a_result(""))
 
-    assert time.monotonic() - started < 1.0
-    assert retries.calls == []
+    assert retries.calls == [], "at once: not a single retry"
     assert (e.value.code, e.value.details) == ("INVALID_ARGUMENT", "result.job_id is required")
 
 
@@ -190,13 +192,14 @@ def test_after_max_attempts_the_sink_gives_up_with_the_last_error(
 
 
 class LateCoreServicer(CoreServicer):
-    """Answers its first call only after ``delay_s``, long past the caller's deadline."""
+    """Answers its first call only once ``release`` is set, long past the caller's
+    deadline."""
 
-    def __init__(self, store: ResultStore, delay_s: float) -> None:
+    def __init__(self, store: ResultStore) -> None:
         super().__init__(store)
-        self._delay_s = delay_s
         self._calls = 0
         self._lock = threading.Lock()
+        self.release = threading.Event()
         self.late_call_done = threading.Event()
 
     def ReportResult(  # noqa: N802
@@ -207,7 +210,7 @@ class LateCoreServicer(CoreServicer):
             late = self._calls == 1
         if not late:
             return super().ReportResult(request, context)
-        time.sleep(self._delay_s)
+        self.release.wait(30)
         try:
             return super().ReportResult(request, context)
         finally:
@@ -219,13 +222,13 @@ def test_a_late_answer_is_cut_at_the_deadline_and_its_retry_deduplicated_by_core
 ) -> None:
     with ResultStore(tmp_path / "core.db") as store:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        servicer = LateCoreServicer(store, delay_s=1.0)
+        servicer = LateCoreServicer(store)
         pb_grpc.add_CoreServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         sink = GrpcResultSink(
             f"127.0.0.1:{port}",
-            call_timeout_s=0.2,
+            call_timeout_s=1.0,
             backoff_base_s=0.01,
             backoff_cap_s=0.02,
             on_retry=retries,
@@ -234,14 +237,17 @@ def test_a_late_answer_is_cut_at_the_deadline_and_its_retry_deduplicated_by_core
         started = time.monotonic()
         sink.send(a_result("job-1"))
         elapsed = time.monotonic() - started
+        answered_late = servicer.late_call_done.is_set()
 
         sink.close()
         # The server forgets the first call at its deadline; its handler goes on.
-        assert servicer.late_call_done.wait(timeout=5)
+        servicer.release.set()
+        assert servicer.late_call_done.wait(timeout=30)
         server.stop(grace=None).wait()
         stored = store.get("job-1")
 
-    assert 0.2 <= elapsed < 0.9
+    assert elapsed >= 1.0, "the first call waited out its deadline"
+    assert not answered_late, "and the send did not wait for its answer"
     assert [(code, attempt) for code, attempt, _ in retries.calls] == [("DEADLINE_EXCEEDED", 1)]
     assert stored is not None
     assert stored.reports == 2
@@ -322,7 +328,7 @@ def test_a_result_above_cores_own_receive_limit_is_refused_at_once(
 
 def test_killing_a_waiting_send_stops_it(sink: GrpcResultSink, retries: RetryLog) -> None:
     sender = gevent.spawn(sink.send, a_result("job-1"))
-    gevent.sleep(0.3)
+    wait_until(lambda: retries.calls, 30, "the send never retried")
     assert not sender.dead
 
     sender.kill(timeout=2)
@@ -332,7 +338,7 @@ def test_killing_a_waiting_send_stops_it(sink: GrpcResultSink, retries: RetryLog
     assert retries.codes == {"UNAVAILABLE"}
 
 
-def test_closing_the_sink_ends_a_waiting_send(sink: GrpcResultSink) -> None:
+def test_closing_the_sink_ends_a_waiting_send(sink: GrpcResultSink, retries: RetryLog) -> None:
     outcome: list[BaseException] = []
 
     def send() -> None:
@@ -343,10 +349,10 @@ def test_closing_the_sink_ends_a_waiting_send(sink: GrpcResultSink) -> None:
 
     sender = threading.Thread(target=send)
     sender.start()
-    time.sleep(0.3)
+    wait_until(lambda: retries.calls, 30, "the send never retried")
 
     sink.close()
-    sender.join(timeout=2)
+    sender.join(timeout=30)
 
     assert not sender.is_alive()
     assert len(outcome) == 1
@@ -389,7 +395,7 @@ monkey.patch_all()
 import json, socket, sys
 from jobworker.adapters.grpc.runtime import init_grpc_for_gevent
 init_grpc_for_gevent(concurrent_calls=100)
-import gevent
+import gevent, gevent.event
 from jobworker.adapters.grpc.sink import GrpcResultSink, RetryNotice
 from jobworker.domain.errors import ResultNotDelivered
 from jobworker.domain.model import JobResult, JobStatus
@@ -401,7 +407,7 @@ ticks = 0
 def tick():
     global ticks
     while True:
-        gevent.sleep(0.01)
+        gevent.sleep(0.01)  # on purpose: counts the hub's turns while calls wait
         ticks += 1
 gevent.spawn(tick)
 
@@ -420,9 +426,14 @@ gevent.joinall(waiting)
 ticks_while_waiting = ticks
 print("sending", flush=True)  # the test starts Core only now: the first calls must fail
 
-sink = GrpcResultSink(sys.argv[1], backoff_base_s=0.02, backoff_cap_s=0.2)
+retried = gevent.event.Event()
+sink = GrpcResultSink(
+    sys.argv[1], backoff_base_s=0.02, backoff_cap_s=0.2, on_retry=lambda notice: retried.set()
+)
 senders = [gevent.spawn(sink.send, result(f"job-{index}")) for index in range(100)]
-gevent.joinall(senders, timeout=20)
+retried.wait()
+print("retrying", flush=True)  # the test starts Core now
+gevent.joinall(senders, timeout=60)
 print(json.dumps({
     "ticks_while_waiting": ticks_while_waiting,
     "stuck_errors": sorted({"DEADLINE_EXCEEDED" in g.value for g in waiting}),
@@ -441,19 +452,22 @@ def test_in_a_gevent_process_greenlets_wait_cooperatively_and_deliver_everything
         stdout=subprocess.PIPE,
         text=True,
     )
-    # Core starts once the silent phase is over and the results are being sent, however
-    # long the subprocess took to start: so they must wait for Core and retry.
+    # Core starts once the silent phase is over and the results are being sent and
+    # retried, however long the subprocess took to get there.
     assert sender.stdout is not None
     assert sender.stdout.readline().strip() == "sending"
-    time.sleep(0.2)
+    while (line := sender.stdout.readline()) and line.strip() != "retrying":
+        pass
     core.start()
-    output, _ = sender.communicate(timeout=30)
+    output, _ = sender.communicate(timeout=90)
 
     assert sender.returncode == 0
     # The report is the last line; the sink's log lines (unconfigured structlog) come first.
     report = json.loads(output.strip().splitlines()[-1])
     assert "Core accepted a result after retrying" in output
-    assert report["ticks_while_waiting"] >= 25  # ~50 if the hub ran freely for 0.5 s
+    # ~50 if the hub ran freely for the calls' 0.5 s; 0 or 1 had they held it. A loaded
+    # machine may cost many turns, never most of them.
+    assert report["ticks_while_waiting"] >= 10
     assert report["stuck_errors"] == [True]
     assert report["delivered"] == 100
     with stored_results(core) as store:

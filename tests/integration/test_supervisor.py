@@ -42,7 +42,7 @@ sys.exit(sup.run())
 # Exits 3 on its first three runs; then runs until SIGTERM, which it obeys (exit 0) or
 # ignores, as the file "mode" says.
 CHILD = """
-import os, signal, sys, time
+import os, signal, sys
 from pathlib import Path
 
 here = Path(__file__).parent
@@ -58,7 +58,7 @@ else:
 (here / "ready.tmp").write_text(str(os.getpid()))
 (here / "ready.tmp").rename(here / "ready")
 while True:
-    time.sleep(0.05)
+    signal.pause()
 """
 
 

@@ -34,6 +34,7 @@ from kafka.structs import OffsetAndMetadata
 from jobworker.adapters.codec import task_from_job
 from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobworker.domain.model import Job
+from tests.support.waiting import wait_until
 
 KAFKA_TOOLS = Path(__file__).resolve().parents[2] / "tools" / "kafka"
 NO_BROKER = (
@@ -211,14 +212,13 @@ def create_topic(
 def _wait_for_partitions(servers: str, topic: str, partitions: int, timeout_s: float = 30) -> None:
     consumer = KafkaConsumer(bootstrap_servers=servers, client_id="tests-metadata")
     try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if len(consumer.partitions_for_topic(topic) or ()) == partitions:
-                return
-            time.sleep(0.1)
+        wait_until(
+            lambda: len(consumer.partitions_for_topic(topic) or ()) == partitions,
+            timeout_s,
+            f"topic {topic} has no metadata for {partitions} partitions",
+        )
     finally:
         consumer.close()
-    raise AssertionError(f"topic {topic} has no metadata for {partitions} partitions")
 
 
 def job_record(job: Job, partition: int) -> tuple[bytes, bytes, int]:
@@ -335,10 +335,7 @@ def read_all(servers: str, topic: str, count: int, timeout_s: float = 30.0) -> l
     records: list[Any] = []
     try:
         deadline = time.monotonic() + timeout_s
-        partitions = consumer.partitions_for_topic(topic)
-        while not partitions and time.monotonic() < deadline:
-            time.sleep(0.2)
-            partitions = consumer.partitions_for_topic(topic)
+        partitions = wait_until(lambda: consumer.partitions_for_topic(topic), timeout_s)
         tps = [TopicPartition(topic, p) for p in sorted(partitions or ())]
         if not tps:
             return records

@@ -44,6 +44,7 @@ from jobworker.adapters.kafka import KafkaClientSettings
 from jobworker.adapters.kafka.quirks import open_admin_client
 from tests.support.kafka import KAFKA_TOOLS, kafka_version, unique_name
 from tests.support.processes import free_port
+from tests.support.waiting import wait_until
 
 ADMIN = ("admin", "admin-secret")
 WORKER = ("worker", "worker-secret")
@@ -354,25 +355,24 @@ def secure_broker(folder: Path) -> Iterator[SecureBroker]:
 
 
 def _wait_until_serving(broker: SecureBroker, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT_S
     host, port = broker.bootstrap.split(":")
-    while True:
+
+    def serving() -> bool:
         if process.poll() is not None:
             pytest.fail(f"the secured broker exited at start:\n{broker.log_tail()}", pytrace=False)
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"the secured broker did not serve within {_START_TIMEOUT_S} s:"
-                f"\n{broker.log_tail()}",
-                pytrace=False,
-            )
         try:
             socket.create_connection((host, int(port)), timeout=1).close()
             with broker.admin() as admin:
                 admin.list_topics()
         except Exception:  # not serving yet, whatever the reason
-            time.sleep(0.5)
-            continue
-        return
+            return False
+        return True
+
+    if not wait_until(serving, _START_TIMEOUT_S, interval_s=0.5):
+        pytest.fail(
+            f"the secured broker did not serve within {_START_TIMEOUT_S} s:\n{broker.log_tail()}",
+            pytrace=False,
+        )
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

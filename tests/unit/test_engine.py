@@ -478,9 +478,8 @@ def test_stop_drains_in_flight_jobs_and_leaves_queued_ones_unacked() -> None:
     assert sorted(executor.finished) == ["j0", "j1"]
     assert sorted(source.acked_ids) == ["j0", "j1"]
     assert engine.stop(timeout=2) is report  # idempotent
-    # Lets time pass on purpose: nothing may happen in it (a slow machine only lets less
-    # happen, it cannot fail the test).
-    gevent.sleep(0.1)
+    # A slow machine only lets less happen in this window: it cannot fail the test.
+    gevent.sleep(0.1)  # on purpose: a window in which nothing may start
     assert len(executor.started) == 2, "nothing starts after stop"
 
 
@@ -549,11 +548,10 @@ def test_an_output_core_cannot_take_fails_the_job(output: object, error: str) ->
 def test_an_executor_cannot_swallow_its_deadline() -> None:
     class Stubborn:
         def execute(self, job: Job) -> str:
-            # The job's work, far longer than its deadline: not a wait of the test's.
             try:
-                gevent.sleep(10)
+                gevent.sleep(10)  # the job's work, far longer than its deadline
             except Exception:  # what careless executor code does
-                gevent.sleep(10)
+                gevent.sleep(10)  # and more of it
             return "finished anyway"
 
     job = Job(id="s", type="S", timeout_ms=20)
