@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from dynaconf import Dynaconf
+from dynaconf import Dynaconf, get_history
 from dynaconf.loaders.base import SourceMetadata
-from dynaconf.utils.inspect import KeyNotFoundError, get_history
+from dynaconf.utils.inspect import KeyNotFoundError
 
 from jobworker.domain.errors import ConfigurationError
 from jobworker.entrypoints.config_values import with_unit

@@ -560,3 +560,28 @@ def test_submit_checks_what_a_kafka_client_takes_whatever_the_source() -> None:
         "KAFKA_SASL_USERNAME",
         "KAFKA_SASL_PASSWORD",
     ]
+
+
+def test_a_client_key_that_asks_for_a_password_is_named(tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    from cryptography.hazmat.primitives import serialization
+
+    leaf = trustme.CA().issue_cert("worker")
+    key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    (tmp_path / "client.pem").write_bytes(leaf.cert_chain_pems[0].bytes())
+    (tmp_path / "client.key").write_bytes(encrypted)
+    files = {
+        "KAFKA_SECURITY_PROTOCOL": "SSL",
+        "KAFKA_SSL_CERTFILE": str(tmp_path / "client.pem"),
+        "KAFKA_SSL_KEYFILE": str(tmp_path / "client.key"),
+    }
+    [problem] = Settings(KAFKA_RUN | files).problems()
+    assert problem.variable == "KAFKA_SSL_KEYFILE"
+    assert "the private key is encrypted; give an unencrypted key" in problem.problem
+    (tmp_path / "client.key").write_bytes(leaf.private_key_pem.bytes())
+    assert Settings(KAFKA_RUN | files).problems() == []
