@@ -28,7 +28,6 @@ from typing import Any
 
 import gevent
 import structlog
-from kafka.util import ensure_valid_topic_name
 
 from jobworker.adapters.kafka.book import Book, SharedBook
 from jobworker.adapters.kafka.commits import OffsetCommits
@@ -43,7 +42,6 @@ from jobworker.adapters.kafka.rebalance import Rebalances
 from jobworker.adapters.kafka.records import JobReader, KafkaReceipt, decode_task
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.adapters.kafka.stats import SourceStats
-from jobworker.domain.errors import ConfigurationError
 from jobworker.domain.model import Job
 
 log = structlog.get_logger(__name__)
@@ -73,6 +71,9 @@ class KafkaJobSource:
     ``poison.PoisonPolicy`` says; dead letters are written in slices of at most
     ``dead_letter_budget_s`` per fetch, retried after ``dead_letter_retry_s`` doubling
     up to ``dead_letter_max_backoff_s``.
+
+    Its values are taken as valid: the settings check them (topic names, a dead-letter
+    topic that differs, a group id, a window of at least 1) before a source is made.
     """
 
     def __init__(
@@ -95,14 +96,6 @@ class KafkaJobSource:
         ordering: Ordering = Ordering.NONE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_in_flight_per_partition < 1:
-            raise ConfigurationError("KAFKA_MAX_IN_FLIGHT_PER_PARTITION", "must be at least 1")
-        _check_topic("KAFKA_TOPIC", topic)
-        _check_topic("KAFKA_DLQ_TOPIC", dlq_topic)
-        if dlq_topic == topic:
-            raise ConfigurationError("KAFKA_DLQ_TOPIC", "must differ from KAFKA_TOPIC")
-        if not group_id.strip():
-            raise ConfigurationError("KAFKA_GROUP_ID", "must not be empty")
         self.topic = topic
         self._reader = JobReader(keyed=ordering == Ordering.KEY)
         self._close_timeout_s = close_timeout_s
@@ -327,10 +320,3 @@ class KafkaJobSource:
             if position is not None:
                 with self._shared as book:
                     book.partitions.skipped_to(tp, position)
-
-
-def _check_topic(variable: str, topic: str) -> None:
-    try:
-        ensure_valid_topic_name(topic)
-    except (TypeError, ValueError) as error:
-        raise ConfigurationError(variable, str(error)) from None
