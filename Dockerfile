@@ -18,7 +18,8 @@ COPY domain/ domain/
 COPY application/ application/
 COPY adapters/ adapters/
 COPY entrypoints/ entrypoints/
-COPY jobworker/ jobworker/
+COPY package/ package/
+COPY setup.py ./
 # The project as a wheel (not editable: the sources stay behind in this stage). A uv
 # virtualenv has no pip or setuptools, and --no-dev keeps the locked pip out.
 RUN /opt/uv/bin/uv sync --locked --no-dev --no-editable \

@@ -3,7 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# The editable install is a tree of links to the modules (pyproject.toml, [tool.uv]): the
+# stamp names the set of module paths, so adding, moving or removing one re-links it.
+MODULES := $(shell find package domain application adapters entrypoints -name '*.py*' -not -path '*/__pycache__/*' | sort | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(MODULES)
 
 .PHONY: venv lock upgrade lowest proto proto-check package-check lint unit integration contract e2e faults test demo demo-kafka kafka-up kafka-down bench clean
 
@@ -22,8 +25,9 @@ $(UV): tools/uv-requirements.txt
 	touch $(UV)
 
 venv: $(STAMP)
-$(STAMP): pyproject.toml uv.lock $(UV)
-	$(UV) sync --locked --quiet
+$(STAMP): pyproject.toml setup.py uv.lock $(UV)
+	$(UV) sync --locked --quiet --reinstall-package jobworker
+	rm -f $(VENV)/.installed*
 	touch $(STAMP)
 
 # Versions move only here. `make lock` records a change to pyproject.toml's ranges and

@@ -15,8 +15,9 @@ from types import TracebackType
 
 READY_LINE_PREFIX = "core listening on port "
 
-# Where ``adapters`` lives: the child must import this very source tree.
-_SOURCE_ROOT = Path(__file__).resolve().parents[2]
+# Where the running ``jobworker`` package was imported from (site-packages, or an
+# editable install's link tree: the path is not resolved): the child imports the same one.
+_IMPORT_ROOT = Path(__file__).parents[3]
 
 _READY_POLL_S = 0.02
 
@@ -57,7 +58,6 @@ class CoreProcess:
                 command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=_SOURCE_ROOT,
                 env={**os.environ, "PYTHONPATH": _python_path(), "PYTHONUNBUFFERED": "1"},
             )
         if not self._wait_until_ready(log_offset, timeout_s):
@@ -116,4 +116,4 @@ class CoreProcess:
 
 def _python_path() -> str:
     existing = os.environ.get("PYTHONPATH")
-    return f"{_SOURCE_ROOT}{os.pathsep}{existing}" if existing else str(_SOURCE_ROOT)
+    return f"{_IMPORT_ROOT}{os.pathsep}{existing}" if existing else str(_IMPORT_ROOT)
