@@ -21,9 +21,12 @@ from tests.support.processes import free_port, wait_until, worker_env
 
 pytestmark = pytest.mark.integration
 
-# The check: a signal 3 s into start-up ends the process within 2 s (measured
-# here to its last line, see signal_during).
-EXIT_WITHIN_S = 2.0
+# "At once" against "when the wait it was in ends": the waits here last 30 s (Kafka's
+# bootstrap) and 60 s (CORE_START_TIMEOUT), so a worker that reacts to the signal stops
+# far inside this bound on any machine, and one that waits does not. The reaction takes
+# 0.6-0.9 s on a quiet machine (measured to the last line, see signal_during); that
+# figure is not the verdict, because a loaded machine stretches it.
+EXIT_WITHIN_S = 10.0
 HUNG_AFTER_S = 30.0
 STOPPED_LINE = "stopped before starting; no job was taken"
 
