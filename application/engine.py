@@ -313,8 +313,9 @@ class WorkerEngine:
         """A pool slot: runs queued jobs one after another until stop() begins.
 
         A slot lives on between jobs, waiting on the jobs queue: a greenlet spawned per
-        job cost more than a short job itself (measured before: one spawn per two jobs at
-        24,000 no-op jobs/s, slots ending whenever the queue ran dry between fetches).
+        job cost more than a short job itself (docs/benchmarks.md, "Costs quoted by the
+        code"), and slots that ended whenever the queue ran dry between fetches spawned
+        nearly that many.
         A slot waiting for a job holds none, so stop() ends the waiting ones at once and
         the others after their job; none takes a job once stop() began.
         """

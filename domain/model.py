@@ -35,9 +35,10 @@ NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
 
 # Job and JobResult are NamedTuples, not frozen dataclasses: both are made for every job,
-# and a frozen dataclass's __init__ (one object.__setattr__ per field) cost 1.65 µs
-# against 0.64 µs (10 fields, measured). They are as immutable; ``_replace`` makes a
-# changed copy. Being tuples, they compare equal to a tuple of the same values.
+# and a frozen dataclass's __init__ sets each field through object.__setattr__, at more
+# than twice a tuple's cost (docs/benchmarks.md, "Costs quoted by the code"). They are
+# as immutable; ``_replace`` makes a changed copy. Being tuples, they compare equal to a
+# tuple of the same values.
 
 
 class Job(NamedTuple):
