@@ -12,9 +12,14 @@ error: the variable may be meant for something else.
 from __future__ import annotations
 
 import difflib
+import os
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+
+import structlog
+
+log = structlog.get_logger("jobworker")
 
 # Set by the ``--processes`` supervisor for its children: they read the same environment
 # and .env as the parent, which has already warned of what is in them.
@@ -115,3 +120,11 @@ def _looks_like_ours(name: str) -> bool:
         and name not in _OTHERS
         and not _OTHERS_PATTERN.search(name)
     )
+
+
+def log_unknown_variables(unknown: Iterable[UnknownVariable]) -> None:
+    """A warning line each, unless this is a ``--processes`` child (WARNED_BY_PARENT)."""
+    if os.environ.get(WARNED_BY_PARENT):
+        return
+    for variable in unknown:
+        log.warning(str(variable), variable=variable.name, nearest=variable.nearest)
