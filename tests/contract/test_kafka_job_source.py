@@ -56,7 +56,7 @@ def take(
     deadline = time.monotonic() + timeout_s
     while len(jobs) < count and time.monotonic() < deadline:
         jobs.extend(source.fetch(count - len(jobs), poll_s))
-        time.sleep(pause_s)
+        time.sleep(pause_s)  # on purpose: a caller's pacing between fetches, 0 by default
     assert len(jobs) == count, (
         f"expected {count} jobs, got {[job.id for job in jobs]} (generation "
         f"{source.group_generation()}, assigned {source.assigned()})"
@@ -369,7 +369,7 @@ def test_a_join_that_finishes_between_polls_is_taken_not_started_again(
 
     assert [job.id for job in jobs] == ["job"]
     # One join for the first (often empty) assignment, one when the metadata came, and
-    # room for a retry on a slow machine; throwing joins away made it 80 to 160.
+    # room for a retry on a slow machine; a source that threw joins away needed dozens.
     assert source.group_generation() <= 5
 
 
@@ -464,7 +464,7 @@ GEVENT_SCRIPT = textwrap.dedent(
     def acker():
         while True:
             job = acks.get()
-            gevent.sleep(0.01)
+            gevent.sleep(0.01)  # on purpose: a job's work before its ack
             source.ack(job)
             acked.append(job.id)
 
@@ -472,7 +472,7 @@ GEVENT_SCRIPT = textwrap.dedent(
     def ticker():  # proves the hub keeps running while the source polls
         while True:
             ticks.append(time.monotonic())
-            gevent.sleep(0.05)
+            gevent.sleep(0.05)  # on purpose: the ticks count the hub's turns
 
     workers = [gevent.spawn(acker), gevent.spawn(ticker)]
     deadline = time.monotonic() + 40

@@ -25,6 +25,7 @@ from jobworker.domain.model import Job, JobStatus, JobType
 from jobworker.entrypoints.log_batching import BatchedLineHandler
 from jobworker.entrypoints.log_processors import MAX_FIELD_CHARS, MAX_TRACEBACK_CHARS, FieldCap
 from jobworker.entrypoints.logging_setup import configure_logging, flush_logs
+from tests.support.waiting import wait_until
 
 KB = 1000
 # A line holds several fields, each capped; this bounds a line with a few long ones.
@@ -214,7 +215,9 @@ def test_what_an_executor_logs_during_a_job_carries_the_job_and_nothing_after(
         def execute(self, job: Job) -> str:
             structlog.get_logger("executor").info("structlog line")
             logging.getLogger("executor.lib").info("stdlib line")
-            gevent.sleep(0.001)  # other jobs run meanwhile, with their own ids
+            # On purpose, not a synchronisation: the job gives way, so the other jobs
+            # log meanwhile, with their own ids.
+            gevent.sleep(0.001)
             structlog.get_logger("executor").info("after a switch")
             return "{}"
 
@@ -353,9 +356,7 @@ def test_a_waiting_line_is_written_within_the_interval_without_more_logging() ->
     handler = BatchedLineHandler(stream, flush_interval_s=0.01)
     try:
         handler.handle(_record(logging.INFO, "alone"))
-        with gevent.Timeout(5):
-            while not stream.getvalue():
-                gevent.sleep(0.01)
+        wait_until(stream.getvalue, 5, "the waiting line was never written")
         assert stream.getvalue() == b"alone\n"
     finally:
         handler.close()
