@@ -33,7 +33,8 @@ from jobworker.adapters.codec import job_from_task, result_to_proto, task_from_j
 from jobworker.adapters.executors.sleep import SleepExecutor
 from jobworker.adapters.memory import InMemoryJobSource, InMemoryResultSink
 from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from jobworker.application.engine import EngineConfig, WorkerEngine
+from jobworker.application.engine import WorkerEngine
+from jobworker.application.engine_config import EngineConfig
 from jobworker.application.registry import ExecutorRegistry
 from jobworker.domain.model import Job, JobResult, JobStatus
 

@@ -2,6 +2,8 @@
 
 Adapters with connections or threads are Resources, so ``shutdown_resources()`` closes
 them (the Kafka source commits and leaves its group there) once the engine has stopped.
+It is a little over 400 lines on purpose: every adapter's wiring is here, so that
+choosing or replacing one is read and changed in one file, not several.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from jobworker.adapters.observability.metrics import (
     new_registry,
 )
 from jobworker.adapters.tracing.setup import start_tracing
-from jobworker.application.engine import EngineConfig, WorkerEngine
+from jobworker.application.engine import WorkerEngine
+from jobworker.application.engine_config import EngineConfig
 from jobworker.application.job_limits import JobLimits
 from jobworker.application.registry import ExecutorRegistry
 from jobworker.application.result_delivery import RefusalPolicy

@@ -16,7 +16,8 @@ from jobworker.adapters.file.source import FileJobSource
 from jobworker.adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
 from jobworker.adapters.kafka.log_noise import held_back_connection_errors
 from jobworker.adapters.observability.http_server import ObservabilityServer
-from jobworker.application.engine import StopReport, WorkerEngine
+from jobworker.application.engine import WorkerEngine
+from jobworker.application.engine_config import StopReport
 from jobworker.domain.errors import ConfigurationError, JobWorkerError, SourceFailed
 from jobworker.entrypoints.container import Container
 from jobworker.entrypoints.exit_codes import (

@@ -13,7 +13,8 @@ from jobworker.adapters.memory import (
     InMemoryRefusedResultStore,
     InMemoryResultSink,
 )
-from jobworker.application.engine import EngineConfig, WorkerEngine
+from jobworker.application.engine import WorkerEngine
+from jobworker.application.engine_config import EngineConfig
 from jobworker.application.registry import ExecutorRegistry
 from jobworker.application.result_delivery import RefusalPolicy
 from jobworker.application.retry import RetryPolicy

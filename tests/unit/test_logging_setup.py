@@ -19,7 +19,8 @@ from jobworker.adapters.executors import HttpExecutor, SafeHttpClient
 from jobworker.adapters.kafka.log_noise import KafkaNoteAloneIsNoNews
 from jobworker.adapters.memory import InMemoryJobSource, InMemoryResultSink
 from jobworker.adapters.observability.job_log import LoggingJobObserver
-from jobworker.application.engine import EngineConfig, WorkerEngine
+from jobworker.application.engine import WorkerEngine
+from jobworker.application.engine_config import EngineConfig
 from jobworker.application.registry import ExecutorRegistry
 from jobworker.domain.model import Job, JobStatus, JobType
 from jobworker.entrypoints.log_batching import BatchedLineHandler
