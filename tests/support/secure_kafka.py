@@ -239,13 +239,13 @@ def _jaas(user: tuple[str, str]) -> str:
 def _server_properties(
     folder: Path, port: int, controller_port: int, ca_file: Path, keystore: Path
 ) -> str:
-    return f"""\
-process.roles=broker,controller
-node.id=1
+    shared = (KAFKA_TOOLS / "single-node.properties").read_text()
+    return (
+        shared
+        + f"""\
 controller.quorum.voters=1@127.0.0.1:{controller_port}
 listeners=SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
 advertised.listeners=SASL_SSL://127.0.0.1:{port}
-controller.listener.names=CONTROLLER
 inter.broker.listener.name=SASL_SSL
 listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
 sasl.enabled.mechanisms={MECHANISM}
@@ -260,22 +260,11 @@ authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 allow.everyone.if.no.acl.found=false
 super.users=User:{ADMIN[0]};User:ANONYMOUS
 log.dirs={folder / "data"}
-num.partitions=1
-default.replication.factor=1
-min.insync.replicas=1
 # As managed services: topics are made on purpose, not by a client asking for one.
 auto.create.topics.enable=false
-offsets.topic.replication.factor=1
 offsets.topic.num.partitions=3
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-num.network.threads=2
-num.io.threads=4
-background.threads=4
 """
+    )
 
 
 def _java(libs: Path, *args: str, log_config: str = "log4j2-tools.properties") -> list[str]:

@@ -86,34 +86,20 @@ gather_jars() {
 
 write_config() {
     mkdir -p "$STATE/data"
-    cat >"$CONFIG" <<EOF
-# Written by tools/kafka/broker.sh; rewritten on every start.
-process.roles=broker,controller
-node.id=1
+    {
+        echo "# Written by tools/kafka/broker.sh; rewritten on every start."
+        cat "$HERE/single-node.properties"
+        cat <<EOF
 controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
 listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
 advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
-controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 log.dirs=$STATE/data
-num.partitions=1
-default.replication.factor=1
-min.insync.replicas=1
 auto.create.topics.enable=true
-offsets.topic.replication.factor=1
 offsets.topic.num.partitions=6
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-# A small machine: few threads, short retention.
-num.network.threads=2
-num.io.threads=4
-background.threads=4
-log.retention.hours=24
 EOF
+    } >"$CONFIG"
 }
 
 start() {
