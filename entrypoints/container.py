@@ -35,6 +35,7 @@ from jobworker.adapters.kafka.log_noise import first_error, held_back_connection
 from jobworker.adapters.kafka.refused_results import KafkaRefusedResultStore
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.adapters.kafka.source import KafkaJobSource
+from jobworker.adapters.kafka.wiring import SourceOptions
 from jobworker.adapters.observability.job_log import LoggingJobObserver
 from jobworker.adapters.observability.metrics import (
     PrometheusJobObserver,
@@ -114,13 +115,15 @@ def kafka_source(settings: Settings) -> Iterator[KafkaJobSource]:
             kafka_client_settings(settings),
             topic=settings.kafka_topic,
             group_id=settings.kafka_group_id,
-            dlq_topic=settings.kafka_dlq_topic,
-            worker_id=settings.worker_id,
-            max_in_flight_per_partition=settings.kafka_max_in_flight_per_partition,
-            commit_interval_s=settings.kafka_commit_interval,
-            commit_every=settings.kafka_commit_every,
-            unreadable_batches=settings.kafka_unreadable_batches,
-            ordering=settings.kafka_ordering,
+            options=SourceOptions(
+                dlq_topic=settings.kafka_dlq_topic,
+                worker_id=settings.worker_id,
+                max_in_flight_per_partition=settings.kafka_max_in_flight_per_partition,
+                commit_interval_s=settings.kafka_commit_interval,
+                commit_every=settings.kafka_commit_every,
+                unreadable_batches=settings.kafka_unreadable_batches,
+                ordering=settings.kafka_ordering,
+            ),
         )
     yield from _closing(source)
 

@@ -4,6 +4,7 @@ from jobworker.adapters.kafka.publisher import KafkaJobPublisher, PublishFailed
 from jobworker.adapters.kafka.records import KafkaReceipt
 from jobworker.adapters.kafka.settings import KafkaClientSettings, parse_brokers
 from jobworker.adapters.kafka.source import KafkaJobSource
+from jobworker.adapters.kafka.wiring import SourceOptions
 
 __all__ = [
     "KafkaClientSettings",
@@ -11,5 +12,6 @@ __all__ = [
     "KafkaJobSource",
     "KafkaReceipt",
     "PublishFailed",
+    "SourceOptions",
     "parse_brokers",
 ]

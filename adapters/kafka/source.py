@@ -13,7 +13,8 @@ jobs is a piece beside it, found by its file name:
 - ``flow_control.py``: pausing full partitions, how long a poll waits;
 - ``commits.py``: when done offsets are committed, waiting or not;
 - ``offsets/``: the per-partition state itself, without Kafka;
-- ``book.py`` and ``stats.py``: that state behind its one lock, and the totals.
+- ``book.py`` and ``stats.py``: that state behind its one lock, and the totals;
+- ``wiring.py``: the source's options, and its pieces made from them.
 
 Errors from the consumer are retried, except those retrying cannot fix (authentication
 or authorization refused, group settings the broker rejects): ``fetch`` raises
@@ -22,26 +23,18 @@ or authorization refused, group settings the broker rejects): ``fetch`` raises
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gevent
 import structlog
 
-from jobworker.adapters.kafka.book import Book, SharedBook
-from jobworker.adapters.kafka.commits import OffsetCommits
-from jobworker.adapters.kafka.consumer import Consumer, ConsumerError, Records, TopicPartition
-from jobworker.adapters.kafka.flow_control import FlowControl
+from jobworker.adapters.kafka.consumer import ConsumerError, Records, TopicPartition
 from jobworker.adapters.kafka.lag import PartitionOffsets, owned_lag
-from jobworker.adapters.kafka.modes import Ordering, UnreadableBatches
-from jobworker.adapters.kafka.offsets.commit_cadence import CommitCadence
-from jobworker.adapters.kafka.offsets.partitions import AssignedPartitions
-from jobworker.adapters.kafka.poison import PoisonPolicy
-from jobworker.adapters.kafka.rebalance import Rebalances
-from jobworker.adapters.kafka.records import JobReader, KafkaReceipt, decode_task
+from jobworker.adapters.kafka.records import KafkaReceipt, decode_task
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.adapters.kafka.stats import SourceStats
+from jobworker.adapters.kafka.wiring import SourceOptions, wire
 from jobworker.domain.model import Job
 
 log = structlog.get_logger(__name__)
@@ -55,85 +48,30 @@ class KafkaJobSource:
     """The JobSource port over a Kafka consumer group (see ``jobworker.domain.ports.JobSource``).
 
     A partition's committed offset never passes a job that is not done (acked, or its
-    record written to the dead-letter topic). ``max_in_flight_per_partition`` bounds a
-    partition's span, from its lowest unfinished offset to its newest taken one: that
-    is what a restart reads again, however few of those jobs are still running. A
-    partition whose span is full is paused until its lowest unfinished job is done.
-    Done offsets are committed every ``commit_interval_s`` or ``commit_every`` acks
-    (those without waiting for the broker's answer), when partitions are revoked, and on
-    ``close``.
-
-    ``ordering`` (KAFKA_ORDERING) ``KEY`` runs the jobs of one record key one at a time,
-    in offset order, and ``PARTITION`` one job of a partition at a time; ``NONE`` (the
-    default) lets them all run at once. Held jobs count in the window.
-
-    Poison records and unreadable batches (``unreadable_batches``) are handled as
-    ``poison.PoisonPolicy`` says; dead letters are written in slices of at most
-    ``dead_letter_budget_s`` per fetch, retried after ``dead_letter_retry_s`` doubling
-    up to ``dead_letter_max_backoff_s``.
-
-    Its values are taken as valid: the settings check them (topic names, a dead-letter
-    topic that differs, a group id, a window of at least 1) before a source is made.
+    record written to the dead-letter topic). A partition whose span (from its lowest
+    unfinished offset to its newest taken one: what a restart reads again) reaches
+    ``max_in_flight_per_partition`` is paused until its lowest unfinished job is done.
+    Done offsets are committed on a cadence without waiting for the broker's answer,
+    when partitions are revoked, and on ``close``. ``options`` are described in
+    ``wiring.SourceOptions``.
     """
 
     def __init__(
-        self,
-        settings: KafkaClientSettings,
-        topic: str,
-        group_id: str,
-        *,
-        dlq_topic: str,
-        worker_id: str = "",
-        max_in_flight_per_partition: int = 1000,
-        commit_interval_s: float = 0.1,
-        commit_every: int = 1000,
-        dead_letter_retry_s: float = 1.0,
-        dead_letter_max_backoff_s: float = 30.0,
-        dead_letter_budget_s: float = 1.0,
-        unreadable_batches: UnreadableBatches = UnreadableBatches.DEAD_LETTER,
-        close_timeout_s: float = 10.0,
-        revoke_grace_s: float = 5.0,
-        ordering: Ordering = Ordering.NONE,
-        clock: Callable[[], float] = time.monotonic,
+        self, settings: KafkaClientSettings, topic: str, group_id: str, options: SourceOptions
     ) -> None:
         self.topic = topic
-        self._reader = JobReader(keyed=ordering == Ordering.KEY)
-        self._close_timeout_s = close_timeout_s
+        self._close_timeout_s = options.close_timeout_s
         self._closed = False
         # Partitions sought back in this fetch, to records before any unreadable batch.
         self._read_again: set[TopicPartition] = set()
-        # A commit sent without waiting that has not answered after 60 s is taken as
-        # lost (the client fails requests well before).
-        cadence = CommitCadence(commit_interval_s, commit_every, clock, patience_s=60.0)
-        partitions: AssignedPartitions[TopicPartition] = AssignedPartitions(
-            max_in_flight_per_partition, ordering=ordering
-        )
-        self._shared = SharedBook(Book(partitions, cadence))
-        self._consumer = Consumer(settings, topic, group_id)
-        self._commits = OffsetCommits(self._consumer, self._shared, close_timeout_s)
-        self._flow = FlowControl(self._consumer, self._shared)
-        self._poison = PoisonPolicy(
-            self._consumer,
-            self._shared,
-            self._commits.done,
-            settings,
-            dlq_topic=dlq_topic,
-            worker_id=worker_id,
-            unreadable_batches=unreadable_batches,
-            retry_s=dead_letter_retry_s,
-            max_backoff_s=dead_letter_max_backoff_s,
-            budget_s=dead_letter_budget_s,
-            clock=clock,
-        )
-        self._rebalances = Rebalances(
-            self._consumer,
-            self._shared,
-            self._commits,
-            self._flow,
-            revoke_grace_s=revoke_grace_s,
-            clock=clock,
-            closing=lambda: self._closed,
-        )
+        pieces = wire(settings, topic, group_id, options, closing=lambda: self._closed)
+        self._reader = pieces.reader
+        self._shared = pieces.shared
+        self._consumer = pieces.consumer
+        self._commits = pieces.commits
+        self._flow = pieces.flow
+        self._poison = pieces.poison
+        self._rebalances = pieces.rebalances
         self._consumer.subscribe(self._rebalances)
 
     # -- the JobSource port -------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from jobworker.adapters.kafka import KafkaClientSettings, KafkaJobSource
+from jobworker.adapters.kafka import KafkaClientSettings, KafkaJobSource, SourceOptions
 from tests.support.kafka import create_topic, produce, task_bytes, unique_name
 from tests.support.secure_kafka import SecureBroker, secure_broker
 
@@ -74,7 +74,8 @@ def source_factory(
 
     def make(topic: str, group_id: str, **options: Any) -> KafkaJobSource:
         options.setdefault("dlq_topic", f"{topic}.dlq")  # what KAFKA_DLQ_TOPIC defaults to
-        source = KafkaJobSource(options.pop("settings", settings), topic, group_id, **options)
+        client = options.pop("settings", settings)
+        source = KafkaJobSource(client, topic, group_id, SourceOptions(**options))
         sources.append(source)
         return source
 

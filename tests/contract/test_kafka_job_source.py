@@ -451,12 +451,12 @@ GEVENT_SCRIPT = textwrap.dedent(
     import json, sys, time
     import gevent
     from gevent.queue import Queue
-    from jobworker.adapters.kafka import KafkaClientSettings, KafkaJobSource
+    from jobworker.adapters.kafka import KafkaClientSettings, KafkaJobSource, SourceOptions
 
     servers, topic, group_id, expected = sys.argv[1:5]
     source = KafkaJobSource(
         KafkaClientSettings([servers], session_timeout_ms=6000, heartbeat_interval_ms=1000),
-        topic, group_id, dlq_topic=f"{topic}.dlq", commit_interval_s=0.2,
+        topic, group_id, SourceOptions(dlq_topic=f"{topic}.dlq", commit_interval_s=0.2),
     )
     acks = Queue()
     acked = []
