@@ -8,11 +8,11 @@ is dead and where it came from, so that nothing read is lost without a trace.
 from __future__ import annotations
 
 import base64
-import json
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from jobworker.adapters.file.json_lines import AppendedJsonLines, json_line
 from jobworker.domain.errors import JobWorkerError
 
 # Beside ``<RESULT_FILE>.refused.jsonl`` (results Core refused), as Kafka's
@@ -61,26 +61,23 @@ class JobLineDeadLetters:
     """
 
     def __init__(self, path: Path | str, worker_id: str = "") -> None:
-        self.path = str(path)
+        self._lines = AppendedJsonLines(path)
         self._worker_id = worker_id
-        self._out: IO[str] | None = None
+
+    @property
+    def path(self) -> str:
+        return self._lines.path
 
     def write(self, raw: str, source: str, line_number: int, reason: str) -> None:
         record = dead_letter_record(
             raw, source, line_number, reason, self._worker_id, time.time_ns() // 1_000_000
         )
         try:
-            if self._out is None:
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                self._out = Path(self.path).open("a", encoding="utf-8")  # noqa: SIM115
-            self._out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            self._out.flush()
+            self._lines.append(json_line(record))
         except OSError as error:
             raise DeadLetterNotWritten(
                 f"cannot write dead-letter file {self.path}: {error.strerror}"
             ) from None
 
     def close(self) -> None:
-        if self._out is not None:
-            self._out.close()
-            self._out = None
+        self._lines.close()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
+from jobworker.adapters.file.json_lines import AppendedJsonLines, json_line
 from jobworker.domain.errors import ResultNotDelivered
 from jobworker.domain.model import JobResult
 
@@ -29,14 +28,6 @@ def result_to_record(result: JobResult) -> dict[str, object]:
     }
 
 
-# json.dumps builds a new encoder on every call that passes an option.
-_encode = json.JSONEncoder(ensure_ascii=False).encode
-
-
-def _line(record: dict[str, object]) -> str:
-    return _encode(record) + "\n"
-
-
 class FileResultSink:
     """Appends each result as one JSON line and flushes it before ``send`` returns.
 
@@ -45,41 +36,26 @@ class FileResultSink:
     """
 
     def __init__(self, path: Path | str) -> None:
-        self._path = str(path)
-        self._stream: IO[str] | None = None
-
-    def _open(self) -> IO[str]:
-        if self._stream is None:
-            if self._path == "-":
-                import sys  # noqa: PLC0415 - only the stdout case needs it
-
-                self._stream = sys.stdout
-            else:
-                target = Path(self._path)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                self._stream = target.open("a", encoding="utf-8")
-        return self._stream
+        self._lines = AppendedJsonLines(path)
 
     def send(self, result: JobResult) -> None:
         self.write_record(result_to_record(result))
 
     def send_batch(self, results: Sequence[JobResult]) -> None:
         # One write and one flush for the batch: a flush per line is a system call each.
-        self._write("".join(_line(result_to_record(result)) for result in results))
+        self._write("".join(json_line(result_to_record(result)) for result in results))
 
     def write_record(self, record: dict[str, object]) -> None:
         """Append ``record`` as one JSON line and flush it."""
-        self._write(_line(record))
+        self._write(json_line(record))
 
     def _write(self, lines: str) -> None:
         try:
-            stream = self._open()
-            stream.write(lines)
-            stream.flush()
+            self._lines.append(lines)
         except OSError as error:
-            raise ResultNotDelivered(f"cannot write results file {self._path}: {error}") from error
+            raise ResultNotDelivered(
+                f"cannot write results file {self._lines.path}: {error}"
+            ) from error
 
     def close(self) -> None:
-        if self._stream is not None and self._path != "-":
-            self._stream.close()
-        self._stream = None
+        self._lines.close()
