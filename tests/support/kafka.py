@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -156,9 +156,14 @@ def kafka_bootstrap(say: Callable[[str], None] = _to_stderr) -> Iterator[str]:
         with _jar_broker() as servers:
             yield servers
         return
+    unavailable(NO_BROKER)
+
+
+def unavailable(reason: str) -> NoReturn:
+    """What a test does without the broker it needs: fail on CI, skip elsewhere."""
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(NO_BROKER, pytrace=False)
-    pytest.skip(NO_BROKER)
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
 
 
 @contextmanager

@@ -14,7 +14,6 @@ listener.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -42,7 +41,7 @@ from kafka.admin import (
 
 from jobworker.adapters.kafka import KafkaClientSettings
 from jobworker.adapters.kafka.quirks import open_admin_client
-from tests.support.kafka import KAFKA_TOOLS, kafka_version, unique_name
+from tests.support.kafka import KAFKA_TOOLS, unavailable, unique_name
 from tests.support.processes import free_port
 from tests.support.waiting import wait_until
 
@@ -59,35 +58,15 @@ NO_JAVA = (
 
 
 def _libs() -> Path:
-    cache = Path(os.environ.get("JOBWORKER_CACHE") or Path.home() / ".cache" / "jobworker")
-    return cache / f"kafka-{kafka_version()}" / "libs"
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
-
-
-def _gather_jars(libs: Path) -> None:
-    """The jars broker.sh uses, gathered the same way when it has not run yet."""
-    if (libs / ".complete").exists():
-        return
-    if not shutil.which("mvn"):
-        _unavailable(f"{NO_JAVA}: no jars in {libs} and no mvn to gather them")
-    staging = libs.with_name(f"{libs.name}.tmp.{os.getpid()}")
-    subprocess.run(
-        [
-            *("mvn", "-q", "-B", "-f", str(KAFKA_TOOLS / "pom.xml")),
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={staging}",
-            "-DincludeScope=runtime",
-        ],
-        check=True,
+    """The folder of the Kafka jars, gathered by broker.sh (once, with mvn) if need be."""
+    gathered = subprocess.run(
+        [str(KAFKA_TOOLS / "broker.sh"), "jars"], capture_output=True, text=True, check=False
     )
-    shutil.rmtree(libs, ignore_errors=True)
-    staging.rename(libs)
-    (libs / ".complete").touch()
+    if gathered.returncode != 0:
+        if not shutil.which("mvn"):
+            unavailable(f"{NO_JAVA}: no jars yet and no mvn to gather them")
+        pytest.fail(f"broker.sh jars failed:\n{gathered.stderr}", pytrace=False)
+    return Path(gathered.stdout.strip())
 
 
 @dataclass(frozen=True)
@@ -280,9 +259,8 @@ def _java(libs: Path, *args: str, log_config: str = "log4j2-tools.properties") -
 def secure_broker(folder: Path) -> Iterator[SecureBroker]:
     """Start the secured broker in ``folder``; stop it on leaving (see module docstring)."""
     if not shutil.which("java"):
-        _unavailable(NO_JAVA)
+        unavailable(NO_JAVA)
     libs = _libs()
-    _gather_jars(libs)
     port, controller_port = free_port(), free_port()
     ca_file, keystore, other_ca_file = _write_tls_files(folder)
     config = folder / "server.properties"

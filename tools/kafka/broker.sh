@@ -6,6 +6,7 @@
 #   tools/kafka/broker.sh down     stop it (SIGTERM, then SIGKILL); without KAFKA_PORT, every
 #                                  broker started from the state directory, whatever its port
 #   tools/kafka/broker.sh status   exit 0 and print the same line when it is healthy
+#   tools/kafka/broker.sh jars     gather the jars (once) and print their folder
 #
 # stdout is only that one line, so `eval "$(tools/kafka/broker.sh up)"` (or `make kafka-up`)
 # points the worker at the broker; progress goes to stderr.
@@ -230,8 +231,9 @@ case "${1:-}" in
 up) locked up ;;
 down) down ;;
 status) status ;;
+jars) gather_jars && echo "$LIBS" ;;
 *)
-    echo "usage: $0 up|down|status" >&2
+    echo "usage: $0 up|down|status|jars" >&2
     exit 2
     ;;
 esac
