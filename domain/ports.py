@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Protocol
 
+from jobworker.domain.dead_letters import Letter, RecordCopy, ReplayProgress
 from jobworker.domain.errors import ResultRefused
 from jobworker.domain.model import Job, JobResult
 
@@ -119,4 +120,71 @@ class JobObserver(Protocol):
 
     def result_delivered(self, result: JobResult) -> None:
         """Called when the sink accepted ``result``."""
+        ...
+
+
+class DeadLetterReader(Protocol):
+    """Reads one dead-letter topic without joining a group or committing anything."""
+
+    topic: str
+
+    def partitions(self) -> list[int]:
+        """The topic's partitions. Raises as ``letters`` does."""
+        ...
+
+    def letters(
+        self,
+        start_at: Mapping[int, int],
+        *,
+        partitions: Collection[int] | None = None,
+        since_ms: int | None = None,
+    ) -> Iterator[Letter]:
+        """Every letter of ``partitions`` (default: all), one partition after the other in
+        offset order, from ``start_at[partition]`` (else its first letter, or its first
+        at ``since_ms`` or later) up to where the partition ended when this was called.
+
+        Raises ``DeadLetterTopicMissing`` when the topic is not there and
+        ``AccessRefused`` when reading it is not allowed.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the connection. Idempotent."""
+        ...
+
+
+class ReplayCheckpoint(Protocol):
+    """Where replay keeps, per partition of a dead-letter topic, what it has sent."""
+
+    max_gaps: int
+    """How many gaps (runs of letters left behind) one partition's checkpoint can hold."""
+
+    def load(self) -> dict[int, ReplayProgress]:
+        """What earlier replays sent, by partition (empty: nothing yet)."""
+        ...
+
+    def save(self, progress: Mapping[int, ReplayProgress]) -> None:
+        """Record ``progress`` of these partitions, blocking until it is stored."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection. Idempotent."""
+        ...
+
+
+class RecordRepublisher(Protocol):
+    """Writes records back to a jobs topic, as replay does with job and batch letters."""
+
+    def send(self, topic: str, record: RecordCopy) -> None:
+        """Queue ``record`` for ``topic`` (which must exist; else ``ConfigurationError``)."""
+        ...
+
+    def flush(self) -> list[BaseException | None]:
+        """Wait for every record queued since the last flush: for each, in the order
+        sent, None if the broker acknowledged it, else why not. Raises
+        ``AccessRefused`` when writing to a topic is not allowed."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release the connection. Idempotent."""
         ...

@@ -19,6 +19,7 @@ from jobworker.domain.errors import (
     JobWorkerError,
     SourceFailed,
 )
+from jobworker.entrypoints.dlq import add_dlq_commands
 from jobworker.entrypoints.exit_codes import (
     EXIT_BROKEN_PIPE,
     EXIT_FAILED,
@@ -197,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--to-file", metavar="JSONL", help="append to a jobs file, not Kafka")
     submit.add_argument("--env-file", type=Path, help="settings file for Kafka (default: ./.env)")
     submit.set_defaults(handler=cmd_submit)
+
+    add_dlq_commands(commands)
 
     show = commands.add_parser(
         "settings",

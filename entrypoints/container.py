@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import gevent
 import structlog
@@ -31,8 +31,11 @@ from jobworker.adapters.file.refused import FileRefusedResultStore
 from jobworker.adapters.file.source import JobFileError
 from jobworker.adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
 from jobworker.adapters.kafka.lag import BrokerOffsetsMonitor, GroupOffsetsProbe
+from jobworker.adapters.kafka.letter_reader import KafkaDeadLetterReader
 from jobworker.adapters.kafka.log_noise import first_error, held_back_connection_errors
 from jobworker.adapters.kafka.refused_results import KafkaRefusedResultStore
+from jobworker.adapters.kafka.replay_checkpoint import KafkaReplayCheckpoint
+from jobworker.adapters.kafka.republisher import KafkaRecordRepublisher
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.adapters.kafka.source import KafkaJobSource
 from jobworker.adapters.kafka.wiring import SourceOptions
@@ -43,6 +46,7 @@ from jobworker.adapters.observability.metrics import (
     new_registry,
 )
 from jobworker.adapters.tracing.setup import start_tracing
+from jobworker.application.dead_letter_service import DeadLetterService
 from jobworker.application.engine import WorkerEngine
 from jobworker.application.engine_config import EngineConfig
 from jobworker.application.job_limits import JobLimits
@@ -55,6 +59,8 @@ from jobworker.domain.ports import Executor, JobObserver, ResultSink
 from jobworker.entrypoints.exit_codes import ServiceUnavailable
 from jobworker.entrypoints.settings import Settings
 from jobworker.entrypoints.settings.modes import RefusedResults
+
+_T = TypeVar("_T")
 
 kafka_log = structlog.get_logger("jobworker.kafka")
 
@@ -151,7 +157,10 @@ def file_source(settings: Settings) -> Iterator[FileJobSource]:
 
 
 def grpc_sink(
-    settings: Settings, on_retry: ResultSendRetries, core_tls: CoreTlsDiagnosis
+    settings: Settings,
+    on_retry: ResultSendRetries,
+    core_tls: CoreTlsDiagnosis,
+    max_attempts: int = 0,
 ) -> Iterator[Any]:
     from jobworker.adapters.grpc.sink import (  # noqa: PLC0415 - grpc after gevent setup
         GrpcResultSink,
@@ -182,6 +191,7 @@ def grpc_sink(
             on_retry=retrying,
             call_timeout_s=settings.grpc_call_timeout,
             backoff_cap_s=settings.grpc_retry_backoff_max,
+            max_attempts=max_attempts,
             tls_ca_file=settings.grpc_tls_ca_file,
             tls_cert_file=settings.grpc_tls_cert_file,
             tls_key_file=settings.grpc_tls_key_file,
@@ -349,6 +359,30 @@ def engine_config(settings: Settings) -> EngineConfig:
     )
 
 
+def dead_letter_service(
+    settings: Settings, topic: str, variable: str, sink: Callable[[], ResultSink]
+) -> DeadLetterService:
+    """The dead-letter service of ``topic`` (chosen by ``variable``): its reader opened
+    now, the rest when replay first needs it; ``sink`` opens Core."""
+    client = kafka_client_settings(settings)
+
+    def opened(make: Callable[[], _T]) -> Callable[[], _T]:
+        def open_it() -> _T:
+            with connecting_to_kafka(settings):
+                return make()
+
+        return open_it
+
+    group = f"{settings.kafka_group_id}.dlq-replay"
+    return DeadLetterService(
+        opened(lambda: KafkaDeadLetterReader(client, topic, variable))(),
+        checkpoint=opened(lambda: KafkaReplayCheckpoint(client, topic, group)),
+        republisher=opened(lambda: KafkaRecordRepublisher(client)),
+        sink=sink,
+        sleep=gevent.sleep,
+    )
+
+
 class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
     discover_plugins = providers.Object(True)
@@ -366,9 +400,13 @@ class Container(containers.DeclarativeContainer):
     broker_offsets = providers.Resource(broker_offsets_monitor, settings, job_source.kafka)
     # Why TLS to Core fails, if it does: asked on failed calls, by /readyz and at start.
     core_tls = providers.Resource(core_tls_diagnosis, settings)
+    # Tries of one call to Core before giving up: 0, for ever, for the worker (a result
+    # waits for Core); a finite number for a command that must end (``dlq replay``).
+    core_max_attempts = providers.Object(0)
+    core_sink = providers.Resource(grpc_sink, settings, send_retries, core_tls, core_max_attempts)
     result_sink = providers.Selector(
         settings.provided.result_sink,
-        grpc=providers.Resource(grpc_sink, settings, send_retries, core_tls),
+        grpc=core_sink,
         file=providers.Resource(file_sink, settings),
     )
     # Where results Core refused for good go: beside the jobs in Kafka, or to a file.
@@ -417,6 +455,9 @@ class Container(containers.DeclarativeContainer):
     # Started before the sink it wraps, so that the gRPC channel to Core is traced.
     tracing = providers.Resource(tracing_resource, settings)
     observers = providers.Callable(job_observers, tracing, job_log, job_metrics)
+
+    # ``dead_letters(topic=…, variable=…, sink=…)``: the operations on one dead-letter topic.
+    dead_letters = providers.Factory(dead_letter_service, settings)
 
     engine = providers.Singleton(
         WorkerEngine,

@@ -27,6 +27,7 @@ WARNED_BY_PARENT = "JOBWORKER_UNKNOWN_VARIABLES_WARNED"
 
 OUR_PREFIXES = (
     "CORE_",
+    "DLQ_",
     "GRPC_",
     "HTTP_",
     "IMAGE_",

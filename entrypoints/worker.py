@@ -81,7 +81,7 @@ def run_worker(settings: Settings) -> int:
             # Before the job source exists: no group joined, nothing taken from Kafka.
             # Tracing first, so that it instruments the channel the sink opens.
             container.tracing()
-            if not _wait_for_core(settings, container, signals.requested):
+            if not wait_for_core(settings, container, signals.requested):
                 return _stopped_before_starting(settings, container, signals)
         # Connecting to Kafka blocks until the brokers answer or the bootstrap times
         # out: a signal must not wait for either (a rollout during a broker outage).
@@ -266,14 +266,14 @@ def _wait_for_end(engine: WorkerEngine, stop_requested: Event, finite: bool) -> 
 _GRPC_POLLER_EXIT_S = 0.5
 
 
-def _wait_for_core(settings: Settings, container: Container, stop: Event) -> bool:
+def wait_for_core(settings: Settings, container: Container, stop: Event) -> bool:
     """True once Core answers; False if a shutdown signal came first.
 
     Raises ``ServiceUnavailable`` (exit 69) when Core has not answered within
     CORE_START_TIMEOUT: a worker that started anyway would take jobs it cannot report.
     A Core lost after this point is waited for instead, holding results.
     """
-    sink, address = container.result_sink(), settings.grpc_server_address
+    sink, address = container.core_sink(), settings.grpc_server_address
     timeout_s = settings.core_start_timeout
     deadline = time.monotonic() + timeout_s
     announced = False

@@ -190,6 +190,13 @@ class Settings(SettingValues):
         one_of(Ordering),
     )
 
+    dlq_max_replays = setting(
+        "3",
+        "`jobworker dlq replay` skips a job's letter replayed this many times already"
+        " (it came back each time), unless --force",
+        positive(parse_int),
+    )
+
     # -- the worker -------------------------------------------------------------------
     worker_pool_size = setting(
         "10",
@@ -345,6 +352,20 @@ class Settings(SettingValues):
         problems = self.problems({"JOB_SOURCE": JobSourceKind.KAFKA})
         raise_problems([p for p in problems if p.variable in KAFKA_CLIENT])
 
+    def validate_for_dead_letters(self, *, replay: bool) -> None:
+        """Check what ``jobworker dlq`` uses: a Kafka client's settings and the
+        dead-letter topics; to replay, also the checkpoint's group (KAFKA_GROUP_ID) and
+        Core's address, as a run from Kafka to Core would take them."""
+        chosen = {"JOB_SOURCE": JobSourceKind.KAFKA, "RESULT_SINK": ResultSinkKind.GRPC}
+        used = KAFKA_CLIENT | DEAD_LETTERS | (REPLAY if replay else frozenset())
+        raise_problems(
+            [
+                p
+                for p in self.problems(chosen)
+                if p.variable in used or (replay and p.variable.startswith(("GRPC_", "CORE_")))
+            ]
+        )
+
     def unused_prefixes(self, chosen: Mapping[str, Any]) -> tuple[str, ...]:
         """The adapters' variables this run does not use: Kafka's or Core's."""
         unused = []
@@ -392,6 +413,19 @@ KAFKA_CLIENT = frozenset(
         Settings.kafka_fetch_max_bytes,
     )
 )
+
+
+# What ``dlq`` reads besides KAFKA_CLIENT, and what ``dlq replay`` reads besides those.
+DEAD_LETTERS = frozenset(
+    entry.name
+    for entry in (
+        Settings.kafka_dlq_topic,
+        Settings.kafka_results_dlq_topic,
+        Settings.log_level,
+        Settings.log_format,
+    )
+)
+REPLAY = frozenset(entry.name for entry in (Settings.kafka_group_id, Settings.dlq_max_replays))
 
 
 def settings_table() -> str:

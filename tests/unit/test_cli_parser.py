@@ -9,10 +9,16 @@ import pytest
 from jobworker.entrypoints.commands import SETTING_FLAGS, build_parser, load_settings
 
 
-def _commands() -> dict[str, argparse.ArgumentParser]:
-    parser = build_parser()
+def _commands(parser: argparse.ArgumentParser | None = None) -> dict[str, argparse.ArgumentParser]:
+    """Every command by name, those under another too (``dlq ls``)."""
+    parser = parser or build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(sub.choices)
+    found = {}
+    for name, command in sub.choices.items():
+        found[name] = command
+        if any(isinstance(a, argparse._SubParsersAction) for a in command._actions):
+            found |= {f"{name} {inner}": each for inner, each in _commands(command).items()}
+    return found
 
 
 def test_every_option_of_every_command_has_help() -> None:
