@@ -39,6 +39,9 @@ from jobworker.domain.ports import DeadLetterReader, RecordRepublisher, ReplayCh
 _T = TypeVar("_T")
 
 CORE = "Core"
+# The target of a letter that copies one sent earlier in the same replay (``_COPY`` and
+# the first one's place): nothing is sent for it.
+_COPY = "(copy of) "
 _EVERY_LETTER = LetterFilter()
 # A chunk is sent, acknowledged and checkpointed before the next: at most this many
 # letters, or what was sent within CHUNK_S. A process killed outright (SIGKILL) sends
@@ -190,6 +193,10 @@ class _Replay:
         self._batches = True
         self._progress: dict[int, ReplayProgress] = {}
         self._touched: set[int] = set()
+        # Source records sent in this replay, to the letter that carried them: a worker
+        # that died between writing a dead letter and committing past its record wrote
+        # it twice; the second copy is checkpointed with the first, never sent.
+        self._sources: dict[tuple[str, int, int, int], str] = {}
         self._chunk: list[tuple[Letter, str]] = []
         self._chunk_started = 0.0
         self._next_send_at = 0.0
@@ -238,16 +245,37 @@ class _Replay:
                 " replay or filter those first, or use --from-start",
             )
             return
+        first = self._first_copy(letter)
+        if first is not None and self._options.dry_run:
+            self._leave(letter, _copy_of(first))
+            return
         if self._options.dry_run:
             self._count_sent(letter, target)
             return
         if not self._chunk:
             self._chunk_started = self._service._clock()
-        self._send(letter, target)
-        self._chunk.append((letter, target))
+        if first is None:
+            self._send(letter, target)
+        self._chunk.append((letter, target if first is None else _COPY + first))
         full = len(self._chunk) >= CHUNK_LETTERS
         if full or self._service._clock() - self._chunk_started >= CHUNK_S:
             self.flush()
+
+    def _first_copy(self, letter: Letter) -> str | None:
+        """The letter sent in this replay that ``letter`` copies; None (noting ``letter``
+        as the first) if none."""
+        if letter.kind is LetterKind.RESULT or letter.source_topic is None:
+            return None  # Core takes a result twice as once (by job id)
+        if letter.source_partition is None or letter.source_offset is None:
+            return None
+        source = (
+            letter.source_topic,
+            letter.source_partition,
+            letter.source_offset,
+            letter.replays,
+        )
+        first = self._sources.setdefault(source, letter.where)
+        return None if first == letter.where else first
 
     def _target(self, letter: Letter) -> tuple[str | None, str]:
         options = self._options
@@ -315,7 +343,10 @@ class _Replay:
             if outcome is None:
                 self._progress[letter.partition].mark(letter.offset)
                 self._touched.add(letter.partition)
-                self._count_sent(letter, target)
+                if target.startswith(_COPY):
+                    self._leave(letter, _copy_of(target.removeprefix(_COPY)))
+                else:
+                    self._count_sent(letter, target)
             elif isinstance(outcome, _Refused):
                 self.summary.refused.append((letter, outcome.why))
                 self._listener.left(letter, outcome.why, refused=True)
@@ -328,7 +359,11 @@ class _Replay:
     def _record_outcomes(
         self, chunk: Sequence[tuple[Letter, str]]
     ) -> dict[tuple[int, int], JobWorkerError | _Refused]:
-        records = [letter for letter, _ in chunk if letter.kind is not LetterKind.RESULT]
+        records = [
+            letter
+            for letter, target in chunk
+            if letter.kind is not LetterKind.RESULT and not target.startswith(_COPY)
+        ]
         if not records:
             return {}
         assert self._republisher is not None
@@ -399,6 +434,10 @@ class _Replay:
         for part in (self._republisher, self._sink, self._checkpoint):
             if part is not None:
                 part.close()
+
+
+def _copy_of(first: str) -> str:
+    return f"a copy of letter {first} (the same source record), sent in this replay"
 
 
 @dataclass(frozen=True, slots=True)
