@@ -198,6 +198,11 @@ class _Replay:
         # it twice; the second copy is checkpointed with the first, never sent.
         self._sources: dict[tuple[str, int, int, int], str] = {}
         self._chunk: list[tuple[Letter, str]] = []
+        # The chunk's letters by partition, and the gaps there will be once they are
+        # acknowledged: the checkpoint's room is checked as if they were, else letters
+        # between ones left behind, each checked alone, open more gaps than it holds.
+        self._in_flight: dict[int, set[int]] = {}
+        self._gaps_once_acked: dict[int, int] = {}
         self._chunk_started = 0.0
         self._next_send_at = 0.0
 
@@ -214,6 +219,8 @@ class _Replay:
             if progress.next_offset is not None
         }
         partitions = None if which.partition is None else [which.partition]
+        if which.since_ms is not None:
+            self._start_at_first_letters(partitions)
         taken = 0
         letters = service._reader.letters(start_at, partitions=partitions, since_ms=which.since_ms)
         for letter in letters:
@@ -231,13 +238,27 @@ class _Replay:
             taken += 1
             self._take(letter, progress)
 
+    def _start_at_first_letters(self, partitions: list[int] | None) -> None:
+        """Start the progress of partitions never replayed at their first letter: read
+        from ``since_ms``, the first letter read is not the first, and those before it
+        are left behind for a later replay, not taken as sent."""
+        reader = self._service._reader
+        for partition in partitions or reader.partitions():
+            if partition in self._progress:
+                continue
+            for first in reader.letters({}, partitions=[partition]):
+                self._progress[partition] = ReplayProgress()
+                self._progress[partition].seen(first.offset)
+                break
+
     def _take(self, letter: Letter, progress: ReplayProgress) -> None:
         target, why = self._target(letter)
         if target is None:
             self._leave(letter, why)
             return
         assert self._checkpoint is not None
-        if progress.gaps_after_marking(letter.offset) > self._checkpoint.max_gaps:
+        gaps = self._gaps_once_sent(letter, progress)
+        if gaps > self._checkpoint.max_gaps:
             self._leave(
                 letter,
                 f"the checkpoint of partition {letter.partition} holds no more gaps"
@@ -245,6 +266,8 @@ class _Replay:
                 " replay or filter those first, or use --from-start",
             )
             return
+        self._in_flight.setdefault(letter.partition, set()).add(letter.offset)
+        self._gaps_once_acked[letter.partition] = gaps
         first = self._first_copy(letter)
         if first is not None and self._options.dry_run:
             self._leave(letter, _copy_of(first))
@@ -260,6 +283,16 @@ class _Replay:
         full = len(self._chunk) >= CHUNK_LETTERS
         if full or self._service._clock() - self._chunk_started >= CHUNK_S:
             self.flush()
+
+    def _gaps_once_sent(self, letter: Letter, progress: ReplayProgress) -> int:
+        """The gaps of ``letter``'s partition once it and the chunk are acknowledged."""
+        in_flight = self._in_flight.get(letter.partition, set())
+
+        def replayed(offset: int) -> bool:
+            return progress.is_done(offset) or offset in in_flight
+
+        gaps = self._gaps_once_acked.get(letter.partition, progress.gaps)
+        return gaps + 1 - replayed(letter.offset - 1) - replayed(letter.offset + 1)
 
     def _first_copy(self, letter: Letter) -> str | None:
         """The letter sent in this replay that ``letter`` copies; None (noting ``letter``
@@ -333,10 +366,18 @@ class _Replay:
         """Wait for the chunk's acknowledgements, then checkpoint what they cover; raise
         what stopped a letter of it from being sent, once the others are checkpointed."""
         chunk, self._chunk = self._chunk, []
+        self._in_flight.clear()  # from here on, ``progress`` says what was acknowledged
+        self._gaps_once_acked.clear()
         if not chunk:
             return
         outcomes = self._record_outcomes(chunk)
-        outcomes.update(self._result_outcomes(chunk))
+        try:
+            outcomes.update(self._result_outcomes(chunk))
+        except JobWorkerError as error:
+            # Core (or its client) failed the chunk's results as a whole: the records
+            # acknowledged above are still checkpointed, not sent again next time.
+            results = [letter for letter, _ in chunk if letter.kind is LetterKind.RESULT]
+            outcomes.update({(letter.partition, letter.offset): error for letter in results})
         stop: JobWorkerError | None = None
         for letter, target in chunk:
             outcome = outcomes.get((letter.partition, letter.offset))

@@ -1,6 +1,18 @@
-"""In-memory source and sink: for tests and embedding, shipped with the package."""
+"""In-memory adapters, dead letters included: for tests and embedding, shipped with the package."""
 
+from jobworker.adapters.memory.dead_letters import (
+    InMemoryDeadLetterReader,
+    InMemoryRecordRepublisher,
+    InMemoryReplayCheckpoint,
+)
 from jobworker.adapters.memory.sink import InMemoryRefusedResultStore, InMemoryResultSink
 from jobworker.adapters.memory.source import InMemoryJobSource
 
-__all__ = ["InMemoryJobSource", "InMemoryRefusedResultStore", "InMemoryResultSink"]
+__all__ = [
+    "InMemoryDeadLetterReader",
+    "InMemoryJobSource",
+    "InMemoryRecordRepublisher",
+    "InMemoryRefusedResultStore",
+    "InMemoryReplayCheckpoint",
+    "InMemoryResultSink",
+]
