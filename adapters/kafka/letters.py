@@ -101,10 +101,14 @@ def _result_letter(
         unreplayable = f"its value is not a JobResult ({error}): Core cannot take it"
         content: Any = {"not_a_result": str(error), **_raw(record.key, record.value)}
     else:
-        result = result_from_proto(message)
         content = _result_fields(message)
-        if not result.job_id:
-            unreplayable = "its JobResult has no job id: Core cannot take it"
+        if message.status not in pb.JobResult.Status.values():
+            # A newer writer's status: result_from_proto cannot name it, nor can we.
+            unreplayable = f"its status {message.status} is not one this build knows"
+        else:
+            result = result_from_proto(message)
+            if not result.job_id:
+                unreplayable = "its JobResult has no job id: Core cannot take it"
     if "x-dlq-output-dropped-bytes" in named:
         dropped = _text(named["x-dlq-output-dropped-bytes"])
         unreplayable = f"its output was not kept ({dropped} bytes): sending it would lose it"
