@@ -4,7 +4,7 @@ headers, and what the checkpoint says was sent (so nothing is lost or sent twice
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -233,11 +233,7 @@ def test_a_letter_without_a_source_topic_is_skipped_with_the_reason() -> None:
 
 def test_a_batch_letter_is_sent_record_by_record_with_each_record_s_source_offset() -> None:
     records = tuple(RecordCopy(f"k{n}".encode(), b"v", (), 40 + n) for n in range(3))
-    batch = job_letter(9)
-    batch = Letter(
-        **{name: getattr(batch, name) for name in batch.__slots__ if name != "records"}
-        | {"kind": LetterKind.BATCH, "records": records}
-    )
+    batch = replace(job_letter(9), kind=LetterKind.BATCH, records=records)
     setup = topic(batch)
 
     summary = setup.replay()
@@ -396,6 +392,33 @@ def test_a_dry_run_sends_nothing_and_saves_nothing_but_counts_what_would_go() ->
     assert setup.sink.results == []
     assert setup.checkpoint.saves == 0
     assert setup.checkpoint.saved == {}
+
+
+def test_a_second_letter_of_the_same_source_record_is_checkpointed_not_sent_again() -> None:
+    # A worker that died between writing a dead letter and committing wrote it twice.
+    first = job_letter(0)
+    setup = topic(
+        first, job_letter(1), replace(first, offset=2), replace(first, offset=3, replays=1)
+    )
+
+    summary = setup.replay()
+
+    assert setup.sent_offsets() == [0, 1, 3]  # offset 3 came back after a replay: not a copy
+    assert [(where, "copy of letter 0:0" in why) for where, why, _ in setup.listener.left_out] == [
+        ("0:2", True)
+    ]
+    assert summary.replayed_total == 3
+    assert setup.checkpoint.saved[0] == ReplayProgress(4, set())
+
+
+def test_a_dry_run_names_the_copies_it_would_not_send() -> None:
+    first = job_letter(0)
+    setup = topic(first, replace(first, offset=1))
+
+    summary = setup.replay(dry_run=True)
+
+    assert summary.replayed_total == 1
+    assert [where for where, _, _ in setup.listener.left_out] == ["0:1"]
 
 
 # --- how many times a job may come back ---------------------------------------------------
@@ -601,3 +624,14 @@ def test_replay_closes_what_it_opened() -> None:
     assert setup.republisher.closed
     assert setup.sink.closed
     assert setup.checkpoint.closed
+
+
+def test_the_in_memory_reader_reads_to_where_a_partition_ended_when_asked() -> None:
+    reader = InMemoryDeadLetterReader(DLQ, {0: jobs(range(2)), 1: jobs(range(3), partition=1)})
+    read = reader.letters({1: 1})
+    reader.by_partition[0].append(job_letter(2))  # type: ignore[index]
+
+    assert [letter.where for letter in read] == ["0:0", "0:1", "1:1", "1:2"]
+    late = [job_letter(n, timestamp_ms=n * 10) for n in range(4)]
+    since = InMemoryDeadLetterReader(DLQ, {0: late}).letters({}, since_ms=15)
+    assert [letter.offset for letter in since] == [2, 3]
