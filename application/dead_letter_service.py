@@ -257,6 +257,16 @@ class _Replay:
             self._leave(letter, why)
             return
         assert self._checkpoint is not None
+        first_left = letter.offset if progress.next_offset is None else progress.next_offset
+        if letter.offset - first_left >= self._checkpoint.max_span:
+            self._leave(
+                letter,
+                f"the checkpoint of partition {letter.partition} reaches"
+                f" {self._checkpoint.max_span} letters past the first not replayed"
+                f" ({progress.next_offset}): replay or filter that one first, or use"
+                " --from-start",
+            )
+            return
         gaps = self._gaps_once_sent(letter, progress)
         if gaps > self._checkpoint.max_gaps:
             self._leave(

@@ -159,6 +159,9 @@ class ReplayCheckpoint(Protocol):
     max_gaps: int
     """How many gaps (runs of letters left behind) one partition's checkpoint can hold."""
 
+    max_span: int
+    """How far above a partition's first letter not replayed a replayed one may be."""
+
     def load(self) -> dict[int, ReplayProgress]:
         """What earlier replays sent, by partition (empty: nothing yet)."""
         ...

@@ -36,6 +36,9 @@ class KafkaReplayCheckpoint:
     """The checkpoint of replays of ``topic`` in consumer group ``group_id``."""
 
     max_gaps = MAX_GAPS
+    # The metadata decoder refuses a claim over more offsets (as garbage): what a
+    # checkpoint records must read back.
+    max_span = finished_offsets.MAX_OFFSETS
 
     def __init__(self, settings: KafkaClientSettings, topic: str, group_id: str) -> None:
         self.topic = topic

@@ -23,6 +23,21 @@ class ReplayTargetMissing(JobWorkerError):  # noqa: N818 - reads as the fact it 
     """The topic replay would write to is not there."""
 
 
+def _never_create_topics(producer: Any) -> None:
+    """Keep the producer's metadata requests from creating the topics they name.
+
+    A broker with auto.create.topics.enable (its default) creates a topic a metadata
+    request names, and replay would send its letters to a mistyped --to topic made on
+    the spot. kafka-python 3.0 asks with allow_auto_topic_creation=True whatever the
+    producer's ``allow_auto_create_topics`` says: its connection manager does not pass
+    the setting on to the cluster metadata, so it is set there. Does nothing if the
+    internals differ.
+    """
+    config = getattr(getattr(producer, "_metadata", None), "config", None)
+    if isinstance(config, dict) and "allow_auto_create_topics" in config:
+        config["allow_auto_create_topics"] = False
+
+
 class KafkaRecordRepublisher:
     """Sends records with their key, value and headers as given (acks=all).
 
@@ -38,6 +53,7 @@ class KafkaRecordRepublisher:
             acks="all",
             max_block_ms=int(METADATA_WAIT_S * 1000),
         )
+        _never_create_topics(self._producer)
         self._known: set[str] = set()
         self._pending: list[Any] = []
         self._closed = False

@@ -70,12 +70,17 @@ class InMemoryReplayCheckpoint:
     """
 
     def __init__(
-        self, saved: Mapping[int, ReplayProgress] | None = None, *, max_gaps: int = 250
+        self,
+        saved: Mapping[int, ReplayProgress] | None = None,
+        *,
+        max_gaps: int = 250,
+        max_span: int = 4096 * 8 * 128,
     ) -> None:
         self.saved: dict[int, ReplayProgress] = {
             p: _copy(each) for p, each in (saved or {}).items()
         }
         self.max_gaps = max_gaps
+        self.max_span = max_span
         self.saves = 0
         self.closed = False
 

@@ -573,6 +573,20 @@ def test_a_letter_that_would_open_a_gap_the_checkpoint_has_no_room_for_is_skippe
     assert setup.checkpoint.saved[0].gaps <= setup.checkpoint.max_gaps
 
 
+def test_a_letter_further_above_the_first_left_behind_than_the_checkpoint_spans_waits() -> None:
+    letters = [job_letter(n, reason="other" if n == 0 else "wanted") for n in range(6)]
+    setup = topic(*letters)
+    setup.checkpoint.max_span = 4
+
+    summary = setup.replay(LetterFilter(reason="wanted"))
+
+    assert setup.sent_offsets() == [1, 2, 3]
+    [(why, count)] = summary.skipped.items()
+    assert count == 2  # letters 4 and 5: four or more past letter 0
+    assert "reaches 4 letters past the first not replayed (0)" in why
+    assert setup.checkpoint.saved[0].next_offset == 0
+
+
 def test_a_dry_run_predicts_the_letters_the_checkpoint_has_no_room_for() -> None:
     letters = [job_letter(n, reason="wanted" if n % 2 else "other") for n in range(7)]
     setup = topic(*letters)

@@ -26,7 +26,7 @@ VERSION = "jw1"
 METADATA_MAX_BYTES = 4096
 # A string of at most 4096 bytes cannot honestly describe more offsets than this; a
 # larger claim is garbage, refused before it can take memory.
-_MAX_OFFSETS = 4096 * 8 * 128
+MAX_OFFSETS = 4096 * 8 * 128
 
 
 class UnreadableMetadataError(ValueError):
@@ -112,7 +112,7 @@ def decode(metadata: str, committed: int) -> frozenset[int]:
     if not base_text.isdigit() or int(base_text) != committed:
         raise UnreadableMetadataError(f"written beside offset {base_text!r}, not {committed}")
     runs = _varints(_runs_bytes(runs_text))
-    if sum(runs) > _MAX_OFFSETS:
+    if sum(runs) > MAX_OFFSETS:
         raise UnreadableMetadataError("claims more offsets than fit in the metadata")
     finished: set[int] = set()
     offset = committed
