@@ -34,7 +34,8 @@ from tests.support.kafka import (
     read_all,
     unique_name,
 )
-from tests.support.processes import WorkerProcess, wait_until, wait_while_running
+from tests.support.processes import WorkerProcess, wait_while_running
+from tests.support.waiting import wait_until
 
 TIMEOUT_S = 60
 
@@ -99,7 +100,9 @@ def test_refused_results_and_poison_records_are_listed_shown_and_replayed_once(
     ]
     topic = create_topic(kafka_servers, partitions=1)
     group_id = unique_name("group")
-    records = [(j.id.encode(), task_from_job(j).SerializeToString(), 0) for j in good[:10]]
+    records: list[tuple[bytes | None, bytes | None, int]] = [
+        (j.id.encode(), task_from_job(j).SerializeToString(), 0) for j in good[:10]
+    ]
     records += [(key, value, 0) for key, value in poison]  # offsets 10-12
     records += [(j.id.encode(), task_from_job(j).SerializeToString(), 0) for j in bad]
     records += [(j.id.encode(), task_from_job(j).SerializeToString(), 0) for j in good[10:]]

@@ -25,7 +25,8 @@ from tests.support.dead_letters import (
 )
 from tests.support.e2e import core_in_this_process, reports_per_job
 from tests.support.kafka import create_topic, end_offsets, read_all, task_bytes, unique_name
-from tests.support.processes import ROOT, free_port, wait_until, worker_env
+from tests.support.processes import ROOT, free_port, worker_env
+from tests.support.waiting import wait_until
 
 TIMEOUT_S = 60
 
