@@ -11,11 +11,11 @@ from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, TopicAuthorizationFailedError
 
 from jobworker.adapters.kafka.bootstrap import open_client
 from jobworker.adapters.kafka.letters import letter_from_record
-from jobworker.adapters.kafka.quirks import unauthorized_topics
+from jobworker.adapters.kafka.quirks import topic_metadata_error, unauthorized_topics
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.domain.dead_letters import DeadLetterTopicMissing, Letter
 from jobworker.domain.errors import AccessRefused, JobWorkerError
@@ -24,6 +24,7 @@ from jobworker.domain.errors import AccessRefused, JobWorkerError
 # away. After this many seconds of that, the read stops and says so.
 _STALLED_S = 30.0
 _POLL_S = 1.0
+_METADATA_TIMEOUT_MS = 10_000
 
 
 class KafkaDeadLetterReader:
@@ -45,14 +46,19 @@ class KafkaDeadLetterReader:
     def partitions(self) -> list[int]:
         """The topic's partitions; raises ``DeadLetterTopicMissing`` or ``AccessRefused``."""
         partitions = self._consumer.partitions_for_topic(self.topic)
-        if self.topic in unauthorized_topics(self._consumer):
+        if partitions and self.topic not in unauthorized_topics(self._consumer):
+            return sorted(partitions)
+        answer = topic_metadata_error(self._consumer, self.topic, _METADATA_TIMEOUT_MS)
+        if self.topic in unauthorized_topics(self._consumer) or isinstance(
+            answer, TopicAuthorizationFailedError
+        ):
             raise AccessRefused(
-                f"Kafka refused access to topic {self.topic!r} ({self._variable}) — grant the"
-                " principal of KAFKA_SASL_USERNAME READ and DESCRIBE on it"
+                f"Kafka refused access to topic {self.topic!r} ({self._variable}):"
+                " TopicAuthorizationFailedError — grant the principal of KAFKA_SASL_USERNAME"
+                " READ and DESCRIBE on it (without DESCRIBE, Kafka does not say whether the"
+                " topic exists)"
             )
-        if not partitions:
-            raise DeadLetterTopicMissing(self.topic)
-        return sorted(partitions)
+        raise DeadLetterTopicMissing(self.topic)
 
     def letters(
         self,

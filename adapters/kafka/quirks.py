@@ -29,6 +29,10 @@ CONSUMER_INTERNALS = (
     "_subscription.assignment",
     "_net.sleep",
     "_cluster.unauthorized_topics",
+    "_cluster.set_topics",
+    "_cluster.config",
+    "_net.run",
+    "_manager.wait_for",
 )
 # Those ``open_admin_client`` touches on a KafkaAdminClient that failed to start.
 ADMIN_INTERNALS = ("_client", "_net")
@@ -89,6 +93,34 @@ def unauthorized_topics(consumer: KafkaConsumer) -> frozenset[str]:
     """
     cluster = getattr(consumer, "_cluster", None)
     return frozenset(getattr(cluster, "unauthorized_topics", None) or ())
+
+
+def topic_metadata_error(
+    consumer: KafkaConsumer, topic: str, timeout_ms: int
+) -> BaseException | None:
+    """What the broker answers a metadata request naming ``topic`` with: None when it
+    describes the topic (or the internals differ), else its error.
+
+    kafka-python 3.0's ``partitions_for_topic`` asks for every topic, and the broker
+    leaves out of that answer a topic the principal may not DESCRIBE exactly as one
+    that does not exist; only a request naming the topic gets the refusal
+    (TopicAuthorizationFailedError) back. Such a request would create the topic on a
+    broker with auto.create.topics.enable (its default): kafka-python asks with
+    allow_auto_topic_creation=True whatever the consumer's ``allow_auto_create_topics``
+    says, so it is turned off in the consumer's metadata for good.
+    """
+    cluster, net, manager = (
+        getattr(consumer, name, None) for name in ("_cluster", "_net", "_manager")
+    )
+    config = getattr(cluster, "config", None)
+    if cluster is None or net is None or manager is None or not isinstance(config, dict):
+        return None
+    config["allow_auto_create_topics"] = False
+    try:
+        net.run(manager.wait_for, cluster.set_topics([topic]), timeout_ms)
+    except Exception as error:  # the answer, whatever it is, is the result
+        return error
+    return None
 
 
 def keep_bytes_before_disconnect(transport: Any) -> None:

@@ -6,7 +6,12 @@ import contextlib
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import (
+    ClusterAuthorizationFailedError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAuthorizationFailedError,
+)
 
 from jobworker.adapters.kafka.bootstrap import open_client
 from jobworker.adapters.kafka.refusals import is_write_refusal
@@ -112,8 +117,13 @@ class KafkaRecordRepublisher:
     def _refusal(topic: str, error: BaseException) -> AccessRefused | None:
         if not is_write_refusal(error):
             return None
+        refusal = type(error).__name__
+        if not isinstance(error, ClusterAuthorizationFailedError | TopicAuthorizationFailedError):
+            # kafka-python's wrapping of the idempotent producer's first request refused
+            # as a cluster operation: the principal may WRITE to no topic at all.
+            refusal = "ClusterAuthorizationFailedError for InitProducerId"
         return AccessRefused(
-            f"Kafka refused writing to topic {topic!r}: {type(error).__name__} — grant the"
-            " principal of KAFKA_SASL_USERNAME WRITE and DESCRIBE on it, or replay to"
-            " another topic with --to"
+            f"Kafka refused writing to topic {topic!r}: {refusal} — grant the principal of"
+            " KAFKA_SASL_USERNAME WRITE and DESCRIBE on it, or replay to another topic"
+            " with --to"
         )

@@ -8,10 +8,6 @@ with exit 2 and one last line naming what to fix, with no traceback, in seconds.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,49 +16,12 @@ from kafka.admin import ACLOperation, ResourceType
 from tests.support.e2e import results_in_core, running_core
 from tests.support.fixtures import StartWorker
 from tests.support.kafka import task_bytes, unique_name
-from tests.support.processes import ROOT, events_named, wait_while_running, worker_env
-from tests.support.secure_kafka import SecureBroker
+from tests.support.processes import events_named, wait_while_running
+from tests.support.secure_kafka import SecureBroker, assert_refused, jobworker
 
-# Each mistake must end well within the 60 s the issue allows; they take 1-3 s here.
-MISTAKE_BOUND_S = 20.0
 # A topic the broker has not got is waited for up to this (publisher.METADATA_WAIT_S).
 MISSING_TOPIC_BOUND_S = 25.0
 WRONG_PASSWORD = "not-the-password"  # noqa: S105 - a test's deliberate mistake
-
-
-@dataclass(frozen=True)
-class Outcome:
-    status: int
-    stderr: str
-    seconds: float
-
-    @property
-    def last_line(self) -> str:
-        lines = self.stderr.strip().splitlines()
-        return lines[-1] if lines else ""
-
-
-def jobworker(*args: str, env: dict[str, str], timeout_s: float = 90) -> Outcome:
-    started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "jobworker", *args],
-        env=worker_env(**env),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
-    return Outcome(done.returncode, done.stderr, time.monotonic() - started)
-
-
-def assert_refused(outcome: Outcome, *names: str, bound_s: float = MISTAKE_BOUND_S) -> None:
-    assert outcome.status == 2, outcome.stderr
-    assert "Traceback" not in outcome.stderr, outcome.stderr
-    assert outcome.last_line.startswith("jobworker: "), outcome.stderr
-    for name in names:
-        assert name in outcome.last_line, outcome.stderr
-    assert outcome.seconds < bound_s, f"{outcome.seconds:.1f} s:\n{outcome.stderr}"
 
 
 @pytest.fixture

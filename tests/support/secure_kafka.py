@@ -18,8 +18,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from kafka.admin import (
 from jobworker.adapters.kafka import KafkaClientSettings
 from jobworker.adapters.kafka.quirks import open_admin_client
 from tests.support.kafka import KAFKA_TOOLS, unavailable, unique_name
-from tests.support.processes import free_port
+from tests.support.processes import ROOT, free_port, worker_env
 from tests.support.waiting import wait_until
 
 ADMIN = ("admin", "admin-secret")
@@ -55,6 +56,10 @@ NO_JAVA = (
     "the secured broker needs java (17+) and the Kafka jars (gathered with mvn, as"
     " tools/kafka/broker.sh does)"
 )
+# Each mistake must end well within the 60 s the issue allows; they take 1-3 s here.
+MISTAKE_BOUND_S = 20.0
+
+Headers = Sequence[tuple[str, bytes]]
 
 
 def _libs() -> Path:
@@ -149,9 +154,18 @@ class SecureBroker:
 
     def produce(self, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> None:
         """Write ``(key, value)`` records as ``admin`` and wait for their acks."""
+        self.produce_with_headers(topic, [(key, value, ()) for key, value in records])
+
+    def produce_with_headers(
+        self, topic: str, records: Iterable[tuple[bytes | None, bytes, Headers]]
+    ) -> None:
+        """Write ``(key, value, headers)`` records as ``admin`` and wait for their acks."""
         producer = KafkaProducer(**self._admin_settings.producer_kwargs(), acks="all")
         try:
-            futures = [producer.send(topic, key=key, value=value) for key, value in records]
+            futures = [
+                producer.send(topic, key=key, value=value, headers=list(headers))
+                for key, value, headers in records
+            ]
             producer.flush(timeout=30)
             for future in futures:
                 future.get(timeout=0)
@@ -174,6 +188,23 @@ class SecureBroker:
             consumer.close()
         return records
 
+    def read_all(self, topic: str, timeout_s: float = 30.0) -> list[Any]:
+        """Every record of partition 0 of ``topic`` up to its end now, as ``admin``."""
+        consumer = KafkaConsumer(**self._admin_settings.client_kwargs(), enable_auto_commit=False)
+        records: list[Any] = []
+        try:
+            tp = TopicPartition(topic, 0)
+            consumer.assign([tp])
+            consumer.seek_to_beginning(tp)
+            end = consumer.end_offsets([tp])[tp]
+            deadline = time.monotonic() + timeout_s
+            while consumer.position(tp) < end and time.monotonic() < deadline:
+                for batch in consumer.poll(timeout_ms=500).values():
+                    records.extend(batch)
+        finally:
+            consumer.close()
+        return records
+
     def committed(self, group: str, topic: str) -> dict[int, int]:
         """The group's committed offset per partition of ``topic``."""
         with self.admin() as admin:
@@ -183,6 +214,45 @@ class SecureBroker:
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a ``jobworker`` command run to its end went."""
+
+    status: int
+    stderr: str
+    seconds: float
+
+    @property
+    def last_line(self) -> str:
+        lines = self.stderr.strip().splitlines()
+        return lines[-1] if lines else ""
+
+
+def jobworker(*args: str, env: dict[str, str], timeout_s: float = 90) -> Outcome:
+    """Run ``python -m jobworker *args`` with ``env`` (over a clean environment) to its end."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "jobworker", *args],
+        env=worker_env(**env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    return Outcome(done.returncode, done.stderr, time.monotonic() - started)
+
+
+def assert_refused(outcome: Outcome, *names: str, bound_s: float = MISTAKE_BOUND_S) -> None:
+    """Exit 2, no traceback, in time, and a last line that names each of ``names``."""
+    assert outcome.status == 2, outcome.stderr
+    assert "Traceback" not in outcome.stderr, outcome.stderr
+    assert outcome.last_line.startswith("jobworker: "), outcome.stderr
+    for name in names:
+        assert name in outcome.last_line, outcome.stderr
+    assert outcome.seconds < bound_s, f"{outcome.seconds:.1f} s:\n{outcome.stderr}"
 
 
 def _pkcs8_key_pem(cert: trustme.LeafCert) -> bytes:
