@@ -213,6 +213,8 @@ class _Replay:
         self._checkpoint = service._open_checkpoint()
         self._progress = {} if self._options.from_start else self._checkpoint.load()
         self.summary.resumed = bool(self._progress)
+        if not self._options.dry_run:
+            self._checkpoint.check_writable()
         start_at = {
             partition: progress.next_offset
             for partition, progress in self._progress.items()

@@ -166,6 +166,11 @@ class ReplayCheckpoint(Protocol):
         """What earlier replays sent, by partition (empty: nothing yet)."""
         ...
 
+    def check_writable(self) -> None:
+        """Raise ``AccessRefused`` now if ``save`` would be refused: replay asks before
+        it sends anything, since a letter sent but not recorded goes again next time."""
+        ...
+
     def save(self, progress: Mapping[int, ReplayProgress]) -> None:
         """Record ``progress`` of these partitions, blocking until it is stored."""
         ...

@@ -373,10 +373,12 @@ def dead_letter_service(
 
         return open_it
 
-    group = f"{settings.kafka_group_id}.dlq-replay"
     return DeadLetterService(
         opened(lambda: KafkaDeadLetterReader(client, topic, variable))(),
-        checkpoint=opened(lambda: KafkaReplayCheckpoint(client, topic, group)),
+        # Read only by replay: listing needs no KAFKA_GROUP_ID.
+        checkpoint=opened(
+            lambda: KafkaReplayCheckpoint(client, topic, f"{settings.kafka_group_id}.dlq-replay")
+        ),
         republisher=opened(lambda: KafkaRecordRepublisher(client)),
         sink=sink,
         sleep=gevent.sleep,

@@ -50,6 +50,7 @@ class KafkaReplayCheckpoint:
             group_id=group_id,
             enable_auto_commit=False,
         )
+        self._committed: dict[TopicPartition, OffsetAndMetadata] = {}
 
     def load(self) -> dict[int, ReplayProgress]:
         progress: dict[int, ReplayProgress] = {}
@@ -61,6 +62,7 @@ class KafkaReplayCheckpoint:
                 raise self._failed("read", error) from None
             if committed is None:
                 continue
+            self._committed[tp] = committed
             try:
                 done = finished_offsets.decode(committed.metadata or "", committed.offset)
             except finished_offsets.UnreadableMetadataError as error:
@@ -74,6 +76,25 @@ class KafkaReplayCheckpoint:
                 done = frozenset()
             progress[partition] = ReplayProgress(committed.offset, set(done))
         return progress
+
+    def check_writable(self) -> None:
+        """Commit what ``load`` read, unchanged (for a group that has nothing yet: the
+        first partition's first offset, which says the same: nothing replayed). READ on
+        the group is what a commit needs; DESCRIBE alone lets ``load`` through."""
+        offsets = dict(self._committed)
+        if not offsets:
+            tp = TopicPartition(
+                self.topic, min(self._consumer.partitions_for_topic(self.topic) or {0})
+            )
+            try:
+                first = self._consumer.beginning_offsets([tp], timeout_ms=_TIMEOUT_MS)[tp]
+            except KafkaError as error:
+                raise self._failed("read", error) from None
+            offsets = {tp: OffsetAndMetadata(first, "", -1)}
+        try:
+            self._consumer.commit(offsets, timeout_ms=_TIMEOUT_MS)
+        except KafkaError as error:
+            raise self._failed("write", error) from None
 
     def save(self, progress: Mapping[int, ReplayProgress]) -> None:
         offsets = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Mapping
 
 from jobworker.domain.dead_letters import DeadLetterTopicMissing, Letter, RecordCopy, ReplayProgress
+from jobworker.domain.errors import AccessRefused
 
 
 class InMemoryDeadLetterReader:
@@ -81,13 +82,20 @@ class InMemoryReplayCheckpoint:
         }
         self.max_gaps = max_gaps
         self.max_span = max_span
+        # Set to an AccessRefused to refuse saving, as a group without READ does.
+        self.refusal: AccessRefused | None = None
         self.saves = 0
         self.closed = False
 
     def load(self) -> dict[int, ReplayProgress]:
         return {partition: _copy(each) for partition, each in self.saved.items()}
 
+    def check_writable(self) -> None:
+        if self.refusal is not None:
+            raise self.refusal
+
     def save(self, progress: Mapping[int, ReplayProgress]) -> None:
+        self.check_writable()
         self.saves += 1
         for partition, each in progress.items():
             if each.next_offset is not None:

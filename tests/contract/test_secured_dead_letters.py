@@ -137,16 +137,7 @@ def test_ls_of_a_topic_it_may_not_read_names_the_topic_and_the_grant(
     "operations",
     [
         pytest.param([], id="no-acl"),
-        pytest.param(
-            [ACLOperation.DESCRIBE],
-            id="describe-only",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the checkpoint loads with DESCRIBE and is first written after the"
-                " first chunk is sent: those letters go out, the commit is refused, and"
-                " the next replay sends them again",
-            ),
-        ),
+        pytest.param([ACLOperation.DESCRIBE], id="describe-only"),
     ],
 )
 def test_replay_without_read_on_the_checkpoint_group_names_it_and_sends_nothing(

@@ -573,6 +573,26 @@ def test_a_letter_that_would_open_a_gap_the_checkpoint_has_no_room_for_is_skippe
     assert setup.checkpoint.saved[0].gaps <= setup.checkpoint.max_gaps
 
 
+def test_a_checkpoint_that_cannot_be_saved_stops_replay_before_anything_is_sent() -> None:
+    setup = topic(job_letter(0), job_letter(1))
+    setup.checkpoint.refusal = AccessRefused("no READ on the group")
+
+    summary = setup.replay()
+
+    assert setup.sent_offsets() == []
+    assert isinstance(summary.stopped_by, AccessRefused)
+
+
+def test_a_dry_run_needs_no_checkpoint_it_could_save() -> None:
+    setup = topic(job_letter(0))
+    setup.checkpoint.refusal = AccessRefused("no READ on the group")
+
+    summary = setup.replay(dry_run=True)
+
+    assert summary.stopped_by is None
+    assert summary.replayed_total == 1
+
+
 def test_a_letter_further_above_the_first_left_behind_than_the_checkpoint_spans_waits() -> None:
     letters = [job_letter(n, reason="other" if n == 0 else "wanted") for n in range(6)]
     setup = topic(*letters)
