@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.future import Future
 
@@ -95,6 +95,21 @@ def unauthorized_topics(consumer: KafkaConsumer) -> frozenset[str]:
     return frozenset(getattr(cluster, "unauthorized_topics", None) or ())
 
 
+def never_create_topics(client: KafkaConsumer | KafkaProducer) -> None:
+    """Keep the client's metadata requests from creating the topics they name.
+
+    A broker with auto.create.topics.enable (its default) creates a topic a metadata
+    request names: a mistyped topic would be made on the spot. kafka-python 3.0 asks
+    with allow_auto_topic_creation=True whatever the client's
+    ``allow_auto_create_topics`` says (its connection manager does not pass the setting
+    on to the cluster metadata), so it is set there. Does nothing if the internals differ.
+    """
+    cluster = getattr(client, "_metadata", None) or getattr(client, "_cluster", None)
+    config = getattr(cluster, "config", None)
+    if isinstance(config, dict) and "allow_auto_create_topics" in config:
+        config["allow_auto_create_topics"] = False
+
+
 def topic_metadata_error(
     consumer: KafkaConsumer, topic: str, timeout_ms: int
 ) -> BaseException | None:
@@ -106,8 +121,8 @@ def topic_metadata_error(
     that does not exist; only a request naming the topic gets the refusal
     (TopicAuthorizationFailedError) back. Such a request would create the topic on a
     broker with auto.create.topics.enable (its default): kafka-python asks with
-    allow_auto_topic_creation=True whatever the consumer's ``allow_auto_create_topics``
-    says, so it is turned off in the consumer's metadata for good.
+    allow_auto_topic_creation=True whatever the consumer says, so it is turned off
+    (``never_create_topics``) for good.
     """
     cluster, net, manager = (
         getattr(consumer, name, None) for name in ("_cluster", "_net", "_manager")
@@ -115,7 +130,7 @@ def topic_metadata_error(
     config = getattr(cluster, "config", None)
     if cluster is None or net is None or manager is None or not isinstance(config, dict):
         return None
-    config["allow_auto_create_topics"] = False
+    never_create_topics(consumer)
     try:
         net.run(manager.wait_for, cluster.set_topics([topic]), timeout_ms)
     except Exception as error:  # the answer, whatever it is, is the result

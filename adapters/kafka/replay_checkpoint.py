@@ -20,6 +20,7 @@ from kafka.structs import OffsetAndMetadata
 
 from jobworker.adapters.kafka.bootstrap import open_client
 from jobworker.adapters.kafka.offsets import finished_offsets
+from jobworker.adapters.kafka.quirks import never_create_topics
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.domain.dead_letters import ReplayProgress
 from jobworker.domain.errors import AccessRefused, JobWorkerError
@@ -50,6 +51,8 @@ class KafkaReplayCheckpoint:
             group_id=group_id,
             enable_auto_commit=False,
         )
+        # Its offset requests name the topic: a missing one must stay missing.
+        never_create_topics(self._consumer)
         self._committed: dict[TopicPartition, OffsetAndMetadata] = {}
 
     def load(self) -> dict[int, ReplayProgress]:
@@ -82,10 +85,11 @@ class KafkaReplayCheckpoint:
         first partition's first offset, which says the same: nothing replayed). READ on
         the group is what a commit needs; DESCRIBE alone lets ``load`` through."""
         offsets = dict(self._committed)
+        partitions = self._consumer.partitions_for_topic(self.topic)
+        if not offsets and not partitions:
+            return  # no such topic: the reader says so
         if not offsets:
-            tp = TopicPartition(
-                self.topic, min(self._consumer.partitions_for_topic(self.topic) or {0})
-            )
+            tp = TopicPartition(self.topic, min(partitions))
             try:
                 first = self._consumer.beginning_offsets([tp], timeout_ms=_TIMEOUT_MS)[tp]
             except KafkaError as error:

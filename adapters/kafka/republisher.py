@@ -14,6 +14,7 @@ from kafka.errors import (
 )
 
 from jobworker.adapters.kafka.bootstrap import open_client
+from jobworker.adapters.kafka.quirks import never_create_topics
 from jobworker.adapters.kafka.refusals import is_write_refusal
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.domain.dead_letters import RecordCopy
@@ -26,21 +27,6 @@ FLUSH_WAIT_S = 30.0
 
 class ReplayTargetMissing(JobWorkerError):  # noqa: N818 - reads as the fact it is
     """The topic replay would write to is not there."""
-
-
-def _never_create_topics(producer: Any) -> None:
-    """Keep the producer's metadata requests from creating the topics they name.
-
-    A broker with auto.create.topics.enable (its default) creates a topic a metadata
-    request names, and replay would send its letters to a mistyped --to topic made on
-    the spot. kafka-python 3.0 asks with allow_auto_topic_creation=True whatever the
-    producer's ``allow_auto_create_topics`` says: its connection manager does not pass
-    the setting on to the cluster metadata, so it is set there. Does nothing if the
-    internals differ.
-    """
-    config = getattr(getattr(producer, "_metadata", None), "config", None)
-    if isinstance(config, dict) and "allow_auto_create_topics" in config:
-        config["allow_auto_create_topics"] = False
 
 
 class KafkaRecordRepublisher:
@@ -58,7 +44,7 @@ class KafkaRecordRepublisher:
             acks="all",
             max_block_ms=int(METADATA_WAIT_S * 1000),
         )
-        _never_create_topics(self._producer)
+        never_create_topics(self._producer)
         self._known: set[str] = set()
         self._pending: list[Any] = []
         self._closed = False
