@@ -141,6 +141,26 @@ def held_back_connection_errors() -> Iterator[list[str]]:
             logger.removeFilter(hold)
 
 
+@contextmanager
+def quiet_topic_lookup(topic: str) -> Iterator[None]:
+    """Drop kafka-python's ``Topic … not found in cluster metadata`` lines about
+    ``topic`` while the caller waits for its metadata: they come about ten a second
+    (a hundred for a missing topic), and the caller says once what it found."""
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            args = record.args if isinstance(record.args, tuple) else ()
+            return not (record.msg in KafkaNoteAloneIsNoNews._TOPIC_NOTES and args == (topic,))
+
+    drop = _Drop()
+    logger = logging.getLogger("kafka.cluster")
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
 def first_error(held: list[str]) -> str | None:
     """The first connection failure among held-back lines (the cause, not the give-up)."""
     return next((line for line in held if line.startswith("Connection failed")), None) or (

@@ -14,6 +14,7 @@ from kafka.errors import (
 )
 
 from jobworker.adapters.kafka.bootstrap import open_client
+from jobworker.adapters.kafka.log_noise import quiet_topic_lookup
 from jobworker.adapters.kafka.quirks import never_create_topics
 from jobworker.adapters.kafka.refusals import is_write_refusal
 from jobworker.adapters.kafka.settings import KafkaClientSettings
@@ -21,7 +22,7 @@ from jobworker.domain.dead_letters import RecordCopy
 from jobworker.domain.errors import AccessRefused, JobWorkerError
 
 # How long to wait for a topic's metadata, and for a chunk's acknowledgements.
-METADATA_WAIT_S = 10.0
+METADATA_WAIT_S = 5.0
 FLUSH_WAIT_S = 30.0
 
 
@@ -87,7 +88,8 @@ class KafkaRecordRepublisher:
 
     def _check(self, topic: str) -> None:
         try:
-            self._producer.partitions_for(topic)
+            with quiet_topic_lookup(topic):
+                self._producer.partitions_for(topic)
         except KafkaTimeoutError:
             raise ReplayTargetMissing(
                 f"Kafka has no topic {topic!r} to replay to (no metadata for it within"
