@@ -4,6 +4,10 @@
          ▲                                                              │
          └────────────── source.ack(job) ◀── sink.send(result) ◀────────┘
 
+A job waiting for its next attempt (a retry's backoff) holds no slot: it waits on a timer
+of its own and goes back into the jobs queue when the time comes; ``stop`` gives it back
+unfinished (not acked, so redelivered) instead of waiting its backoff out.
+
 A job is *done* only once the sink accepted its result; only then is the source told
 (``ack``), which is what lets a Kafka source commit offsets safely. Every queue is
 bounded, so a slow sink stalls the pool, the jobs queue fills and the engine asks the
@@ -26,7 +30,7 @@ from jobworker.application.engine_config import EngineConfig, StopReport
 from jobworker.application.observers import ObserverGroup
 from jobworker.application.registry import ExecutorRegistry
 from jobworker.application.result_delivery import ResultCourier, approximate_bytes
-from jobworker.application.run_job import JobRunner
+from jobworker.application.run_job import JobRun, JobRunner
 from jobworker.domain.errors import SourceFailed
 from jobworker.domain.model import Job, JobResult
 from jobworker.domain.ports import JobObserver, JobSource, RefusedResultStore, ResultSink
@@ -62,13 +66,16 @@ class WorkerEngine:
             observer=self._observer,
             limits=self._config.limits,
         )
-        self._jobs: Queue[Job] = Queue(self._config.jobs_queue_size)
+        # New jobs, and runs back from waiting for their next attempt.
+        self._jobs: Queue[Job | JobRun] = Queue(self._config.jobs_queue_size)
         self._results: Queue[tuple[Job, JobResult]] = Queue(self._config.results_queue_size)
         # Pool slots: greenlets that take jobs from the queue and run them, one at a time,
         # for as long as the engine runs (see _slot).
         self._slots = Group()
         self._waiting_slots: set[gevent.Greenlet[..., object]] = set()  # holding no job
         self._running = 0  # jobs being run now
+        # Timers of the jobs waiting for their next attempt, holding no slot.
+        self._waiting_runs: dict[gevent.Greenlet[..., object], JobRun] = {}
         self._greenlets: list[gevent.Greenlet[..., object]] = []
         self._intake_stopped = Event()
         self._room_available = Event()
@@ -141,6 +148,10 @@ class WorkerEngine:
         # Slots waiting for a job hold none: they end now (a job the queue was about to
         # hand one of them stays in the queue, not started).
         gevent.killall(list(self._waiting_slots), block=True)
+        # Jobs waiting for their next attempt are given back, their backoff not waited out.
+        given_back = len(self._waiting_runs)
+        gevent.killall(list(self._waiting_runs), block=True)
+        self._waiting_runs.clear()
         # While the pool drains, the source keeps being polled for nothing: a Kafka
         # source then stays in its group and commits what finishes, so even a second
         # signal mid-drain leaves less to redeliver.
@@ -164,6 +175,7 @@ class WorkerEngine:
             jobs_abandoned_in_flight=in_flight,
             jobs_not_started=not_started,
             results_not_delivered=undelivered,
+            jobs_given_back_waiting=given_back,
         )
         return self._stopped
 
@@ -266,11 +278,32 @@ class WorkerEngine:
             self._took_job()
             self._running += 1
             try:
-                result = self._runner.run(job)
-                self._observer.job_finished(job, result)
-                self._results.put((job, result))
+                self._run_attempt(job)
             finally:
                 self._running -= 1
+
+    def _run_attempt(self, item: Job | JobRun) -> None:
+        """Begin ``item`` (a new job) or go on with it (a run back from waiting): its
+        result goes to the senders; a retry waits off the slot (``_wait``)."""
+        run = item if isinstance(item, JobRun) else self._runner.begin(item)
+        outcome = run if isinstance(run, JobResult) else self._runner.attempt(run)
+        if isinstance(outcome, JobResult):
+            job = item.job if isinstance(item, JobRun) else item
+            self._observer.job_finished(job, outcome)
+            self._results.put((job, outcome))
+        elif isinstance(run, JobRun):
+            self._wait(run, outcome)
+
+    def _wait(self, run: JobRun, delay_s: float) -> None:
+        timer = gevent.spawn_later(delay_s, self._resume, run)
+        self._waiting_runs[timer] = run
+
+    def _resume(self, run: JobRun) -> None:
+        # Back into the jobs queue, behind what it holds (at most ``jobs_queue_size``):
+        # the queue may be full, and what waits here is bounded by the source's window.
+        self._jobs.put(run)
+        self._waiting_runs.pop(gevent.getcurrent(), None)
+        self._add_slots()
 
     def _send_loop(self) -> None:
         while True:
@@ -364,6 +397,11 @@ class WorkerEngine:
     @property
     def jobs_in_flight(self) -> int:
         return self._running
+
+    @property
+    def jobs_waiting_to_retry(self) -> int:
+        """Jobs waiting for their next attempt, holding no slot."""
+        return len(self._waiting_runs)
 
     @property
     def results_refused(self) -> int:

@@ -72,9 +72,14 @@ class StopReport:
     jobs_abandoned_in_flight: int
     jobs_not_started: int
     results_not_delivered: int
+    # Jobs that were waiting for their next attempt: given back, not waited for.
+    jobs_given_back_waiting: int = 0
 
     @property
     def clean(self) -> bool:
         return not (
-            self.jobs_abandoned_in_flight or self.jobs_not_started or self.results_not_delivered
+            self.jobs_abandoned_in_flight
+            or self.jobs_not_started
+            or self.results_not_delivered
+            or self.jobs_given_back_waiting
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import gevent
 
@@ -13,7 +14,7 @@ from jobworker.application.registry import ExecutorRegistry
 from jobworker.application.retry import RetryPolicy
 from jobworker.domain.errors import InvalidPayload, JobFailed, RetryableJobError, UnknownJobType
 from jobworker.domain.model import Job, JobResult, JobStatus
-from jobworker.domain.ports import JobObserver
+from jobworker.domain.ports import Executor, JobObserver
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,20 @@ _MAX_ERROR_CHARS = 8192
 class _JobDeadline(BaseException):
     """The job's own deadline. A BaseException, like gevent.Timeout itself, so that an
     executor's ``except Exception`` cannot swallow it and run on past its limit."""
+
+
+@dataclass(slots=True)
+class JobRun:
+    """A job between ``JobRunner.begin`` and its result: its executor, its deadline
+    (monotonic seconds) and the attempts made so far."""
+
+    job: Job
+    executor: Executor
+    timeout_s: float
+    deadline: float
+    started_ms: int
+    attempt: int = 0
+    last_error: str = ""
 
 
 class JobRunner:
@@ -60,9 +75,21 @@ class JobRunner:
         return self._max_timeout_s
 
     def run(self, job: Job) -> JobResult:
+        """The job's result, its attempts run here one after another (backoff slept
+        here too). The engine runs ``begin`` and ``attempt`` itself, so that a job
+        waiting for its next attempt holds no pool slot."""
+        started = self.begin(job)
+        while isinstance(started, JobRun):
+            outcome = self.attempt(started)
+            if isinstance(outcome, JobResult):
+                return outcome
+            gevent.sleep(outcome)
+        return started
+
+    def begin(self, job: Job) -> JobRun | JobResult:
+        """The job's run, its deadline counting from now; or its REJECTED result when
+        it is over the limits or of a type no executor serves."""
         started_ms = _now_ms()
-        attempt = 0
-        status, output, error = JobStatus.FAILED, "", ""
         violation = self._limits.violation(job)
         if violation is not None:
             # Only the metadata within the limits is copied into the result.
@@ -73,30 +100,36 @@ class JobRunner:
         except UnknownJobType as unknown:
             return self._result(job, JobStatus.REJECTED, "", str(unknown), 0, started_ms)
         timeout_s = self.timeout_s(job)
-        last_error = ""
+        return JobRun(job, executor, timeout_s, time.monotonic() + timeout_s, started_ms)
+
+    def attempt(self, run: JobRun) -> JobResult | float:
+        """Run the next attempt: the job's result, or seconds to wait before the next
+        one (within the job's deadline: a run woken at its deadline ends TIMED_OUT)."""
+        job = run.job
+        remaining_s = run.deadline - time.monotonic()
+        if remaining_s <= 0:
+            return self._timed_out(run)
+        status, output, error = JobStatus.FAILED, "", ""
+        run.attempt += 1
+        self._observer.job_started(job, run.attempt)
         try:
-            with gevent.Timeout(timeout_s, _JobDeadline):
-                while True:
-                    attempt += 1
-                    self._observer.job_started(job, attempt)
-                    try:
-                        output = self._checked_output(executor.execute(job))
-                    except RetryableJobError as retryable:
-                        last_error = str(retryable) or type(retryable).__name__
-                        if not self._retry.should_retry(attempt):
-                            error = f"gave up after {attempt} attempts: {last_error}"
-                            break
-                        delay = self._retry.delay_s(attempt)
-                        self._observer.job_retrying(job, attempt, last_error, delay)
-                        gevent.sleep(delay)
-                    else:
-                        status = JobStatus.SUCCEEDED
-                        break
+            with gevent.Timeout(remaining_s, _JobDeadline):
+                output = self._checked_output(run.executor.execute(job))
+            status = JobStatus.SUCCEEDED
         except _JobDeadline:
-            status = JobStatus.TIMED_OUT
-            error = f"timed out after {timeout_s:g}s (attempt {attempt})"
-            if last_error:
-                error += f"; last error: {last_error}"
+            return self._timed_out(run)
+        except RetryableJobError as retryable:
+            run.last_error = str(retryable) or type(retryable).__name__
+            if not self._retry.should_retry(run.attempt):
+                error = f"gave up after {run.attempt} attempts: {run.last_error}"
+            else:
+                delay_s = self._retry.delay_s(run.attempt)
+                if retryable.retry_after_s is not None:
+                    # The target said when: never sooner (a jittered step may be later).
+                    delay_s = max(delay_s, retryable.retry_after_s)
+                delay_s = min(delay_s, max(0.0, run.deadline - time.monotonic()))
+                self._observer.job_retrying(job, run.attempt, run.last_error, delay_s)
+                return delay_s
         except InvalidPayload as invalid:
             status, error = JobStatus.REJECTED, f"invalid payload: {invalid}"
         except JobFailed as failed:
@@ -107,7 +140,17 @@ class JobRunner:
             logger.exception("executor raised unexpectedly", extra={"job_id": job.id})
             error = f"{type(unexpected).__name__}: {unexpected}"
         # ``output`` is "" or what _checked_output let through: it fits the limit.
-        return self._result(job, status, output, error[:_MAX_ERROR_CHARS], attempt, started_ms)
+        return self._result(
+            job, status, output, error[:_MAX_ERROR_CHARS], run.attempt, run.started_ms
+        )
+
+    def _timed_out(self, run: JobRun) -> JobResult:
+        error = f"timed out after {run.timeout_s:g}s (attempt {run.attempt})"
+        if run.last_error:
+            error += f"; last error: {run.last_error}"
+        return self._result(
+            run.job, JobStatus.TIMED_OUT, "", error[:_MAX_ERROR_CHARS], run.attempt, run.started_ms
+        )
 
     def _checked_output(self, output: object) -> str:
         """The executor's output, if it is one Core can take; else a JobFailed."""

@@ -20,7 +20,15 @@ class UnknownJobType(JobWorkerError):  # noqa: N818
 
 
 class RetryableJobError(JobWorkerError):
-    """A transient failure (5xx, connection reset…): the engine retries with backoff."""
+    """A transient failure (5xx, connection reset…): the engine retries with backoff.
+
+    ``retry_after_s``: the target said when to come back (HTTP ``Retry-After``); the
+    next attempt waits at least that long, within the job's deadline.
+    """
+
+    def __init__(self, message: str = "", retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class JobFailed(JobWorkerError):  # noqa: N818

@@ -428,6 +428,7 @@ class Container(containers.DeclarativeContainer):
                 client=http_client,
                 max_response_bytes=settings.provided.http_max_response_bytes,
                 default_timeout_s=settings.provided.http_max_timeout,
+                idempotency_header=settings.provided.http_idempotency_header,
             ),
             JobType.IMAGE_RESIZE: providers.Singleton(
                 ImageResizeExecutor,

@@ -321,4 +321,5 @@ def _report_fields(report: StopReport) -> dict[str, int]:
         "jobs_abandoned_in_flight": report.jobs_abandoned_in_flight,
         "jobs_not_started": report.jobs_not_started,
         "results_not_delivered": report.results_not_delivered,
+        "jobs_given_back_waiting": report.jobs_given_back_waiting,
     }

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,7 @@ MAX_HEADER_NAME_CHARS = 256
 MAX_HEADERS = 100
 _MAX_METHOD_CHARS = 16
 _FIELDS = frozenset(("method", "url", "headers", "body", "timeout_ms"))
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEADER_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
 
 
@@ -100,10 +101,12 @@ class HttpExecutor:
         client: SafeHttpClient,
         max_response_bytes: int = 1_048_576,
         default_timeout_s: float = 10.0,
+        idempotency_header: str = "Idempotency-Key",
     ) -> None:
         self.client = client
         self.max_response_bytes = max_response_bytes
         self.default_timeout_s = default_timeout_s
+        self.idempotency_header = idempotency_header
 
     def execute(self, job: Job) -> str:
         request = parse_http_request(job.payload, self.default_timeout_s)
@@ -111,7 +114,7 @@ class HttpExecutor:
         response = self.client.request(
             request.method,
             request.url,
-            headers=request.headers,
+            headers=self._with_idempotency_key(request.headers, job.id),
             body=request.body,
             timeout_s=request.timeout_s,
             max_bytes=self.max_response_bytes,
@@ -129,6 +132,16 @@ class HttpExecutor:
         )
 
 
+    def _with_idempotency_key(self, headers: Mapping[str, str], job_id: str) -> Mapping[str, str]:
+        """The job's headers plus ``idempotency_header: <job id>``: a redelivered job (a
+        crash, a rebalance) calls again with the same key, so the target can drop the
+        repeat. A key the payload sets itself is the producer's choice and is kept."""
+        name = self.idempotency_header
+        if not name or any(given.lower() == name.lower() for given in headers):
+            return headers
+        return {**headers, name: idempotency_key(job_id)}
+
+
 def _headers(value: Any) -> dict[str, str]:
     if value is None:
         return {}
@@ -144,7 +157,7 @@ def _headers(value: Any) -> dict[str, str]:
                 f"header name {shown(name)} is {len(name)} characters, "
                 f"above the {MAX_HEADER_NAME_CHARS} limit"
             )
-        if not _HEADER_NAME.fullmatch(name):
+        if not HEADER_NAME.fullmatch(name):
             raise InvalidPayload(f"header name {shown(name)} is not a valid HTTP header name")
         if name.lower() in FORBIDDEN_HEADERS:
             raise InvalidPayload(f"header {name!r} is set by the client and may not be given")
@@ -160,6 +173,14 @@ def _headers(value: Any) -> dict[str, str]:
                 "percent-encode them or use RFC 8187 encoding"
             )
     return dict(value)
+
+
+def idempotency_key(job_id: str) -> str:
+    """The job id as a header value: as it is when a header can carry it (ASCII, no
+    control characters), else percent-encoded (UTF-8), the same for every delivery."""
+    if job_id.isascii() and job_id.isprintable():
+        return job_id
+    return urllib.parse.quote(job_id, safe="")
 
 
 def _is_latin1(text: str) -> bool:

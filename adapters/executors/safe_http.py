@@ -6,8 +6,10 @@ same addresses, follow redirects the same careful way and cap what they read.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from email.message import Message
 from http.cookiejar import DefaultCookiePolicy
@@ -25,6 +27,8 @@ from jobworker.domain.errors import InvalidPayload, JobFailed, RetryableJobError
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Statuses that say "not now" rather than "never": worth retrying like a 5xx.
 TRANSIENT_CLIENT_STATUSES = frozenset({408, 425, 429})
+# Where a Retry-After header says when to come back (RFC 9110, 10.2.3).
+RETRY_AFTER_STATUSES = frozenset({429, 503})
 # Headers that must not follow a redirect to another origin.
 CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 _READ_CHUNK_BYTES = 64 * 1024
@@ -210,9 +214,30 @@ def raise_for_http_status(response: HttpResponse, what: str) -> None:
     """Raise for an error status: ``RetryableJobError`` on 5xx/408/425/429, else ``JobFailed``."""
     status = f"{response.status} {response.reason}".strip()
     if response.status >= 500 or response.status in TRANSIENT_CLIENT_STATUSES:
-        raise RetryableJobError(f"{what} answered {status}")
+        wait_s = None
+        if response.status in RETRY_AFTER_STATUSES:
+            wait_s = retry_after_s(response.headers.get("retry-after"))
+        said = "" if wait_s is None else f" (Retry-After: {wait_s:g} s)"
+        raise RetryableJobError(f"{what} answered {status}{said}", retry_after_s=wait_s)
     if response.status >= 400:
         raise JobFailed(f"{what} answered {status}")
+
+
+def retry_after_s(value: str | None, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds a ``Retry-After`` value asks to wait: delay-seconds or an HTTP-date
+    (RFC 9110, 10.2.3); None when absent or neither. A date in the past is 0."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(int(text))
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; a zone-less one is read as such
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - now())
 
 
 def _read_capped(response: requests.Response, max_bytes: int, deadline: float, what: str) -> bytes:

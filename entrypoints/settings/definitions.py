@@ -14,6 +14,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
+from jobworker.adapters.executors.http import HEADER_NAME
 from jobworker.adapters.kafka.modes import Ordering, UnreadableBatches
 from jobworker.adapters.kafka.settings import (
     IsolationLevel,
@@ -73,6 +74,16 @@ MAX_POOL_SIZE = 10_000
 
 def _brokers(text: str) -> list[str]:
     return list(parse_brokers(text))
+
+
+def idempotency_header(text: str) -> str:
+    """A header name, or "" for ``none``."""
+    name = text.strip()
+    if name.lower() == "none":
+        return ""
+    if not HEADER_NAME.fullmatch(name):
+        raise ValueError(f"{text!r} is not a header name (letters, digits, -; or none)")
+    return name
 
 
 def _client_id(s: Settings) -> str:
@@ -335,6 +346,12 @@ class Settings(SettingValues):
     http_max_timeout = duration(
         "10s",
         "longest HTTP request, redirects and body included (timeout_ms may shorten it)",
+    )
+    http_idempotency_header = setting(
+        "Idempotency-Key",
+        "header that carries the job id on every HTTP request, so a target can drop a"
+        " redelivered job's repeat; `none`: no such header",
+        idempotency_header,
     )
     image_input_root = setting("./data/images/in", "image sources must be under this folder", str)
     image_output_root = setting("./data/images/out", "resized images are written under it", str)
