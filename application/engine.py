@@ -26,6 +26,7 @@ from gevent.lock import Semaphore
 from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
+from jobworker.application.admission import Admission, AdmissionListener
 from jobworker.application.engine_config import EngineConfig, StopReport
 from jobworker.application.observers import ObserverGroup
 from jobworker.application.registry import ExecutorRegistry
@@ -52,6 +53,7 @@ class WorkerEngine:
         config: EngineConfig | None = None,
         observers: Sequence[JobObserver] = (),
         refused_results: RefusedResultStore | None = None,
+        admission_listener: AdmissionListener | None = None,
     ) -> None:
         self._source = source
         self._sink = sink
@@ -76,6 +78,15 @@ class WorkerEngine:
         self._running = 0  # jobs being run now
         # Timers of the jobs waiting for their next attempt, holding no slot.
         self._waiting_runs: dict[gevent.Greenlet[..., object], JobRun] = {}
+        # Jobs waiting for a limit or a breaker wait in there, holding no slot either.
+        self._admission = Admission(
+            self._config.target_limits,
+            self._config.breaker,
+            wake=lambda run: self._wait(run, 0.0),
+            expire=self._expired,
+            listener=admission_listener,
+        )
+        self._given_back_draining = 0  # asked to come back while stop() drained the pool
         self._greenlets: list[gevent.Greenlet[..., object]] = []
         self._intake_stopped = Event()
         self._room_available = Event()
@@ -149,7 +160,7 @@ class WorkerEngine:
         # hand one of them stays in the queue, not started).
         gevent.killall(list(self._waiting_slots), block=True)
         # Jobs waiting for their next attempt are given back, their backoff not waited out.
-        given_back = len(self._waiting_runs)
+        given_back = len(self._waiting_runs) + len(self._admission.close())
         gevent.killall(list(self._waiting_runs), block=True)
         self._waiting_runs.clear()
         # While the pool drains, the source keeps being polled for nothing: a Kafka
@@ -175,7 +186,7 @@ class WorkerEngine:
             jobs_abandoned_in_flight=in_flight,
             jobs_not_started=not_started,
             results_not_delivered=undelivered,
-            jobs_given_back_waiting=given_back,
+            jobs_given_back_waiting=given_back + self._given_back_draining,
         )
         return self._stopped
 
@@ -286,15 +297,35 @@ class WorkerEngine:
         """Begin ``item`` (a new job) or go on with it (a run back from waiting): its
         result goes to the senders; a retry waits off the slot (``_wait``)."""
         run = item if isinstance(item, JobRun) else self._runner.begin(item)
-        outcome = run if isinstance(run, JobResult) else self._runner.attempt(run)
+        if isinstance(run, JobResult):
+            self._finish(item if isinstance(item, Job) else item.job, run)
+            return
+        if not self._admission.admit(run):
+            return  # parked until a limit or breaker lets it, or its deadline
+        try:
+            outcome = self._runner.attempt(run)
+        finally:
+            self._admission.release(run)
         if isinstance(outcome, JobResult):
-            job = item.job if isinstance(item, JobRun) else item
-            self._observer.job_finished(job, outcome)
-            self._results.put((job, outcome))
-        elif isinstance(run, JobRun):
+            self._finish(run.job, outcome)
+        else:
             self._wait(run, outcome)
 
+    def _finish(self, job: Job, result: JobResult) -> None:
+        self._observer.job_finished(job, result)
+        self._results.put((job, result))
+
+    def _expired(self, run: JobRun, waiting_for: str) -> None:
+        # From a timer of admission's, which must not block: the result may have to
+        # wait for room in the results queue.
+        gevent.spawn(self._finish, run.job, self._runner.timed_out(run, waiting_for))
+
     def _wait(self, run: JobRun, delay_s: float) -> None:
+        if self._dispatch_stopped:
+            # stop() already ended the timers and no slot would take it back: given back
+            # now, not left on a timer that outlives the engine.
+            self._given_back_draining += 1
+            return
         timer = gevent.spawn_later(delay_s, self._resume, run)
         self._waiting_runs[timer] = run
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from jobworker.application.job_limits import DEFAULT_LIMITS, JobLimits
 from jobworker.application.result_delivery import RefusalPolicy
 from jobworker.application.retry import RetryPolicy
+from jobworker.domain.limits import BreakerPolicy, TargetLimit
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,10 @@ class EngineConfig:
     result_batch_linger_s: float = 0.005
     result_batch_max_bytes: int = 3 * 1024 * 1024
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Bounds per job type and target, and each target's circuit breaker (admission.py).
+    # The default breaker is off: an engine built by hand calls what it is told to.
+    target_limits: tuple[TargetLimit, ...] = ()
+    breaker: BreakerPolicy = field(default_factory=lambda: BreakerPolicy(failures=0))
 
     def __post_init__(self) -> None:
         for name in ("jobs_queue_size", "results_queue_size"):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import gevent
 
@@ -40,6 +41,11 @@ class JobRun:
     started_ms: int
     attempt: int = 0
     last_error: str = ""
+    # Admission's (application/admission.py): the gates of its targets, those it holds,
+    # and whether its last attempt found its target down.
+    gates: list[Any] | None = None
+    held: list[Any] = field(default_factory=list)
+    target_down: bool = False
 
 
 class JobRunner:
@@ -108,17 +114,19 @@ class JobRunner:
         job = run.job
         remaining_s = run.deadline - time.monotonic()
         if remaining_s <= 0:
-            return self._timed_out(run)
+            return self.timed_out(run)
         status, output, error = JobStatus.FAILED, "", ""
         run.attempt += 1
+        run.target_down = False
         self._observer.job_started(job, run.attempt)
         try:
             with gevent.Timeout(remaining_s, _JobDeadline):
                 output = self._checked_output(run.executor.execute(job))
             status = JobStatus.SUCCEEDED
         except _JobDeadline:
-            return self._timed_out(run)
+            return self.timed_out(run)
         except RetryableJobError as retryable:
+            run.target_down = retryable.target_down
             run.last_error = str(retryable) or type(retryable).__name__
             if not self._retry.should_retry(run.attempt):
                 error = f"gave up after {run.attempt} attempts: {run.last_error}"
@@ -144,8 +152,14 @@ class JobRunner:
             job, status, output, error[:_MAX_ERROR_CHARS], run.attempt, run.started_ms
         )
 
-    def _timed_out(self, run: JobRun) -> JobResult:
+    def timed_out(self, run: JobRun, waiting_for: str | None = None) -> JobResult:
+        """``run`` ended TIMED_OUT at its deadline (``waiting_for``: what held it back)."""
         error = f"timed out after {run.timeout_s:g}s (attempt {run.attempt})"
+        if waiting_for:
+            error = (
+                f"timed out after {run.timeout_s:g}s waiting for {waiting_for}"
+                f" (attempt {run.attempt + 1} never started)"
+            )
         if run.last_error:
             error += f"; last error: {run.last_error}"
         return self._result(

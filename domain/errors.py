@@ -23,12 +23,17 @@ class RetryableJobError(JobWorkerError):
     """A transient failure (5xx, connection reset…): the engine retries with backoff.
 
     ``retry_after_s``: the target said when to come back (HTTP ``Retry-After``); the
-    next attempt waits at least that long, within the job's deadline.
+    next attempt waits at least that long, within the job's deadline. ``target_down``:
+    the target failed the call (no connection, a timeout, a 5xx), which its circuit
+    breaker counts; "not now" answers (429) do not.
     """
 
-    def __init__(self, message: str = "", retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str = "", retry_after_s: float | None = None, *, target_down: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.target_down = target_down
 
 
 class JobFailed(JobWorkerError):  # noqa: N818

@@ -41,6 +41,7 @@ from jobworker.adapters.kafka.source import KafkaJobSource
 from jobworker.adapters.kafka.wiring import SourceOptions
 from jobworker.adapters.observability.job_log import LoggingJobObserver
 from jobworker.adapters.observability.metrics import (
+    AdmissionMetrics,
     PrometheusJobObserver,
     ResultSendRetries,
     new_registry,
@@ -54,6 +55,7 @@ from jobworker.application.registry import ExecutorRegistry
 from jobworker.application.result_delivery import RefusalPolicy
 from jobworker.application.retry import RetryPolicy
 from jobworker.domain.errors import ConfigurationError
+from jobworker.domain.limits import HOST_PREFIX, BreakerPolicy, TargetLimit
 from jobworker.domain.model import JobType
 from jobworker.domain.ports import Executor, JobObserver, ResultSink
 from jobworker.entrypoints.exit_codes import ServiceUnavailable
@@ -337,7 +339,7 @@ def build_registry(executors: dict[str, Executor], discover_plugins: bool) -> Ex
     return registry
 
 
-def engine_config(settings: Settings) -> EngineConfig:
+def engine_config(settings: Settings, registry: ExecutorRegistry) -> EngineConfig:
     return EngineConfig(
         worker_id=settings.worker_id,
         pool_size=settings.worker_pool_size,
@@ -356,7 +358,22 @@ def engine_config(settings: Settings) -> EngineConfig:
             backoff_base_s=settings.retry_backoff_base,
             backoff_max_s=settings.retry_backoff_max,
         ),
+        target_limits=known_types_only(settings.limits, registry),
+        breaker=BreakerPolicy(settings.http_breaker_failures, settings.http_breaker_cooldown),
     )
+
+
+def known_types_only(
+    limits: tuple[TargetLimit, ...], registry: ExecutorRegistry
+) -> tuple[TargetLimit, ...]:
+    """``limits``, if each job type they name has an executor (plugins included)."""
+    known = registry.job_types()
+    for limit in limits:
+        if not limit.key.startswith(HOST_PREFIX) and limit.key not in known:
+            raise ConfigurationError(
+                "LIMITS", f"no executor runs job type {limit.key!r} (known: {', '.join(known)})"
+            )
+    return limits
 
 
 def dead_letter_service(
@@ -467,7 +484,10 @@ class Container(containers.DeclarativeContainer):
         source=job_source,
         sink=providers.Callable(traced_sink, tracing, result_sink),
         registry=registry,
-        config=providers.Callable(engine_config, settings),
+        config=providers.Callable(engine_config, settings, registry),
         observers=observers,
         refused_results=refused_results,
+        admission_listener=providers.Singleton(
+            AdmissionMetrics, metrics_registry, settings.provided.limits
+        ),
     )

@@ -34,6 +34,7 @@ OUR_PREFIXES = (
     "JOB_",
     "JOBS_",
     "KAFKA_",
+    "LIMITS",
     "LIVENESS_",
     "LOG_",
     "MAX_",

@@ -19,6 +19,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from jobworker.adapters.executors.payload_fields import (
     MAX_URL_CHARS,
@@ -131,6 +132,11 @@ class HttpExecutor:
             }
         )
 
+    def targets(self, job: Job) -> list[str]:
+        """What the job calls, for limits and breakers: ``host:<its URL's host>``."""
+        url = load_object(job.payload, _FIELDS).get("url")
+        host = urlsplit(url).hostname if isinstance(url, str) else None
+        return [f"host:{host}"] if host else []
 
     def _with_idempotency_key(self, headers: Mapping[str, str], job_id: str) -> Mapping[str, str]:
         """The job's headers plus ``idempotency_header: <job id>``: a redelivered job (a
@@ -177,8 +183,11 @@ def _headers(value: Any) -> dict[str, str]:
 
 def idempotency_key(job_id: str) -> str:
     """The job id as a header value: as it is when a header can carry it (ASCII, no
-    control characters), else percent-encoded (UTF-8), the same for every delivery."""
-    if job_id.isascii() and job_id.isprintable():
+    control characters, no space at either end), else percent-encoded (UTF-8), the
+    same for every delivery."""
+    # A field value's ends are trimmed (RFC 9110, 5.5) and requests refuses a leading
+    # space: " a" sent as it is would fail every call, or reach the target as "a".
+    if job_id.isascii() and job_id.isprintable() and job_id == job_id.strip():
         return job_id
     return urllib.parse.quote(job_id, safe="")
 

@@ -116,7 +116,9 @@ class SafeHttpClient:
             raise InvalidPayload(f"url refused: {error}") from error
         # Socket timeouts bound each read, not the total: a server trickling one byte
         # at a time could hold a job for long. Under gevent the Timeout bounds it all.
-        overall = RetryableJobError(f"{method} {url}: timed out after {timeout_s:g}s")
+        overall = RetryableJobError(
+            f"{method} {url}: timed out after {timeout_s:g}s", target_down=True
+        )
         with gevent.Timeout(timeout_s, overall):
             return self._follow_redirects(
                 method, url, dict(headers or {}), body, time.monotonic() + timeout_s, max_bytes
@@ -198,9 +200,11 @@ class SafeHttpClient:
         except requests.exceptions.ContentDecodingError as error:
             raise JobFailed(f"{what}: the response body could not be decoded: {error}") from error
         except requests.exceptions.Timeout as error:
-            raise RetryableJobError(f"{what}: timed out: {error}") from error
+            raise RetryableJobError(f"{what}: timed out: {error}", target_down=True) from error
         except (requests.exceptions.RequestException, OSError) as error:
-            raise RetryableJobError(f"{what}: connection failed: {error}") from error
+            raise RetryableJobError(
+                f"{what}: connection failed: {error}", target_down=True
+            ) from error
         return HttpResponse(
             url=url,
             status=raw.status_code,
@@ -218,7 +222,12 @@ def raise_for_http_status(response: HttpResponse, what: str) -> None:
         if response.status in RETRY_AFTER_STATUSES:
             wait_s = retry_after_s(response.headers.get("retry-after"))
         said = "" if wait_s is None else f" (Retry-After: {wait_s:g} s)"
-        raise RetryableJobError(f"{what} answered {status}{said}", retry_after_s=wait_s)
+        raise RetryableJobError(
+            f"{what} answered {status}{said}",
+            retry_after_s=wait_s,
+            # A 5xx is the target failing; 408, 425 and 429 are it asking to wait.
+            target_down=response.status >= 500,
+        )
     if response.status >= 400:
         raise JobFailed(f"{what} answered {status}")
 
@@ -229,8 +238,10 @@ def retry_after_s(value: str | None, now: Callable[[], float] = time.time) -> fl
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
-        return float(int(text))
+    # float(), not int(): a number too long for int() (4300 digits) or a float is inf;
+    # isascii(), as "²" (Latin-1, as header values are read) passes isdigit().
+    if text.isascii() and text.isdigit():
+        return float(text)
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError):
@@ -255,7 +266,9 @@ def _read_capped(response: requests.Response, max_bytes: int, deadline: float, w
         if received > max_bytes:
             raise JobFailed(f"{what}: response body exceeds the {max_bytes}-byte limit")
         if time.monotonic() > deadline:
-            raise RetryableJobError(f"{what}: timed out while reading the response body")
+            raise RetryableJobError(
+                f"{what}: timed out while reading the response body", target_down=True
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 

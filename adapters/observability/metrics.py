@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from jobworker import __version__
+from jobworker.domain.limits import HOST_PREFIX, TargetLimit
 from jobworker.domain.model import Job, JobResult
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -194,6 +195,59 @@ class ResultSendRetries:
 
     def __call__(self, code: str, attempt: int, delay_s: float) -> None:
         self._counter.labels(code).inc()
+
+
+class AdmissionMetrics:
+    """Admission's listener (application/admission.py): waits by limit, and each HTTP
+    host's breaker state, transitions and refused calls.
+
+    Labels stay bounded: a limit is one of the configured ones; a host is one of those
+    ``limits`` names, or ``other`` for every other host.
+    """
+
+    _STATES = ("closed", "open", "half-open")
+
+    def __init__(self, registry: CollectorRegistry, limits: Collection[TargetLimit]) -> None:
+        self._hosts = frozenset(limit.key for limit in limits if limit.key.startswith(HOST_PREFIX))
+        self._waits = Counter(
+            "jobworker_limit_waits",
+            "Attempts that waited (holding no slot) for a limit, by limit.",
+            ["limit"],
+            registry=registry,
+        )
+        self._refused = Counter(
+            "jobworker_breaker_refused_calls",
+            "Attempts held back by an open circuit breaker, by host.",
+            ["host"],
+            registry=registry,
+        )
+        self._transitions = Counter(
+            "jobworker_breaker_transitions",
+            "Circuit breaker state changes, by host and the state entered.",
+            ["host", "state"],
+            registry=registry,
+        )
+        self._state = Gauge(
+            "jobworker_breaker_state",
+            "1 for the state each host's breaker is in (closed, open, half-open).",
+            ["host", "state"],
+            registry=registry,
+        )
+
+    def parked(self, gate: str, by_breaker: bool) -> None:
+        if by_breaker:
+            self._refused.labels(self._host(gate)).inc()
+        else:
+            self._waits.labels(gate).inc()
+
+    def breaker_changed(self, target: str, state: str) -> None:
+        host = self._host(target)
+        self._transitions.labels(host, str(state)).inc()
+        for each in self._STATES:
+            self._state.labels(host, each).set(1 if each == str(state) else 0)
+
+    def _host(self, target: str) -> str:
+        return target if target in self._hosts else "other"
 
 
 Reading = tuple[str, Callable[[], float]]  # (help text, read the value now)

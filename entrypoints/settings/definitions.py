@@ -48,6 +48,7 @@ from jobworker.entrypoints.settings.declaration import (
     setting,
 )
 from jobworker.entrypoints.settings.kafka_tls import ca_bundle, readable_pem
+from jobworker.entrypoints.settings.limits import parse_limits
 from jobworker.entrypoints.settings.modes import (
     JobSourceKind,
     LogFormat,
@@ -208,6 +209,13 @@ class Settings(SettingValues):
         positive(parse_int),
     )
 
+    limits = setting(
+        "",
+        "bounds per job type and HTTP host, each per worker process:"
+        " `HTTP=500/s; host:api.example.com=50 concurrent,100/s` (README); none by default",
+        parse_limits,
+    )
+
     # -- the worker -------------------------------------------------------------------
     worker_pool_size = setting(
         "10",
@@ -346,6 +354,15 @@ class Settings(SettingValues):
     http_max_timeout = duration(
         "10s",
         "longest HTTP request, redirects and body included (timeout_ms may shorten it)",
+    )
+    http_breaker_failures = setting(
+        "5",
+        "an HTTP host's circuit breaker opens after this many failed calls in a row"
+        " (connection errors, timeouts, 5xx); 0: no breaker",
+        non_negative(parse_int),
+    )
+    http_breaker_cooldown = duration(
+        "10s", "an open breaker holds its host's jobs this long, then lets one probe call go"
     )
     http_idempotency_header = setting(
         "Idempotency-Key",

@@ -1,0 +1,341 @@
+"""Whether a job's next attempt may start now: limits per job type and target, and a
+circuit breaker per target (an HTTP host).
+
+A run that may not start yet is *parked* here, holding no pool slot, in the FIFO of the
+gate that holds it; a gate that frees room (an attempt ends, a token comes, a breaker's
+cool-down ends) takes its room on behalf of its first waiter and hands the run back to
+the engine (``wake``). A parked run's deadline still holds: at it, the run leaves the
+queue and the engine ends it TIMED_OUT naming the gate (``expire``). Everything here is
+per worker process, and runs on the gevent hub's one thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+import gevent
+
+from jobworker.application.run_job import JobRun
+from jobworker.domain.limits import HOST_PREFIX, BreakerPolicy, TargetLimit
+
+logger = logging.getLogger(__name__)
+
+
+class BreakerState(enum.StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
+
+
+class AdmissionListener(Protocol):
+    """Hears what admission does (metrics implement it). Must not raise or block."""
+
+    def parked(self, gate: str, by_breaker: bool) -> None:
+        """A run waits behind ``gate`` (a limit's key, or a breaker's target)."""
+        ...
+
+    def breaker_changed(self, target: str, state: BreakerState) -> None: ...
+
+
+class _Gate:
+    """What one key lets through: attempts at once, attempts a second, or a breaker."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.waiters: deque[JobRun] = deque()
+        self.timer: gevent.Greenlet[..., object] | None = None
+
+    def has_room(self, now: float) -> bool:
+        raise NotImplementedError
+
+    def take(self, now: float) -> None:
+        raise NotImplementedError
+
+    def give(self, run: JobRun, used: bool) -> None:
+        """Give back what ``take`` took; ``used``: an attempt ran with it."""
+
+    def next_room_at(self, now: float) -> float | None:
+        """When room comes by the clock alone (a rate's next token); None: by events."""
+        return None
+
+    def why(self) -> str:
+        return f"limit {self.name}"
+
+
+class _Limit(_Gate):
+    def __init__(self, limit: TargetLimit, clock: Callable[[], float]) -> None:
+        super().__init__(str(limit))
+        self.concurrent = limit.concurrent
+        self.in_use = 0
+        self.per_second = limit.per_second
+        # A tenth of a second's worth of burst at most, at least one call.
+        self.capacity = max(1.0, (limit.per_second or 0) / 10)
+        self.tokens = self.capacity
+        self.refilled_at = clock()
+
+    def _refill(self, now: float) -> None:
+        if self.per_second is not None:
+            self.tokens = min(
+                self.capacity, self.tokens + (now - self.refilled_at) * self.per_second
+            )
+            self.refilled_at = now
+
+    def has_room(self, now: float) -> bool:
+        self._refill(now)
+        if self.concurrent is not None and self.in_use >= self.concurrent:
+            return False
+        return self.per_second is None or self.tokens >= 1.0
+
+    def take(self, now: float) -> None:
+        self._refill(now)
+        self.in_use += 1
+        if self.per_second is not None:
+            self.tokens -= 1.0
+
+    def give(self, run: JobRun, used: bool) -> None:
+        self.in_use -= 1
+        if not used and self.per_second is not None:
+            self.tokens = min(self.capacity, self.tokens + 1.0)
+
+    def next_room_at(self, now: float) -> float | None:
+        if self.per_second is None or self.tokens >= 1.0:
+            return None
+        if self.concurrent is not None and self.in_use >= self.concurrent:
+            return None  # an attempt ending makes room first
+        return now + (1.0 - self.tokens) / self.per_second
+
+
+class _Breaker(_Gate):
+    """Closed: calls go. Open (after ``failures`` failed calls in a row): calls wait
+    until the cool-down ends; then one probe call goes (half-open) and decides."""
+
+    def __init__(
+        self,
+        target: str,
+        policy: BreakerPolicy,
+        listener: AdmissionListener | None,
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__(target)
+        self.policy = policy
+        self.clock = clock
+        self.listener = listener
+        self.state = BreakerState.CLOSED
+        self.failures = 0
+        self.opened_at = 0.0
+        self.probing = False
+
+    def has_room(self, now: float) -> bool:
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN and now >= self.opened_at + self.policy.cooldown_s:
+            self._become(BreakerState.HALF_OPEN, "cool-down over: one probe call decides")
+        return self.state is BreakerState.HALF_OPEN and not self.probing
+
+    def take(self, now: float) -> None:
+        if self.state is BreakerState.HALF_OPEN:
+            self.probing = True
+
+    def give(self, run: JobRun, used: bool) -> None:
+        if self.state is BreakerState.HALF_OPEN and not used:
+            self.probing = False  # the probe never ran: the next waiter probes
+            return
+        if not used:
+            return
+        if run.target_down:
+            self.failures += 1
+            if self.state is BreakerState.OPEN:
+                return  # an attempt from before it opened: already counted as open
+            if self.state is BreakerState.HALF_OPEN or self.failures >= self.policy.failures:
+                self.opened_at = self.clock()
+                self.probing = False
+                self._become(
+                    BreakerState.OPEN,
+                    f"{self.failures} failed call(s) in a row: its jobs wait"
+                    f" {self.policy.cooldown_s:g} s, holding no slot",
+                )
+        else:
+            self.failures = 0
+            if self.state is not BreakerState.CLOSED:
+                self.probing = False
+                self._become(BreakerState.CLOSED, "the probe call succeeded")
+
+    def next_room_at(self, now: float) -> float | None:
+        if self.state is BreakerState.OPEN:
+            return self.opened_at + self.policy.cooldown_s
+        return None
+
+    def why(self) -> str:
+        return f"the circuit breaker of {self.name} ({self.state})"
+
+    def _become(self, state: BreakerState, why: str) -> None:
+        self.state = state
+        logger.warning(
+            "circuit breaker %s for %s: %s",
+            state,
+            self.name,
+            why,
+            extra={"target": self.name, "breaker_state": str(state)},
+        )
+        if self.listener is not None:
+            try:
+                self.listener.breaker_changed(self.name, state)
+            except Exception:
+                logger.exception("admission listener failed")
+
+
+class Admission:
+    """Admits runs to their next attempt, or parks them (see module docstring).
+
+    ``wake(run)``: the run may try again (the engine queues it); ``expire(run, why)``:
+    its deadline came while it waited for ``why``. Both are called from timers or from
+    ``release``, and must not block.
+    """
+
+    def __init__(
+        self,
+        limits: Sequence[TargetLimit],
+        breaker: BreakerPolicy,
+        *,
+        wake: Callable[[JobRun], None],
+        expire: Callable[[JobRun, str], None],
+        listener: AdmissionListener | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self._limits: dict[str, _Gate] = {limit.key: _Limit(limit, clock) for limit in limits}
+        self._policy = breaker
+        self._breakers: dict[str, _Breaker] = {}
+        self._wake = wake
+        self._expire = expire
+        self._listener = listener
+        # Where each parked run waits, and the timer of its deadline.
+        self._parked: dict[int, tuple[JobRun, _Gate, gevent.Greenlet[..., object]]] = {}
+
+    @property
+    def idle(self) -> bool:
+        """Nothing limits or breaks: every run is admitted at once, and cheaply."""
+        return not self._limits and self._policy.failures == 0
+
+    def admit(self, run: JobRun) -> bool:
+        """True: the attempt may start (room taken; ``release`` it after). False: the
+        run is parked, to be woken or expired later."""
+        if run.gates is None:
+            run.gates = self._gates_of(run)
+        if not run.gates:
+            return True
+        now = self._clock()
+        for gate in run.gates:
+            if gate in run.held:
+                continue
+            if gate.waiters or not gate.has_room(now):
+                self._park(run, gate, now)
+                return False
+        for gate in run.gates:
+            if gate not in run.held:
+                gate.take(now)
+                run.held.append(gate)
+        return True
+
+    def release(self, run: JobRun, used: bool = True) -> None:
+        """The attempt ended (``run.target_down`` says how it went for its target)."""
+        held, run.held = run.held, []
+        for gate in held:
+            gate.give(run, used)
+        for gate in held:
+            self._pump(gate)
+
+    def parked(self) -> int:
+        return len(self._parked)
+
+    def close(self) -> list[JobRun]:
+        """Stop every timer; the parked runs, given back."""
+        runs = []
+        for run, gate, deadline in list(self._parked.values()):
+            deadline.kill(block=False)
+            runs.append(run)
+            gate.waiters.clear()
+        self._parked.clear()
+        for gate in [*self._limits.values(), *self._breakers.values()]:
+            if gate.timer is not None:
+                gate.timer.kill(block=False)
+        return runs
+
+    # -- inside ----------------------------------------------------------------------
+
+    def _gates_of(self, run: JobRun) -> list[_Gate]:
+        gates: list[_Gate] = []
+        if (limit := self._limits.get(run.job.type)) is not None:
+            gates.append(limit)
+        targets: Callable[..., Iterable[str]] | None = getattr(run.executor, "targets", None)
+        if targets is None:
+            return gates
+        try:
+            names = list(targets(run.job))
+        except Exception:  # a payload the attempt will reject: nothing to limit
+            return gates
+        for name in names:
+            if (limit := self._limits.get(name)) is not None:
+                gates.append(limit)
+            if self._policy.failures and name.startswith(HOST_PREFIX):
+                gates.append(self._breaker(name))
+        return gates
+
+    def _breaker(self, target: str) -> _Breaker:
+        breaker = self._breakers.get(target)
+        if breaker is None:
+            breaker = _Breaker(target, self._policy, self._listener, self._clock)
+            self._breakers[target] = breaker
+        return breaker
+
+    def _park(self, run: JobRun, gate: _Gate, now: float) -> None:
+        gate.waiters.append(run)
+        deadline = gevent.spawn_later(max(0.0, run.deadline - now), self._expired, run)
+        self._parked[id(run)] = (run, gate, deadline)
+        if self._listener is not None:
+            try:
+                self._listener.parked(gate.name, isinstance(gate, _Breaker))
+            except Exception:
+                logger.exception("admission listener failed")
+        self._schedule(gate, now)
+
+    def _schedule(self, gate: _Gate, now: float) -> None:
+        """A timer for when ``gate`` has room by the clock, while it has waiters."""
+        if gate.timer is not None or not gate.waiters:
+            return
+        at = gate.next_room_at(now)
+        if at is not None:
+            gate.timer = gevent.spawn_later(max(0.0, at - now), self._on_time, gate)
+
+    def _on_time(self, gate: _Gate) -> None:
+        gate.timer = None
+        self._pump(gate)
+
+    def _pump(self, gate: _Gate) -> None:
+        """Hand ``gate``'s room to its waiters, first come first served."""
+        now = self._clock()
+        while gate.waiters and gate.has_room(now):
+            run = gate.waiters.popleft()
+            entry = self._parked.pop(id(run), None)
+            if entry is not None:
+                entry[2].kill(block=False)
+            gate.take(now)
+            run.held.append(gate)  # kept for it: it tries its other gates when back
+            self._wake(run)
+        self._schedule(gate, now)
+
+    def _expired(self, run: JobRun) -> None:
+        entry = self._parked.pop(id(run), None)
+        if entry is None:
+            return
+        _, gate, _ = entry
+        with contextlib.suppress(ValueError):  # handed its room meanwhile
+            gate.waiters.remove(run)
+        self.release(run, used=False)
+        self._expire(run, gate.why())
