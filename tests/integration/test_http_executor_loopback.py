@@ -66,11 +66,14 @@ class RoutesHandler(BaseHTTPRequestHandler):
             echoed = {
                 "method": self.command,
                 "headers": dict(self.headers),
+                "header_lines": list(self.headers.items()),  # repeats included
                 "body": self.rfile.read(length).decode(),
             }
             self.reply(200, json.dumps(echoed).encode(), {"Content-Type": "application/json"})
         elif name == "status":
             self.reply(int(argument), b"status body", {})
+        elif name == "busy":
+            self.reply(int(argument), b"come back later", {"Retry-After": query["after"]})
         elif name == "big":
             self.reply(200, b"x" * int(argument), {})
         elif name == "unsized":
@@ -320,3 +323,97 @@ def test_get_bytes_returns_the_body_and_raises_for_errors(
         client.get_bytes(server.url("/missing"), max_bytes=100, timeout_s=2)
     with pytest.raises(JobFailed, match="exceeds the 10-byte limit"):
         client.get_bytes(server.url("/big/50"), max_bytes=10, timeout_s=2)
+
+
+# -- Idempotency-Key and Retry-After ---------------------------------------------------
+
+
+def sent_headers(executor: HttpExecutor, job_id: str, **payload: object) -> list[list[str]]:
+    """The header lines the server received for job ``job_id``, repeats included."""
+    job = Job(id=job_id, type="HTTP", payload=json.dumps(payload))
+    result = json.loads(executor.execute(job))
+    lines: list[list[str]] = json.loads(result["body"])["header_lines"]
+    return lines
+
+
+def named(lines: list[list[str]], name: str) -> list[str]:
+    return [value for header, value in lines if header.lower() == name.lower()]
+
+
+def test_each_request_carries_the_job_id_as_its_idempotency_key(
+    server: LoopbackServer, executor: HttpExecutor
+) -> None:
+    first = sent_headers(executor, "job-7", url=server.url("/echo"))
+    again = sent_headers(executor, "job-7", method="POST", url=server.url("/echo"), body="b")
+    # Across a redirect too: the hop that reaches the target carries it.
+    redirected = sent_headers(executor, "job-7", url=server.url("/redirect?code=307&to=/echo"))
+
+    for lines in (first, again, redirected):
+        assert named(lines, "Idempotency-Key") == ["job-7"]
+
+
+def test_the_idempotency_header_can_be_renamed(
+    server: LoopbackServer, client: SafeHttpClient
+) -> None:
+    executor = HttpExecutor(client, idempotency_header="X-Request-Id")
+
+    lines = sent_headers(executor, "job-7", url=server.url("/echo"))
+
+    assert named(lines, "X-Request-Id") == ["job-7"]
+    assert named(lines, "Idempotency-Key") == []
+
+
+def test_no_idempotency_header_when_turned_off(
+    server: LoopbackServer, client: SafeHttpClient
+) -> None:
+    executor = HttpExecutor(client, idempotency_header="")
+
+    lines = sent_headers(executor, "job-7", url=server.url("/echo"))
+
+    assert "job-7" not in [value for _, value in lines]
+    assert named(lines, "Idempotency-Key") == []
+
+
+def test_a_key_the_payload_sets_is_kept_and_sent_once(
+    server: LoopbackServer, executor: HttpExecutor
+) -> None:
+    headers = {"idempotency-key": "order-42"}
+
+    lines = sent_headers(executor, "job-7", url=server.url("/echo"), headers=headers)
+
+    assert named(lines, "Idempotency-Key") == ["order-42"]
+
+
+@pytest.mark.parametrize(
+    ("job_id", "key"),
+    [
+        ("jöb/1 ü", "j%C3%B6b%2F1%20%C3%BC"),
+        ("tab\there", "tab%09here"),
+        (" leading", "%20leading"),  # requests refuses a value that starts with a space
+        ("trailing ", "trailing%20"),  # the target would read "trailing"
+        ("plain ascii_id.1~", "plain ascii_id.1~"),
+    ],
+)
+def test_a_job_id_a_header_cannot_carry_is_percent_encoded(
+    server: LoopbackServer, executor: HttpExecutor, job_id: str, key: str
+) -> None:
+    lines = sent_headers(executor, job_id, url=server.url("/echo"))
+
+    assert named(lines, "Idempotency-Key") == [key]
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_retry_after_on_a_busy_answer_is_the_least_wait_before_the_next_attempt(
+    server: LoopbackServer, executor: HttpExecutor, status: int
+) -> None:
+    with pytest.raises(RetryableJobError, match=f"answered {status}.*Retry-After: 2 s") as raised:
+        run(executor, url=server.url(f"/busy/{status}?after=2"))
+
+    assert raised.value.retry_after_s == 2.0
+
+
+def test_retry_after_on_a_500_is_not_taken(server: LoopbackServer, executor: HttpExecutor) -> None:
+    with pytest.raises(RetryableJobError) as raised:
+        run(executor, url=server.url("/busy/500?after=2"))
+
+    assert raised.value.retry_after_s is None

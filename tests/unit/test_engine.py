@@ -742,3 +742,141 @@ def test_a_pool_slot_running_queued_jobs_back_to_back_still_lets_results_out() -
     assert sorted(source.acked_ids) == sorted(job.id for job in jobs)
     first_full_queue = executor.delivered_seen[:200]
     assert max(first_full_queue) > 0, "results went out while the queue was still full"
+
+
+# -- a job waiting for its next attempt holds no pool slot ------------------------------
+
+NO_JITTER = RetryPolicy(max_attempts=10, backoff_base_s=0.0, backoff_max_s=0.0)
+
+
+class AsksToComeBack:
+    """Answers "busy, come back in ``retry_after_s``" (a 429/503 with Retry-After)
+    ``times`` times per job, then succeeds."""
+
+    def __init__(self, retry_after_s: float, times: int = 1) -> None:
+        self.retry_after_s = retry_after_s
+        self.times = times
+        self.calls: dict[str, int] = {}
+
+    def execute(self, job: Job) -> str:
+        self.calls[job.id] = self.calls.get(job.id, 0) + 1
+        if self.calls[job.id] <= self.times:
+            raise RetryableJobError("busy", retry_after_s=self.retry_after_s)
+        return "ok"
+
+
+def test_a_job_waiting_for_its_next_attempt_lets_the_jobs_behind_it_run() -> None:
+    # One slot, and the first job is asked to come back later: the jobs queued behind it
+    # run in the meantime, and only then does it come back for its second attempt. A
+    # slot held through the backoff would run r#2 straight after r#1.
+    observer = RecordingObserver()
+    busy = AsksToComeBack(retry_after_s=0.05)
+    registry = ExecutorRegistry({"BUSY": busy, "SLEEP": SleepFor()})
+    source = InMemoryJobSource([Job(id="r", type="BUSY"), *sleep_jobs(3)])
+    sink = InMemoryResultSink()
+    cfg = config(pool_size=1, jobs_queue_size=4, retry=NO_JITTER, refusals=fast_refusals())
+    engine = WorkerEngine(source, sink, registry, cfg, observers=[observer])
+    engine.start()
+    assert engine.wait_until_drained(5), "engine did not drain"
+    assert engine.stop(timeout=1).clean
+    started = [name for kind, name in observer.events if kind == "started"]
+    assert started == ["r#1", "j0#1", "j1#1", "j2#1", "r#2"]
+    result = sink.by_id()["r"]
+    assert (result.status, result.attempts, result.output) == (JobStatus.SUCCEEDED, 2, "ok")
+    assert sorted(source.acked_ids) == ["j0", "j1", "j2", "r"]
+
+
+def test_jobs_waiting_to_retry_counts_the_waiting_jobs_not_the_running_ones() -> None:
+    # Two jobs wait at once with a single slot (only possible if neither holds it), and
+    # a third job still runs to its end meanwhile.
+    busy = AsksToComeBack(retry_after_s=60)
+    registry = ExecutorRegistry({"BUSY": busy, "SLEEP": SleepFor()})
+    source = InMemoryJobSource([Job(id="r0", type="BUSY"), Job(id="r1", type="BUSY")], finite=False)
+    cfg = config(pool_size=1, retry=NO_JITTER, max_job_timeout_s=300.0)
+    engine = WorkerEngine(source, InMemoryResultSink(), registry, cfg)
+    engine.start()
+    assert engine.jobs_waiting_to_retry == 0
+    wait_until(lambda: engine.jobs_waiting_to_retry == 2, message="the jobs did not both wait")
+    source.put(*sleep_jobs(1))
+    assert source.wait_for_acks(1), "the slot was held by a waiting job"
+    assert source.acked_ids == ["j0"]
+    assert (engine.jobs_waiting_to_retry, engine.jobs_in_flight) == (2, 0)
+    assert engine.stop(timeout=5).jobs_given_back_waiting == 2
+    assert engine.jobs_waiting_to_retry == 0
+
+
+def test_stop_gives_a_waiting_job_back_unacked_without_waiting_out_its_backoff() -> None:
+    busy = AsksToComeBack(retry_after_s=60)
+    source = InMemoryJobSource([Job(id="r", type="BUSY")], finite=False)
+    sink = InMemoryResultSink()
+    cfg = config(pool_size=1, retry=NO_JITTER, max_job_timeout_s=300.0)
+    engine = WorkerEngine(source, sink, ExecutorRegistry({"BUSY": busy}), cfg)
+    engine.start()
+    wait_until(lambda: engine.jobs_waiting_to_retry == 1, message="the job did not wait")
+    started = time.monotonic()
+    report = engine.stop(timeout=120)
+    # Loose on purpose: a stop that waited out the backoff would take 60 s.
+    assert time.monotonic() - started < 30, "stop waited out the backoff"
+    assert report.jobs_given_back_waiting == 1
+    assert (report.jobs_abandoned_in_flight, report.jobs_not_started) == (0, 0)
+    assert not report.clean, "a job given back is not a clean stop"
+    assert source.acked == []
+    assert sink.results == []
+    assert engine.jobs_waiting_to_retry == 0
+    assert busy.calls == {"r": 1}
+
+
+class BusyWhenReleased:
+    """Runs until the test sets ``release``, then answers "busy, come back in a minute"."""
+
+    def __init__(self) -> None:
+        self.started = gevent.event.Event()
+        self.release = gevent.event.Event()
+        self.calls = 0
+
+    def execute(self, job: Job) -> str:
+        self.calls += 1
+        self.started.set()
+        self.release.wait()
+        raise RetryableJobError("busy", retry_after_s=60)
+
+
+def test_a_job_asked_to_come_back_while_stop_drains_the_pool_is_given_back() -> None:
+    executor = BusyWhenReleased()
+    source = InMemoryJobSource([Job(id="r", type="BUSY")], finite=False)
+    sink = InMemoryResultSink()
+    cfg = config(pool_size=1, retry=NO_JITTER, max_job_timeout_s=300.0)
+    engine = WorkerEngine(source, sink, ExecutorRegistry({"BUSY": executor}), cfg)
+    engine.start()
+    assert executor.started.wait(5), "the job did not start"
+    asked_before_stop = len(source.fetch_sizes)
+    stopping = gevent.spawn(engine.stop, timeout=120)
+    # The keep-alive polls (asking for 0 jobs) begin once the pool takes no more jobs.
+    wait_until(
+        lambda: 0 in source.fetch_sizes[asked_before_stop:],
+        message="stop did not get to draining the pool",
+    )
+    executor.release.set()
+    report = stopping.get(timeout=30)
+    assert report.jobs_given_back_waiting == 1
+    assert not report.clean
+    assert source.acked == []
+    assert sink.results == []
+    assert engine.jobs_waiting_to_retry == 0
+    assert executor.calls == 1
+
+
+def test_a_job_whose_deadline_passes_while_it_waits_ends_timed_out_with_its_last_error() -> None:
+    # Asked to come back in a minute, with 50 ms left: the wait is cut to the deadline
+    # (or the run would not drain within run_to_end's 5 s), and the job ends there.
+    # Attempts to spare: the job can only end at its deadline, never by giving up.
+    retry = RetryPolicy(max_attempts=1000, backoff_base_s=0.0, backoff_max_s=0.0)
+    busy = AsksToComeBack(retry_after_s=60, times=1000)
+    job = Job(id="r", type="BUSY", timeout_ms=50)
+    source, sink, _ = run_to_end([job], ExecutorRegistry({"BUSY": busy}), retry=retry)
+    [result] = sink.results
+    assert result.status is JobStatus.TIMED_OUT
+    assert result.error.startswith("timed out after 0.05s (attempt ")
+    assert result.error.endswith("; last error: busy")
+    assert result.duration_ms < 30_000
+    assert source.acked_ids == ["r"]
