@@ -37,6 +37,8 @@ from jobworker.domain.model import Job
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 # requests computes framing itself; a caller's value could desynchronise the connection.
 FORBIDDEN_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "upgrade"})
+# Headers a request cannot do without its own value of: never the idempotency key's name.
+RESERVED_HEADERS = FORBIDDEN_HEADERS | {"host", "authorization", "cookie", "content-type"}
 MAX_TIMEOUT_MS = 3_600_000
 # Common servers refuse a header line above 8 KiB (nginx, Apache), as they do a URL
 # over MAX_URL_CHARS: a longer value cannot work anyway.

@@ -29,6 +29,8 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 TRANSIENT_CLIENT_STATUSES = frozenset({408, 425, 429})
 # Where a Retry-After header says when to come back (RFC 9110, 10.2.3).
 RETRY_AFTER_STATUSES = frozenset({429, 503})
+# A Retry-After past this (about 30 years) is said as what it means, not as its digits.
+_MAX_SAID_WAIT_S = 1e9
 # Headers that must not follow a redirect to another origin.
 CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 _READ_CHUNK_BYTES = 64 * 1024
@@ -221,7 +223,9 @@ def raise_for_http_status(response: HttpResponse, what: str) -> None:
         wait_s = None
         if response.status in RETRY_AFTER_STATUSES:
             wait_s = retry_after_s(response.headers.get("retry-after"))
-        said = "" if wait_s is None else f" (Retry-After: {wait_s:g} s)"
+        said = "" if wait_s is None else f" (Retry-After: {wait_s:.0f} s)"
+        if wait_s is not None and wait_s > _MAX_SAID_WAIT_S:
+            said = " (Retry-After: beyond any deadline)"
         raise RetryableJobError(
             f"{what} answered {status}{said}",
             retry_after_s=wait_s,

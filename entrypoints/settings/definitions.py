@@ -14,7 +14,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from jobworker.adapters.executors.http import HEADER_NAME
+from jobworker.adapters.executors.http import HEADER_NAME, RESERVED_HEADERS
 from jobworker.adapters.kafka.modes import Ordering, UnreadableBatches
 from jobworker.adapters.kafka.settings import (
     IsolationLevel,
@@ -84,6 +84,8 @@ def idempotency_header(text: str) -> str:
         return ""
     if not HEADER_NAME.fullmatch(name):
         raise ValueError(f"{text!r} is not a header name (letters, digits, -; or none)")
+    if name.lower() in RESERVED_HEADERS:
+        raise ValueError(f"{name!r} is a header HTTP itself needs; name another, or none")
     return name
 
 

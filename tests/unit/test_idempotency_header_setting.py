@@ -47,6 +47,14 @@ def test_a_value_that_is_no_header_name_is_refused_and_named(value: str) -> None
     assert str(caught.value).startswith("HTTP_IDEMPOTENCY_HEADER: ")
 
 
+@pytest.mark.parametrize("value", ["Host", "content-length", "Authorization"])
+def test_a_header_every_request_needs_for_itself_is_refused(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="a header HTTP itself needs") as caught:
+        header_setting(HTTP_IDEMPOTENCY_HEADER=value)
+
+    assert caught.value.variable == "HTTP_IDEMPOTENCY_HEADER"
+
+
 @pytest.mark.parametrize(("value", "header"), [("X-Request-Id", "X-Request-Id"), ("none", "")])
 def test_the_http_executor_is_built_with_the_setting(value: str, header: str) -> None:
     settings = Settings(KAFKA_RUN | {"HTTP_IDEMPOTENCY_HEADER": value})
