@@ -54,6 +54,10 @@ def start_observability_server(
                 "Jobs waiting for a pool slot.",
                 lambda: engine.jobs_queue_depth,
             ),
+            "jobworker_jobs_waiting_to_retry": (
+                "Jobs waiting for their next attempt, holding no slot.",
+                lambda: engine.jobs_waiting_to_retry,
+            ),
             "jobworker_results_queue_depth": (
                 "Results waiting to be sent to Core.",
                 lambda: engine.results_queue_depth,
