@@ -37,6 +37,7 @@ class Core:
 def fake_engine() -> Any:
     return SimpleNamespace(
         jobs_in_flight=0,
+        jobs_waiting_to_retry=0,
         jobs_queue_depth=0,
         results_queue_depth=0,
         results_waiting_to_retry=0,
