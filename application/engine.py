@@ -302,10 +302,13 @@ class WorkerEngine:
             return
         if not self._admission.admit(run):
             return  # parked until a limit or breaker lets it, or its deadline
+        attempts = run.attempt
         try:
             outcome = self._runner.attempt(run)
         finally:
-            self._admission.release(run)
+            # An attempt that found its deadline passed called nothing: it tells a
+            # breaker nothing (a probe's would close it) and spends no token.
+            self._admission.release(run, used=run.attempt > attempts)
         if isinstance(outcome, JobResult):
             self._finish(run.job, outcome)
         else:

@@ -41,7 +41,8 @@ def _key(key: str) -> str:
         host = key[len(HOST_PREFIX) :].strip().lower()
         if not _HOST.fullmatch(host):
             raise ValueError(f"{key!r} does not name a host (host:api.example.com, no port)")
-        return HOST_PREFIX + host
+        # As a URL's host reads to the executors (urlsplit's hostname): no IPv6 brackets.
+        return HOST_PREFIX + host.removeprefix("[").removesuffix("]")
     if not _JOB_TYPE.fullmatch(key.upper()):
         raise ValueError(f"{key!r} is neither a job type (HTTP) nor host:<name>")
     return key.upper()

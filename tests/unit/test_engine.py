@@ -13,6 +13,7 @@ from jobworker.adapters.memory import (
     InMemoryRefusedResultStore,
     InMemoryResultSink,
 )
+from jobworker.application.admission import BreakerState
 from jobworker.application.engine import WorkerEngine
 from jobworker.application.engine_config import EngineConfig
 from jobworker.application.registry import ExecutorRegistry
@@ -25,6 +26,7 @@ from jobworker.domain.errors import (
     RetryableJobError,
     SourceFailed,
 )
+from jobworker.domain.limits import BreakerPolicy, TargetLimit
 from jobworker.domain.model import Job, JobResult, JobStatus
 from tests.support.waiting import wait_until
 
@@ -880,3 +882,165 @@ def test_a_job_whose_deadline_passes_while_it_waits_ends_timed_out_with_its_last
     assert result.error.endswith("; last error: busy")
     assert result.duration_ms < 30_000
     assert source.acked_ids == ["r"]
+
+
+# -- limits and breakers: a job that may not start yet holds no pool slot -------------
+
+
+class BlocksUntilTold:
+    """Runs until the test sets ``go``; notes how many of its jobs ran at once."""
+
+    def __init__(self) -> None:
+        self.go = gevent.event.Event()
+        self.started: list[str] = []
+        self.running = 0
+        self.most_at_once = 0
+
+    def execute(self, job: Job) -> str:
+        self.started.append(job.id)
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            self.go.wait()
+        finally:
+            self.running -= 1
+        return "ok"
+
+
+class CountsParks:
+    """The engine's admission listener: counts the jobs parked, and breaker changes."""
+
+    def __init__(self) -> None:
+        self.parks: list[str] = []
+        self.changes: list[BreakerState] = []
+
+    def parked(self, gate: str, by_breaker: bool) -> None:
+        self.parks.append(gate)
+
+    def breaker_changed(self, target: str, state: BreakerState) -> None:
+        self.changes.append(state)
+
+
+ONE_SLEEP_AT_A_TIME = (TargetLimit("SLEEP", concurrent=1),)
+
+
+def test_a_job_type_limit_holds_its_jobs_back_and_no_slot_with_them() -> None:
+    # Four slots, three SLEEP jobs limited to one at a time, then two ECHO jobs: the
+    # two SLEEP jobs waiting for the limit hold no slot, so both ECHO jobs run alongside.
+    sleeps, echoes = BlocksUntilTold(), BlocksUntilTold()
+    registry = ExecutorRegistry({"SLEEP": sleeps, "ECHO": echoes})
+    jobs = [*sleep_jobs(3, prefix="s"), Job(id="e0", type="ECHO"), Job(id="e1", type="ECHO")]
+    source = InMemoryJobSource(jobs)
+    sink = InMemoryResultSink()
+    cfg = config(pool_size=4, jobs_queue_size=8, target_limits=ONE_SLEEP_AT_A_TIME)
+    engine = WorkerEngine(source, sink, registry, cfg)
+    engine.start()
+    wait_until(lambda: echoes.running == 2, message="the ECHO jobs did not run alongside")
+    assert sleeps.started == ["s0"], "one SLEEP job at a time"
+    sleeps.go.set()
+    echoes.go.set()
+    assert engine.wait_until_drained(5)
+    assert engine.stop(timeout=1).clean
+    assert sleeps.most_at_once == 1
+    assert sorted(sleeps.started) == ["s0", "s1", "s2"]
+    assert [r.status for r in sink.results] == [JobStatus.SUCCEEDED] * 5
+    assert sorted(source.acked_ids) == ["e0", "e1", "s0", "s1", "s2"]
+
+
+def test_a_job_whose_deadline_passes_while_it_waits_for_a_limit_ends_timed_out() -> None:
+    sleeps = BlocksUntilTold()
+    jobs = [Job(id="first", type="SLEEP"), Job(id="late", type="SLEEP", timeout_ms=30)]
+    source = InMemoryJobSource(jobs)
+    sink = InMemoryResultSink()
+    cfg = config(target_limits=ONE_SLEEP_AT_A_TIME, max_job_timeout_s=300.0)
+    engine = WorkerEngine(source, sink, ExecutorRegistry({"SLEEP": sleeps}), cfg)
+    engine.start()
+    wait_until(lambda: "late" in sink.by_id(), message="the waiting job never timed out")
+    result = sink.by_id()["late"]
+    assert result.status is JobStatus.TIMED_OUT
+    assert result.error == (
+        "timed out after 0.03s waiting for limit SLEEP=1 concurrent (attempt 1 never started)"
+    )
+    assert result.attempts == 0
+    assert sleeps.started == ["first"]
+    sleeps.go.set()
+    assert engine.wait_until_drained(5)
+    assert sorted(source.acked_ids) == ["first", "late"]
+
+
+def test_stop_gives_jobs_waiting_for_a_limit_back_unacked_at_once() -> None:
+    sleeps = BlocksUntilTold()
+    source = InMemoryJobSource(sleep_jobs(3), finite=False)
+    sink = InMemoryResultSink()
+    listener = CountsParks()
+    cfg = config(target_limits=ONE_SLEEP_AT_A_TIME, max_job_timeout_s=300.0)
+    engine = WorkerEngine(
+        source, sink, ExecutorRegistry({"SLEEP": sleeps}), cfg, admission_listener=listener
+    )
+    engine.start()
+    wait_until(lambda: len(listener.parks) == 2, message="the jobs did not wait for the limit")
+    asked_before_stop = len(source.fetch_sizes)
+
+    def end_j0_while_stop_drains_the_pool() -> None:
+        # The keep-alive polls (asking for 0 jobs) begin once the waiting jobs are given
+        # back: j0 ending then must wake none of them.
+        wait_until(lambda: 0 in source.fetch_sizes[asked_before_stop:], message="no drain")
+        sleeps.go.set()
+
+    gevent.spawn(end_j0_while_stop_drains_the_pool)
+    started = time.monotonic()
+    report = engine.stop(timeout=120)
+    # Loose on purpose: the waiting jobs' deadlines are 300 s away.
+    assert time.monotonic() - started < 30, "stop waited for the waiting jobs"
+    assert report.jobs_given_back_waiting == 2
+    assert (report.jobs_abandoned_in_flight, report.jobs_not_started) == (0, 0)
+    assert source.acked_ids == ["j0"], "the two waiting jobs are not acked"
+    assert sleeps.started == ["j0"], "nothing woke them once stop() began"
+
+
+class DownHost:
+    """Calls the host ``h.example``, which is down: every call fails against it."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def targets(self, job: Job) -> list[str]:
+        return ["host:h.example"]
+
+    def execute(self, job: Job) -> str:
+        self.calls.append(job.id)
+        raise RetryableJobError("h.example: connection refused", target_down=True)
+
+
+def test_a_probe_past_its_deadline_before_its_attempt_does_not_close_the_breaker() -> None:
+    # f opens the breaker; p waits for it, is let through as the probe after the
+    # cool-down, but its slot is taken by `blocker` until p's deadline has passed: p
+    # never calls the host, so it decides nothing (the breaker stays half-open).
+    down, blocker = DownHost(), BlocksUntilTold()
+    registry = ExecutorRegistry({"HTTP": down, "SLEEP": blocker})
+    jobs = [
+        Job(id="f", type="HTTP"),
+        Job(id="p", type="HTTP", timeout_ms=200),
+        Job(id="blocker", type="SLEEP"),
+    ]
+    source = InMemoryJobSource(jobs)
+    sink = InMemoryResultSink()
+    listener = CountsParks()
+    cfg = config(
+        pool_size=1,
+        retry=RetryPolicy(max_attempts=1),
+        breaker=BreakerPolicy(failures=1, cooldown_s=0.01),
+        max_job_timeout_s=300.0,
+    )
+    engine = WorkerEngine(source, sink, registry, cfg, admission_listener=listener)
+    engine.start()
+    wait_until(lambda: blocker.started, message="the blocker did not start")
+    started = time.monotonic()
+    wait_until(
+        lambda: time.monotonic() - started > 0.3, message="p's deadline did not pass", timeout_s=5
+    )
+    blocker.go.set()
+    assert engine.wait_until_drained(5)
+    assert sink.by_id()["p"].status is JobStatus.TIMED_OUT
+    assert down.calls == ["f"]
+    assert listener.changes == [BreakerState.OPEN, BreakerState.HALF_OPEN]
