@@ -54,7 +54,7 @@ class _Gate:
     def has_room(self, now: float) -> bool:
         raise NotImplementedError
 
-    def take(self, now: float) -> None:
+    def take(self, now: float, run: JobRun) -> None:
         raise NotImplementedError
 
     def give(self, run: JobRun, used: bool) -> None:
@@ -92,7 +92,7 @@ class _Limit(_Gate):
             return False
         return self.per_second is None or self.tokens >= 1.0
 
-    def take(self, now: float) -> None:
+    def take(self, now: float, run: JobRun) -> None:
         self._refill(now)
         self.in_use += 1
         if self.per_second is not None:
@@ -129,42 +129,44 @@ class _Breaker(_Gate):
         self.state = BreakerState.CLOSED
         self.failures = 0
         self.opened_at = 0.0
-        self.probing = False
+        self.probe: JobRun | None = None  # the one call let through while half-open
 
     def has_room(self, now: float) -> bool:
         if self.state is BreakerState.CLOSED:
             return True
         if self.state is BreakerState.OPEN and now >= self.opened_at + self.policy.cooldown_s:
             self._become(BreakerState.HALF_OPEN, "cool-down over: one probe call decides")
-        return self.state is BreakerState.HALF_OPEN and not self.probing
+        return self.state is BreakerState.HALF_OPEN and self.probe is None
 
-    def take(self, now: float) -> None:
+    def take(self, now: float, run: JobRun) -> None:
         if self.state is BreakerState.HALF_OPEN:
-            self.probing = True
+            self.probe = run
 
     def give(self, run: JobRun, used: bool) -> None:
-        if self.state is BreakerState.HALF_OPEN and not used:
-            self.probing = False  # the probe never ran: the next waiter probes
+        is_probe = self.probe is run
+        if is_probe:
+            self.probe = None  # whatever it tells, the next waiter may probe after it
+        if not used or run.target_down is None:
+            return  # no call made, or no verdict (the job's own deadline cut it short)
+        if self.state is BreakerState.CLOSED:
+            self.failures = self.failures + 1 if run.target_down else 0
+            if self.failures >= self.policy.failures:
+                self._open(f"{self.failures} failed call(s) in a row")
             return
-        if not used:
-            return
+        if not is_probe:
+            return  # a call from before it opened: only the probe decides
         if run.target_down:
-            self.failures += 1
-            if self.state is BreakerState.OPEN:
-                return  # an attempt from before it opened: already counted as open
-            if self.state is BreakerState.HALF_OPEN or self.failures >= self.policy.failures:
-                self.opened_at = self.clock()
-                self.probing = False
-                self._become(
-                    BreakerState.OPEN,
-                    f"{self.failures} failed call(s) in a row: its jobs wait"
-                    f" {self.policy.cooldown_s:g} s, holding no slot",
-                )
+            self._open("the probe call failed")
         else:
             self.failures = 0
-            if self.state is not BreakerState.CLOSED:
-                self.probing = False
-                self._become(BreakerState.CLOSED, "the probe call succeeded")
+            self._become(BreakerState.CLOSED, "the probe call succeeded")
+
+    def _open(self, why: str) -> None:
+        self.opened_at = self.clock()
+        self._become(
+            BreakerState.OPEN,
+            f"{why}: its jobs wait {self.policy.cooldown_s:g} s, holding no slot",
+        )
 
     def next_room_at(self, now: float) -> float | None:
         if self.state is BreakerState.OPEN:
@@ -235,11 +237,14 @@ class Admission:
             if gate in run.held:
                 continue
             if gate.waiters or not gate.has_room(now):
+                # What it holds goes back first: a run waiting on one host's breaker
+                # must not sit on a job type's concurrency that other hosts' jobs need.
+                self.release(run, used=False)
                 self._park(run, gate, now)
                 return False
         for gate in run.gates:
             if gate not in run.held:
-                gate.take(now)
+                gate.take(now, run)
                 run.held.append(gate)
         return True
 
@@ -270,22 +275,23 @@ class Admission:
     # -- inside ----------------------------------------------------------------------
 
     def _gates_of(self, run: JobRun) -> list[_Gate]:
-        gates: list[_Gate] = []
-        if (limit := self._limits.get(run.job.type)) is not None:
-            gates.append(limit)
+        """The run's gates, the narrowest first: its targets' breakers, their limits,
+        then its job type's limit (so a run held by one host takes nothing shared)."""
+        breakers: list[_Gate] = []
+        limits: list[_Gate] = []
         targets: Callable[..., Iterable[str]] | None = getattr(run.executor, "targets", None)
-        if targets is None:
-            return gates
         try:
-            names = list(targets(run.job))
+            names = [] if targets is None else list(targets(run.job))
         except Exception:  # a payload the attempt will reject: nothing to limit
-            return gates
+            names = []
         for name in names:
-            if (limit := self._limits.get(name)) is not None:
-                gates.append(limit)
             if self._policy.failures and name.startswith(HOST_PREFIX):
-                gates.append(self._breaker(name))
-        return gates
+                breakers.append(self._breaker(name))
+            if (limit := self._limits.get(name)) is not None:
+                limits.append(limit)
+        if (limit := self._limits.get(run.job.type)) is not None:
+            limits.append(limit)
+        return breakers + limits
 
     def _breaker(self, target: str) -> _Breaker:
         breaker = self._breakers.get(target)
@@ -325,8 +331,8 @@ class Admission:
             entry = self._parked.pop(id(run), None)
             if entry is not None:
                 entry[2].kill(block=False)
-            gate.take(now)
-            run.held.append(gate)  # kept for it: it tries its other gates when back
+            gate.take(now, run)
+            run.held.append(gate)  # kept for it while it tries its other gates
             self._wake(run)
         self._schedule(gate, now)
 

@@ -305,10 +305,13 @@ class WorkerEngine:
         attempts = run.attempt
         try:
             outcome = self._runner.attempt(run)
-        finally:
-            # An attempt that found its deadline passed called nothing: it tells a
-            # breaker nothing (a probe's would close it) and spends no token.
-            self._admission.release(run, used=run.attempt > attempts)
+        except BaseException:
+            # Killed (stop() at its deadline): no verdict on the target.
+            self._admission.release(run, used=False)
+            raise
+        # An attempt that found its deadline passed called nothing: it tells a breaker
+        # nothing (a probe's would close it) and spends no token.
+        self._admission.release(run, used=run.attempt > attempts)
         if isinstance(outcome, JobResult):
             self._finish(run.job, outcome)
         else:

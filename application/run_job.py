@@ -45,7 +45,8 @@ class JobRun:
     # and whether its last attempt found its target down.
     gates: list[Any] | None = None
     held: list[Any] = field(default_factory=list)
-    target_down: bool = False
+    # None: no verdict (the job's own deadline cut the call short).
+    target_down: bool | None = False
 
 
 class JobRunner:
@@ -124,6 +125,7 @@ class JobRunner:
                 output = self._checked_output(run.executor.execute(job))
             status = JobStatus.SUCCEEDED
         except _JobDeadline:
+            run.target_down = None
             return self.timed_out(run)
         except RetryableJobError as retryable:
             run.target_down = retryable.target_down

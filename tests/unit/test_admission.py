@@ -190,23 +190,37 @@ def test_a_job_type_limit_and_a_host_limit_hold_together(build: Build, seen: See
     behind = job_run("w", "SLEEP", "k.example")
     assert admission.admit(other_host)  # holds SLEEP
     assert admission.admit(other_type)  # holds host:h.example
-    assert not admission.admit(both)  # waits for SLEEP
+    assert not admission.admit(both)  # its host's gate comes first: it waits there
 
-    admission.release(other_host)
-    assert seen.woken == ["z"]
-    assert not admission.admit(both), "it still waits for its host"
-    assert not admission.admit(behind), "z kept the SLEEP room while it waits for its host"
+    admission.release(other_type)
+    assert seen.woken == ["z"], "the host's room went to z"
+    assert not admission.admit(both), "it still waits for SLEEP"
+    assert both.held == [], "waiting for SLEEP, it gave its host's room back"
+    assert not admission.admit(behind), "first come, first served: w waits behind z"
     assert seen.parks == [
-        ("SLEEP=1 concurrent", False),
         ("host:h.example=1 concurrent", False),
+        ("SLEEP=1 concurrent", False),
         ("SLEEP=1 concurrent", False),
     ]
 
-    admission.release(other_type)
+    admission.release(other_host)
     assert seen.woken == ["z", "z"]
-    assert admission.admit(both)
+    assert admission.admit(both), "the host's room is free again, and SLEEP's is z's"
     admission.release(both)
     assert seen.woken == ["z", "z", "w"]
+
+
+def test_a_run_held_by_its_hosts_breaker_takes_nothing_other_hosts_need(
+    build: Build, seen: Seen
+) -> None:
+    admission = build(TargetLimit("HTTP", concurrent=2), breaker=breaker(1))
+    call(admission, job_run("down", "HTTP", "a.example"), target_down=True)  # opens a's
+    for n in range(5):
+        assert not admission.admit(job_run(f"a{n}", "HTTP", "a.example"))
+    first, second = job_run("b0", "HTTP", "b.example"), job_run("b1", "HTTP", "b.example")
+    assert admission.admit(first)
+    assert admission.admit(second), "the jobs held by a's breaker hold no HTTP room"
+    assert not admission.admit(job_run("b2", "HTTP", "b.example")), "HTTP=2 still holds"
 
 
 def test_a_run_not_limited_by_anything_is_admitted_and_holds_nothing(build: Build) -> None:
@@ -231,27 +245,21 @@ def test_a_parked_run_whose_deadline_passes_is_expired_naming_its_gate(
     assert seen.woken == []
 
 
-def test_an_expired_run_gives_back_what_it_held_to_the_next_waiter(
+def test_an_expired_run_leaves_its_queue_and_the_next_waiter_gets_the_room(
     build: Build, seen: Seen
 ) -> None:
-    admission = build(
-        TargetLimit("SLEEP", concurrent=1), TargetLimit("host:h.example", concurrent=1)
-    )
-    holds_type = job_run("x", "SLEEP", "k.example")
-    holds_host = job_run("y", "ECHO", "h.example")
-    short = job_run("z", "SLEEP", "h.example", within_s=0.03)
-    behind = job_run("w", "SLEEP", "k.example")
-    assert admission.admit(holds_type)
-    assert admission.admit(holds_host)
-    assert not admission.admit(short)
-    admission.release(holds_type)  # z takes the SLEEP room, then waits for its host
+    admission = build(TargetLimit("SLEEP", concurrent=1))
+    holder = job_run("x")
+    short = job_run("z", within_s=0.03)
+    behind = job_run("w")
+    assert admission.admit(holder)
     assert not admission.admit(short)
     assert not admission.admit(behind)
 
     wait_until(lambda: seen.expired, message="z's deadline never came")
-    assert seen.expired == [("z", "limit host:h.example=1 concurrent")]
-    assert seen.woken == ["z", "w"], "the SLEEP room z held went to w"
-    assert admission.admit(behind)
+    assert seen.expired == [("z", "limit SLEEP=1 concurrent")]
+    admission.release(holder)
+    assert seen.woken == ["w"], "the room went to w, z having left the queue"
 
 
 # -- the circuit breaker ---------------------------------------------------------------
@@ -373,6 +381,25 @@ def test_failures_of_calls_begun_before_it_opened_do_not_open_it_again(
             admission.release(run)
     assert seen.changes == [(HOST, BreakerState.OPEN)]
     assert len(caplog.records) == 1
+
+
+def test_only_the_probe_decides_calls_begun_before_it_opened_do_not_close_it(
+    build: Build, seen: Seen
+) -> None:
+    admission = build(breaker=breaker(1, cooldown_s=0.02))
+    early = job_run("early", host="h.example")
+    assert admission.admit(early)  # a call under way when the breaker opens
+    probe, _ = open_with_waiters(admission, "p", "s")
+    early.target_down = False
+    admission.release(early)
+    assert seen.changes == [(HOST, BreakerState.OPEN)], "a call from before did not close it"
+
+    wait_until(lambda: seen.woken, message="no probe after the cool-down")
+    assert admission.admit(probe)
+    probe.target_down = None  # the job's own deadline cut the probe short: no verdict
+    admission.release(probe)
+    assert seen.changes[-1] == (HOST, BreakerState.HALF_OPEN)
+    assert seen.woken == ["p", "s"], "the next waiter probes instead"
 
 
 # -- closing, and nothing to do --------------------------------------------------------
