@@ -9,7 +9,8 @@ import gevent
 from prometheus_client import CollectorRegistry
 
 from jobworker.adapters.grpc.tls_diagnosis import CoreTlsDiagnosis
-from jobworker.adapters.kafka.lag import BrokerOffsetsMonitor
+from jobworker.adapters.kafka.consumer import TopicPartition
+from jobworker.adapters.kafka.lag import BrokerOffsetsMonitor, PartitionOffsets
 from jobworker.adapters.kafka.source import KafkaJobSource
 from jobworker.adapters.observability.http_server import (
     NotReady,
@@ -80,7 +81,8 @@ def start_observability_server(
             ),
             **(_kafka_counters(kafka) if kafka else {}),
         },
-        consumer_lag=_lag_reader(kafka, broker_offsets) if kafka else None,
+        consumer_lag=_per_partition(kafka.lag, broker_offsets) if kafka else None,
+        backlog=_per_partition(kafka.backlog, broker_offsets) if kafka else None,
     )
     registry.register(LiveStateCollector(state))
     core_check = core.latest if core is not None else None
@@ -131,12 +133,16 @@ def _kafka_counters(source: KafkaJobSource) -> dict[str, Reading]:
     }
 
 
-def _lag_reader(
-    source: KafkaJobSource, broker_offsets: BrokerOffsetsMonitor | None
+def _per_partition(
+    measure: Callable[[Mapping[TopicPartition, PartitionOffsets] | None], Mapping[Any, int]],
+    broker_offsets: BrokerOffsetsMonitor | None,
 ) -> Callable[[], Mapping[tuple[str, int], int]]:
+    """A gauge reader of ``measure`` (the source's lag or backlog), given the broker's
+    last offsets."""
+
     def read() -> Mapping[tuple[str, int], int]:
         broker = broker_offsets.latest() if broker_offsets is not None else None
-        return {(tp.topic, tp.partition): lag for tp, lag in source.lag(broker).items()}
+        return {(tp.topic, tp.partition): n for tp, n in measure(broker).items()}
 
     return read
 

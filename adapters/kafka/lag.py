@@ -87,6 +87,33 @@ def owned_lag(
     return lags
 
 
+def owned_backlog(
+    consumer: Consumer, shared: SharedBook, broker: Mapping[TopicPartition, PartitionOffsets]
+) -> dict[TopicPartition, int]:
+    """Jobs truly not done per owned partition: the records not taken yet, plus those
+    taken and not finished.
+
+    Unlike the lag, this does not count the jobs finished beyond the committed offset
+    (the ones the commit's metadata records): after a slow job holds a partition's
+    commit back while later jobs finish, the lag stays high and the backlog does not.
+    Makes no request to the broker.
+    """
+    with shared as book:
+        owned = book.partitions.owned()
+    backlogs = {}
+    for tp in owned:
+        end = consumer.highwater(tp)
+        if tp in broker:
+            end = broker[tp].end if end is None else max(end, broker[tp].end)
+        with shared as book:
+            unfinished = book.partitions.unfinished_from(tp)
+        if end is None or unfinished is None:
+            continue
+        not_taken_from, in_flight = unfinished
+        backlogs[tp] = max(0, end - not_taken_from) + in_flight
+    return backlogs
+
+
 class GroupOffsetsProbe:
     """Asks the broker for the end of partitions and the group's committed offsets.
 

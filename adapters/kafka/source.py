@@ -30,7 +30,7 @@ import gevent
 import structlog
 
 from jobworker.adapters.kafka.consumer import ConsumerError, Records, TopicPartition
-from jobworker.adapters.kafka.lag import PartitionOffsets, owned_lag
+from jobworker.adapters.kafka.lag import PartitionOffsets, owned_backlog, owned_lag
 from jobworker.adapters.kafka.records import KafkaReceipt, decode_task
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.adapters.kafka.stats import SourceStats
@@ -178,6 +178,12 @@ class KafkaJobSource:
         (see ``lag.owned_lag``; ``broker`` from a ``BrokerOffsetsMonitor``). Makes no
         request to the broker."""
         return owned_lag(self._consumer, self._shared, broker or {})
+
+    def backlog(
+        self, broker: Mapping[TopicPartition, PartitionOffsets] | None = None
+    ) -> dict[TopicPartition, int]:
+        """Jobs truly not done per owned partition (see ``lag.owned_backlog``)."""
+        return owned_backlog(self._consumer, self._shared, broker or {})
 
     # -- reading ------------------------------------------------------------------------
 

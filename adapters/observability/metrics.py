@@ -264,6 +264,7 @@ class LiveState:
     gauges: Mapping[str, Reading] = field(default_factory=dict)
     counters: Mapping[str, Reading] = field(default_factory=dict)
     consumer_lag: Callable[[], Mapping[tuple[str, int], int]] | None = None
+    backlog: Callable[[], Mapping[tuple[str, int], int]] | None = None
 
 
 class LiveStateCollector(Collector):
@@ -286,3 +287,19 @@ class LiveStateCollector(Collector):
             for (topic, partition), value in sorted(self._state.consumer_lag().items()):
                 lag.add_metric([topic, str(partition)], value)
             yield lag
+        if self._state.backlog is not None:
+            backlogs = self._state.backlog()
+            backlog = GaugeMetricFamily(
+                "jobworker_backlog",
+                "Jobs truly not done in each assigned partition: records not taken yet plus"
+                " jobs taken and not finished (finished ones past the commit not counted).",
+                labels=["topic", "partition"],
+            )
+            for (topic, partition), value in sorted(backlogs.items()):
+                backlog.add_metric([topic, str(partition)], value)
+            yield backlog
+            yield GaugeMetricFamily(
+                "jobworker_backlog_owned",
+                "jobworker_backlog summed over this worker's partitions.",
+                value=sum(backlogs.values()),
+            )

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from jobworker.adapters.kafka import KafkaJobSource
+from jobworker.adapters.kafka.lag import PartitionOffsets
 from jobworker.domain.model import Job
 from tests.contract.conftest import JobsTopic
 from tests.support.kafka import committed_offsets
@@ -56,6 +57,37 @@ def test_commits_every_few_acks_land_without_a_close_and_stop_before_an_unfinish
     source.ack(unfinished)  # one ack: below the cadence, so close commits it
     source.close()
     assert committed_offsets(kafka_servers, group_id, topic) == {0: 30}
+
+
+def test_the_backlog_counts_the_jobs_not_done_not_those_finished_past_the_commit(
+    kafka_servers: str,
+    jobs_topic: JobsTopic,
+    group_id: str,
+    source_factory: SourceFactory,
+) -> None:
+    topic = jobs_topic([f"job-{i}" for i in range(30)])
+    source = source_factory(topic, group_id, commit_interval_s=600, commit_every=5)
+    jobs: list[Job] = []
+    fetch_until(source, lambda: len(jobs) == 30, into=jobs)
+    tp = source.assigned()[0]
+    assert source.backlog() == {tp: 30}, "taken, none finished"
+
+    slow = jobs[20]  # a slow job holds the commit back while the later ones finish
+    for job in jobs:
+        if job is not slow:
+            source.ack(job)
+    fetch_until(source, lambda: committed_offsets(kafka_servers, group_id, topic) == {0: 20})
+    fetch_until(source, lambda: source.stats().offset_commits >= 1)
+
+    assert source.lag() == {tp: 10}
+    assert source.backlog() == {tp: 1}, "only the slow job is not done"
+    # Records the broker has and the worker has not taken yet count too.
+    assert source.backlog({tp: PartitionOffsets(end=35, position=20)}) == {tp: 6}
+
+    source.ack(slow)
+    assert source.backlog() == {tp: 0}, "done is done, committed or not"
+    assert source.lag() == {tp: 10}, "the lag waits for the commit"
+    source.close()
 
 
 class PollTimeouts:

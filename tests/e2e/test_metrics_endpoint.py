@@ -49,11 +49,12 @@ def finished_jobs(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float])
 
 def lag_by_partition(
     samples: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+    metric: str = "jobworker_consumer_lag",
 ) -> dict[int, float]:
     return {
         int(dict(labels)["partition"]): value
         for (name, labels), value in samples.items()
-        if name == "jobworker_consumer_lag"
+        if name == metric
     }
 
 
@@ -118,6 +119,9 @@ def test_metrics_follow_the_run_and_readiness_does_not_follow_core(
     ), lag_by_partition(scrape(base))
     samples = scrape(base)
     assert finished_jobs(samples) == len(job_ids)
+    # Nothing left to do: no backlog either, per partition and in all.
+    assert lag_by_partition(samples, "jobworker_backlog") == dict.fromkeys(range(PARTITIONS), 0)
+    assert samples[("jobworker_backlog_owned", ())] == 0
     # Bounded labels: the strangers share one value.
     types = {
         dict(labels).get("type") for (name, labels) in samples if name.startswith("jobworker_")

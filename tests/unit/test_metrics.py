@@ -81,6 +81,7 @@ def test_live_state_is_read_at_scrape_time() -> None:
                     "jobworker_dlq_records": ("doc", lambda: 1),
                 },
                 consumer_lag=lambda: lag,
+                backlog=lambda: {("jobs", 0): 2, ("jobs", 1): 1},
             )
         )
     )
@@ -88,6 +89,8 @@ def test_live_state_is_read_at_scrape_time() -> None:
     depth["now"] = 0
     assert value(registry, "jobworker_jobs_queue_depth") == 0
     assert value(registry, "jobworker_consumer_lag", topic="jobs", partition="0") == 5
+    assert value(registry, "jobworker_backlog", topic="jobs", partition="0") == 2
+    assert value(registry, "jobworker_backlog_owned") == 3
     assert value(registry, "jobworker_offset_commits_total") == 7
     assert value(registry, "jobworker_dlq_records_total") == 1
 

@@ -131,6 +131,11 @@ class DeliveryTracker:
         if ledger is not None:
             ledger.committed = max(ledger.committed, offset)
 
+    def next_to_start(self, partition: Hashable) -> int | None:
+        """One past the highest started offset of ``partition``; None if none started."""
+        ledger = self._ledgers.get(partition)
+        return None if ledger is None else ledger.next_after_started
+
     def in_flight(self, partition: Hashable) -> int:
         """How many jobs of ``partition`` were started and are not done yet."""
         ledger = self._ledgers.get(partition)

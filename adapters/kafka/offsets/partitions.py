@@ -344,6 +344,19 @@ class AssignedPartitions(Generic[P]):
         state.committed_here = True
         state.committed_metadata = commit.metadata
 
+    def unfinished_from(self, tp: P) -> tuple[int, int] | None:
+        """Where ``tp``'s records not yet taken begin, and how many taken ones are not
+        done: a backlog is the records from there to the end, plus those. None when
+        neither is known (not owned, nothing read)."""
+        state = self._partitions.get(tp)
+        if state is None:
+            return None
+        next_to_start = self._tracker.next_to_start(tp)
+        if next_to_start is None:
+            position = self.lag_position(tp)
+            return None if position is None else (position, 0)
+        return next_to_start, self._tracker.in_flight(tp)
+
     def lag_position(self, tp: P) -> int | None:
         """The group's position for lag: this worker's last commit, else where it began."""
         state = self._partitions.get(tp)
