@@ -1,9 +1,11 @@
 """A span per job, continuing the producer's trace, current while the job runs.
 
-The engine calls ``job_started`` and ``job_finished`` in the job's own greenlet, and
-greenlets carry their own context variables: the span made current there is the parent
-of whatever the executor does (the requests instrumentation sends it on to an HTTP
-target) and its ids are bound to every line the job logs.
+The engine calls ``job_started`` and ``job_finished`` in the greenlet that runs the job,
+and greenlets carry their own context variables: the span made current there is the
+parent of whatever the executor does (the requests instrumentation sends it on to an
+HTTP target) and its ids are bound to every line the job logs. A job waiting for its
+next attempt leaves its slot (``job_retrying``): its span stays open, current nowhere,
+and is made current again in the greenlet that runs its next attempt.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class JobSpans:
 class _OpenSpan:
     job: Job
     span: Span
-    token: Token[context.Context]
+    token: Token[context.Context] | None
 
 
 # The job span of the job this greenlet runs.
@@ -88,16 +90,21 @@ class TracingJobObserver:
         self._spans = spans
         self._propagator = TraceContextTextMapPropagator()
         self._malformed_warning = SparseWarning(warn_every_s, clock)
+        # Spans of jobs waiting for their next attempt, current in no greenlet, by job.
+        self._between_attempts: dict[int, _OpenSpan] = {}
 
     def job_received(self, job: Job) -> None:
         pass
 
     def job_started(self, job: Job, attempt: int) -> None:
         current = _open_span.get()
-        if current is not None and current.job is job:
-            current.span.add_event("attempt started", {"jobworker.attempt": attempt})
-            return
-        self._open(job)
+        if current is None or current.job is not job:
+            waiting = self._between_attempts.pop(id(job), None)
+            if waiting is None:
+                self._open(job)
+                return
+            current = self._make_current(waiting)
+        current.span.add_event("attempt started", {"jobworker.attempt": attempt})
 
     def job_retrying(self, job: Job, attempt: int, error: str, delay_s: float) -> None:
         current = _open_span.get()
@@ -110,11 +117,15 @@ class TracingJobObserver:
                     "jobworker.retry_in_s": delay_s,
                 },
             )
+            # The job leaves this greenlet (slot) until its next attempt.
+            self._leave(current)
+            self._between_attempts[id(job)] = current
 
     def job_finished(self, job: Job, result: JobResult) -> None:
         current = _open_span.get()
         if current is None or current.job is not job:
-            current = self._open(job)
+            waiting = self._between_attempts.pop(id(job), None)
+            current = self._open(job) if waiting is None else self._make_current(waiting)
         span = current.span
         span.set_attribute("jobworker.job.status", result.status.value)
         span.set_attribute("jobworker.job.attempts", result.attempts)
@@ -122,8 +133,7 @@ class TracingJobObserver:
             description = f"{result.status.value}: {result.error}"[:_MAX_STATUS_CHARS]
             span.set_status(Status(StatusCode.ERROR, description))
         span.end()
-        context.detach(current.token)
-        _open_span.set(None)
+        self._leave(current)
         # The log fields stay bound: the job's last lines (its summary) come after this.
         self._spans.put(job.id, span.get_span_context())
 
@@ -142,14 +152,25 @@ class TracingJobObserver:
                 "jobworker.job.type": job.type,
             },
         )
-        token = context.attach(trace.set_span_in_context(span, parent))
-        ids = span.get_span_context()
+        return self._make_current(_OpenSpan(job, span, None), parent)
+
+    @staticmethod
+    def _make_current(opened: _OpenSpan, parent: context.Context | None = None) -> _OpenSpan:
+        """``opened``'s span, current in this greenlet and bound to its log lines."""
+        opened.token = context.attach(trace.set_span_in_context(opened.span, parent))
+        ids = opened.span.get_span_context()
         structlog.contextvars.bind_contextvars(
             trace_id=format(ids.trace_id, "032x"), span_id=format(ids.span_id, "016x")
         )
-        opened = _OpenSpan(job, span, token)
         _open_span.set(opened)
         return opened
+
+    @staticmethod
+    def _leave(opened: _OpenSpan) -> None:
+        if opened.token is not None:
+            context.detach(opened.token)
+            opened.token = None
+        _open_span.set(None)
 
     def _parent(self, job: Job) -> context.Context:
         """The producer's context from the job's W3C headers; an empty one without."""

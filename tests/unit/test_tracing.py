@@ -180,6 +180,41 @@ def test_the_job_span_continues_the_producers_trace_and_is_current_while_the_job
     assert spans.get("j-1") == span.context
 
 
+def test_a_job_retried_in_another_greenlet_keeps_one_span_and_leaves_its_slot_clean(
+    tracer: trace.Tracer, exported: InMemorySpanExporter
+) -> None:
+    # A job waiting for its next attempt holds no slot: attempt 1 runs in one slot
+    # greenlet, which runs another job meanwhile, and attempt 2 in another greenlet.
+    observer = TracingJobObserver(tracer, JobSpans())
+    retried, other = traced_job("r"), Job("o", "SLEEP")
+    seen: dict[str, object] = {}
+
+    def first_slot() -> None:
+        observer.job_started(retried, 1)
+        observer.job_retrying(retried, 1, "HTTP 503", 1.0)
+        seen["after_leaving"] = trace.get_current_span().get_span_context().is_valid
+        observer.job_started(other, 1)
+        seen["other_current"] = hex_ids(trace.get_current_span())
+        observer.job_finished(other, result(other))
+
+    def second_slot() -> None:
+        observer.job_started(retried, 2)
+        seen["retried_current"] = hex_ids(trace.get_current_span())
+        observer.job_finished(retried, result(retried))
+
+    gevent.spawn(first_slot).get()
+    gevent.spawn(second_slot).get()
+    by_job = {
+        span.attributes["messaging.message.id"]: span for span in exported.get_finished_spans()
+    }  # type: ignore[index]
+    assert sorted(by_job) == ["o", "r"], "one span per job, each ended"
+    assert seen["after_leaving"] is False, "a job waiting for its next attempt is current nowhere"
+    assert by_job["o"].parent is None, "the next job in the slot is not a child of the first"
+    assert seen["other_current"] == hex_ids(by_job["o"])
+    assert seen["retried_current"] == hex_ids(by_job["r"])
+    assert [event.name for event in by_job["r"].events] == ["attempt failed", "attempt started"]
+
+
 def test_concurrent_jobs_each_have_their_own_current_span(
     tracer: trace.Tracer, exported: InMemorySpanExporter
 ) -> None:
