@@ -6,7 +6,10 @@ own CLIENT span under it and sends ``traceparent`` to Core in the call's metadat
 retry of the call is one more CLIENT span.
 
 A batch is one call carrying many jobs, and a span has one parent: the call's span is
-a child of the first job's span and links to the spans of the others.
+a child of the first job's span and links to the spans of the others. So that a Core
+can continue each job's trace all the same, each result carries its job span's context
+in its ``metadata`` (``traceparent``, and ``tracestate`` when there is one), as the
+wire contract's metadata is meant to carry trace ids.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from contextlib import contextmanager
 import structlog
 from opentelemetry import context, trace
 from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from jobworker.adapters.observability.job_trace import JobSpans
 from jobworker.domain.errors import BatchesUnsupported
@@ -31,17 +35,31 @@ class TracedResultSink:
         self._sink = sink
         self._tracer = tracer
         self._spans = spans
+        self._propagator = TraceContextTextMapPropagator()
 
     def send(self, result: JobResult) -> None:
         with self._call_span("report result", (result,)):
-            self._sink.send(result)
+            self._sink.send(self._with_trace(result))
 
     def send_batch(self, results: Sequence[JobResult]) -> None:
         send_batch = getattr(self._sink, "send_batch", None)
         if not callable(send_batch):
             raise BatchesUnsupported(f"{type(self._sink).__name__} takes one result at a time")
         with self._call_span("report results", results):
-            send_batch(results)
+            send_batch([self._with_trace(result) for result in results])
+
+    def _with_trace(self, result: JobResult) -> JobResult:
+        """``result`` with its job span's W3C context in its metadata (it wins over a
+        ``traceparent`` the producer put in the job's metadata: the job span is that
+        trace's child)."""
+        span_context = self._spans.get(result.job_id)
+        if span_context is None:
+            return result
+        carrier: dict[str, str] = {}
+        self._propagator.inject(
+            carrier, trace.set_span_in_context(trace.NonRecordingSpan(span_context))
+        )
+        return result._replace(metadata={**result.metadata, **carrier})
 
     def close(self) -> None:
         self._sink.close()

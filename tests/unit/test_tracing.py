@@ -338,6 +338,33 @@ def test_a_batch_call_is_a_child_of_the_first_jobs_span_and_links_the_others(
     assert inner.current == [hex_ids(call)], "the call span is current inside the sink"
 
 
+def test_each_result_carries_its_job_spans_context_in_its_metadata(
+    tracer: trace.Tracer, exported: InMemorySpanExporter
+) -> None:
+    # One call carries one traceparent (the first job's): a Core that continues each
+    # job's trace reads it from the result instead.
+    spans = JobSpans()
+    observer = TracingJobObserver(tracer, spans)
+    jobs = [traced_job(f"j-{n}", tracestate="vendor=1") for n in range(3)]
+    finished_jobs(observer, jobs)
+    untraced = Job("plain", "SLEEP")
+    inner = RecordingSink()
+    results = [result(job) for job in jobs] + [result(untraced)]
+    TracedResultSink(inner, tracer, spans).send_batch(results)
+
+    job_spans = {
+        span.attributes["messaging.message.id"]: span
+        for span in exported.get_finished_spans()
+        if span.name.startswith("job")
+    }  # type: ignore[index]
+    [sent] = inner.sent
+    for job, carried in zip(jobs, sent[:3], strict=True):
+        trace_id, span_id = hex_ids(job_spans[job.id])
+        assert carried.metadata["traceparent"] == f"00-{trace_id}-{span_id}-01"
+        assert carried.metadata["tracestate"] == "vendor=1"
+    assert "traceparent" not in sent[3].metadata, "a job without a span gets none"
+
+
 def test_a_refused_call_ends_its_span_as_an_error_and_raises(
     tracer: trace.Tracer, exported: InMemorySpanExporter
 ) -> None:
