@@ -105,22 +105,25 @@ class MetadataRecordingCore(CoreServicer):
     def __init__(self, store: ResultStore) -> None:
         super().__init__(store)
         self.metadata: dict[str, list[dict[str, str]]] = defaultdict(list)
+        # Each result's own metadata, by job id.
+        self.result_metadata: dict[str, dict[str, str]] = {}
 
-    def _record(self, job_ids: list[str], context: grpc.ServicerContext) -> None:
+    def _record(self, results: list[pb.JobResult], context: grpc.ServicerContext) -> None:
         metadata = {item.key: str(item.value) for item in context.invocation_metadata()}
-        for job_id in job_ids:
-            self.metadata[job_id].append(metadata)
+        for result in results:
+            self.metadata[result.job_id].append(metadata)
+            self.result_metadata[result.job_id] = dict(result.metadata)
 
     def ReportResult(  # noqa: N802
         self, request: pb.ReportResultRequest, context: grpc.ServicerContext
     ) -> pb.ReportResultResponse:
-        self._record([request.result.job_id], context)
+        self._record([request.result], context)
         return super().ReportResult(request, context)
 
     def ReportResults(  # noqa: N802
         self, request: pb.ReportResultsRequest, context: grpc.ServicerContext
     ) -> pb.ReportResultsResponse:
-        self._record([result.job_id for result in request.results], context)
+        self._record(list(request.results), context)
         return super().ReportResults(request, context)
 
 
@@ -259,6 +262,9 @@ def test_a_trace_runs_from_the_producer_through_the_job_to_core_and_the_http_tar
         # (Its flags say sampled, and may say the trace id is random: W3C level 2.)
         contexts = [m["traceparent"].split("-")[1:3] for m in core.metadata[job_id]]
         assert [rpc.trace_id, rpc.span_id] in contexts, job_id
+        # And the job's own span context in its result, whichever job the call was for.
+        carried = core.result_metadata[job_id]["traceparent"].split("-")[1:3]
+        assert carried == [job_span.trace_id, job_span.span_id], job_id
 
     # Every call's span is a child of its (first) job's span, in that job's trace.
     calls = [s for s in spans if s.name.startswith("report result")]
