@@ -17,7 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import gevent
 
@@ -25,6 +25,9 @@ from jobworker.application.run_job import JobRun
 from jobworker.domain.limits import HOST_PREFIX, BreakerPolicy, TargetLimit
 
 logger = logging.getLogger(__name__)
+
+
+_NO_GATES: list[Any] = []  # shared, never changed: a run nothing limits
 
 
 class BreakerState(enum.StrEnum):
@@ -228,12 +231,13 @@ class Admission:
     def admit(self, run: JobRun) -> bool:
         """True: the attempt may start (room taken; ``release`` it after). False: the
         run is parked, to be woken or expired later."""
-        if run.gates is None:
-            run.gates = self._gates_of(run)
-        if not run.gates:
+        gates = run.gates
+        if gates is None:
+            gates = run.gates = self._gates_of(run)
+        if not gates:
             return True
         now = self._clock()
-        for gate in run.gates:
+        for gate in gates:
             if gate in run.held:
                 continue
             if gate.waiters or not gate.has_room(now):
@@ -242,7 +246,7 @@ class Admission:
                 self.release(run, used=False)
                 self._park(run, gate, now)
                 return False
-        for gate in run.gates:
+        for gate in gates:
             if gate not in run.held:
                 gate.take(now, run)
                 run.held.append(gate)
@@ -250,6 +254,8 @@ class Admission:
 
     def release(self, run: JobRun, used: bool = True) -> None:
         """The attempt ended (``run.target_down`` says how it went for its target)."""
+        if not run.held:
+            return  # most runs: nothing limits them
         held, run.held = run.held, []
         for gate in held:
             gate.give(run, used)
@@ -277,9 +283,11 @@ class Admission:
     def _gates_of(self, run: JobRun) -> list[_Gate]:
         """The run's gates, the narrowest first: its targets' breakers, their limits,
         then its job type's limit (so a run held by one host takes nothing shared)."""
+        targets: Callable[..., Iterable[str]] | None = getattr(run.executor, "targets", None)
+        if targets is None and not self._limits:
+            return _NO_GATES
         breakers: list[_Gate] = []
         limits: list[_Gate] = []
-        targets: Callable[..., Iterable[str]] | None = getattr(run.executor, "targets", None)
         try:
             names = [] if targets is None else list(targets(run.job))
         except Exception:  # a payload the attempt will reject: nothing to limit
