@@ -11,14 +11,11 @@ import json
 import signal
 from pathlib import Path
 
-import grpc
-
 from jobworker.adapters.codec import task_from_job
-from jobworker.adapters.core.server import CoreServicer
-from jobworker.adapters.core.store import ResultStore
 from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from tests.support.dead_letters import dlq, json_lines, replayed, said
 from tests.support.e2e import (
+    RefusingCore,
     core_in_this_process,
     reports_per_job,
     sleep_jobs,
@@ -38,29 +35,6 @@ from tests.support.processes import WorkerProcess, wait_while_running
 from tests.support.waiting import wait_until
 
 TIMEOUT_S = 60
-
-
-class SwitchableCore(CoreServicer):
-    """Stores results like the reference Core, but refuses the job ids in ``refused``
-    (INVALID_ARGUMENT, for good) until a test empties it."""
-
-    def __init__(self, store: ResultStore, refused: frozenset[str]) -> None:
-        super().__init__(store)
-        self.refused = refused
-
-    def ReportResult(  # noqa: N802
-        self, request: pb.ReportResultRequest, context: grpc.ServicerContext
-    ) -> pb.ReportResultResponse:
-        if request.result.job_id in self.refused:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant unknown to Core")
-        return super().ReportResult(request, context)
-
-    def ReportResults(  # noqa: N802
-        self, request: pb.ReportResultsRequest, context: grpc.ServicerContext
-    ) -> pb.ReportResultsResponse:
-        if any(result.job_id in self.refused for result in request.results):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant unknown to Core")
-        return super().ReportResults(request, context)
 
 
 def total(offsets: dict[int, int]) -> int:
@@ -110,7 +84,7 @@ def test_refused_results_and_poison_records_are_listed_shown_and_replayed_once(
     refused_ids = sorted(job.id for job in bad)
     db = tmp_path / "core.db"
 
-    with core_in_this_process(db, lambda s: SwitchableCore(s, frozenset(refused_ids))) as (
+    with core_in_this_process(db, lambda s: RefusingCore(s, refused_ids)) as (
         address,
         core,
     ):

@@ -9,13 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import grpc
-
 from jobworker.adapters.codec import task_from_job
-from jobworker.adapters.core.server import CoreServicer
-from jobworker.adapters.core.store import ResultStore
 from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
-from tests.support.e2e import core_in_this_process, sleep_jobs, tally, worker_settings
+from tests.support.e2e import RefusingCore, core_in_this_process, sleep_jobs, tally, worker_settings
 from tests.support.fixtures import StartWorker
 from tests.support.kafka import (
     committed_offsets,
@@ -30,34 +26,9 @@ from tests.support.processes import wait_until, wait_while_running
 RESULTS_TIMEOUT_S = 120
 
 
-class RefusingCoreServicer(CoreServicer):
-    """Stores results like the reference Core, but refuses ``refused`` job ids for good."""
-
-    def __init__(self, store: ResultStore, refused: frozenset[str]) -> None:
-        super().__init__(store)
-        self.refused = refused
-        self.refusals = 0
-
-    def ReportResult(  # noqa: N802
-        self, request: pb.ReportResultRequest, context: grpc.ServicerContext
-    ) -> pb.ReportResultResponse:
-        if request.result.job_id in self.refused:
-            self.refusals += 1
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant unknown to Core")
-        return super().ReportResult(request, context)
-
-    def ReportResults(  # noqa: N802
-        self, request: pb.ReportResultsRequest, context: grpc.ServicerContext
-    ) -> pb.ReportResultsResponse:
-        # A batch holding a refused result is refused whole, as a real Core would.
-        if any(result.job_id in self.refused for result in request.results):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant unknown to Core")
-        return super().ReportResults(request, context)
-
-
 @contextmanager
-def refusing_core(db: Path, refused: frozenset[str]) -> Iterator[tuple[str, RefusingCoreServicer]]:
-    with core_in_this_process(db, lambda store: RefusingCoreServicer(store, refused)) as core:
+def refusing_core(db: Path, refused: frozenset[str]) -> Iterator[tuple[str, RefusingCore]]:
+    with core_in_this_process(db, lambda store: RefusingCore(store, refused)) as core:
         yield core
 
 

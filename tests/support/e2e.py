@@ -19,6 +19,7 @@ from jobworker.adapters.core.server import CoreServicer
 from jobworker.adapters.core.store import ResultStore
 from jobworker.adapters.kafka import KafkaClientSettings
 from jobworker.adapters.kafka.publisher import KafkaJobPublisher
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobworker.domain.model import Job, JobStatus
 from tests.support.processes import free_port
@@ -45,6 +46,33 @@ def core_in_this_process(
             yield f"127.0.0.1:{port}", servicer
         finally:
             server.stop(grace=None).wait()
+
+
+class RefusingCore(CoreServicer):
+    """Stores results like the reference Core, but refuses for good (INVALID_ARGUMENT,
+    "tenant unknown to Core") the job ids in ``refused``, for as long as they are in
+    it (a test may change it: Core fixed); ``refusals`` counts the refused calls."""
+
+    def __init__(self, store: ResultStore, refused: Iterable[str] = ()) -> None:
+        super().__init__(store)
+        self.refused = frozenset(refused)
+        self.refusals = 0
+
+    def ReportResult(  # noqa: N802
+        self, request: pb.ReportResultRequest, context: grpc.ServicerContext
+    ) -> pb.ReportResultResponse:
+        if request.result.job_id in self.refused:
+            self.refusals += 1
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant unknown to Core")
+        return super().ReportResult(request, context)
+
+    def ReportResults(  # noqa: N802
+        self, request: pb.ReportResultsRequest, context: grpc.ServicerContext
+    ) -> pb.ReportResultsResponse:
+        # A batch holding a refused result is refused whole, as a real Core would.
+        if any(result.job_id in self.refused for result in request.results):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant unknown to Core")
+        return super().ReportResults(request, context)
 
 
 @contextmanager
