@@ -228,6 +228,20 @@ class Admission:
         """Nothing limits or breaks: every run is admitted at once, and cheaply."""
         return not self._limits and self._policy.failures == 0
 
+    def breaker_states(self) -> dict[str, str]:
+        """Each HTTP host's breaker state (``closed``, ``open``, ``half-open``), by target
+        (``host:<name>``): the hosts called since start. A read-only copy."""
+        return {target: str(breaker.state) for target, breaker in self._breakers.items()}
+
+    def limit_states(self) -> dict[str, dict[str, int]]:
+        """Each ``LIMITS`` entry (its text): attempts running under it (``in_use``) and
+        runs waiting for it (``waiting``). A read-only copy."""
+        return {
+            gate.name: {"in_use": gate.in_use, "waiting": len(gate.waiters)}
+            for gate in self._limits.values()
+            if isinstance(gate, _Limit)
+        }
+
     def admit(self, run: JobRun) -> bool:
         """True: the attempt may start (room taken; ``release`` it after). False: the
         run is parked, to be woken or expired later."""

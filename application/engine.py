@@ -441,6 +441,16 @@ class WorkerEngine:
         return len(self._waiting_runs)
 
     @property
+    def breaker_states(self) -> dict[str, str]:
+        """Each HTTP host's circuit breaker state, by target (see ``Admission``)."""
+        return self._admission.breaker_states()
+
+    @property
+    def limit_states(self) -> dict[str, dict[str, int]]:
+        """Each ``LIMITS`` entry's attempts running and runs waiting (see ``Admission``)."""
+        return self._admission.limit_states()
+
+    @property
     def results_refused(self) -> int:
         """Final refusals from the sink so far, each counted (a result may have several)."""
         return self._courier.refusals

@@ -44,6 +44,7 @@ OUR_PREFIXES = (
     "RESULTS_",
     "RETRY_",
     "SHUTDOWN_",
+    "STATUS_",
     "WORKER_",
 )
 

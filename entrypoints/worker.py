@@ -26,6 +26,7 @@ from jobworker.entrypoints.exit_codes import (
     EXIT_OK,
     ServiceUnavailable,
 )
+from jobworker.entrypoints.fleet_status import TOMBSTONE_TIMEOUT_S, start_status_publisher
 from jobworker.entrypoints.gc_tuning import settle_heap
 from jobworker.entrypoints.logging_setup import say_after_logs
 from jobworker.entrypoints.observability import start_observability_server
@@ -111,8 +112,11 @@ def run_worker(settings: Settings) -> int:
         _warn_if_core_unreachable(sink, settings.grpc_server_address, container.core_tls())
     settle_heap()
     engine.start()
+    status_publisher = start_status_publisher(settings, container, engine, source)
     _wait_for_end(engine, signals.requested, finite=settings.job_source is JobSourceKind.FILE)
     report = engine.stop(settings.shutdown_timeout)
+    if status_publisher is not None:
+        status_publisher.stop(TOMBSTONE_TIMEOUT_S)  # the tombstone: this worker is gone
     container.shutdown_resources()
     if metrics_server is not None:
         metrics_server.stop()

@@ -18,6 +18,7 @@ from jobworker.adapters.kafka.book import Book, SharedBook
 from jobworker.adapters.kafka.consumer import Consumer, ConsumerError, TopicPartition, printable
 from jobworker.adapters.kafka.offsets.commit_cadence import Due
 from jobworker.adapters.kafka.offsets.partitions import Commit
+from jobworker.adapters.kafka.stats import unix_ms
 
 # The source's lines keep the logger name they had before it was split in pieces.
 log = structlog.get_logger("jobworker.adapters.kafka.source")
@@ -102,7 +103,7 @@ class OffsetCommits:
         """Note a commit the broker confirmed, for the partitions still in the assignment
         it was made in. Commits may be confirmed out of order: positions only grow."""
         with self._shared as book:
-            book.stats = book.stats.plus(offset_commits=1)
+            book.stats = book.stats.committed(unix_ms())
             for tp, commit in commits.items():
                 book.partitions.committed(tp, commit)
 

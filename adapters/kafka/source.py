@@ -33,7 +33,7 @@ from jobworker.adapters.kafka.consumer import ConsumerError, Records, TopicParti
 from jobworker.adapters.kafka.lag import PartitionOffsets, owned_backlog, owned_lag
 from jobworker.adapters.kafka.records import KafkaReceipt, decode_task
 from jobworker.adapters.kafka.settings import KafkaClientSettings
-from jobworker.adapters.kafka.stats import SourceStats
+from jobworker.adapters.kafka.stats import SourceStats, unix_ms
 from jobworker.adapters.kafka.wiring import SourceOptions, wire
 from jobworker.domain.model import Job
 
@@ -197,7 +197,9 @@ class KafkaJobSource:
             )
             gevent.sleep(max(_POLL_RETRY_MIN_S, min(timeout_s, 1.0)))
             return {}
+        polled_at_ms = unix_ms()
         with self._shared as book:
+            book.stats = book.stats.polled(polled_at_ms)
             for tp, batch in records.items():
                 if batch:
                     book.partitions.read(tp, batch[0].offset)

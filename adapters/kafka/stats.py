@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
+
+
+def unix_ms() -> int:
+    """Now, in Unix milliseconds (the times ``SourceStats`` keeps)."""
+    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +29,10 @@ class SourceStats:
     finished_skipped: int = 0
     # Commits whose finished offsets did not all fit the metadata size limit.
     commit_metadata_fallbacks: int = 0
+    # When a poll last returned (records or none) and the broker last confirmed a
+    # commit, in Unix milliseconds; None: not yet. A poll that failed does not count.
+    last_poll_at_ms: int | None = None
+    last_commit_at_ms: int | None = None
 
     def plus(
         self,
@@ -40,3 +50,11 @@ class SourceStats:
             unreadable_batches=self.unreadable_batches + unreadable_batches,
             finished_skipped=self.finished_skipped + finished_skipped,
         )
+
+    def polled(self, at_ms: int) -> SourceStats:
+        """These totals, with a poll that returned at ``at_ms``."""
+        return replace(self, last_poll_at_ms=at_ms)
+
+    def committed(self, at_ms: int) -> SourceStats:
+        """These totals, with one more commit confirmed at ``at_ms``."""
+        return replace(self, offset_commits=self.offset_commits + 1, last_commit_at_ms=at_ms)

@@ -102,6 +102,14 @@ def _results_dlq_file(s: Settings) -> str:
     return "refused-results.jsonl"
 
 
+def _status_interval(text: str) -> float:
+    """0 (no status records), or at least a second: each record is a write to Kafka."""
+    value = parse_duration(text)
+    if 0 < value < 1.0:
+        raise ValueError(f"{text!r} is below the minimum of 1s (0 turns status records off)")
+    return value
+
+
 class Settings(SettingValues):
     """Every setting, typed: reading an attribute gives its parsed value (see
     ``SettingValues``)."""
@@ -135,6 +143,13 @@ class Settings(SettingValues):
     kafka_results_dlq_topic = derived(
         "dead-letter topic for results Core refused for good (`<topic>.results.dlq`)",
         lambda s: f"{s.kafka_topic}.results.dlq",
+        parse_topic,
+        empty_means_default=False,
+    )
+    kafka_status_topic = derived(
+        "compacted topic of the workers' status records, keyed by worker id"
+        " (`<topic>.status`; docs/operations.md)",
+        lambda s: f"{s.kafka_topic}.status",
         parse_topic,
         empty_means_default=False,
     )
@@ -343,6 +358,13 @@ class Settings(SettingValues):
         "10s",
         "/healthz fails while the event loop has been blocked for longer than this",
         duration_at_least(1.0),
+    )
+
+    status_interval = duration(
+        "5s",
+        "how often each worker publishes its status record to KAFKA_STATUS_TOPIC"
+        " (JOB_SOURCE=kafka; 0 = off)",
+        _status_interval,
     )
 
     # -- executors --------------------------------------------------------------------

@@ -138,6 +138,14 @@ def _kafka_rules(present: Mapping[str, Any], wrong: set[str]) -> list[Configurat
                 f"{results_dlq!r} must differ from KAFKA_TOPIC and KAFKA_DLQ_TOPIC",
             )
         )
+    status = present.get("KAFKA_STATUS_TOPIC")
+    if status in {topic, dlq, results_dlq} - {None}:
+        broken.append(
+            ConfigurationError(
+                "KAFKA_STATUS_TOPIC",
+                f"{status!r} must differ from KAFKA_TOPIC and the dead-letter topics",
+            )
+        )
     certfile, keyfile = present.get("KAFKA_SSL_CERTFILE"), present.get("KAFKA_SSL_KEYFILE")
     readable = not {"KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"} & wrong
     if certfile is not None and readable and (problem := key_pair_problem(certfile, keyfile)):

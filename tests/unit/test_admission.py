@@ -442,3 +442,20 @@ def test_without_limits_or_a_breaker_admission_is_idle() -> None:
     assert admission([], 0).idle
     assert not admission([TargetLimit("SLEEP", concurrent=1)], 0).idle
     assert not admission([], 5).idle
+
+
+def test_breaker_and_limit_states_are_read_only_copies_of_each_gate(build: Build) -> None:
+    admission = build(TargetLimit("SLEEP", concurrent=1), breaker=breaker(2))
+    call(admission, job_run("ok", host="up.example"), target_down=False)
+    for n in range(2):
+        call(admission, job_run(f"down{n}", host="h.example"), target_down=True)
+    running, waiting = job_run("running"), job_run("waiting")
+    assert admission.admit(running)
+    assert not admission.admit(waiting)
+
+    assert admission.breaker_states() == {"host:up.example": "closed", HOST: "open"}
+    assert admission.limit_states() == {"SLEEP=1 concurrent": {"in_use": 1, "waiting": 1}}
+    admission.breaker_states().clear()
+    admission.limit_states()["SLEEP=1 concurrent"]["in_use"] = 9
+    assert admission.breaker_states()[HOST] == "open"
+    assert admission.limit_states()["SLEEP=1 concurrent"]["in_use"] == 1

@@ -203,6 +203,8 @@ def test_a_missing_required_setting_is_named(missing: str) -> None:
         ("RESULT_BATCH_MAX_BYTES", "0", "must be greater than zero"),
         ("RESULT_BATCH_MAX_BYTES", "8MiB", "above the limit of .* 4 MiB"),
         ("RESULT_SENDERS", "0", "must be greater than zero"),
+        ("STATUS_INTERVAL", "500ms", "below the minimum of 1s"),
+        ("KAFKA_STATUS_TOPIC", "job_requests.dlq", "must differ from KAFKA_TOPIC"),
     ],
 )
 def test_a_malformed_setting_is_named_with_the_problem(name: str, value: str, message: str) -> None:
@@ -326,8 +328,16 @@ def test_the_dead_letter_topics_are_derived_once_from_the_jobs_topic() -> None:
     settings = Settings(KAFKA_RUN | {"KAFKA_TOPIC": "orders"})
     assert settings.kafka_dlq_topic == "orders.dlq"
     assert settings.kafka_results_dlq_topic == "orders.results.dlq"
+    assert settings.kafka_status_topic == "orders.status"
     chosen = Settings(KAFKA_RUN | {"KAFKA_DLQ_TOPIC": "poison"})
     assert chosen.kafka_dlq_topic == "poison"
+
+
+def test_status_records_are_every_5s_and_0_turns_them_off() -> None:
+    assert Settings(KAFKA_RUN).status_interval == 5.0
+    off = Settings(KAFKA_RUN | {"STATUS_INTERVAL": "0"})
+    off.validate_for_run()
+    assert off.status_interval == 0.0
 
 
 def test_the_results_dead_letter_topic_must_differ_from_the_others() -> None:
