@@ -31,9 +31,10 @@ def start_status_publisher(
     """The started publisher, or None: STATUS_INTERVAL=0, or jobs from a file."""
     if not settings.status_interval or not isinstance(source, KafkaJobSource):
         return None
-    # The broker's offsets fill in the lag of partitions not read yet; they are asked
-    # for only when the metrics endpoint is on (the consumer's own figures otherwise).
-    broker_offsets = container.broker_offsets() if settings.metrics_port else None
+    # The broker's offsets fill in partitions not read yet (an idle worker at the end of
+    # its partitions knows their end only from the broker): one admin request every 5 s,
+    # shared with the metrics endpoint's gauges when that is on.
+    broker_offsets = container.broker_offsets()
     records = StatusRecords(
         WorkerIdentity(settings.worker_id, installed_version(), socket.gethostname(), os.getpid()),
         status_readings(engine, source, container.job_log(), broker_offsets),

@@ -107,6 +107,9 @@ def owned_backlog(
             end = broker[tp].end if end is None else max(end, broker[tp].end)
         with shared as book:
             unfinished = book.partitions.unfinished_from(tp)
+        if unfinished is None and tp in broker:
+            # Nothing read here yet: all from the group's position is not done.
+            unfinished = (broker[tp].position, 0)
         if end is None or unfinished is None:
             continue
         not_taken_from, in_flight = unfinished

@@ -12,7 +12,7 @@ from jobworker.adapters.kafka import KafkaJobSource
 from jobworker.adapters.kafka.lag import PartitionOffsets
 from jobworker.domain.model import Job
 from tests.contract.conftest import JobsTopic
-from tests.support.kafka import committed_offsets
+from tests.support.kafka import commit_with_metadata, committed_offsets
 
 pytestmark = pytest.mark.contract
 
@@ -64,6 +64,23 @@ def test_commits_every_few_acks_stop_before_an_unfinished_job_which_alone_is_bac
     assert source.backlog() == {tp: 0}, "done is done, committed or not"
     source.close()
     assert committed_offsets(kafka_servers, group_id, topic) == {0: 30}
+
+
+def test_a_partition_not_read_yet_has_the_brokers_backlog(
+    kafka_servers: str, jobs_topic: JobsTopic, group_id: str, source_factory: SourceFactory
+) -> None:
+    # An idle worker (no room, or nothing left) knows a partition only from the broker.
+    topic = jobs_topic([f"job-{i}" for i in range(5)])
+    commit_with_metadata(kafka_servers, group_id, topic, 3, "")
+    source = source_factory(topic, group_id)
+    deadline = time.monotonic() + 30
+    while not source.assigned():  # no room: it joins and polls, and takes nothing
+        assert time.monotonic() < deadline, "never assigned"
+        assert source.fetch(0, 0.1) == []
+    tp = source.assigned()[0]
+
+    assert source.backlog({tp: PartitionOffsets(end=5, position=3)}) == {tp: 2}
+    source.close()
 
 
 class PollTimeouts:
