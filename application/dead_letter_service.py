@@ -198,11 +198,10 @@ class _Replay:
         # it twice; the second copy is checkpointed with the first, never sent.
         self._sources: dict[tuple[str, int, int, int], str] = {}
         self._chunk: list[tuple[Letter, str]] = []
-        # The chunk's letters by partition, and the gaps there will be once they are
-        # acknowledged: the checkpoint's room is checked as if they were, else letters
-        # between ones left behind, each checked alone, open more gaps than it holds.
-        self._in_flight: dict[int, set[int]] = {}
-        self._gaps_once_acked: dict[int, int] = {}
+        # Each partition's progress as it will be once the chunk is acknowledged: the
+        # checkpoint's room is checked as if it were, else letters between ones left
+        # behind, each checked alone, open more gaps than it holds.
+        self._projected: dict[int, ReplayProgress] = {}
         self._chunk_started = 0.0
         self._next_send_at = 0.0
 
@@ -269,8 +268,11 @@ class _Replay:
                 " --from-start",
             )
             return
-        gaps = self._gaps_once_sent(letter, progress)
-        if gaps > self._checkpoint.max_gaps:
+        projected = self._projected.get(letter.partition)
+        if projected is None:
+            projected = ReplayProgress(progress.next_offset, set(progress.done))
+            self._projected[letter.partition] = projected
+        if projected.gaps_after_marking(letter.offset) > self._checkpoint.max_gaps:
             self._leave(
                 letter,
                 f"the checkpoint of partition {letter.partition} holds no more gaps"
@@ -278,8 +280,7 @@ class _Replay:
                 " replay or filter those first, or use --from-start",
             )
             return
-        self._in_flight.setdefault(letter.partition, set()).add(letter.offset)
-        self._gaps_once_acked[letter.partition] = gaps
+        projected.mark(letter.offset)
         first = self._first_copy(letter)
         if first is not None and self._options.dry_run:
             self._leave(letter, _copy_of(first))
@@ -295,16 +296,6 @@ class _Replay:
         full = len(self._chunk) >= CHUNK_LETTERS
         if full or self._service._clock() - self._chunk_started >= CHUNK_S:
             self.flush()
-
-    def _gaps_once_sent(self, letter: Letter, progress: ReplayProgress) -> int:
-        """The gaps of ``letter``'s partition once it and the chunk are acknowledged."""
-        in_flight = self._in_flight.get(letter.partition, set())
-
-        def replayed(offset: int) -> bool:
-            return progress.is_done(offset) or offset in in_flight
-
-        gaps = self._gaps_once_acked.get(letter.partition, progress.gaps)
-        return gaps + 1 - replayed(letter.offset - 1) - replayed(letter.offset + 1)
 
     def _first_copy(self, letter: Letter) -> str | None:
         """The letter sent in this replay that ``letter`` copies; None (noting ``letter``
@@ -378,8 +369,7 @@ class _Replay:
         """Wait for the chunk's acknowledgements, then checkpoint what they cover; raise
         what stopped a letter of it from being sent, once the others are checkpointed."""
         chunk, self._chunk = self._chunk, []
-        self._in_flight.clear()  # from here on, ``progress`` says what was acknowledged
-        self._gaps_once_acked.clear()
+        self._projected.clear()  # from here on, ``progress`` says what was acknowledged
         if not chunk:
             return
         outcomes = self._record_outcomes(chunk)
