@@ -42,6 +42,13 @@ class PartitionOffsets:
     position: int
 
 
+def _fresher(consumer: int | None, broker: int | None) -> int | None:
+    """Of two figures that only grow, the larger: the fresher one (None if neither)."""
+    if consumer is None or broker is None:
+        return broker if consumer is None else consumer
+    return max(consumer, broker)
+
+
 def partition_lag(
     highwater: int | None, position: int | None, broker: PartitionOffsets | None
 ) -> int | None:
@@ -53,8 +60,7 @@ def partition_lag(
     """
     end = highwater
     if broker is not None:
-        end = broker.end if end is None else max(end, broker.end)
-        position = broker.position if position is None else max(position, broker.position)
+        end, position = _fresher(end, broker.end), _fresher(position, broker.position)
     if end is None or position is None:
         return None
     return max(0, end - position)
@@ -102,9 +108,7 @@ def owned_backlog(
         owned = book.partitions.owned()
     backlogs = {}
     for tp in owned:
-        end = consumer.highwater(tp)
-        if tp in broker:
-            end = broker[tp].end if end is None else max(end, broker[tp].end)
+        end = _fresher(consumer.highwater(tp), broker[tp].end if tp in broker else None)
         with shared as book:
             unfinished = book.partitions.unfinished_from(tp)
         if unfinished is None and tp in broker:
