@@ -63,9 +63,11 @@ def fast_producer(servers: str, linger_ms: int = 50) -> KafkaProducer:
     )
 
 
-def fill(servers: str, topic: str, count: int, sleep_ms: int, prefix: str = "job") -> float:
+def fill(
+    servers: str, topic: str, count: int, sleep_ms: int, prefix: str = "job", linger_ms: int = 50
+) -> float:
     """Produce ``count`` SLEEP jobs round-robin over the partitions; returns seconds taken."""
-    producer = fast_producer(servers)
+    producer = fast_producer(servers, linger_ms)
     started = time.perf_counter()
     try:
         for number in range(count):

@@ -8,10 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# The programs a run starts unless told otherwise (bench/vs_go.py starts Go ones).
+E2E_CORE = (sys.executable, "-m", "bench.e2e_core")
+JOBWORKER_RUN = (sys.executable, "-m", "jobworker", "run")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Set by ``bench/e2e.py --profile DIR``: every worker is sampled by py-spy into DIR.
 PROFILE_DIR: Path | None = None
@@ -29,12 +33,13 @@ def child_env(**settings: str) -> dict[str, str]:
 
 
 class BenchCore:
-    """``bench/e2e_core.py`` as a child process, driven over its stdin and stdout."""
+    """``bench/e2e_core.py`` as a child process, driven over its stdin and stdout; or
+    ``program``, any Core that speaks the same lines."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, program: Sequence[str] = E2E_CORE) -> None:
         self.mode = mode
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "bench.e2e_core", "--mode", mode],
+            [*program, "--mode", mode],
             cwd=ROOT,
             env=child_env(PYTHONUNBUFFERED="1"),
             stdin=subprocess.PIPE,
@@ -89,13 +94,16 @@ class BenchCore:
 
 
 class WorkerProcess:
-    """``python -m jobworker run`` with ``settings``; its output goes to ``log_path``."""
+    """``python -m jobworker run`` (or ``argv``) with ``settings``; its output goes to
+    ``log_path``."""
 
-    def __init__(self, settings: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, settings: dict[str, str], log_path: Path, argv: Sequence[str] = JOBWORKER_RUN
+    ) -> None:
         self.log_path = log_path
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "jobworker", "run"],
+                list(argv),
                 cwd=ROOT,
                 env=child_env(**settings),
                 stdout=log,

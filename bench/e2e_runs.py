@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.e2e_processes import BenchCore, WorkerProcess
+from bench.e2e_processes import JOBWORKER_RUN, BenchCore, WorkerProcess
 
 POLL_S = 0.05
 _run_numbers = itertools.count(1)
@@ -30,11 +30,13 @@ class WorkerRun:
 
 @dataclass(frozen=True)
 class Bench:
-    """What every worker run shares: the broker, the log folder, the base settings."""
+    """What every worker run shares: the broker, the log folder, the base settings, and
+    the worker program (the Go design's in bench/vs_go.py)."""
 
     servers: str
     workdir: Path
     log_level: str
+    worker_argv: tuple[str, ...] = JOBWORKER_RUN
 
     def worker(self, core: BenchCore, topic: str, pool: int, **extra: str) -> WorkerProcess:
         number = next(_run_numbers)
@@ -51,7 +53,8 @@ class Bench:
             "LOG_FORMAT": "json",
             "SHUTDOWN_TIMEOUT": "5s",
         }
-        return WorkerProcess(settings | extra, self.workdir / f"worker-{number}.log")
+        log_path = self.workdir / f"worker-{number}.log"
+        return WorkerProcess(settings | extra, log_path, self.worker_argv)
 
     def run(self, core: BenchCore, topic: str, count: int, pool: int, **extra: str) -> WorkerRun:
         """A fresh group reads ``topic`` (``count`` jobs) from its start; returns once
