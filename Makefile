@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 MODULES := $(shell find package domain application adapters entrypoints -name '*.py*' -not -path '*/__pycache__/*' | sort | cksum | cut -d' ' -f1)
 STAMP := $(VENV)/.installed-$(MODULES)
 
-.PHONY: venv lock upgrade lowest proto proto-check package-check lint unit integration contract e2e faults test demo demo-kafka kafka-up kafka-down bench clean
+.PHONY: venv lock upgrade lowest proto proto-check package-check helm deploy-check lint unit integration contract e2e faults test demo demo-kafka kafka-up kafka-down bench clean
 
 # uv installs the virtualenv from uv.lock, exactly (README, "Dependencies"). It is the
 # one tool installed before the lock can be read: a pinned, hash-checked uv of its own in
@@ -69,6 +69,16 @@ lint: venv proto-check
 package-check: $(UV)
 	PYTHON=$(PYTHON) UV=$(UV) tools/check_package.sh
 
+# Helm, built once from its Go module into .cache/helm (tools/deploy/helm.sh): needs Go;
+# minutes the first time, nothing after.
+helm:
+	@tools/deploy/helm.sh > /dev/null
+
+# The Kubernetes chart (deploy/helm/jobworker): helm lint --strict, renders of several
+# value sets with every object validated, and the renders that must fail (tests/deploy).
+deploy-check: venv helm
+	$(BIN)/pytest tests/deploy -q
+
 unit: venv
 	$(BIN)/pytest tests/unit -q
 
@@ -94,7 +104,8 @@ faults: venv
 
 # Everything: lint, then every test tier; a local Kafka broker is started from Maven
 # jars when no KAFKA_BOOTSTRAP_SERVERS is given and no Docker engine can supply the image.
-test: lint package-check
+# Helm first: tests/deploy, the chart's checks, are among the tests.
+test: lint package-check helm
 	tools/kafka/with-broker.sh $(BIN)/pytest tests -q
 
 demo: venv
@@ -109,7 +120,6 @@ bench: venv
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/logcost.py
 	tools/kafka/with-broker.sh $(BIN)/python bench/e2e.py $(BENCH_E2E_ARGS)
-	tools/kafka/with-broker.sh $(BIN)/python bench/vs_go.py $(BENCH_VS_GO_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info
