@@ -28,7 +28,7 @@ CHART = ROOT / "deploy" / "helm" / "jobworker"
 SCHEMAS = Path(__file__).parent / "schemas"
 # The oldest Kubernetes the chart declares (Chart.yaml kubeVersion) and the newest
 # kubernetes-validate knows.
-KUBERNETES_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
+KUBERNETES_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
 CUSTOM_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring.coreos.com-v1.json",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject-keda.sh-v1alpha1.json",
