@@ -120,6 +120,7 @@ bench: venv
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/logcost.py
 	tools/kafka/with-broker.sh $(BIN)/python bench/e2e.py $(BENCH_E2E_ARGS)
+	tools/kafka/with-broker.sh $(BIN)/python bench/vs_go.py $(BENCH_VS_GO_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info
