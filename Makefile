@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # The editable install is a tree of links to the modules (pyproject.toml, [tool.uv]): the
-# stamp names the set of module paths, so adding, moving or removing one re-links it.
-MODULES := $(shell find package domain application adapters entrypoints -name '*.py*' -not -path '*/__pycache__/*' | sort | cksum | cut -d' ' -f1)
+# stamp names the set of module paths (and the web console's templates), so adding,
+# moving or removing one re-links it.
+MODULES := $(shell find package domain application adapters entrypoints \( -name '*.py*' -o -path '*/web/templates/*' -o -path '*/web/static/*' \) -not -path '*/__pycache__/*' | sort | cksum | cut -d' ' -f1)
 STAMP := $(VENV)/.installed-$(MODULES)
 
 .PHONY: venv lock upgrade lowest proto proto-check package-check helm deploy-check lint unit integration contract e2e faults test demo demo-kafka kafka-up kafka-down bench clean

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -135,6 +135,12 @@ class DeadLetterService:
             if which.matches(letter):
                 taken += 1
                 yield letter
+
+    def letters_from(self, start_at: Mapping[int, int]) -> Iterator[Letter]:
+        """Every letter from ``start_at[partition]`` on (a partition not named: from its
+        first), up to where each partition ended when asked: for a reader keeping up
+        with the topic, asking again from after the last letter it saw."""
+        return self._reader.letters(start_at)
 
     def letter_at(self, partition: int, offset: int) -> Letter | None:
         """The letter at ``offset`` of ``partition``, or None if there is none."""

@@ -83,12 +83,15 @@ class Letter:
 class LetterFilter:
     """Which letters an operation takes. Unset fields take every letter.
 
-    ``reason`` matches a part of the reason, ignoring case; ``since_ms`` and
-    ``until_ms`` bound the letter's timestamp (the time it was dead-lettered).
+    ``reason`` matches a part of the reason, ignoring case, ``cause`` the whole cause
+    (as letters are counted); ``since_ms`` and ``until_ms`` bound the letter's timestamp
+    (the time it was dead-lettered); ``offset`` (with ``partition``) takes one letter.
     """
 
     reason: str | None = None
+    cause: str | None = None
     partition: int | None = None
+    offset: int | None = None
     job_type: str | None = None
     job_id: str | None = None
     since_ms: int | None = None
@@ -96,17 +99,16 @@ class LetterFilter:
     limit: int | None = None
 
     def matches(self, letter: Letter) -> bool:
-        if self.partition is not None and letter.partition != self.partition:
-            return False
-        if self.reason is not None and self.reason.casefold() not in letter.reason.casefold():
-            return False
-        if self.job_type is not None and (letter.job_type or "").upper() != self.job_type.upper():
-            return False
-        if self.job_id is not None and letter.job_id != self.job_id:
-            return False
-        if self.since_ms is not None and letter.timestamp_ms < self.since_ms:
-            return False
-        return self.until_ms is None or letter.timestamp_ms < self.until_ms
+        return (
+            (self.partition is None or letter.partition == self.partition)
+            and (self.offset is None or letter.offset == self.offset)
+            and (self.reason is None or self.reason.casefold() in letter.reason.casefold())
+            and (self.cause is None or letter.cause == self.cause)
+            and (self.job_type is None or (letter.job_type or "").upper() == self.job_type.upper())
+            and (self.job_id is None or letter.job_id == self.job_id)
+            and (self.since_ms is None or letter.timestamp_ms >= self.since_ms)
+            and (self.until_ms is None or letter.timestamp_ms < self.until_ms)
+        )
 
 
 class DeadLetterTopicMissing(LookupError):  # noqa: N818 - reads as the fact it is

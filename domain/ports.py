@@ -7,6 +7,7 @@ from typing import Protocol
 
 from jobworker.domain.dead_letters import Letter, RecordCopy, ReplayProgress
 from jobworker.domain.errors import ResultRefused
+from jobworker.domain.fleet import GroupPartition, WorkerStatus
 from jobworker.domain.model import Job, JobResult
 
 
@@ -196,3 +197,28 @@ class RecordRepublisher(Protocol):
     def close(self) -> None:
         """Flush and release the connection. Idempotent."""
         ...
+
+
+class StatusFeed(Protocol):
+    """The status records the workers publish (docs/operations.md, "Fleet status on
+    Kafka"), read as they come."""
+
+    def read(self, max_wait_s: float) -> list[tuple[str, WorkerStatus | None]]:
+        """The records published since the last call (the first call: every record
+        still kept), oldest first, as (worker id, status); None for a worker that
+        stopped cleanly. Waits at most ``max_wait_s`` for one. A record that cannot be
+        read is skipped. Raises ``JobWorkerError`` when the records cannot be read."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class GroupProgressProbe(Protocol):
+    """The consumer group's progress through the jobs topic, as the broker says."""
+
+    def measure(self) -> list[GroupPartition]:
+        """Every partition of the jobs topic; raises ``JobWorkerError`` when the broker
+        cannot say."""
+        ...
+
+    def close(self) -> None: ...

@@ -50,6 +50,10 @@ SETTING_FLAGS: list[tuple[tuple[str, ...], Setting[Any], str]] = [
     (("--processes",), Settings.worker_processes, "N"),
 ]
 LOG_FLAGS = SETTING_FLAGS[1:3]
+WEB_FLAGS: list[tuple[tuple[str, ...], Setting[Any], str]] = [
+    (("--host",), Settings.web_host, "HOST"),
+    (("--port",), Settings.web_port, "PORT"),
+]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -201,6 +205,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dlq_commands(commands)
 
+    web = commands.add_parser(
+        "web",
+        help="serve the fleet console: workers, partitions, throughput, dead letters",
+        description="Serve a web console of the fleet, read from Kafka alone: the workers'"
+        " status records (KAFKA_STATUS_TOPIC), the group's offsets in KAFKA_TOPIC and the"
+        " dead-letter topics. Read-only unless --allow-actions, which adds replay buttons"
+        " that ask for WEB_ACTION_TOKEN. Listens on WEB_HOST:WEB_PORT (loopback by"
+        " default) until SIGTERM or SIGINT.",
+    )
+    web.add_argument("--env-file", type=Path, help="settings file (default: ./.env)")
+    _add_setting_flags(web, WEB_FLAGS)
+    web.add_argument(
+        "--allow-actions",
+        action="store_true",
+        help="add replay buttons; each asks for the token WEB_ACTION_TOKEN",
+    )
+    web.set_defaults(handler=cmd_web)
+
     show = commands.add_parser(
         "settings",
         help="print the settings in force, where each comes from, and check them",
@@ -281,6 +303,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from jobworker.entrypoints.worker import run_worker  # noqa: PLC0415 - after logging is set up
 
     return run_worker(settings)
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from jobworker.entrypoints.web import serve_console  # noqa: PLC0415 - only this command's
+
+    settings = load_settings(args, WEB_FLAGS)
+    settings.validate_for_web(actions=args.allow_actions)
+    configure_logging(settings.log_format, settings.log_level)
+    log_unknown_variables(settings.unknown)
+    return serve_console(settings, allow_actions=args.allow_actions)
 
 
 def cmd_settings(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -342,22 +342,12 @@ def _opened(
         topic, variable = settings.kafka_results_dlq_topic, "KAFKA_RESULTS_DLQ_TOPIC"
     else:
         topic, variable = settings.kafka_dlq_topic, "KAFKA_DLQ_TOPIC"
-    container = Container(settings=settings)
-    container.core_max_attempts.override(CORE_ATTEMPTS)
-
-    def core() -> ResultSink:
-        """Core, once it answers (CORE_START_TIMEOUT), else ``ServiceUnavailable``."""
-        from jobworker.adapters.grpc.runtime import init_grpc_for_gevent  # noqa: PLC0415
-        from jobworker.entrypoints.worker import wait_for_core  # noqa: PLC0415 - grpc late
-
-        init_grpc_for_gevent(concurrent_calls=1)
-        wait_for_core(settings, container, Event())
-        sink: ResultSink = container.core_sink()
-        return sink
-
+    container = replay_container(settings)
     service = None
     try:
-        service = container.dead_letters(topic=topic, variable=variable, sink=core)
+        service = container.dead_letters(
+            topic=topic, variable=variable, sink=core_opener(settings, container)
+        )
         yield settings, service
     except DeadLetterTopicMissing:
         raise UsageError(
@@ -370,6 +360,30 @@ def _opened(
         if service is not None:
             service.close()
         container.shutdown_resources()
+
+
+def replay_container(settings: Settings) -> Container:
+    """The container replay is made from: a call to Core is tried ``CORE_ATTEMPTS``
+    times, so a replay always ends."""
+    container = Container(settings=settings)
+    container.core_max_attempts.override(CORE_ATTEMPTS)
+    return container
+
+
+def core_opener(settings: Settings, container: Container) -> Callable[[], ResultSink]:
+    """Opens Core for result replays, once it answers (CORE_START_TIMEOUT), else raises
+    ``ServiceUnavailable``; gRPC is loaded only then."""
+
+    def core() -> ResultSink:
+        from jobworker.adapters.grpc.runtime import init_grpc_for_gevent  # noqa: PLC0415
+        from jobworker.entrypoints.worker import wait_for_core  # noqa: PLC0415 - grpc late
+
+        init_grpc_for_gevent(concurrent_calls=1)
+        wait_for_core(settings, container, Event())
+        sink: ResultSink = container.core_sink()
+        return sink
+
+    return core
 
 
 # -- what replay shows while it runs --------------------------------------------------

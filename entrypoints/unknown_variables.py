@@ -45,6 +45,7 @@ OUR_PREFIXES = (
     "RETRY_",
     "SHUTDOWN_",
     "STATUS_",
+    "WEB_",
     "WORKER_",
 )
 

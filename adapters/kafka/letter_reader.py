@@ -15,6 +15,7 @@ from kafka.errors import KafkaError, TopicAuthorizationFailedError
 
 from jobworker.adapters.kafka.bootstrap import open_client
 from jobworker.adapters.kafka.letters import letter_from_record
+from jobworker.adapters.kafka.log_noise import quiet_topic_lookup
 from jobworker.adapters.kafka.quirks import topic_metadata_error, unauthorized_topics
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.domain.dead_letters import DeadLetterTopicMissing, Letter
@@ -45,10 +46,11 @@ class KafkaDeadLetterReader:
 
     def partitions(self) -> list[int]:
         """The topic's partitions; raises ``DeadLetterTopicMissing`` or ``AccessRefused``."""
-        partitions = self._consumer.partitions_for_topic(self.topic)
-        if partitions and self.topic not in unauthorized_topics(self._consumer):
-            return sorted(partitions)
-        answer = topic_metadata_error(self._consumer, self.topic, _METADATA_TIMEOUT_MS)
+        with quiet_topic_lookup(self.topic):  # a missing topic is said once, below
+            partitions = self._consumer.partitions_for_topic(self.topic)
+            if partitions and self.topic not in unauthorized_topics(self._consumer):
+                return sorted(partitions)
+            answer = topic_metadata_error(self._consumer, self.topic, _METADATA_TIMEOUT_MS)
         if self.topic in unauthorized_topics(self._consumer) or isinstance(
             answer, TopicAuthorizationFailedError
         ):

@@ -13,6 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
+import orjson
+
+from jobworker.domain.fleet import OwnedPartition, WorkerStatus
+
 STATUS_VERSION = 1
 # Breakers are per HTTP host called: a worker calling thousands of hosts keeps the
 # record small by reporting at most this many, those not closed first.
@@ -114,3 +118,59 @@ class StatusRecords:
 def _bounded_breakers(states: Mapping[str, str]) -> dict[str, str]:
     chosen = sorted(states.items(), key=lambda item: (item[1] == "closed", item[0]))
     return dict(chosen[:MAX_BREAKERS])
+
+
+class UnreadableStatus(ValueError):  # noqa: N818 - reads as the fact it is
+    """A status record that is not JSON, or not of a version this reader knows."""
+
+
+def read_status(value: bytes) -> WorkerStatus:
+    """The ``WorkerStatus`` a record's value holds. A newer record of the same version
+    may hold fields this reader does not know: they are ignored. Raises
+    ``UnreadableStatus``."""
+    try:
+        record = orjson.loads(value)
+    except orjson.JSONDecodeError as error:
+        raise UnreadableStatus(f"not JSON: {error}") from None
+    if not isinstance(record, dict):
+        raise UnreadableStatus("not a JSON object")
+    if record.get("v") != STATUS_VERSION:
+        raise UnreadableStatus(f"status record version {record.get('v')!r}, not {STATUS_VERSION}")
+    try:
+        return WorkerStatus(
+            worker_id=str(record["worker_id"]),
+            at_ms=int(record["at_ms"]),
+            interval_s=float(record["interval_s"]),
+            host=str(record.get("host", "")),
+            pid=int(record.get("pid") or 0),
+            version=str(record.get("version", "")),
+            partitions=tuple(
+                OwnedPartition(
+                    str(p["topic"]),
+                    int(p["partition"]),
+                    _int_or_none(p.get("backlog")),
+                    _int_or_none(p.get("lag")),
+                )
+                for p in record.get("partitions") or ()
+            ),
+            jobs_in_flight=int(record.get("jobs_in_flight") or 0),
+            jobs_waiting=int(record.get("jobs_waiting") or 0),
+            jobs_waiting_to_retry=int(record.get("jobs_waiting_to_retry") or 0),
+            results_waiting=int(record.get("results_waiting") or 0),
+            finished={str(k): int(n) for k, n in (record.get("finished") or {}).items()},
+            rate_per_s={str(k): float(r) for k, r in (record.get("rate_per_s") or {}).items()},
+            errors={str(k): int(n) for k, n in (record.get("errors") or {}).items()},
+            breakers={str(k): str(s) for k, s in (record.get("breakers") or {}).items()},
+            limits={
+                str(k): {str(f): int(n) for f, n in state.items()}
+                for k, state in (record.get("limits") or {}).items()
+            },
+            last_poll_at_ms=_int_or_none(record.get("last_poll_at_ms")),
+            last_commit_at_ms=_int_or_none(record.get("last_commit_at_ms")),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise UnreadableStatus(f"a field is missing or of the wrong type: {error!r}") from None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)

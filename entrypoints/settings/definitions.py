@@ -102,6 +102,12 @@ def _results_dlq_file(s: Settings) -> str:
     return "refused-results.jsonl"
 
 
+def _action_token(text: str) -> str:
+    if len(text) < 16:
+        raise ValueError("must be at least 16 characters (`openssl rand -hex 16` makes one)")
+    return text
+
+
 def _status_interval(text: str) -> float:
     """0 (no status records), or at least a second: each record is a write to Kafka."""
     value = parse_duration(text)
@@ -224,6 +230,20 @@ class Settings(SettingValues):
         "`jobworker dlq replay` skips a job's letter replayed this many times already"
         " (it came back each time), unless --force",
         positive(parse_int),
+    )
+
+    web_host = setting(
+        "127.0.0.1",
+        "address `jobworker web` listens on (loopback: reach it through a tunnel or a"
+        " port-forward; 0.0.0.0 in a pod behind a Service)",
+        str,
+    )
+    web_port = setting("8088", "port `jobworker web` listens on", parse_port)
+    web_action_token = optional(
+        "token a replay button of `jobworker web --allow-actions` asks for (at least 16"
+        " characters); without it the console cannot change anything",
+        _action_token,
+        secret=True,
     )
 
     limits = setting(
@@ -424,6 +444,27 @@ class Settings(SettingValues):
             ]
         )
 
+    def validate_for_web(self, *, actions: bool) -> None:
+        """Check what ``jobworker web`` uses: a Kafka client's settings, the topics it
+        shows (jobs, status, dead letters), the group whose progress it shows, and its
+        address; with actions, also what replay uses and the action token."""
+        chosen = {"JOB_SOURCE": JobSourceKind.KAFKA, "RESULT_SINK": ResultSinkKind.GRPC}
+        used = KAFKA_CLIENT | DEAD_LETTERS | REPLAY | WEB
+        problems = [
+            p
+            for p in self.problems(chosen)
+            if p.variable in used or (actions and p.variable.startswith(("GRPC_", "CORE_")))
+        ]
+        if actions and not problems and self.web_action_token is None:
+            problems.append(
+                ConfigurationError(
+                    Settings.web_action_token.name,
+                    "--allow-actions needs a token for the replay buttons to ask for: set"
+                    " WEB_ACTION_TOKEN (at least 16 characters; `openssl rand -hex 16`)",
+                )
+            )
+        raise_problems(problems)
+
     def unused_prefixes(self, chosen: Mapping[str, Any]) -> tuple[str, ...]:
         """The adapters' variables this run does not use: Kafka's or Core's."""
         unused = []
@@ -484,6 +525,15 @@ DEAD_LETTERS = frozenset(
     )
 )
 REPLAY = frozenset(entry.name for entry in (Settings.kafka_group_id, Settings.dlq_max_replays))
+WEB = frozenset(
+    entry.name
+    for entry in (
+        Settings.kafka_status_topic,
+        Settings.web_host,
+        Settings.web_port,
+        Settings.web_action_token,
+    )
+)
 
 
 def settings_table() -> str:
