@@ -61,8 +61,8 @@ class Scale:
 
 
 # The runs had 20,000 and 50,000 no-op records and 20,000 and 30,000 sleeping jobs.
-FULL = Scale(noop=50_000, sleep=30_000, unary=10_000)
-QUICK = Scale(noop=10_000, sleep=10_000, unary=3_000)
+FULL = Scale(noop=50_000, sleep=30_000, unary=20_000)
+QUICK = Scale(noop=10_000, sleep=10_000, unary=5_000)
 
 
 @dataclass(frozen=True)
@@ -265,7 +265,7 @@ def print_header(clients: list[str], missing: dict[str, str], repeats: int) -> N
     )
     print(
         f"\n{'figure':<30}{'client':<14}{'records':>8}{'Go':>9}{'jobworker':>11}"
-        f"{'ratio':>8}  {'target':<9}{'Go RSS':>8}{'jw RSS':>8}"
+        f"{'ratio':>8}  {'target':<9}{'Go RSS':>9}{'jw RSS':>9}"
     )
 
 
@@ -278,15 +278,16 @@ def print_figure(figure: Figure, results: dict[str, Result]) -> None:
         print(
             f"{figure.label:<30}{client:<14}{figure.count:>8,}{go_rate:>9,.0f}{jw_rate:>11,.0f}"
             f"{ratio:>7.2f}x  {verdict(ratio >= target, f'>={target:g}x'):<9}"
-            f"{result.go.peak_rss / MB:>5.0f} MB{result.jobworker.peak_rss / MB:>5.0f} MB"
+            f"{result.go.peak_rss / MB:>6.1f} MB{result.jobworker.peak_rss / MB:>6.1f} MB"
         )
         if figure.sleep_ms:
             go_ideal, jw_ideal = go_rate / IDEAL_SLEEP_RATE, jw_rate / IDEAL_SLEEP_RATE
             rss_mb = result.jobworker.peak_rss / MB
             print(
-                f"{'':<30}{'':<14}of the ideal {IDEAL_SLEEP_RATE:,.0f}/s: Go {go_ideal:.2f},"
-                f" jobworker {jw_ideal:.2f} {verdict(jw_ideal >= 0.9, '>=0.9')};"
-                f" jobworker peak RSS {verdict(rss_mb <= RSS_TARGET_MB, f'<={RSS_TARGET_MB} MB')}"
+                f"{'':<4}of the ideal {IDEAL_SLEEP_RATE:,.0f}/s: Go {go_ideal:.2f}, jobworker"
+                f" {jw_ideal:.2f} (target {verdict(jw_ideal >= 0.9, '>=0.9')});"
+                f" jobworker peak RSS {rss_mb:.1f} MB"
+                f" (target {verdict(rss_mb <= RSS_TARGET_MB, f'<={RSS_TARGET_MB} MB')})"
             )
 
 
