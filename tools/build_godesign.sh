@@ -20,6 +20,7 @@ if [[ -x "$OUT/worker" && -x "$OUT/core" && "$(cat "$STAMP" 2>/dev/null)" == "$d
 fi
 mkdir -p "$OUT"
 echo "building bench/godesign with $(go version | cut -d' ' -f3) into .cache/godesign" >&2
-# GOTOOLCHAIN=local: build with the toolchain installed, never download another one.
-(cd "$SOURCES" && GOTOOLCHAIN=local GOFLAGS=-mod=mod go build -o "$OUT/" ./cmd/...)
+# GOTOOLCHAIN=local: the toolchain installed, never another downloaded; -mod=readonly:
+# exactly the versions go.mod and go.sum pin.
+(cd "$SOURCES" && GOTOOLCHAIN=local GOFLAGS=-mod=readonly go build -o "$OUT/" ./cmd/...)
 echo "$digest" >"$STAMP"
