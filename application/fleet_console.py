@@ -40,6 +40,8 @@ from jobworker.domain.ports import GroupProgressProbe, StatusFeed
 GROUP_EVERY_S = 5.0
 LETTERS_EVERY_S = 10.0
 MISSING_TOPIC_EVERY_S = 60.0
+# A source that failed is read again after this long at the soonest.
+RETRY_AFTER_S = 5.0
 # A page lists at most this many letters of one cause.
 LETTERS_SHOWN = 200
 
@@ -207,7 +209,7 @@ class FleetConsole:
                 read()
             except Exception as error:  # shown on the page; the last figures stay
                 self._problems[what] = f"{type(error).__name__}: {error}"
-                gevent.sleep(max(every_s, 1.0))
+                gevent.sleep(max(every_s, RETRY_AFTER_S))
                 continue
             self._problems.pop(what, None)
             gevent.sleep(every_s)

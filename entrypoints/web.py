@@ -20,7 +20,9 @@ from jobworker.adapters.kafka.status_feed import KafkaStatusFeed
 from jobworker.adapters.web.app import ConsoleApp
 from jobworker.application.dead_letter_service import DeadLetterService
 from jobworker.application.fleet_console import FleetConsole
-from jobworker.entrypoints.container import connecting_to_kafka, kafka_client_settings
+from jobworker.domain.errors import ConfigurationError
+from jobworker.domain.ports import ResultSink
+from jobworker.entrypoints.container import kafka_client_settings
 from jobworker.entrypoints.dlq import core_opener, replay_container
 from jobworker.entrypoints.exit_codes import UsageError
 from jobworker.entrypoints.logging_setup import flush_logs
@@ -33,7 +35,16 @@ def serve_console(settings: Settings, *, allow_actions: bool) -> int:
     """Serve the console until a signal; 0 then. Settings are validated already."""
     container = replay_container(settings)
     client = kafka_client_settings(settings)
-    core = core_opener(settings, container)
+    open_core = core_opener(settings, container)
+
+    def core() -> ResultSink:
+        if settings.grpc_server_address is None:
+            raise ConfigurationError(
+                Settings.grpc_server_address.name,
+                "is not set: result letters go back to Core, so the console needs Core's"
+                " address to replay them",
+            )
+        return open_core()
 
     def dead_letters(topic: str, variable: str) -> DeadLetterService:
         service: DeadLetterService = container.dead_letters(
@@ -41,10 +52,10 @@ def serve_console(settings: Settings, *, allow_actions: bool) -> int:
         )
         return service
 
-    with connecting_to_kafka(settings):
-        feed = KafkaStatusFeed(client, settings.kafka_status_topic)
+    # Kafka is reached from the console's greenlets, once it serves: a broker that does
+    # not answer (or refuses) shows on the page, and the console keeps trying.
     console = FleetConsole(
-        feed,
+        KafkaStatusFeed(client, settings.kafka_status_topic),
         KafkaGroupProgress(client, settings.kafka_topic, settings.kafka_group_id),
         {
             "jobs": lambda: dead_letters(settings.kafka_dlq_topic, "KAFKA_DLQ_TOPIC"),

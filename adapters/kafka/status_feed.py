@@ -31,17 +31,18 @@ class KafkaStatusFeed:
     def __init__(self, settings: KafkaClientSettings, topic: str) -> None:
         self.topic = topic
         self._settings = settings
-        self._consumer: Any = self._open()
+        self._consumer: Any = None  # opened by the first read, on the reader's greenlet
         self._assigned = False
         self._unreadable = SparseWarning()
 
     def read(self, max_wait_s: float) -> list[tuple[str, WorkerStatus | None]]:
         try:
+            if self._consumer is None:
+                self._consumer = self._open()
             if not self._assigned and not self._assign():
                 # Opened again for the next look: a client that looked for a missing
                 # topic goes on asking the broker for it.
-                self._consumer.close(autocommit=False)
-                self._consumer = self._open()
+                self.close()
                 raise JobWorkerError(
                     f"Kafka has no topic {self.topic!r} (KAFKA_STATUS_TOPIC) yet: no worker"
                     " has published its status (STATUS_INTERVAL=0 turns it off)"
@@ -58,7 +59,9 @@ class KafkaStatusFeed:
         return [read for read in map(self._status, records) if read is not None]
 
     def close(self) -> None:
-        self._consumer.close(autocommit=False)
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.close(autocommit=False)
 
     def _open(self) -> Any:
         consumer = open_client(

@@ -453,7 +453,14 @@ class Settings(SettingValues):
         problems = [
             p
             for p in self.problems(chosen)
-            if p.variable in used or (actions and p.variable.startswith(("GRPC_", "CORE_")))
+            if p.variable in used
+            or (
+                actions
+                and p.variable.startswith(("GRPC_", "CORE_"))
+                # Without Core's address, job letters replay all the same; a result
+                # letter's replay says what is missing.
+                and not self.is_unset(Settings.grpc_server_address)
+            )
         ]
         if actions and not problems and self.web_action_token is None:
             problems.append(

@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +36,21 @@ def worker_env(**settings: str) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """``python -m jobworker run`` with its own settings; output goes to ``log_path``."""
+    """``python -m jobworker run`` (or another command: ``args``) with its own settings;
+    output goes to ``log_path``."""
 
-    def __init__(self, settings: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self, settings: Mapping[str, str], log_path: Path, args: Sequence[str] = ("run",)
+    ) -> None:
         self.settings = dict(settings)
         self.log_path = log_path
+        self.args = list(args)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "jobworker", "run"],
+                [sys.executable, "-m", "jobworker", *self.args],
                 env=worker_env(**self.settings),
                 cwd=ROOT,
                 stdout=log,
