@@ -60,6 +60,30 @@ def open_channel(
     )
 
 
+def open_aio_channel(
+    target: str,
+    options: ChannelOptions,
+    *,
+    tls_ca_file: str | Path | None = None,
+    tls_cert_file: str | Path | None = None,
+    tls_key_file: str | Path | None = None,
+) -> grpc.aio.Channel:
+    """``open_channel`` for grpcio's asyncio client: the same options and TLS files.
+
+    Call it on the thread of the running event loop the channel is to serve.
+    ``grpc.aio``'s channel functions are looked up at each call, so a tracing
+    instrumentation installed before adds its interceptors, as it does to
+    ``open_channel``'s.
+    """
+    if tls_ca_file is None and tls_cert_file is None and tls_key_file is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(
+        target,
+        channel_credentials(tls_ca_file, tls_cert_file, tls_key_file),
+        options=options,
+    )
+
+
 def channel_credentials(
     tls_ca_file: str | Path | None,
     tls_cert_file: str | Path | None,

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any
 
 import gevent
 from gevent import monkey
@@ -46,3 +51,61 @@ def init_grpc_for_gevent(concurrent_calls: int) -> None:
             _initialised = True
         threadpool = gevent.get_hub().threadpool
         threadpool.maxsize = max(threadpool.maxsize, concurrent_calls + _THREADPOOL_HEADROOM)
+
+
+_start_native_thread = monkey.get_original("_thread", "start_new_thread")
+_native_lock = monkey.get_original("_thread", "allocate_lock")
+
+
+class _NativeThread:
+    """The part of ``threading.Thread`` grpcio's asyncio poller uses, on a real thread."""
+
+    def __init__(
+        self, target: Callable[[], object], name: str | None = None, daemon: bool = True
+    ) -> None:
+        self.name = name
+        self.daemon = daemon
+        self._target = target
+        self._running = _native_lock()
+
+    def start(self) -> None:
+        self._running.acquire()
+        _start_native_thread(self._run, ())
+
+    def _run(self) -> None:
+        try:
+            self._target()
+        finally:
+            self._running.release()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._running.acquire(timeout=-1 if timeout is None else timeout):
+            self._running.release()
+
+    def is_alive(self) -> bool:
+        if self._running.acquire(blocking=False):
+            self._running.release()
+            return False
+        return True
+
+
+@contextmanager
+def native_aio_threads() -> Iterator[None]:
+    """While open, grpcio's asyncio stack starts its poller on a real thread.
+
+    The first ``grpc.aio`` channel of a process starts a thread that waits on gRPC's
+    completion queue and wakes the event loop. grpcio makes it with ``threading.Thread``,
+    which after ``patch_all`` is a greenlet of the creating thread's hub: on an asyncio
+    loop's thread that hub never runs, and no call would ever complete. Open this around
+    the creation of every ``grpc.aio`` channel (a later one may start a new poller), and
+    only while nothing else in the process can make a gRPC thread: the sync stack's
+    threads must stay greenlets. Harmless in an unpatched process.
+    """
+    # cygrpc reads ``threading`` from its module globals; grpc-stubs do not know it.
+    module: Any = importlib.import_module("grpc._cython.cygrpc")
+    patched = module.threading
+    module.threading = SimpleNamespace(**{**vars(patched), "Thread": _NativeThread})
+    try:
+        yield
+    finally:
+        module.threading = patched

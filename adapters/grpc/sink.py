@@ -1,7 +1,9 @@
-"""Reports results to Core with unary ``ReportResult`` calls, retrying what is transient."""
+"""Reports results to Core with ``ReportResults`` or unary ``ReportResult`` calls,
+retrying what is transient."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ import structlog
 from google.protobuf.message import Message
 
 from jobworker.adapters.codec import result_to_proto, results_request
+from jobworker.adapters.grpc.aio_unary import AioReportResult
 from jobworker.adapters.grpc.channel import client_channel_options, open_channel
 from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
@@ -79,6 +82,13 @@ class GrpcResultSink:
     waiting ``send`` yields to other greenlets and a ``kill()`` of its greenlet
     interrupts it with ``GreenletExit``. Works in unpatched processes and threads too.
     Safe to share between greenlets and threads.
+
+    Once Core has answered ``ReportResults`` UNIMPLEMENTED (a Core with only the
+    original RPC), every result is one ``ReportResult``. With ``aio_unary`` (the
+    default) those calls then go through grpcio's asyncio client on one native thread
+    (``AioReportResult``), started at that moment: in a gevent process grpcio's blocking
+    stub hands each call to a thread of the hub's threadpool and back, which costs more
+    than the call. Until then, and for every ``ReportResults`` call, the blocking stub.
     """
 
     def __init__(
@@ -95,14 +105,16 @@ class GrpcResultSink:
         tls_key_file: str | Path | None = None,
         keepalive_time_s: float = 60.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        aio_unary: bool = True,
     ) -> None:
         """Open a channel to Core at ``target`` (``host:port``); no connection is made yet.
 
         ``call_timeout_s`` is the deadline of each attempt. ``max_attempts`` of 0 retries
         for ever. ``on_retry`` must not raise. TLS is used when any ``tls_*`` file is
         given (see ``jobworker.adapters.grpc.channel.open_channel``). A result whose request is
-        larger than ``max_message_bytes`` is refused without a call. Raises
-        ``ValueError`` for impossible numbers and ``ConfigurationError`` for bad TLS files.
+        larger than ``max_message_bytes`` is refused without a call. ``aio_unary``: see
+        the class. Raises ``ValueError`` for impossible numbers and
+        ``ConfigurationError`` for bad TLS files.
         """
         _require(call_timeout_s > 0, f"call_timeout_s must be positive, got {call_timeout_s}")
         _require(backoff_base_s > 0, f"backoff_base_s must be positive, got {backoff_base_s}")
@@ -124,17 +136,22 @@ class GrpcResultSink:
         self._max_attempts = max_attempts
         self._on_retry = on_retry
         self._max_message_bytes = max_message_bytes
-        self._channel = open_channel(
-            target,
-            client_channel_options(keepalive_time_s, max_reconnect_backoff_s=backoff_cap_s),
-            tls_ca_file=tls_ca_file,
-            tls_cert_file=tls_cert_file,
-            tls_key_file=tls_key_file,
+        self._options = client_channel_options(
+            keepalive_time_s, max_reconnect_backoff_s=backoff_cap_s
         )
+        self._tls_files = {
+            "tls_ca_file": tls_ca_file,
+            "tls_cert_file": tls_cert_file,
+            "tls_key_file": tls_key_file,
+        }
+        self._channel = open_channel(target, self._options, **self._tls_files)
         stub = pb_grpc.CoreServiceStub(self._channel)
-        self._report_result = stub.ReportResult
+        self._report_result: Callable[..., Any] = stub.ReportResult
         self._report_results = stub.ReportResults
         self._batches_supported = True
+        self._aio_unary = aio_unary
+        self._aio_report_result: AioReportResult | None = None
+        self._switch_lock = threading.Lock()
         self._closed = False
 
     def send(self, result: JobResult) -> None:
@@ -189,13 +206,33 @@ class GrpcResultSink:
         except ResultRefused as refusal:
             if refusal.code != grpc.StatusCode.UNIMPLEMENTED.name:
                 raise
-            self._batches_supported = False
-            log.warning(
-                "Core does not implement ReportResults: sending one ReportResult per result"
-                " from now on",
-                address=self._target,
-            )
+            self._unary_from_now_on()
             raise BatchesUnsupported("Core does not implement ReportResults") from refusal
+
+    def _unary_from_now_on(self) -> None:
+        with self._switch_lock:
+            if not self._batches_supported or self._closed:
+                return  # another sender switched first
+            if self._aio_unary:
+                # The loop thread only now: a Core with both RPCs never needs it.
+                try:
+                    self._aio_report_result = AioReportResult(
+                        self._target, self._options, **self._tls_files
+                    )
+                except Exception:
+                    # Slower, not wrong: the blocking stub still delivers every result.
+                    log.exception(
+                        "cannot start grpc.aio for ReportResult; using the blocking client"
+                    )
+                else:
+                    self._report_result = self._aio_report_result
+            self._batches_supported = False
+        log.warning(
+            "Core does not implement ReportResults: sending one ReportResult per result"
+            " from now on",
+            address=self._target,
+            client="blocking" if self._aio_report_result is None else "grpc.aio",
+        )
 
     def _call(self, method: Callable[..., Any], request: Message, job_id: str, what: str) -> None:
         """Call until Core accepts ``request``; see ``send`` for what is retried."""
@@ -270,10 +307,13 @@ class GrpcResultSink:
 
     def close(self) -> None:
         """Close the channel; calls in flight end with ResultNotDelivered. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._switch_lock:
+            if self._closed:
+                return
+            self._closed = True
         self._channel.close()
+        if self._aio_report_result is not None:
+            self._aio_report_result.close()
 
     def _attempt(
         self, method: Callable[..., Any], request: Message, what: str

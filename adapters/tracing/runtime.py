@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 
 import structlog
 from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient
+from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcInstrumentorClient
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
 from opentelemetry.sdk.resources import (
     SERVICE_INSTANCE_ID,
@@ -27,6 +27,7 @@ from jobworker.adapters.tracing.sink import TracedResultSink
 from jobworker.domain.ports import ResultSink
 
 INSTRUMENTATION_NAME = "jobworker"
+Instrumentor = GrpcInstrumentorClient | GrpcAioInstrumentorClient | RequestsInstrumentor
 
 log = structlog.get_logger("jobworker.tracing")
 
@@ -37,7 +38,7 @@ class Tracing:
     def __init__(
         self,
         provider: TracerProvider,
-        instrumentors: Sequence[GrpcInstrumentorClient | RequestsInstrumentor] = (),
+        instrumentors: Sequence[Instrumentor] = (),
         version: str = "",
     ) -> None:
         self.provider = provider
@@ -63,8 +64,10 @@ class Tracing:
             provider.add_span_processor(BatchSpanProcessor(exporter))
         # Global, because the grpc and requests instrumentations use the global provider.
         trace.set_tracer_provider(provider)
-        instrumentors: list[GrpcInstrumentorClient | RequestsInstrumentor] = [
+        instrumentors: list[Instrumentor] = [
             GrpcInstrumentorClient(),  # type: ignore[no-untyped-call]  # untyped upstream
+            # The unary calls to a Core without ReportResults go through grpc.aio.
+            GrpcAioInstrumentorClient(),  # type: ignore[no-untyped-call]  # untyped upstream
             RequestsInstrumentor(),
         ]
         for instrumentor in instrumentors:

@@ -1,0 +1,82 @@
+"""``CoreService.ReportResult`` through grpcio's asyncio client on a loop thread of its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jobworker.adapters.grpc.aio_loop import AioLoopThread, LoopClosedError
+from jobworker.adapters.grpc.channel import ChannelOptions, open_aio_channel
+from jobworker.adapters.grpc.runtime import native_aio_threads
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+
+THREAD_NAME = "jobworker-grpc-aio"
+
+
+class AioReportResult:
+    """A ``ReportResult`` callable like grpcio's blocking one, without a thread per call.
+
+    ``self(request, timeout=s)`` returns Core's response or raises ``grpc.RpcError``
+    (with ``code()`` and ``details()``), as grpcio's blocking stub does, and
+    ``ValueError`` once closed, as grpcio does for a closed channel. Any number of
+    greenlets call at once: their calls are in flight together on one asyncio loop
+    (``AioLoopThread``), each waiting cooperatively. The channel has the options and TLS
+    files it is given (see ``open_aio_channel``).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        options: ChannelOptions,
+        *,
+        tls_ca_file: str | Path | None = None,
+        tls_cert_file: str | Path | None = None,
+        tls_key_file: str | Path | None = None,
+    ) -> None:
+        """Start the loop thread and open the channel on it (no connection yet).
+
+        Holds the calling thread for the few milliseconds that takes: grpcio's poller
+        thread must be started while nothing else makes a gRPC thread (see
+        ``native_aio_threads``). Raises ``ConfigurationError`` for bad TLS files.
+        """
+        self._channel: Any = None
+        self._method: Any = None
+
+        def open_on_loop() -> None:
+            with native_aio_threads():
+                self._channel = open_aio_channel(
+                    target,
+                    options,
+                    tls_ca_file=tls_ca_file,
+                    tls_cert_file=tls_cert_file,
+                    tls_key_file=tls_key_file,
+                )
+            self._method = pb_grpc.CoreServiceStub(self._channel).ReportResult
+
+        self._thread = AioLoopThread(THREAD_NAME)
+        self._thread.start(on_start=open_on_loop)
+
+    def __call__(self, request: pb.ReportResultRequest, timeout: float) -> pb.ReportResultResponse:
+        method = self._method
+        if method is None:
+            raise ValueError("ReportResult on a closed channel")
+        try:
+            response: pb.ReportResultResponse = self._thread.run(
+                lambda: method(request, timeout=timeout)
+            )
+        except LoopClosedError as closed:
+            raise ValueError(f"ReportResult on a closed channel: {closed}") from None
+        return response
+
+    def close(self) -> None:
+        """Close the channel (calls in flight raise ``ValueError``) and end the thread."""
+        self._thread.close(on_close=self._close_on_loop)
+
+    async def _close_on_loop(self) -> None:
+        channel, self._channel, self._method = self._channel, None, None
+        if channel is not None:
+            # Cancels what is in flight. The last reference goes on this thread, so
+            # grpcio's shutdown of its poller (when this was the last aio channel)
+            # runs here too.
+            await channel.close()
