@@ -185,6 +185,11 @@ class GroupOffsetsProbe:
         return self._admin
 
 
+# How often the monitor looks for owned partitions its last request did not ask for (a
+# set lookup); it asks the broker for them after at least twice this.
+NEW_PARTITION_CHECK_S = 0.5
+
+
 class BrokerOffsetsMonitor:
     """Keeps the broker's offsets for the owned partitions fresh, on its own greenlet.
 
@@ -207,6 +212,7 @@ class BrokerOffsetsMonitor:
         self._greenlet: gevent.Greenlet | None = None
         self._failing = False
         self._answered_at: float | None = None
+        self._asked_for: frozenset[TopicPartition] = frozenset()
 
     def start(self) -> None:
         if self._greenlet is None:
@@ -229,8 +235,10 @@ class BrokerOffsetsMonitor:
 
     def refresh(self) -> None:
         """Ask once now (the greenlet does this every ``interval_s``)."""
+        owned = sorted(self._owned())
+        self._asked_for = frozenset(owned)
         try:
-            measured = self._probe.measure(sorted(self._owned()))
+            measured = self._probe.measure(owned)
         except Exception as error:  # the broker may be away; the gauge keeps its last value
             # A new client next time: kafka-python's admin client caches the group's
             # coordinator for good, so a coordinator that moved would fail it forever.
@@ -251,4 +259,20 @@ class BrokerOffsetsMonitor:
     def _run(self) -> None:
         while True:
             self.refresh()
-            gevent.sleep(self._interval_s)
+            self._wait_for_next_refresh()
+
+    def _wait_for_next_refresh(self) -> None:
+        """``interval_s``, or less once a partition is owned that the last request did
+        not ask for: a partition just assigned and not fetched yet has no figure but the
+        broker's, and without one it is missing from the gauges until the next answer.
+        (Not "the last answer did not cover": a partition the broker cannot answer for
+        would be asked for every second.)"""
+        waited_s = 0.0
+        while waited_s < self._interval_s:
+            gevent.sleep(NEW_PARTITION_CHECK_S)
+            waited_s += NEW_PARTITION_CHECK_S
+            if waited_s >= NEW_PARTITION_CHECK_S * 2 and self._uncovered():
+                return
+
+    def _uncovered(self) -> bool:
+        return not self._asked_for.issuperset(self._owned())

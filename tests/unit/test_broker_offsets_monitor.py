@@ -137,3 +137,28 @@ def test_the_time_of_the_last_answer_is_kept_and_a_failure_does_not_renew_it() -
 
     silent = monitor.seconds_since_answer()
     assert silent is not None and silent >= 0.2
+
+
+def test_a_partition_newly_owned_is_asked_for_within_a_second_not_the_next_interval() -> None:
+    import gevent
+
+    new = TopicPartition("jobs", 1)
+    owned = [TP]
+    probe = ScriptedProbe(
+        {TP: PartitionOffsets(10, 4)},
+        {TP: PartitionOffsets(10, 4), new: PartitionOffsets(7, 0)},
+        *[{TP: PartitionOffsets(10, 4), new: PartitionOffsets(7, 0)}] * 5,
+    )
+    monitor = BrokerOffsetsMonitor(cast(GroupOffsetsProbe, probe), lambda: owned, interval_s=60)
+    monitor.start()
+    try:
+        gevent.sleep(0.1)
+        assert probe.asked == [[TP]]
+        owned.append(new)
+        gevent.sleep(1.6)
+        assert probe.asked[1:] == [[TP, new]]
+        assert monitor.latest()[new] == PartitionOffsets(7, 0)
+        gevent.sleep(1.2)
+        assert len(probe.asked) == 2, "covered: nothing more until the interval"
+    finally:
+        monitor.stop()
