@@ -44,6 +44,9 @@ MISSING_TOPIC_EVERY_S = 60.0
 RETRY_AFTER_S = 5.0
 # A page lists at most this many letters of one cause.
 LETTERS_SHOWN = 200
+# Replays remembered for their pages, and the lines about letters left behind each keeps.
+ACTIONS_KEPT = 50
+LEFT_LINES_KEPT = 200
 
 
 @dataclass(slots=True)
@@ -96,13 +99,22 @@ class ReplayAction:
     which: LetterFilter
     started_ms: int
     sent: int = 0
-    left: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)  # the first LEFT_LINES_KEPT, for the page
+    left_count: int = 0
     summary: ReplaySummary | None = None
     error: str | None = None
 
     @property
     def done(self) -> bool:
         return self.summary is not None or self.error is not None
+
+
+class ReplayRunning(Exception):  # noqa: N818 - reads as the fact it is
+    """A replay of the same dead-letter topic is running: ``action``."""
+
+    def __init__(self, action: ReplayAction) -> None:
+        super().__init__(f"replay {action.id} of the {action.dead_letters} dead letters is running")
+        self.action = action
 
 
 class _ActionListener:
@@ -116,7 +128,9 @@ class _ActionListener:
 
     def left(self, letter: Letter, why: str, *, refused: bool) -> None:
         verb = "refused again" if refused else "skipped"
-        self._action.left.append(f"{verb} {letter.where}: {why}")
+        self._action.left_count += 1
+        if len(self._action.left) < LEFT_LINES_KEPT:
+            self._action.left.append(f"{verb} {letter.where}: {why}")
 
 
 class FleetConsole:
@@ -251,11 +265,22 @@ class FleetConsole:
     # -- replaying ---------------------------------------------------------------------
 
     def replay(self, name: str, which: LetterFilter) -> ReplayAction:
-        """Start replaying the letters ``which`` takes; the action tells how it goes."""
+        """Start replaying the letters ``which`` takes; the action tells how it goes.
+
+        Raises ``ReplayRunning`` while a replay of the same topic runs: two at once
+        would share one checkpoint, and could send a letter twice.
+        """
         if name not in self._open_dead_letters:
             raise KeyError(name)
+        running = next(
+            (a for a in self._actions.values() if a.dead_letters == name and not a.done), None
+        )
+        if running is not None:
+            raise ReplayRunning(running)
         action = ReplayAction(next(self._action_ids), name, which, self._now_ms())
         self._actions[action.id] = action
+        for old in sorted(self._actions)[:-ACTIONS_KEPT]:
+            del self._actions[old]
         gevent.spawn(self._replay, action)
         return action
 

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, quote
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from jobworker.adapters.web.chart import throughput_svg
-from jobworker.application.fleet_console import FleetConsole
+from jobworker.application.fleet_console import FleetConsole, ReplayRunning
 from jobworker.domain.dead_letters import LetterFilter
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
@@ -160,7 +160,12 @@ class ConsoleApp:
         )
         if which.offset is not None and which.partition is None:
             raise _HttpError("400 Bad Request", "a letter's offset needs its partition")
-        action = self._console.replay(name, which)
+        try:
+            action = self._console.replay(name, which)
+        except ReplayRunning as running:
+            raise _HttpError(
+                "409 Conflict", f"{running}: see /actions/{running.action.id}"
+            ) from None
         start_response("303 See Other", [("Location", f"/actions/{action.id}"), *_SECURITY_HEADERS])
         return [b""]
 

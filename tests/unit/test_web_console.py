@@ -308,3 +308,21 @@ def test_a_source_that_cannot_be_read_shows_as_a_problem_and_the_last_figures_st
     assert overview["problems"]["group offsets"] == "JobWorkerError: broker away"
     assert overview["partitions"][0]["lag"] == 6
     assert setup.feed.closed and setup.group.closed
+
+
+def test_one_replay_of_a_topic_at_a_time_a_second_is_refused_until_the_first_ends() -> None:
+    import gevent
+
+    setup = Console()
+    setup.add_letters(letter(0, "not a JobTask"), letter(1, "not a JobTask"))
+    app = setup.app(TOKEN)
+    form = {"token": TOKEN, "cause": "not a JobTask"}
+    assert call(app, "/dlq/jobs/replay", "POST", form).status == "303 See Other"
+    second = call(app, "/dlq/jobs/replay", "POST", form)
+    assert second.status == "409 Conflict"
+    assert "/actions/1" in second.body
+    gevent.sleep(0.1)
+    assert len(setup.republisher.sent) == 2
+    assert call(app, "/dlq/jobs/replay", "POST", form).status == "303 See Other"
+    gevent.sleep(0.1)
+    assert len(setup.republisher.sent) == 2, "the checkpoint says both were sent"
