@@ -12,8 +12,8 @@ from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient, OffsetSpec
 from kafka.errors import KafkaError
 
+from jobworker.adapters.kafka.admin import LazyAdminClient
 from jobworker.adapters.kafka.offsets import finished_offsets
-from jobworker.adapters.kafka.quirks import open_admin_client
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.domain.errors import JobWorkerError
 from jobworker.domain.fleet import GroupPartition
@@ -25,19 +25,16 @@ class KafkaGroupProgress:
     def __init__(
         self, settings: KafkaClientSettings, topic: str, group_id: str, timeout_s: float = 5.0
     ) -> None:
-        self._settings = settings
         self._topic = topic
         self._group_id = group_id
         self._timeout_ms = int(timeout_s * 1000)
-        self._admin: KafkaAdminClient | None = None
+        self._admin = LazyAdminClient(settings, self._timeout_ms)
 
     def measure(self) -> list[GroupPartition]:
         try:
-            return self._measure(self._client())
+            return self._measure(self._admin.get())
         except KafkaError as error:
-            # A new client next time: kafka-python's admin client caches the group's
-            # coordinator for good (as lag.py's probe does).
-            self.close()
+            self.close()  # a new client next time (LazyAdminClient says why)
             raise JobWorkerError(
                 f"cannot read the offsets of group {self._group_id!r} in {self._topic!r}:"
                 f" {type(error).__name__}: {error}"
@@ -81,18 +78,7 @@ class KafkaGroupProgress:
         return {tp: found.offset for tp, found in answer.items()}
 
     def close(self) -> None:
-        admin, self._admin = self._admin, None
-        if admin is not None:
-            admin.close()
-
-    def _client(self) -> KafkaAdminClient:
-        if self._admin is None:
-            self._admin = open_admin_client(
-                **self._settings.client_kwargs(),
-                request_timeout_ms=self._timeout_ms,
-                bootstrap_timeout_ms=self._timeout_ms,
-            )
-        return self._admin
+        self._admin.close()
 
 
 def _finished_beyond(meta: object, committed: int | None, end: int) -> int:

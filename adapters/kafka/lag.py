@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 import gevent
 import structlog
 from kafka import TopicPartition
-from kafka.admin import KafkaAdminClient, OffsetSpec
+from kafka.admin import OffsetSpec
 
-from jobworker.adapters.kafka.quirks import open_admin_client
+from jobworker.adapters.kafka.admin import LazyAdminClient
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 
 if TYPE_CHECKING:
@@ -133,10 +133,9 @@ class GroupOffsetsProbe:
     def __init__(
         self, settings: KafkaClientSettings, group_id: str, timeout_s: float = 3.0
     ) -> None:
-        self._settings = settings
         self._group_id = group_id
         self._timeout_ms = int(timeout_s * 1000)
-        self._admin: KafkaAdminClient | None = None
+        self._admin = LazyAdminClient(settings, self._timeout_ms)
 
     def measure(
         self, partitions: Collection[TopicPartition]
@@ -146,7 +145,7 @@ class GroupOffsetsProbe:
         With no partitions owned (a standby replica) it still asks the broker something
         cheap (DescribeCluster), so the answer still shows the broker is there.
         """
-        admin = self._client()
+        admin = self._admin.get()
         if not partitions:
             admin.describe_cluster()
             return {}
@@ -171,18 +170,7 @@ class GroupOffsetsProbe:
 
     def close(self) -> None:
         """Release the admin client; the next ``measure`` opens a new one."""
-        admin, self._admin = self._admin, None
-        if admin is not None:
-            admin.close()
-
-    def _client(self) -> KafkaAdminClient:
-        if self._admin is None:
-            self._admin = open_admin_client(
-                **self._settings.client_kwargs(),
-                request_timeout_ms=self._timeout_ms,
-                bootstrap_timeout_ms=self._timeout_ms,
-            )
-        return self._admin
+        self._admin.close()
 
 
 # How often the monitor looks for owned partitions its last request did not ask for (a
