@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import grpc
 
 from jobworker.adapters.grpc.aio_loop import AioLoopThread, LoopClosedError
 from jobworker.adapters.grpc.channel import ChannelOptions, open_aio_channel
@@ -68,6 +72,39 @@ class AioReportResult:
         except LoopClosedError as closed:
             raise ValueError(f"ReportResult on a closed channel: {closed}") from None
         return response
+
+    def call_many(
+        self, requests: Sequence[pb.ReportResultRequest], timeout: float
+    ) -> list[grpc.RpcError | None]:
+        """One call per request, all in flight at once; each one's error, or None.
+
+        One trip to the loop thread and back for them all. Raises ``ValueError`` once
+        closed (or when closed meanwhile), as ``self(...)`` does.
+        """
+        method = self._method
+        if method is None:
+            raise ValueError("ReportResult on a closed channel")
+
+        async def all_at_once() -> list[object]:
+            calls = [method(request, timeout=timeout) for request in requests]
+            outcomes: list[object] = await asyncio.gather(*calls, return_exceptions=True)
+            return outcomes
+
+        try:
+            outcomes = self._thread.run(all_at_once)
+        except LoopClosedError as closed:
+            raise ValueError(f"ReportResult on a closed channel: {closed}") from None
+        errors: list[grpc.RpcError | None] = []
+        for outcome in outcomes:
+            if isinstance(outcome, grpc.RpcError):
+                errors.append(outcome)
+            elif isinstance(outcome, asyncio.CancelledError):
+                raise ValueError("ReportResult on a closed channel: cancelled")
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                errors.append(None)
+        return errors
 
     def close(self) -> None:
         """Close the channel (calls in flight raise ``ValueError``) and end the thread."""

@@ -86,9 +86,11 @@ class GrpcResultSink:
     Once Core has answered ``ReportResults`` UNIMPLEMENTED (a Core with only the
     original RPC), every result is one ``ReportResult``. With ``aio_unary`` (the
     default) those calls then go through grpcio's asyncio client on one native thread
-    (``AioReportResult``), started at that moment: in a gevent process grpcio's blocking
-    stub hands each call to a thread of the hub's threadpool and back, which costs more
-    than the call. Until then, and for every ``ReportResults`` call, the blocking stub.
+    (``AioReportResult``), started at that moment, and a batch's calls are all in
+    flight at once: in a gevent process grpcio's blocking stub hands each call to a
+    thread of the hub's threadpool and back, which costs more than the call, and one
+    call per sender at a time leaves Core's round trips to set the pace. Until then,
+    and for every ``ReportResults`` call, the blocking stub.
     """
 
     def __init__(
@@ -163,6 +165,13 @@ class GrpcResultSink:
         call is made); ``ResultNotDelivered`` when ``max_attempts`` attempts all failed
         or the sink is (or gets) closed. ``GreenletExit`` from a kill propagates.
         """
+        request = self._unary_request(result)
+        self._call(
+            self._report_result, request, result.job_id, f"the result of job {result.job_id!r}"
+        )
+
+    def _unary_request(self, result: JobResult) -> pb.ReportResultRequest:
+        """``result``'s request; ``ResultTooLarge`` when it is above the message limit."""
         request = pb.ReportResultRequest(result=result_to_proto(result))
         size = request.ByteSize()
         if size > self._max_message_bytes:
@@ -172,9 +181,7 @@ class GrpcResultSink:
                 size,
                 self._max_message_bytes,
             )
-        self._call(
-            self._report_result, request, result.job_id, f"the result of job {result.job_id!r}"
-        )
+        return request
 
     def send_batch(self, results: Sequence[JobResult]) -> None:
         """Deliver ``results`` with ``ReportResults`` calls, all or nothing per call.
@@ -182,13 +189,19 @@ class GrpcResultSink:
         A request above the message limit is split in halves (and so on) before it is
         sent; each part is retried whole like ``send`` retries one result. Raises what
         ``send`` raises, for the part that failed (parts sent before it stay
-        delivered: Core is idempotent by job id, so sending them again is safe), and
-        ``BatchesUnsupported`` once Core has answered UNIMPLEMENTED: from then on
-        without a call.
+        delivered: Core is idempotent by job id, so sending them again is safe).
+
+        Once Core has answered UNIMPLEMENTED, for good: with ``aio_unary``, one
+        ``ReportResult`` per result, all in flight at once and retried as one batch
+        (see ``_send_each_at_once``); without it (or when grpc.aio could not start),
+        ``BatchesUnsupported``, from then on without a call.
         """
-        if not self._batches_supported:
-            raise BatchesUnsupported("Core does not implement ReportResults")
         if not results:
+            return
+        if not self._batches_supported:
+            if self._aio_report_result is None:
+                raise BatchesUnsupported("Core does not implement ReportResults")
+            self._send_each_at_once(results)
             return
         if len(results) == 1:
             self.send(results[0])
@@ -207,7 +220,44 @@ class GrpcResultSink:
             if refusal.code != grpc.StatusCode.UNIMPLEMENTED.name:
                 raise
             self._unary_from_now_on()
-            raise BatchesUnsupported("Core does not implement ReportResults") from refusal
+            if self._aio_report_result is None:
+                raise BatchesUnsupported("Core does not implement ReportResults") from refusal
+            self._send_each_at_once(results)
+
+    def _send_each_at_once(self, results: Sequence[JobResult]) -> None:
+        """``results`` as one ``ReportResult`` each, all in flight at once, retried as one.
+
+        For a Core without ``ReportResults``, over ``AioReportResult``: the batch keeps
+        the batched path's promises (all or nothing, one retry sequence with its
+        backoff, notices and refusal rules) while its calls travel to the loop thread
+        and back together. Each attempt re-sends only the results not yet accepted.
+        """
+        aio = self._aio_report_result
+        assert aio is not None
+        pending: list[pb.ReportResultRequest] = []
+        for result in results:
+            pending.append(self._unary_request(result))
+        first = results[0].job_id
+        what = f"{len(results)} results, one ReportResult each (the first of job {first!r})"
+
+        def attempt_all() -> grpc.RpcError | None:
+            if self._closed:
+                raise ResultNotDelivered(f"{what} not sent: the sink is closed")
+            try:
+                errors = aio.call_many(pending, self._call_timeout_s)
+            except ValueError as error:
+                raise ResultNotDelivered(f"{what} not delivered: the sink is closed") from error
+            failed = [
+                (request, error)
+                for request, error in zip(pending, errors, strict=True)
+                if error is not None
+            ]
+            pending[:] = [request for request, _ in failed]
+            # A final answer for one result is the batch's; else the first transient one.
+            final = [error for _, error in failed if error.code() not in RETRYABLE_CODES]
+            return final[0] if final else (failed[0][1] if failed else None)
+
+        self._retry(attempt_all, first, what)
 
     def _unary_from_now_on(self) -> None:
         with self._switch_lock:
@@ -236,12 +286,18 @@ class GrpcResultSink:
 
     def _call(self, method: Callable[..., Any], request: Message, job_id: str, what: str) -> None:
         """Call until Core accepts ``request``; see ``send`` for what is retried."""
+        self._retry(lambda: self._attempt(method, request, what), job_id, what)
+
+    def _retry(
+        self, attempt_once: Callable[[], grpc.RpcError | None], job_id: str, what: str
+    ) -> None:
+        """``attempt_once`` until it returns None; see ``send`` for what is retried."""
         attempt = 0
         exhausted = 0
         timeouts = 0
         while True:
             attempt += 1
-            error = self._attempt(method, request, what)
+            error = attempt_once()
             if error is None:
                 if attempt > 1:
                     # Retries are logged sparsely in an outage; say when it is over.

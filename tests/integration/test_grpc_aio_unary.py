@@ -57,12 +57,14 @@ def a_result(job_id: str, **fields: object) -> JobResult:
 
 class UnaryOnlyCore(CoreServicer):
     """The original contract: ``ReportResult`` only. Refuses (INVALID_ARGUMENT) the
-    job ids in ``refused``, never answers those in ``hang_on`` (until ``release``),
-    holds every call ``hold_s``, and keeps count of what it saw."""
+    job ids in ``refused``, answers UNAVAILABLE to those in ``flaky`` as many times as
+    it says, never answers those in ``hang_on`` (until ``release``), holds every call
+    ``hold_s``, and keeps count of what it saw."""
 
     def __init__(self, store: ResultStore) -> None:
         super().__init__(store)
         self.refused: frozenset[str] = frozenset()
+        self.flaky: dict[str, int] = {}
         self.hang_on: frozenset[str] = frozenset()
         self.hold_s = 0.0
         self.release = threading.Event()
@@ -94,6 +96,11 @@ class UnaryOnlyCore(CoreServicer):
         try:
             if job_id in self.refused:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant unknown to Core")
+            with self._lock:
+                flaky = self.flaky.get(job_id, 0)
+                self.flaky[job_id] = flaky - 1
+            if flaky > 0:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "shedding load")
             if job_id in self.hang_on and self.release.wait(10):
                 context.abort(grpc.StatusCode.CANCELLED, "the test is over")
             if self.hold_s:
@@ -159,9 +166,10 @@ class RetryLog:
 
 
 def unary_sink(address: str, **options: Any) -> GrpcResultSink:
-    """A sink that has met a Core without ``ReportResults`` (and said so once)."""
+    """A sink that has met a Core without ``ReportResults`` (and said so once): its
+    first batch went as one ``ReportResult`` per result."""
     sink = GrpcResultSink(address, **options)
-    with capture_logs() as logs, pytest.raises(BatchesUnsupported):
+    with capture_logs() as logs:
         sink.send_batch([a_result("probe-1"), a_result("probe-2")])
     [switch] = [entry for entry in logs if "does not implement ReportResults" in entry["event"]]
     assert switch["client"] == "grpc.aio"
@@ -187,8 +195,6 @@ def test_after_unimplemented_every_result_is_one_report_result_and_arrives_whole
     core: CoreOnPort,
 ) -> None:
     sink = unary_sink(core.address)
-    with pytest.raises(BatchesUnsupported):
-        sink.send_batch([a_result("job-1"), a_result("job-2")])  # for good: no call
     result = JobResult(
         job_id="job-1",
         type="IMAGE_RESIZE",
@@ -203,13 +209,65 @@ def test_after_unimplemented_every_result_is_one_report_result_and_arrives_whole
     )
 
     sink.send(result)
-    sink.send(a_result("job-2"))
+    sink.send_batch([a_result("job-2"), a_result("job-3")])  # for good: no ReportResults
     sink.close()
 
     assert core.servicer.batch_calls == 1
-    assert core.servicer.calls == 2
+    assert core.servicer.calls == 2 + 1 + 2  # the first batch's pair, then one each
     assert core.stored("job-1") == result
     assert core.stored("job-2") == a_result("job-2")
+    assert core.stored("job-3") == a_result("job-3")
+
+
+def test_without_aio_unary_a_batch_is_refused_as_unsupported_as_before(core: CoreOnPort) -> None:
+    sink = GrpcResultSink(core.address, aio_unary=False)
+    with capture_logs() as logs:
+        for _ in range(2):
+            with pytest.raises(BatchesUnsupported):
+                sink.send_batch([a_result("job-1"), a_result("job-2")])
+    sink.send(a_result("job-1"))
+    sink.close()
+
+    assert core.servicer.batch_calls == 1
+    assert core.servicer.calls == 1
+    [switch] = [entry for entry in logs if "does not implement ReportResults" in entry["event"]]
+    assert switch["client"] == "blocking"
+
+
+def test_a_batch_is_retried_as_one_and_only_its_results_not_yet_accepted_go_again(
+    core: CoreOnPort,
+) -> None:
+    retries = RetryLog()
+    core.servicer.flaky = {"job-2": 2}
+    sink = unary_sink(core.address, backoff_base_s=0.01, backoff_cap_s=0.02, on_retry=retries)
+    batch = [a_result(f"job-{n}") for n in range(1, 6)]
+
+    sink.send_batch(batch)
+    sink.close()
+
+    assert [(n.job_id, n.code, n.attempt) for n in retries.notices] == [
+        ("job-1", "UNAVAILABLE", 1),
+        ("job-1", "UNAVAILABLE", 2),
+    ], "one notice per attempt of the batch, named by its first result"
+    assert core.servicer.calls == 2 + 5 + 2  # job-2 alone went twice more
+    assert all(core.stored(result.job_id) == result for result in batch)
+
+
+def test_a_refused_result_refuses_its_batch_and_the_others_are_delivered(
+    core: CoreOnPort,
+) -> None:
+    core.servicer.refused = frozenset({"bad"})
+    sink = unary_sink(core.address)
+
+    with pytest.raises(ResultRefused, match="Core refused 3 results") as caught:
+        sink.send_batch([a_result("good-1"), a_result("bad"), a_result("good-2")])
+    sink.close()
+
+    assert caught.value.code == "INVALID_ARGUMENT"
+    assert caught.value.details == "tenant unknown to Core"
+    assert core.stored("good-1") is not None
+    assert core.stored("good-2") is not None
+    assert core.stored("bad") is None
 
 
 def test_core_away_is_retried_with_backoff_until_it_is_back(core: CoreOnPort) -> None:
@@ -316,7 +374,7 @@ def test_closing_the_sink_ends_a_waiting_send_and_refuses_later_ones(core: CoreO
 def test_killing_a_waiting_send_stops_it_and_the_others_go_on(core: CoreOnPort) -> None:
     core.servicer.hang_on = frozenset({"stuck"})
     sink = unary_sink(core.address, call_timeout_s=30)
-    stuck = gevent.spawn(sink.send, a_result("stuck"))
+    stuck = gevent.spawn(sink.send_batch, [a_result("stuck"), a_result("also-stuck")])
     wait_until(lambda: core.servicer.in_flight == 1, 10, "the call never reached Core")
 
     stuck.kill(timeout=2)
@@ -326,6 +384,7 @@ def test_killing_a_waiting_send_stops_it_and_the_others_go_on(core: CoreOnPort) 
     assert stuck.dead
     assert isinstance(stuck.value, gevent.GreenletExit)
     assert core.stored("fine") is not None
+    assert core.stored("also-stuck") is not None, "its call was in flight beside the other"
 
 
 def test_the_call_is_traced_under_the_callers_span_and_core_gets_its_context(
@@ -341,22 +400,28 @@ def test_the_call_is_traced_under_the_callers_span_and_core_gets_its_context(
         tracer = provider.get_tracer("test")
         with tracer.start_as_current_span("report result") as call_span:
             sink.send(a_result("job-1"))
+        with tracer.start_as_current_span("report results") as batch_span:
+            sink.send_batch([a_result("job-2"), a_result("job-3")])
         sink.close()
     finally:
         instrumentor.uninstrument()
         provider.shutdown()
 
-    [rpc] = [span for span in exported.get_finished_spans() if span.kind == SpanKind.CLIENT]
-    assert rpc.name == "/jobworker.v1.CoreService/ReportResult"
-    assert rpc.parent is not None
-    assert rpc.parent.span_id == call_span.get_span_context().span_id
-    ids = rpc.get_span_context()
-    assert ids is not None
-    traceparent = core.servicer.metadata["job-1"]["traceparent"]
-    assert traceparent.split("-")[1:3] == [
-        format(ids.trace_id, "032x"),
-        format(ids.span_id, "016x"),
-    ]
+    rpcs = {
+        span.get_span_context().span_id: span  # type: ignore[union-attr]  # always set once ended
+        for span in exported.get_finished_spans()
+        if span.kind == SpanKind.CLIENT
+    }
+    parents = {"job-1": call_span, "job-2": batch_span, "job-3": batch_span}
+    for job_id, parent in parents.items():
+        # Core got, in each call's metadata, the context of a CLIENT span under the
+        # span that was current where the sink was called.
+        traceparent = core.servicer.metadata[job_id]["traceparent"]
+        rpc = rpcs[int(traceparent.split("-")[2], 16)]
+        assert rpc.name == "/jobworker.v1.CoreService/ReportResult"
+        assert rpc.parent is not None
+        assert rpc.parent.span_id == parent.get_span_context().span_id
+    assert len(rpcs) == 2 + 3  # the first batch's pair too
     assert trace.get_current_span() is trace.INVALID_SPAN
 
 
@@ -372,7 +437,6 @@ import gevent
 from structlog.testing import capture_logs
 from jobworker.adapters.grpc.sink import GrpcResultSink
 from jobworker.adapters.observability.hub_watch import HubHeartbeat
-from jobworker.domain.errors import BatchesUnsupported
 from jobworker.domain.model import JobResult, JobStatus
 
 def result(job_id):
@@ -397,20 +461,22 @@ with capture_logs() as logs:
     sink = GrpcResultSink(sys.argv[1])
     gevent.sleep(0.1)
     before = threads()
-    try:
-        sink.send_batch([result("probe-1"), result("probe-2")])
-    except BatchesUnsupported:
-        pass
+    sink.send_batch([result("probe-1"), result("probe-2")])  # Core: UNIMPLEMENTED
     with_loop = threads()
+    # As the worker's four result senders do (RESULT_SENDERS), a batch each.
     started = time.monotonic()
-    senders = [gevent.spawn(sink.send, result(f"job-{n}")) for n in range(int(sys.argv[2]))]
+    per_sender = int(sys.argv[2]) // 4
+    senders = [
+        gevent.spawn(sink.send_batch, [result(f"job-{s}-{n}") for n in range(per_sender)])
+        for s in range(4)
+    ]
     gevent.joinall(senders, timeout=60)
     took = time.monotonic() - started
     sink.close()
     gevent.sleep(0.3)  # heartbeats after the close too
     heartbeat.stop()
 print(json.dumps({
-    "delivered": sum(g.successful() for g in senders),
+    "delivered": sum(g.successful() for g in senders) * per_sender,
     "took_s": took,
     "threads_before": before,
     "threads_with_loop": with_loop,
@@ -440,7 +506,7 @@ def test_many_calls_are_in_flight_at_once_the_hub_is_never_held_and_close_ends_t
 
     assert report["delivered"] == senders
     assert core.servicer.batch_calls == 1
-    assert core.servicer.calls == senders
+    assert core.servicer.calls == senders + 2  # the probe's pair, then one each
     # 64 is the server's own limit; one call at a time through a thread each, or a
     # loop that ran them one by one, would show 1 (or the threadpool's 4).
     assert core.servicer.most_in_flight >= 32

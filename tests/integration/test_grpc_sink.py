@@ -549,7 +549,8 @@ def test_a_core_without_report_results_is_asked_once_then_sent_one_result_at_a_t
     tmp_path: Path,
 ) -> None:
     with core_in_this_process(tmp_path / "core.db", UnaryOnlyCoreServicer) as (address, core):
-        sink = GrpcResultSink(address)
+        # The blocking unary client; grpc.aio's: tests/integration/test_grpc_aio_unary.py.
+        sink = GrpcResultSink(address, aio_unary=False)
         with capture_logs() as logs:
             with pytest.raises(BatchesUnsupported):
                 sink.send_batch([a_result("job-1"), a_result("job-2")])
