@@ -38,6 +38,19 @@ if [ "$(grep -c '"status": "SUCCEEDED"' results.jsonl)" != 2 ]; then
   cat results.jsonl run.log >&2
   exit 1
 fi
+# The web console's pages are package data, not modules: render one from the wheel.
+venv/bin/python - <<'PY'
+from jobworker.adapters.memory import InMemoryGroupProgress, InMemoryStatusFeed
+from jobworker.adapters.web.app import ConsoleApp
+from jobworker.application.fleet_console import FleetConsole
+
+app = ConsoleApp(FleetConsole(InMemoryStatusFeed(), InMemoryGroupProgress(), {}, 3), action_token=None)
+answers = []
+body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda s, h: answers.append(s)))
+assert answers == ["200 OK"] and b'id="backlog-total"' in body, (answers, body[:200])
+css = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/console.css"}, lambda s, h: None))
+assert css.startswith(b"body"), css[:80]
+PY
 for dev_only in pytest pip setuptools; do
   if venv/bin/python -c "import $dev_only" 2>/dev/null; then
     echo "package check: $dev_only is in the runtime install; the image would carry it" >&2
