@@ -36,7 +36,8 @@ RUN groupadd --system --gid 10001 jobworker \
 COPY --from=build /opt/jobworker /opt/jobworker
 USER 10001:10001
 WORKDIR /var/lib/jobworker
-# 9100: /metrics, /healthz, /readyz when METRICS_PORT=9100; 50051: `jobworker core`.
-EXPOSE 9100 50051
+# 9100: /metrics, /healthz, /readyz when METRICS_PORT=9100; 50051: `jobworker core`;
+# 8088: `jobworker web` (with WEB_HOST=0.0.0.0: it listens on loopback by default).
+EXPOSE 9100 50051 8088
 ENTRYPOINT ["jobworker"]
 CMD ["run"]
