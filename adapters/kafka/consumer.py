@@ -32,6 +32,7 @@ from jobworker.adapters.kafka.quirks import (
     resume_interrupted_join,
     sleep_on_io_loop,
     unauthorized_topics,
+    wait_out_unanswered_heartbeats,
 )
 from jobworker.adapters.kafka.refusals import fatal_error_message
 from jobworker.adapters.kafka.settings import KafkaClientSettings
@@ -90,6 +91,7 @@ class Consumer:
                 " nothing (checked against kafka-python 3.0.12)",
                 missing=missing,
             )
+        wait_out_unanswered_heartbeats(self._client)
         self._unreadable = UnreadableBatchDetector(self._client)
         if not self._unreadable.installed:
             log.warning(

@@ -15,7 +15,7 @@ import structlog
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from jobworker.adapters.kafka.quirks import UnreadableBatch
+from jobworker.adapters.kafka.quirks import UnreadableBatch, pace_unready_sends
 from jobworker.adapters.kafka.refusals import write_refusal_hint
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 
@@ -167,6 +167,7 @@ class DeadLetterWriter:
                 # See the class docstring: a refusal then names the topic, not the cluster.
                 enable_idempotence=False,
             )
+            pace_unready_sends(self._producer)
         key, value, headers = self._message(record, reason)
         producer = self._producer
         try:

@@ -3,8 +3,8 @@
 Each one reaches into kafka-python's internals, says which bug it works around, and
 does nothing when those internals are not there (another version): the contract tests
 then show whether the bug is back. They were checked against kafka-python 3.0.12 (the
-version pyproject.toml pins); ``missing_internals`` lists what a consumer lacks of what
-they touch, and a unit test fails when it lists anything.
+version pyproject.toml pins); ``missing_internals`` lists what a consumer (or a
+producer) lacks of what they touch, and a unit test fails when it lists anything.
 """
 
 from __future__ import annotations
@@ -33,16 +33,23 @@ CONSUMER_INTERNALS = (
     "_cluster.config",
     "_net.run",
     "_manager.wait_for",
+    "_coordinator.time_to_next_poll",
+    "_coordinator.config",
 )
 # Those ``open_admin_client`` touches on a KafkaAdminClient that failed to start.
 ADMIN_INTERNALS = ("_client", "_net")
+# Those ``pace_unready_sends`` touches on a KafkaProducer.
+PRODUCER_INTERNALS = ("_sender._client.connection_delay", "config")
 
 
-def missing_internals(consumer: KafkaConsumer) -> list[str]:
-    """The attributes of ``CONSUMER_INTERNALS`` that ``consumer`` lacks: [] when all are there."""
+def missing_internals(
+    client: KafkaConsumer | KafkaProducer, paths: tuple[str, ...] = CONSUMER_INTERNALS
+) -> list[str]:
+    """The attributes of ``paths`` (``CONSUMER_INTERNALS`` unless told, or
+    ``PRODUCER_INTERNALS``) that ``client`` lacks: [] when all are there."""
     missing = []
-    for path in CONSUMER_INTERNALS:
-        target: Any = consumer
+    for path in paths:
+        target: Any = client
         for name in path.split("."):
             if not hasattr(target, name):
                 missing.append(path)
@@ -63,6 +70,64 @@ async def sleep_on_io_loop(consumer: KafkaConsumer, delay_s: float) -> bool:
         return False
     await sleep(delay_s)
     return True
+
+
+def wait_out_unanswered_heartbeats(consumer: KafkaConsumer) -> None:
+    """Work around kafka-python 3.0's poll spinning while a heartbeat goes unanswered.
+
+    Each round of ``poll`` waits for records at most until the next heartbeat is due
+    (the coordinator's ``time_to_next_poll``), a leftover of the days the polling
+    thread sent heartbeats: in 3.0 a loop on the I/O thread sends them, and a poll has
+    nothing to do when one is due. One sent and not answered (a frozen broker: its
+    connections stay open and say nothing) stays due until its request times out, so
+    every round waits 0 ms and ``poll`` goes round for its whole timeout, a few
+    hand-offs to the I/O thread a time: most of a core, and a starved gevent hub.
+
+    With this a round waits at least ``retry_backoff_ms`` (100 ms) for the heartbeat's
+    sake; records, and the answers it waits on, still end the wait at once. A round
+    that would have waited less only did so in the moment a heartbeat fell due (its
+    loop sends it at once), or while one was backing off after a failure: nothing the
+    poll itself acts on. Does nothing if the internals differ.
+    """
+    coordinator: Any = getattr(consumer, "_coordinator", None)
+    time_to_next_poll = getattr(coordinator, "time_to_next_poll", None)
+    config = getattr(coordinator, "config", None)
+    if not callable(time_to_next_poll) or not isinstance(config, dict):
+        return
+    floor_s = float(config.get("retry_backoff_ms", 100)) / 1000
+
+    def at_least_a_backoff() -> float:
+        return max(floor_s, float(time_to_next_poll()))
+
+    coordinator.time_to_next_poll = at_least_a_backoff
+
+
+def pace_unready_sends(producer: KafkaProducer) -> None:
+    """Work around kafka-python 3.0's producer spinning while a broker does not answer.
+
+    When a batch is ready for a broker whose connection cannot take it (five requests
+    unanswered, or the connection still setting up), the producer's I/O loop waits for
+    the broker's ``connection_delay``, read as milliseconds where the connection
+    manager gives seconds, and 0 for a connection that is open: against a frozen
+    broker, whose connections stay open, it goes round without waiting until the
+    requests time out (a status record every few seconds is enough).
+
+    With this it waits, in milliseconds, the reconnect backoff or ``retry_backoff_ms``
+    (100 ms), whichever is longer. An answer, or the connection being made, still
+    wakes it at once (it waits on the broker's sockets), so a broker that answers sees
+    no difference. Does nothing if the internals differ.
+    """
+    client: Any = getattr(getattr(producer, "_sender", None), "_client", None)
+    connection_delay = getattr(client, "connection_delay", None)
+    config = getattr(producer, "config", None)
+    if not callable(connection_delay) or not isinstance(config, dict):
+        return
+    floor_ms = config.get("retry_backoff_ms", 100)
+
+    def delay_ms(node_id: Any) -> float:
+        return max(float(floor_ms), float(connection_delay(node_id)) * 1000)
+
+    client.connection_delay = delay_ms
 
 
 def open_admin_client(**config: Any) -> KafkaAdminClient:

@@ -7,6 +7,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from jobworker.adapters.codec import result_to_proto
+from jobworker.adapters.kafka.quirks import pace_unready_sends
 from jobworker.adapters.kafka.records import KafkaReceipt
 from jobworker.adapters.kafka.refusals import write_refusal_hint
 from jobworker.adapters.kafka.settings import KafkaClientSettings
@@ -100,6 +101,7 @@ class KafkaRefusedResultStore:
                 # As the dead-letter producer (dlq.py): a refusal names this topic.
                 enable_idempotence=False,
             )
+            pace_unready_sends(self._producer)
         return self._producer
 
     def _discard_producer(self, timeout_s: float = 0.0) -> None:

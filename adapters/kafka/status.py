@@ -19,7 +19,11 @@ from gevent.event import Event
 from kafka import KafkaProducer
 from kafka.errors import TopicAlreadyExistsError
 
-from jobworker.adapters.kafka.quirks import never_create_topics, open_admin_client
+from jobworker.adapters.kafka.quirks import (
+    never_create_topics,
+    open_admin_client,
+    pace_unready_sends,
+)
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.adapters.sparse_warnings import SparseWarning
 
@@ -180,4 +184,6 @@ def _open_producer(settings: KafkaClientSettings) -> KafkaProducer:
     )
     # A send must not auto-create the topic uncompacted when creating it failed.
     never_create_topics(producer)
+    # While the broker does not answer, records wait for it without spinning.
+    pace_unready_sends(producer)
     return producer

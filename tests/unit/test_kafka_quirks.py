@@ -8,21 +8,26 @@ so they make no connection.
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Iterator
 from importlib.metadata import version
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.future import Future
+from kafka.structs import MemberState
 
 from jobworker.adapters.kafka.quirks import (
     ADMIN_INTERNALS,
+    PRODUCER_INTERNALS,
     _FinishedJoin,
     fetch_position,
     missing_internals,
+    pace_unready_sends,
     release_parked_records,
     resume_interrupted_join,
+    wait_out_unanswered_heartbeats,
 )
 
 NOWHERE = ["127.0.0.1:9"]
@@ -37,12 +42,23 @@ def consumer() -> Iterator[KafkaConsumer]:
     client.close(autocommit=False)
 
 
+@pytest.fixture
+def producer() -> Iterator[KafkaProducer]:
+    client = KafkaProducer(bootstrap_servers=NOWHERE, api_version=(2, 8))
+    yield client
+    client.close(timeout=0)
+
+
 def test_the_pinned_kafka_python_is_the_one_checked() -> None:
     assert version("kafka-python") == "3.0.12"
 
 
 def test_every_consumer_internal_the_workarounds_touch_is_there(consumer: KafkaConsumer) -> None:
     assert missing_internals(consumer) == []
+
+
+def test_every_producer_internal_the_workarounds_touch_is_there(producer: KafkaProducer) -> None:
+    assert missing_internals(producer, PRODUCER_INTERNALS) == []
 
 
 def test_missing_internals_names_what_is_gone(consumer: KafkaConsumer) -> None:
@@ -92,3 +108,60 @@ def test_a_join_that_finished_between_polls_is_handed_back_as_pending(
     assert isinstance(task, _FinishedJoin)
     assert not task.is_done
     assert consumer._coordinator.rejoin_needed
+
+
+def _joined_with_heartbeat_sent(consumer: KafkaConsumer, seconds_ago: float) -> None:
+    """The member is in a stable group and its last heartbeat went ``seconds_ago``,
+    unanswered since."""
+    coordinator = consumer._coordinator
+    coordinator.state = MemberState.STABLE
+    coordinator.heartbeat.last_reset = coordinator.heartbeat.last_send = (
+        time.monotonic() - seconds_ago
+    )
+
+
+def test_an_unanswered_heartbeat_no_longer_makes_every_poll_round_wait_nothing(
+    consumer: KafkaConsumer,
+) -> None:
+    # Sent 10 s ago against a 3 s interval: overdue, so kafka-python caps the wait at 0.
+    _joined_with_heartbeat_sent(consumer, seconds_ago=10)
+    assert consumer._coordinator.time_to_next_poll() == 0
+
+    wait_out_unanswered_heartbeats(consumer)
+
+    assert consumer._coordinator.time_to_next_poll() == pytest.approx(0.1)
+
+
+def test_a_heartbeat_not_due_yet_still_bounds_the_wait_as_before(consumer: KafkaConsumer) -> None:
+    _joined_with_heartbeat_sent(consumer, seconds_ago=1)
+    before = consumer._coordinator.time_to_next_poll()
+
+    wait_out_unanswered_heartbeats(consumer)
+
+    # About the 2 s left of the 3 s interval, as kafka-python has it.
+    assert consumer._coordinator.time_to_next_poll() == pytest.approx(before, abs=0.05)
+    assert 1.9 < before < 2.1
+
+
+def test_a_producer_waits_a_backoff_for_an_open_connection_that_cannot_send(
+    producer: KafkaProducer,
+) -> None:
+    client = producer._sender._client
+    # kafka-python's own answer for a connection that is open (no backoff running):
+    # 0, which its sender waits for, in milliseconds, before looking again.
+    assert client.connection_delay(1) == 0
+
+    pace_unready_sends(producer)
+
+    assert client.connection_delay(1) == 100
+
+
+def test_a_producer_waits_out_a_reconnect_backoff_in_milliseconds(
+    producer: KafkaProducer,
+) -> None:
+    client = producer._sender._client
+    pace_unready_sends(producer)
+    # A failed connection to node 1 that may be tried again in 1.5 s.
+    client._manager._backoff[1] = (1, time.monotonic() + 1.5, 30_000)
+
+    assert client.connection_delay(1) == pytest.approx(1500, abs=50)

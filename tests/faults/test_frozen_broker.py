@@ -1,0 +1,132 @@
+"""The Kafka broker frozen mid-run (SIGSTOP): its connections stay open and answer
+nothing. The worker waits for it without spinning, its event loop keeps turning, and
+once the broker is back (SIGCONT) it carries on: every job done, committed to the end.
+
+kafka-python 3.0 spun through its poll loop and its producer's I/O loop for as long as a
+request went unanswered (60-90% of a core, the hub held for seconds): see
+``quirks.wait_out_unanswered_heartbeats`` and ``quirks.pace_unready_sends``.
+
+Runs its own broker (``tools/kafka/broker.sh`` on free ports, state under the test's
+tmp dir): the shared one serves other tests meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobworker.adapters.core.process import CoreProcess
+from tests.support.e2e import publish, sleep_jobs, tally, worker_settings
+from tests.support.faults import PrivateBroker
+from tests.support.fixtures import Report, StartWorker
+from tests.support.kafka import committed_offsets, create_topic, end_offsets, unique_name
+from tests.support.processes import (
+    WorkerProcess,
+    events_named,
+    free_port,
+    log_tail,
+    wait_while_running,
+)
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.faults
+
+PARTITIONS = 3
+FREEZE_S = 25.0
+# Of the freeze's wall time, the most the worker's CPU time may be. Generous, so that a
+# loaded machine cannot fail it: waiting costs about 2 % here, the spin cost 60-90 %.
+MAX_CPU_SHARE = 0.25
+# The hub watch logs a hold longer than half of this: 0.5 s, five times the issue's
+# 100 ms target, and still well under the 1-4 s holds of the spin.
+LIVENESS_MAX_BLOCKED = "1s"
+HUB_BLOCKED = "the event loop was blocked"
+
+
+@pytest.fixture
+def broker(kafka_servers: str, tmp_path: Path) -> Iterator[PrivateBroker]:
+    # kafka_servers: with no broker tools at hand this skips (or fails on CI) as the
+    # other Kafka tiers do, rather than erroring in broker.sh.
+    private = PrivateBroker(tmp_path / "kafka")
+    with private:
+        yield private
+
+
+def test_a_frozen_broker_costs_the_worker_almost_nothing(
+    broker: PrivateBroker, core: CoreProcess, start_worker: StartWorker, report: Report
+) -> None:
+    servers = broker.bootstrap
+    topic = create_topic(servers, partitions=PARTITIONS, prefix="faults-frozen")
+    group = unique_name("faults-frozen")
+    before = sleep_jobs(300, ms=20, prefix="frozen-a")
+    # Published just before the freeze: some are in flight when the broker stops.
+    during = sleep_jobs(300, ms=50, prefix="frozen-b")
+    after = sleep_jobs(100, ms=20, prefix="frozen-c")
+    ids = [job.id for job in before + during + after]
+    publish(servers, topic, before)
+    worker = start_worker(
+        "frozen-broker-worker",
+        worker_settings(
+            servers,
+            topic,
+            group,
+            core.address,
+            WORKER_POOL_SIZE="5",
+            METRICS_PORT=str(free_port()),
+            METRICS_HOST="127.0.0.1",
+            LIVENESS_MAX_BLOCKED=LIVENESS_MAX_BLOCKED,
+        ),
+    )
+    db = core.db_path
+    assert wait_while_running(lambda: len(tally(db, ids).received) >= len(before), 90, worker), (
+        log_tail(worker)
+    )
+    publish(servers, topic, during)
+
+    jvm = _broker_pid(broker)
+    cpu_before, frozen_at = _cpu_seconds(worker), time.monotonic()
+    os.kill(jvm, signal.SIGSTOP)
+    try:
+        # The freeze is the scenario: nothing to wait on but the clock.
+        time.sleep(FREEZE_S)
+        cpu_share = (_cpu_seconds(worker) - cpu_before) / (time.monotonic() - frozen_at)
+    finally:
+        os.kill(jvm, signal.SIGCONT)
+    thawed_at = time.monotonic()
+    held = [event.get("blocked_s") for event in events_named(worker, HUB_BLOCKED)]
+
+    # Only a consumer that fetches again takes jobs published after the thaw.
+    publish(servers, topic, after)
+    wait_while_running(lambda: not tally(db, ids).lost, 90, worker, interval_s=0.5)
+    caught_up = time.monotonic()
+    ends = end_offsets(servers, topic)
+    committed_to_end = wait_until(lambda: committed_offsets(servers, group, topic) == ends, 30)
+    result = tally(db, ids)
+    report(
+        result.line("frozen broker")
+        + f"; broker frozen {FREEZE_S:.0f} s: worker CPU {100 * cpu_share:.1f}% of a core,"
+        f" event loop held > 0.5 s: {held or 'never'}; all in Core"
+        f" {caught_up - thawed_at:.0f} s after the thaw; committed to the end: {committed_to_end}"
+    )
+    assert cpu_share < MAX_CPU_SHARE, f"{100 * cpu_share:.0f}% of a core\n{log_tail(worker)}"
+    assert not held, f"event loop held {held} s\n{log_tail(worker)}"
+    assert not result.lost, f"{len(result.lost)} lost\n{log_tail(worker)}"
+    assert committed_to_end, (committed_offsets(servers, group, topic), ends)
+    assert worker.stop() == 0, log_tail(worker)
+
+
+def _broker_pid(broker: PrivateBroker) -> int:
+    """The broker's JVM, from the pid file ``broker.sh`` writes beside its log."""
+    return int((broker.log_path.parent / "kafka.pid").read_text().strip())
+
+
+def _cpu_seconds(worker: WorkerProcess) -> float:
+    """The worker's user and system CPU time so far, from /proc (Linux)."""
+    assert worker.process is not None
+    fields = Path(f"/proc/{worker.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the command name: utime and stime are the 12th and 13th fields.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
