@@ -3,13 +3,16 @@
 A Core with only ``ReportResult`` (bench/godesign's Go Core, ``--mode unary``: it
 answers ``ReportResults`` UNIMPLEMENTED) on loopback; a child process patched by gevent,
 as the worker is, sends N results through ``GrpcResultSink`` from ``--senders``
-greenlets (the worker's RESULT_SENDERS), once with each unary client:
+greenlets (the worker's RESULT_SENDERS) as the worker's senders do: batches of 100 while
+the sink takes them, else one result at a time. Once with each unary client:
 
     python bench/unary_sink.py [--results N] [--senders K,K] [--clients aio,sync]
                                [--repeats N] [--profile DIR]
 
 ``sync`` is grpcio's blocking stub, each call handed to a thread of the hub's
-threadpool; ``aio`` is grpcio's asyncio client on one native thread. Clients are
+threadpool, one result per sender at a time (``aio_unary=False``, the path before
+issue 21); ``aio`` is grpcio's asyncio client on one native thread, a batch's calls all
+in flight at once. Clients are
 alternated and the best of ``--repeats`` is kept. CPU is the child's own (every thread),
 over the sending only. ``--profile DIR`` samples the sending of each child with py-spy
 (threads holding the GIL, 250 Hz) into DIR, one raw (collapsed stacks) file each.
@@ -41,11 +44,11 @@ ROOT = Path(__file__).resolve().parent.parent
 GO_CORE = ROOT / ".cache" / "godesign" / "core"
 PY_SPY = ROOT / ".venv" / "bin" / "py-spy"
 PROFILE_VARIABLE = "UNARY_BENCH_PROFILE"
+BATCH = 100  # RESULT_BATCH_SIZE's default
 
 
 def _child(address: str, results: int, senders: int, client: str) -> None:
     import gevent  # noqa: PLC0415 - after patching
-    from gevent.queue import Queue  # noqa: PLC0415
 
     from jobworker.adapters.grpc.runtime import init_grpc_for_gevent  # noqa: PLC0415
     from jobworker.domain.errors import BatchesUnsupported  # noqa: PLC0415
@@ -56,23 +59,27 @@ def _child(address: str, results: int, senders: int, client: str) -> None:
 
     sink = GrpcResultSink(address, aio_unary=client == "aio")
     first = JobResult(job_id="probe-0", type="NOOP", status=JobStatus.SUCCEEDED)
+    # As the worker's senders do: batches until the sink says it takes one at a time.
+    batch = BATCH
     try:
         sink.send_batch([first, first._replace(job_id="probe-1")])
     except BatchesUnsupported:
-        pass  # what the bench Core answers: unary from now on
-    else:
-        raise SystemExit("the bench Core took ReportResults; it must be --mode unary")
+        batch = 1
     # Warm the path (channel connected, loop thread started) before the clock starts.
     sink.send(first)
-    work: Queue[JobResult | None] = Queue()
-    for index in range(results):
-        work.put(JobResult(job_id=f"job-{index}", type="NOOP", status=JobStatus.SUCCEEDED))
-    for _ in range(senders):
-        work.put(None)
+    results_left = [
+        JobResult(job_id=f"job-{index}", type="NOOP", status=JobStatus.SUCCEEDED)
+        for index in range(results)
+    ]
 
     def sender() -> None:
-        while (result := work.get()) is not None:
-            sink.send(result)
+        while results_left:
+            taken = results_left[-batch:]
+            del results_left[-batch:]
+            if batch == 1:
+                sink.send(taken[0])
+            else:
+                sink.send_batch(taken)
 
     spy = _start_py_spy(os.environ.get(PROFILE_VARIABLE))
     cpu_before = _cpu_s()

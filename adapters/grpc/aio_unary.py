@@ -16,6 +16,10 @@ from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 
 THREAD_NAME = "jobworker-grpc-aio"
+# Calls out at once. The original Go worker had 16; a batch of 100 results from each of
+# several senders must not land on a Core sized for that all at once. 64 keeps the loop
+# thread, not Core's round trip, the limit on loopback (docs/benchmarks.md).
+MAX_IN_FLIGHT = 64
 
 
 class AioReportResult:
@@ -37,15 +41,21 @@ class AioReportResult:
         tls_ca_file: str | Path | None = None,
         tls_cert_file: str | Path | None = None,
         tls_key_file: str | Path | None = None,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         """Start the loop thread and open the channel on it (no connection yet).
 
-        Holds the calling thread for the few milliseconds that takes: grpcio's poller
-        thread must be started while nothing else makes a gRPC thread (see
-        ``native_aio_threads``). Raises ``ConfigurationError`` for bad TLS files.
+        At most ``max_in_flight`` calls are out at once; the others wait their turn
+        (their deadline starts with their call). Holds the calling thread for the few
+        milliseconds the start takes: grpcio's poller thread must be started while
+        nothing else makes a gRPC thread (see ``native_aio_threads``). Raises
+        ``ConfigurationError`` for bad TLS files.
         """
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self._channel: Any = None
         self._method: Any = None
+        self._turns = asyncio.Semaphore(max_in_flight)
 
         def open_on_loop() -> None:
             with native_aio_threads():
@@ -67,7 +77,7 @@ class AioReportResult:
             raise ValueError("ReportResult on a closed channel")
         try:
             response: pb.ReportResultResponse = self._thread.run(
-                lambda: method(request, timeout=timeout)
+                lambda: self._in_turn(method, request, timeout)
             )
         except LoopClosedError as closed:
             raise ValueError(f"ReportResult on a closed channel: {closed}") from None
@@ -86,7 +96,7 @@ class AioReportResult:
             raise ValueError("ReportResult on a closed channel")
 
         async def all_at_once() -> list[object]:
-            calls = [method(request, timeout=timeout) for request in requests]
+            calls = [self._in_turn(method, request, timeout) for request in requests]
             outcomes: list[object] = await asyncio.gather(*calls, return_exceptions=True)
             return outcomes
 
@@ -105,6 +115,13 @@ class AioReportResult:
             else:
                 errors.append(None)
         return errors
+
+    async def _in_turn(
+        self, method: Any, request: pb.ReportResultRequest, timeout: float
+    ) -> pb.ReportResultResponse:
+        async with self._turns:
+            response: pb.ReportResultResponse = await method(request, timeout=timeout)
+            return response
 
     def close(self) -> None:
         """Close the channel (calls in flight raise ``ValueError``) and end the thread."""

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import gevent
 import grpc
@@ -43,6 +43,13 @@ class RetryNotice:
 
 
 RetryListener = Callable[[RetryNotice], None]
+
+
+class _TlsFiles(TypedDict):
+    tls_ca_file: str | Path | None
+    tls_cert_file: str | Path | None
+    tls_key_file: str | Path | None
+
 
 # Codes after which the same request may succeed later. DEADLINE_EXCEEDED and ABORTED
 # may mean Core stored the result and the answer was lost: the retry is then a duplicate,
@@ -141,11 +148,9 @@ class GrpcResultSink:
         self._options = client_channel_options(
             keepalive_time_s, max_reconnect_backoff_s=backoff_cap_s
         )
-        self._tls_files = {
-            "tls_ca_file": tls_ca_file,
-            "tls_cert_file": tls_cert_file,
-            "tls_key_file": tls_key_file,
-        }
+        self._tls_files = _TlsFiles(
+            tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file, tls_key_file=tls_key_file
+        )
         self._channel = open_channel(target, self._options, **self._tls_files)
         stub = pb_grpc.CoreServiceStub(self._channel)
         self._report_result: Callable[..., Any] = stub.ReportResult
