@@ -57,7 +57,9 @@ def consumer_config(settings: KafkaClientSettings, group_id: str) -> dict[str, A
         "partition.assignment.strategy": "range,roundrobin",
         "session.timeout.ms": settings.session_timeout_ms,
         "heartbeat.interval.ms": settings.heartbeat_interval_ms,
-        "max.poll.interval.ms": settings.max_poll_interval_ms,
+        # librdkafka refuses a poll interval under the session timeout, kafka-python
+        # does not: the broker then judges the session timeout alone, with both.
+        "max.poll.interval.ms": max(settings.max_poll_interval_ms, settings.session_timeout_ms),
         "isolation.level": str(settings.isolation_level),
         "max.partition.fetch.bytes": settings.max_partition_fetch_bytes,
         "fetch.max.bytes": fetch_max_bytes,
