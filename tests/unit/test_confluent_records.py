@@ -186,7 +186,7 @@ def test_tls_without_a_bundle_trusts_the_systems_cas() -> None:
         (29, "READ and DESCRIBE on KAFKA_TOPIC"),  # TOPIC_AUTHORIZATION_FAILED
         (30, "READ on the group"),  # GROUP_AUTHORIZATION_FAILED
         (-169, "KAFKA_SASL_PASSWORD"),  # _AUTHENTICATION
-        (-181, "KAFKA_SSL_CAFILE"),  # _SSL
+        (-181, "KAFKA_SSL_CAFILE (/etc/ca.pem) did not sign it"),  # _SSL
     ],
 )
 def test_errors_retrying_cannot_fix_stop_the_source_naming_the_setting(
@@ -199,15 +199,17 @@ def test_errors_retrying_cannot_fix_stop_the_source_naming_the_setting(
 
     consumer: Any = ConfluentConsumer.__new__(ConfluentConsumer)
     consumer.topic, consumer._group_id, consumer._session_timeout_ms = "jobs", "g", 6_000
+    consumer._settings = KafkaClientSettings(["b:9093"], ssl_cafile="/etc/ca.pem")
 
-    failure = consumer._error(KafkaError(code, "refused"))
+    failure = consumer._error(KafkaError(code, "refused: certificate verify failed"))
 
     assert isinstance(failure, SourceFailed)
     assert expected in str(failure)
     assert "\n" not in str(failure)
 
 
-@pytest.mark.parametrize("code", [-195, -187, 3, 27, 15])  # transport, all down, rebalancing…
+# Transport, all brokers down, a TLS handshake cut short, unknown topic, rebalancing…
+@pytest.mark.parametrize("code", [-195, -187, -181, 3, 27, 15])
 def test_transient_errors_are_retried(code: int) -> None:
     from confluent_kafka import KafkaError
 
@@ -216,6 +218,7 @@ def test_transient_errors_are_retried(code: int) -> None:
 
     consumer: Any = ConfluentConsumer.__new__(ConfluentConsumer)
     consumer.topic, consumer._group_id, consumer._session_timeout_ms = "jobs", "g", 6_000
+    consumer._settings = KafkaClientSettings(["b:9093"], ssl_cafile="/etc/ca.pem")
 
     assert isinstance(consumer._error(KafkaError(code, "later")), ConsumerError)
 

@@ -29,21 +29,26 @@ from typing import Any
 
 import structlog
 from confluent_kafka import Consumer as RdKafkaConsumer
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, libversion, version
 from confluent_kafka import TopicPartition as RdTopicPartition
 from gevent import Timeout, monkey
 from gevent.threadpool import ThreadPool
 from kafka import TopicPartition
-from kafka.errors import for_code
+from kafka.errors import (
+    SaslAuthenticationFailedError,
+    UnsupportedSaslMechanismError,
+    for_code,
+)
 
+from jobworker.adapters.kafka.bootstrap import offered_sasl_mechanisms
 from jobworker.adapters.kafka.confluent.config import consumer_config
 from jobworker.adapters.kafka.confluent.records import sort_messages
 from jobworker.adapters.kafka.consumer import ConsumerError, RebalanceHandler, Records
 from jobworker.adapters.kafka.offsets.partitions import Commit
 from jobworker.adapters.kafka.quirks import UnreadableBatch
-from jobworker.adapters.kafka.refusals import fatal_error_message
-from jobworker.adapters.kafka.settings import KafkaClientSettings
-from jobworker.domain.errors import SourceFailed
+from jobworker.adapters.kafka.refusals import connection_refusal_message, fatal_error_message
+from jobworker.adapters.kafka.settings import KafkaClientSettings, SecurityProtocol
+from jobworker.domain.errors import AccessRefused, SourceFailed
 
 # The source's lines keep the logger name they had before it was split in pieces.
 log = structlog.get_logger("jobworker.adapters.kafka.source")
@@ -52,18 +57,10 @@ log = structlog.get_logger("jobworker.adapters.kafka.source")
 # patch_all that one would need a hub of the thread's own).
 _native_sleep = monkey.get_original("time", "sleep")
 
-# librdkafka's own errors (negative codes) that retrying cannot fix, and what to check.
-_FATAL_LOCAL_ERRORS = {
-    KafkaError._AUTHENTICATION: (
-        "Kafka refused the connection: {error} — check KAFKA_SASL_USERNAME,"
-        " KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM"
-    ),
-    KafkaError._SSL: (
-        "TLS with the broker failed: {error} — check KAFKA_SECURITY_PROTOCOL and"
-        " KAFKA_SSL_CAFILE (and KAFKA_SSL_CERTFILE, KAFKA_SSL_KEYFILE)"
-    ),
-    KafkaError._INVALID_ARG: "Kafka client settings refused: {error}",
-}
+# librdkafka reports the TLS handshakes it failed as _SSL; one that could not verify
+# the broker's certificate fails the same way every time, others may pass (a broker
+# restarting mid-handshake).
+_UNVERIFIED_TLS = ("certificate verify failed", "unable to get local issuer certificate")
 
 
 def _rd(tp: TopicPartition, offset: int = -1001, metadata: str | None = None) -> Any:
@@ -86,7 +83,10 @@ class ConfluentConsumer:
     def __init__(self, settings: KafkaClientSettings, topic: str, group_id: str) -> None:
         self.topic = topic
         self._group_id = group_id
+        self._settings = settings
         self._session_timeout_ms = settings.session_timeout_ms
+        if SecurityProtocol(settings.security_protocol).uses_sasl:
+            _refuse_unoffered_mechanism(settings)
         self._thread = ThreadPool(1)
         # Errors librdkafka reported through its error callback since the last poll.
         self._errors: list[KafkaError] = []
@@ -113,6 +113,11 @@ class ConfluentConsumer:
             self._client = RdKafkaConsumer(config)
         except KafkaException as error:
             raise SourceFailed(f"Kafka client settings refused: {error}") from None
+        log.info(
+            "consuming with confluent-kafka (KAFKA_CLIENT=confluent)",
+            confluent_kafka=version()[0],
+            librdkafka=libversion()[0],
+        )
 
     @property
     def api_version(self) -> Any:
@@ -410,15 +415,30 @@ class ConfluentConsumer:
         return ConsumerError(KafkaException(error))
 
     def _fatal(self, error: KafkaError) -> str | None:
-        code = error.code()
-        if code in _FATAL_LOCAL_ERRORS:
-            return _FATAL_LOCAL_ERRORS[code].format(error=error.str())
+        code, text = error.code(), error.str()
+        broker = self._settings.bootstrap_servers[0]
+        if code == KafkaError._AUTHENTICATION:
+            # The same line as kafka-python's refusal (refusals.py).
+            refusal = SaslAuthenticationFailedError(text)
+            return connection_refusal_message(refusal, self._settings, broker)
+        if code == KafkaError._SSL and any(words in text for words in _UNVERIFIED_TLS):
+            where = (
+                f"KAFKA_SSL_CAFILE ({self._settings.ssl_cafile}) did not sign it"
+                if self._settings.ssl_cafile
+                else "KAFKA_SSL_CAFILE is not set, so only the system's CAs were tried"
+            )
+            return (
+                f"cannot verify the TLS certificate of Kafka: {text}; {where} — set"
+                " KAFKA_SSL_CAFILE to the CA file that signed the broker's certificate"
+            )
+        if code == KafkaError._INVALID_ARG:
+            return f"Kafka client settings refused: {text}"
         if error.fatal():
-            return f"the Kafka client stopped: {error.str()}"
+            return f"the Kafka client stopped: {text}"
         if code <= 0:
             return None
         # A broker's error code is Kafka's, the same for both clients.
-        as_kafka_python = for_code(code)(error.str())
+        as_kafka_python = for_code(code)(text)
         return fatal_error_message(
             as_kafka_python, self.topic, self._group_id, self._session_timeout_ms
         )
@@ -441,3 +461,14 @@ class ConfluentConsumer:
             return result.get(timeout=timeout_s)
         except Timeout as error:
             raise ConsumerError(TimeoutError(f"no answer in {timeout_s} s")) from error
+
+
+def _refuse_unoffered_mechanism(settings: KafkaClientSettings) -> None:
+    """``AccessRefused`` naming what the broker offers, when it does not offer
+    KAFKA_SASL_MECHANISM: librdkafka reports that only as a failed authentication. The
+    broker is asked as kafka-python's consumer asks it (``bootstrap.py``)."""
+    offered = offered_sasl_mechanisms(settings)
+    if offered is not None and settings.sasl_mechanism not in offered:
+        refusal = UnsupportedSaslMechanismError()
+        broker = settings.bootstrap_servers[0]
+        raise AccessRefused(connection_refusal_message(refusal, settings, broker, offered))
