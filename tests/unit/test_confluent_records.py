@@ -16,6 +16,7 @@ from jobworker.adapters.kafka.confluent.records import (
     BAD_COMPRESSION,
     BAD_MESSAGE,
     ConfluentRecord,
+    HeldRecords,
     sort_messages,
 )
 from jobworker.adapters.kafka.quirks import UnreadableBatch
@@ -72,41 +73,11 @@ def test_messages_become_records_with_kafka_pythons_attribute_names() -> None:
     sorted_ = sort_messages([FakeMessage(5), FakeMessage(3, partition_=1), FakeMessage(6)])
 
     tp0, tp1 = TopicPartition("jobs", 0), TopicPartition("jobs", 1)
-    assert [r.offset for r in sorted_.records[tp0]] == [5, 6]
-    assert sorted_.records[tp1] == [
+    assert [r.offset for r in sorted_.entries[tp0]] == [5, 6]
+    assert sorted_.entries[tp1] == [
         ConfluentRecord("jobs", 1, 3, b"k3", b"v", [], 1_700_000_000_003)
     ]
-    assert (sorted_.unreadable, sorted_.errors, sorted_.resume_at) == ([], [], {})
-
-
-def test_an_unreadable_batch_ends_its_partitions_records_and_the_next_record_bounds_it() -> None:
-    crc = FakeError(BAD_MESSAGE, "MessageSet at offset 10 failed CRC32C check")
-    messages = [
-        FakeMessage(8),
-        FakeMessage(9),
-        FakeMessage(10, error_=crc),
-        FakeMessage(40, partition_=1),
-        FakeMessage(15),  # librdkafka read on past the batch: 10-14
-        FakeMessage(16),
-    ]
-
-    sorted_ = sort_messages(messages)
-
-    tp0 = TopicPartition("jobs", 0)
-    assert [r.offset for r in sorted_.records[tp0]] == [8, 9]
-    assert [r.offset for r in sorted_.records[TopicPartition("jobs", 1)]] == [40]
-    assert sorted_.unreadable == [UnreadableBatch("jobs", 0, 10, 14, crc.text, None)]
-    # What comes after the batch is read again, so that with fail none of it runs.
-    assert sorted_.resume_at == {tp0: 15}
-
-
-def test_a_batch_that_ends_the_poll_has_only_its_first_offset() -> None:
-    broken = FakeError(BAD_COMPRESSION, "Decompression (codec 0x4) failed")
-
-    sorted_ = sort_messages([FakeMessage(3), FakeMessage(4, error_=broken)])
-
-    assert sorted_.unreadable == [UnreadableBatch("jobs", 0, 4, 4, broken.text, None)]
-    assert sorted_.resume_at == {}
+    assert sorted_.errors == []
 
 
 def test_other_errors_are_kept_apart() -> None:
@@ -115,7 +86,76 @@ def test_other_errors_are_kept_apart() -> None:
     sorted_ = sort_messages([FakeMessage(0, error_=transport), FakeMessage(1)])
 
     assert sorted_.errors == [transport]
-    assert [r.offset for r in sorted_.records[TopicPartition("jobs", 0)]] == [1]
+    assert [r.offset for r in sorted_.entries[TopicPartition("jobs", 0)]] == [1]
+
+
+TP0, TP1 = TopicPartition("jobs", 0), TopicPartition("jobs", 1)
+
+
+def held(*messages: FakeMessage, limit: int = 1000) -> HeldRecords:
+    records = HeldRecords(limit)
+    records.add(sort_messages(messages).entries)
+    return records
+
+
+def offsets(taken: Any, tp: TopicPartition = TP0) -> list[int]:
+    return [record.offset for record in taken.records.get(tp, [])]
+
+
+def test_an_unreadable_batch_ends_its_partitions_records_and_the_next_record_bounds_it() -> None:
+    crc = FakeError(BAD_MESSAGE, "MessageSet at offset 10 failed CRC32C check")
+    records = held(
+        FakeMessage(8),
+        FakeMessage(9),
+        FakeMessage(10, error_=crc),
+        FakeMessage(40, partition_=1),
+        FakeMessage(15),  # librdkafka read on past the batch: 10-14
+        FakeMessage(16),
+    )
+
+    first = records.take(100, set())
+    second = records.take(100, set())
+    third = records.take(100, set())
+
+    assert (offsets(first), offsets(first, TP1), first.unreadable) == ([8, 9], [40], [])
+    # Handed out alone, so that with fail nothing after it runs.
+    assert second.records == {}
+    assert second.unreadable == [UnreadableBatch("jobs", 0, 10, 14, crc.text, None)]
+    assert offsets(third) == [15, 16]
+
+
+def test_a_batch_that_ends_what_is_held_has_only_its_first_offset() -> None:
+    broken = FakeError(BAD_COMPRESSION, "Decompression (codec 0x4) failed")
+    records = held(FakeMessage(4, error_=broken))
+
+    assert records.take(10, set()).unreadable == [
+        UnreadableBatch("jobs", 0, 4, 4, broken.text, None)
+    ]
+
+
+def test_paused_partitions_are_held_back_and_partitions_take_turns() -> None:
+    both = (*(FakeMessage(i) for i in range(5)), *(FakeMessage(i, 1) for i in range(5)))
+    records = held(*both)
+
+    paused = records.take(10, {TP0})
+    turns = [records.take(2, set()) for _ in range(2)]
+
+    assert (offsets(paused), offsets(paused, TP1)) == ([], [0, 1, 2, 3, 4])
+    assert [offsets(t) for t in turns] == [[0, 1], [2, 3]]
+    records = held(*both)
+    turns = [records.take(2, set()) for _ in range(2)]
+    assert {tp for t in turns for tp in t.records} == {TP0, TP1}
+
+
+def test_a_seek_back_to_a_record_just_handed_out_puts_it_back_in_front() -> None:
+    records = held(*(FakeMessage(i) for i in range(6)))
+    records.take(4, set())  # 0-3
+
+    assert records.rewind(TP0, 2)
+    assert records.next_offset(TP0) == 2
+    assert offsets(records.take(10, set())) == [2, 3, 4, 5]
+    assert records.rewind(TP0, 6) is False  # nothing there: librdkafka must seek
+    assert records.rewind(TP1, 0) is False
 
 
 def test_settings_map_to_librdkafkas_keys() -> None:

@@ -42,7 +42,7 @@ from kafka.errors import (
 
 from jobworker.adapters.kafka.bootstrap import offered_sasl_mechanisms
 from jobworker.adapters.kafka.confluent.config import consumer_config
-from jobworker.adapters.kafka.confluent.records import sort_messages
+from jobworker.adapters.kafka.confluent.records import HeldRecords, sort_messages
 from jobworker.adapters.kafka.consumer import ConsumerError, RebalanceHandler, Records
 from jobworker.adapters.kafka.offsets.partitions import Commit
 from jobworker.adapters.kafka.quirks import UnreadableBatch
@@ -95,7 +95,11 @@ class ConfluentConsumer:
         self._commit_answers: deque[Callable[[BaseException | None], None]] = deque()
         self._handler: RebalanceHandler | None = None
         self._assignment: frozenset[TopicPartition] = frozenset()
+        # Paused by the source (records held back), and paused in librdkafka (too many
+        # held): see records.HeldRecords.
         self._paused: set[TopicPartition] = set()
+        self._held = HeldRecords(limit=max(1_000, 2 * settings.max_poll_records))
+        self._fetch_paused: set[TopicPartition] = set()
         self._highwater: dict[TopicPartition, int] = {}
         self._unreadable: list[UnreadableBatch] = []
         # Per partition, the offset just past an unreadable batch librdkafka already
@@ -139,21 +143,42 @@ class ConfluentConsumer:
         """Records per partition, read on the native thread while the hub serves on.
         Raises ``SourceFailed`` for a refusal retrying cannot fix, ``ConsumerError``
         for any other error of the client."""
+        max_records = max(1, max_records)
+        ready = sum(
+            self._held.count(tp) for tp in self._held.held_partitions() if tp not in self._paused
+        )
+        # Records already held go out at once; librdkafka is still polled (its callbacks
+        # run only then), without waiting, for what is missing.
+        wait_s = 0.0 if ready else max(0.0, timeout_s)
         try:
-            messages = self._on_thread(self._consume, max(0.0, timeout_s), max(1, max_records))
+            messages = self._on_thread(self._consume, wait_s, max(1, max_records - ready))
         except KafkaException as error:
             raise self._error(error.args[0]) from error
-        self._raise_reported_errors()
         sorted_ = sort_messages(messages)
         self._errors += sorted_.errors
         self._raise_reported_errors()
-        for batch in sorted_.unreadable:
+        assignment = self._assignment
+        self._held.add({tp: e for tp, e in sorted_.entries.items() if tp in assignment})
+        taken = self._held.take(max_records, self._paused)
+        for batch in taken.unreadable:
             tp = TopicPartition(batch.topic, batch.partition)
             self._already_past[tp] = batch.last_offset + 1
-        self._unreadable += sorted_.unreadable
-        for tp, offset in sorted_.resume_at.items():
-            self._seek(tp, offset)
-        return sorted_.records
+        self._unreadable += taken.unreadable
+        self._bound_read_ahead()
+        return taken.records
+
+    def _bound_read_ahead(self) -> None:
+        """Pause librdkafka's fetching of partitions with ``limit`` records held, and
+        resume it once half of them are taken (see records.HeldRecords)."""
+        limit = self._held.limit
+        for tp in self._assignment:
+            held = self._held.count(tp)
+            if held >= limit and tp not in self._fetch_paused:
+                self._client.pause([_rd(tp)])
+                self._fetch_paused.add(tp)
+            elif held < limit // 2 and tp in self._fetch_paused:
+                self._client.resume([_rd(tp)])
+                self._fetch_paused.discard(tp)
 
     def _consume(self, timeout_s: float, max_records: int) -> list[Any]:
         # On the native thread. consume() waits for a full batch or the timeout; a poll
@@ -192,38 +217,36 @@ class ConfluentConsumer:
         return set(self._paused)
 
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
-        """Pause those of ``partitions`` still assigned."""
-        if wanted := [tp for tp in partitions if tp in self._assignment]:
-            self._client.pause([_rd(tp) for tp in wanted])
-            self._paused.update(wanted)
+        """Pause those of ``partitions`` still assigned: their records are held back."""
+        self._paused.update(tp for tp in partitions if tp in self._assignment)
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
         """Resume those of ``partitions`` still assigned."""
-        if wanted := [tp for tp in partitions if tp in self._assignment]:
-            self._client.resume([_rd(tp) for tp in wanted])
-            self._paused.difference_update(wanted)
+        self._paused.difference_update(partitions)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Read ``tp`` from ``offset`` next (see ``Consumer.seek``); nothing for a
-        partition revoked since the poll, or for a step back into a batch librdkafka
-        already skipped as unreadable."""
-        if self._already_past.get(tp) == offset:
+        partition revoked since the poll. Back to a record just handed out, or to the
+        next one held, costs nothing; past an unreadable batch librdkafka skipped
+        already, neither. Anywhere else, librdkafka seeks (and fetches again)."""
+        if tp not in self._assignment or self._held.rewind(tp, offset):
+            return
+        if self._already_past.get(tp) == offset and not self._held.count(tp):
             del self._already_past[tp]
             return
-        self._seek(tp, offset)
-
-    def _seek(self, tp: TopicPartition, offset: int) -> None:
-        if tp not in self._assignment:
-            return
+        self._held.drop([tp])
         try:
             self._client.seek(_rd(tp, offset))
         except KafkaException as error:
             log.warning("seek failed", partition=tp.partition, offset=offset, error=str(error))
 
     def position(self, tp: TopicPartition) -> int | None:
-        """The next offset the client reads in ``tp``, if it knows it; no request."""
+        """The next offset the source reads in ``tp`` (the first record held, else
+        librdkafka's position), if known; no request."""
         if tp not in self._assignment:
             return None
+        if (held := self._held.next_offset(tp)) is not None:
+            return held
         try:
             (found,) = self._client.position([_rd(tp)])
         except KafkaException:
@@ -331,18 +354,14 @@ class ConfluentConsumer:
             client.resume(partitions)
         self._assignment = frozenset(assigned)
         self._paused -= assigned
+        self._fetch_paused -= assigned
         self._generation = max(0, self._generation + 1)
         self._run_handler("on_partitions_assigned", assigned)
 
     def _on_revoke(self, client: Any, partitions: list[Any]) -> None:
         revoked = _ours(partitions)
-        try:
-            positions = client.position(partitions)
-        except KafkaException:
-            positions = []
-        self._revoked_positions = {
-            TopicPartition(tp.topic, tp.partition): tp.offset for tp in positions if tp.offset >= 0
-        }
+        kept = {tp: self.position(tp) for tp in revoked}
+        self._revoked_positions = {tp: at for tp, at in kept.items() if at is not None}
         try:
             self._run_handler("on_partitions_revoked", revoked)
         finally:
@@ -360,6 +379,8 @@ class ConfluentConsumer:
     def _forget(self, partitions: set[TopicPartition]) -> None:
         self._assignment = self._assignment - partitions
         self._paused -= partitions
+        self._fetch_paused -= partitions
+        self._held.drop(partitions)
         for tp in partitions:
             self._highwater.pop(tp, None)
             self._already_past.pop(tp, None)
