@@ -42,7 +42,7 @@ from kafka.errors import (
 
 from jobworker.adapters.kafka.bootstrap import offered_sasl_mechanisms
 from jobworker.adapters.kafka.confluent.config import consumer_config
-from jobworker.adapters.kafka.confluent.records import HeldRecords, sort_messages
+from jobworker.adapters.kafka.confluent.records import HeldRecords, Sorted, sort_messages
 from jobworker.adapters.kafka.consumer import ConsumerError, RebalanceHandler, Records
 from jobworker.adapters.kafka.offsets.partitions import Commit
 from jobworker.adapters.kafka.quirks import UnreadableBatch
@@ -151,10 +151,9 @@ class ConfluentConsumer:
         # run only then), without waiting, for what is missing.
         wait_s = 0.0 if ready else max(0.0, timeout_s)
         try:
-            messages = self._on_thread(self._consume, wait_s, max(1, max_records - ready))
+            sorted_ = self._on_thread(self._consume, wait_s, max(1, max_records - ready))
         except KafkaException as error:
             raise self._error(error.args[0]) from error
-        sorted_ = sort_messages(messages)
         self._errors += sorted_.errors
         self._raise_reported_errors()
         assignment = self._assignment
@@ -180,20 +179,22 @@ class ConfluentConsumer:
                 self._client.resume([_rd(tp)])
                 self._fetch_paused.discard(tp)
 
-    def _consume(self, timeout_s: float, max_records: int) -> list[Any]:
-        # On the native thread. consume() waits for a full batch or the timeout; a poll
-        # returns at the first record, so waiting is done by poll, the rest taken after.
+    def _consume(self, timeout_s: float, max_records: int) -> Sorted:
+        # On the native thread, the copying into records too. consume() waits for a full
+        # batch or the timeout; a poll returns at the first record, so waiting is done
+        # by poll, the rest taken after.
         messages: list[Any] = self._client.consume(max_records, 0)
         if not messages and timeout_s > 0:
             first = self._client.poll(timeout_s)
             if first is None:
-                return []
+                return Sorted()
             messages = [first]
             if max_records > 1:
                 messages += self._client.consume(max_records - 1, 0)
-        for tp in {(m.topic(), m.partition()) for m in messages if m.error() is None}:
-            self._note_highwater(TopicPartition(*tp))
-        return messages
+        sorted_ = sort_messages(messages)
+        for tp in sorted_.entries:
+            self._note_highwater(tp)
+        return sorted_
 
     def _note_highwater(self, tp: TopicPartition) -> None:
         try:
