@@ -137,7 +137,7 @@ class Settings(SettingValues):
     kafka_client = setting(
         "kafka-python",
         "the job source's Kafka client: kafka-python, or confluent (confluent-kafka,"
-        " librdkafka; docs/operations.md, \"Choosing the Kafka client\")",
+        ' librdkafka; docs/operations.md, "Choosing the Kafka client")',
         one_of(KafkaClient),
     )
     kafka_dlq_topic = derived(
