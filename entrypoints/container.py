@@ -131,6 +131,7 @@ def kafka_source(settings: Settings) -> Iterator[KafkaJobSource]:
                 commit_every=settings.kafka_commit_every,
                 unreadable_batches=settings.kafka_unreadable_batches,
                 ordering=settings.kafka_ordering,
+                client=settings.kafka_client,
             ),
         )
     yield from _closing(source)

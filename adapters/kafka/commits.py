@@ -15,7 +15,12 @@ from dataclasses import replace
 import structlog
 
 from jobworker.adapters.kafka.book import Book, SharedBook
-from jobworker.adapters.kafka.consumer import Consumer, ConsumerError, TopicPartition, printable
+from jobworker.adapters.kafka.consumer import (
+    ConsumerError,
+    SourceConsumer,
+    TopicPartition,
+    printable,
+)
 from jobworker.adapters.kafka.offsets.commit_cadence import Due
 from jobworker.adapters.kafka.offsets.partitions import Commit
 from jobworker.adapters.kafka.stats import unix_ms
@@ -31,7 +36,9 @@ PERIODIC_COMMIT_TIMEOUT_S = 2.0
 class OffsetCommits:
     """The source's commits, over ``consumer``, of what ``shared`` says is done."""
 
-    def __init__(self, consumer: Consumer, shared: SharedBook, close_timeout_s: float) -> None:
+    def __init__(
+        self, consumer: SourceConsumer, shared: SharedBook, close_timeout_s: float
+    ) -> None:
         self._consumer = consumer
         self._shared = shared
         self._close_timeout_s = close_timeout_s

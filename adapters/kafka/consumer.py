@@ -4,8 +4,9 @@ It speaks the client's own verbs (poll, pause, resume, seek, commit, committed, 
 applies the workarounds of ``quirks.py`` where the client needs them, and turns the
 client's errors into ours: ``SourceFailed`` for what retrying cannot fix (credentials,
 ACLs, group settings the broker rejects), ``ConsumerError`` for the rest. The source and
-its policies (rebalances, poison, flow control, commits) use only this class: a second
-Kafka client (confluent-kafka) would plug in here.
+its policies (rebalances, poison, flow control, commits) use only the verbs of
+``SourceConsumer``, the seam this class and the confluent-kafka one
+(``confluent/consumer.py``, KAFKA_CLIENT=confluent) both fit.
 
 Partitions are kafka-python's ``TopicPartition``, a named tuple of topic and partition.
 """
@@ -38,7 +39,14 @@ from jobworker.adapters.kafka.refusals import fatal_error_message
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.domain.errors import SourceFailed
 
-__all__ = ["Consumer", "ConsumerError", "RebalanceHandler", "TopicPartition", "printable"]
+__all__ = [
+    "Consumer",
+    "ConsumerError",
+    "RebalanceHandler",
+    "SourceConsumer",
+    "TopicPartition",
+    "printable",
+]
 
 # The source's lines keep the logger name they had before it was split in pieces.
 log = structlog.get_logger("jobworker.adapters.kafka.source")
@@ -64,6 +72,57 @@ class RebalanceHandler(Protocol):
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None: ...
 
     async def on_partitions_lost(self, lost: set[TopicPartition]) -> None: ...
+
+
+class SourceConsumer(Protocol):
+    """The verbs the source and its pieces use, in kafka-python's shapes: partitions are
+    its ``TopicPartition``, records have its ``ConsumerRecord``'s attributes (topic,
+    partition, offset, key, value, headers, timestamp). ``Consumer`` (kafka-python) and
+    ``confluent.consumer.ConfluentConsumer`` fit it; each says which thread its
+    rebalance handler and commit answers run on."""
+
+    topic: str
+
+    @property
+    def api_version(self) -> Any: ...
+
+    def subscribe(self, handler: RebalanceHandler) -> None: ...
+
+    def poll(self, timeout_s: float, max_records: int) -> Records: ...
+
+    def unreadable_batches(self) -> list[UnreadableBatch]: ...
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+    def paused(self) -> set[TopicPartition]: ...
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    def seek(self, tp: TopicPartition, offset: int) -> None: ...
+
+    def position(self, tp: TopicPartition) -> int | None: ...
+
+    def highwater(self, tp: TopicPartition) -> int | None: ...
+
+    def committed(self, tp: TopicPartition, timeout_s: float) -> tuple[int, str] | None: ...
+
+    def commit(self, commits: Mapping[TopicPartition, Commit], timeout_s: float) -> None: ...
+
+    def commit_async(
+        self,
+        commits: Mapping[TopicPartition, Commit],
+        answered: Callable[[BaseException | None], None],
+    ) -> None: ...
+
+    async def commit_in_rebalance(self, commits: Mapping[TopicPartition, Commit]) -> None: ...
+
+    async def sleep_in_rebalance(self, seconds: float) -> bool: ...
+
+    def group_generation(self) -> int: ...
+
+    def close(self, timeout_s: float) -> None: ...
 
 
 class Consumer:

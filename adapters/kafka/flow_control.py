@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from jobworker.adapters.kafka.book import SharedBook
-from jobworker.adapters.kafka.consumer import Consumer, TopicPartition
+from jobworker.adapters.kafka.consumer import SourceConsumer, TopicPartition
 
 # While jobs are held for their key, polls are this short, so that a released job waits
 # for a poll no longer than this.
@@ -26,7 +26,7 @@ _JOBS_OUT_POLL_S = 0.05
 class FlowControl:
     """Pauses and resumes ``consumer``'s partitions from what ``shared`` says is full."""
 
-    def __init__(self, consumer: Consumer, shared: SharedBook) -> None:
+    def __init__(self, consumer: SourceConsumer, shared: SharedBook) -> None:
         self._consumer = consumer
         self._shared = shared
         # Set by each fetch: partitions assigned meanwhile are paused at once.

@@ -29,7 +29,7 @@ from jobworker.adapters.kafka.settings import KafkaClientSettings
 
 if TYPE_CHECKING:
     from jobworker.adapters.kafka.book import SharedBook
-    from jobworker.adapters.kafka.consumer import Consumer
+    from jobworker.adapters.kafka.consumer import SourceConsumer
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +67,7 @@ def partition_lag(
 
 
 def owned_lag(
-    consumer: Consumer, shared: SharedBook, broker: Mapping[TopicPartition, PartitionOffsets]
+    consumer: SourceConsumer, shared: SharedBook, broker: Mapping[TopicPartition, PartitionOffsets]
 ) -> dict[TopicPartition, int]:
     """Records per owned partition past the group's position: what is left to do.
 
@@ -94,7 +94,7 @@ def owned_lag(
 
 
 def owned_backlog(
-    consumer: Consumer, shared: SharedBook, broker: Mapping[TopicPartition, PartitionOffsets]
+    consumer: SourceConsumer, shared: SharedBook, broker: Mapping[TopicPartition, PartitionOffsets]
 ) -> dict[TopicPartition, int]:
     """Jobs truly not done per owned partition: the records not taken yet, plus those
     taken and not finished.

@@ -23,3 +23,10 @@ class UnreadableBatches(StrEnum):
 
     DEAD_LETTER = "dead-letter"  # written to the dead-letter topic and skipped
     FAIL = "fail"  # stops the source, nothing committed past it
+
+
+class KafkaClient(StrEnum):
+    """KAFKA_CLIENT: which Kafka client library the job source consumes with."""
+
+    KAFKA_PYTHON = "kafka-python"  # pure Python, on the hub (the default)
+    CONFLUENT = "confluent"  # confluent-kafka (librdkafka), on a native thread

@@ -21,7 +21,7 @@ import structlog
 from kafka.errors import KafkaError
 
 from jobworker.adapters.kafka.book import SharedBook
-from jobworker.adapters.kafka.consumer import Consumer, TopicPartition
+from jobworker.adapters.kafka.consumer import SourceConsumer, TopicPartition
 from jobworker.adapters.kafka.dlq import DeadLetter, DeadLetterOutbox, DeadLetterWriter
 from jobworker.adapters.kafka.modes import UnreadableBatches
 from jobworker.adapters.kafka.quirks import UnreadableBatch
@@ -42,7 +42,7 @@ class PoisonPolicy:
 
     def __init__(
         self,
-        consumer: Consumer,
+        consumer: SourceConsumer,
         shared: SharedBook,
         done: Callable[[TopicPartition, int, int], None],
         settings: KafkaClientSettings,

@@ -20,7 +20,12 @@ import structlog
 
 from jobworker.adapters.kafka.book import SharedBook
 from jobworker.adapters.kafka.commits import PERIODIC_COMMIT_TIMEOUT_S, OffsetCommits, committable
-from jobworker.adapters.kafka.consumer import Consumer, ConsumerError, TopicPartition, printable
+from jobworker.adapters.kafka.consumer import (
+    ConsumerError,
+    SourceConsumer,
+    TopicPartition,
+    printable,
+)
 from jobworker.adapters.kafka.flow_control import FlowControl
 from jobworker.adapters.kafka.offsets import finished_offsets
 
@@ -40,7 +45,7 @@ class Rebalances:
 
     def __init__(
         self,
-        consumer: Consumer,
+        consumer: SourceConsumer,
         shared: SharedBook,
         commits: OffsetCommits,
         flow: FlowControl,

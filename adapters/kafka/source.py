@@ -4,7 +4,8 @@ The source moves records between the consumer and the bookkeeping; each of its o
 jobs is a piece beside it, found by its file name:
 
 - ``consumer.py``: the only module that touches kafka-python's consumer, with its
-  workarounds (``quirks.py``) and typed errors;
+  workarounds (``quirks.py``) and typed errors, and the ``SourceConsumer`` seam that it
+  and ``confluent/consumer.py`` (confluent-kafka, KAFKA_CLIENT=confluent) fit;
 - ``rebalance.py``: assignment, the revoke grace, the revoke commit, and the finished
   offsets a new partition's last commit recorded;
 - ``records.py``: from a record to a job (``KafkaReceipt``);

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from jobworker.adapters.kafka.book import Book, SharedBook
 from jobworker.adapters.kafka.commits import OffsetCommits
-from jobworker.adapters.kafka.consumer import Consumer, TopicPartition
+from jobworker.adapters.kafka.consumer import Consumer, SourceConsumer, TopicPartition
 from jobworker.adapters.kafka.flow_control import FlowControl
-from jobworker.adapters.kafka.modes import Ordering, UnreadableBatches
+from jobworker.adapters.kafka.modes import KafkaClient, Ordering, UnreadableBatches
+from jobworker.adapters.kafka.offsets import finished_offsets
 from jobworker.adapters.kafka.offsets.commit_cadence import CommitCadence
 from jobworker.adapters.kafka.offsets.partitions import AssignedPartitions
 from jobworker.adapters.kafka.poison import PoisonPolicy
@@ -62,6 +63,8 @@ class SourceOptions:
     # order, ``PARTITION`` one job of a partition at a time, ``NONE`` all at once. Held
     # jobs count in the window.
     ordering: Ordering = Ordering.NONE
+    # KAFKA_CLIENT: the library the consumer is made with (``make_consumer``).
+    client: KafkaClient = KafkaClient.KAFKA_PYTHON
     clock: Callable[[], float] = time.monotonic
 
 
@@ -71,7 +74,7 @@ class SourcePieces:
 
     reader: JobReader
     shared: SharedBook
-    consumer: Consumer
+    consumer: SourceConsumer
     commits: OffsetCommits
     flow: FlowControl
     poison: PoisonPolicy
@@ -91,7 +94,9 @@ def wire(
     (a refused connection raises ``AccessRefused``) and the dead-letter producer; the
     consumer is not subscribed yet."""
     partitions: AssignedPartitions[TopicPartition] = AssignedPartitions(
-        options.max_in_flight_per_partition, ordering=options.ordering
+        options.max_in_flight_per_partition,
+        ordering=options.ordering,
+        metadata_max_bytes=_metadata_max_bytes(options.client),
     )
     cadence = CommitCadence(
         options.commit_interval_s,
@@ -100,7 +105,7 @@ def wire(
         patience_s=_COMMIT_PATIENCE_S,
     )
     shared = SharedBook(Book(partitions, cadence))
-    consumer = Consumer(settings, topic, group_id)
+    consumer = make_consumer(settings, topic, group_id, options.client)
     commits = OffsetCommits(consumer, shared, options.close_timeout_s)
     flow = FlowControl(consumer, shared)
     poison = PoisonPolicy(
@@ -127,3 +132,24 @@ def wire(
     )
     reader = JobReader(keyed=options.ordering == Ordering.KEY)
     return SourcePieces(reader, shared, consumer, commits, flow, poison, rebalances)
+
+
+def _metadata_max_bytes(client: KafkaClient) -> int:
+    # confluent-kafka sends a NUL after the commit metadata (the broker keeps it, and
+    # counts it against offset.metadata.max.bytes); finished_offsets.decode drops it.
+    limit = finished_offsets.METADATA_MAX_BYTES
+    return limit - 1 if client == KafkaClient.CONFLUENT else limit
+
+
+def make_consumer(
+    settings: KafkaClientSettings, topic: str, group_id: str, client: KafkaClient
+) -> SourceConsumer:
+    """The consumer of ``client``'s library. confluent-kafka is imported only here, when
+    chosen: loading librdkafka is start-up time the default does not need."""
+    if client == KafkaClient.CONFLUENT:
+        from jobworker.adapters.kafka.confluent.consumer import (  # noqa: PLC0415 - see above
+            ConfluentConsumer,
+        )
+
+        return ConfluentConsumer(settings, topic, group_id)
+    return Consumer(settings, topic, group_id)

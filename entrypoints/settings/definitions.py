@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jobworker.adapters.executors.http import HEADER_NAME, RESERVED_HEADERS
-from jobworker.adapters.kafka.modes import Ordering, UnreadableBatches
+from jobworker.adapters.kafka.modes import KafkaClient, Ordering, UnreadableBatches
 from jobworker.adapters.kafka.settings import (
     IsolationLevel,
     SaslMechanism,
@@ -140,6 +140,12 @@ class Settings(SettingValues):
     )
     kafka_topic = setting("job_requests", "jobs topic", parse_topic, empty_means_default=False)
     kafka_group_id = needed("consumer group (JOB_SOURCE=kafka)", KAFKA_SOURCE, str)
+    kafka_client = setting(
+        "kafka-python",
+        "the job source's Kafka client: kafka-python, or confluent (confluent-kafka,"
+        ' librdkafka; docs/operations.md, "Choosing the Kafka client")',
+        one_of(KafkaClient),
+    )
     kafka_dlq_topic = derived(
         "dead-letter topic for poison messages and unreadable batches (`<topic>.dlq`)",
         lambda s: f"{s.kafka_topic}.dlq",

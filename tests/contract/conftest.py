@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from jobworker.adapters.kafka import KafkaClientSettings, KafkaJobSource, SourceOptions
+from jobworker.adapters.kafka.modes import KafkaClient
 from tests.support.kafka import create_topic, produce, task_bytes, unique_name
 from tests.support.secure_kafka import SecureBroker, secure_broker
 
@@ -65,15 +66,29 @@ def group_id() -> str:
     return unique_name("group")
 
 
+@pytest.fixture(params=list(KafkaClient), ids=str)
+def kafka_client(request: pytest.FixtureRequest) -> KafkaClient:
+    """Each Kafka client library (KAFKA_CLIENT): every test whose sources come from
+    ``source_factory`` runs once with each. A test that only makes sense for one marks
+    itself ``@pytest.mark.kafka_python_only("why")``."""
+    client = KafkaClient(request.param)
+    marker = request.node.get_closest_marker("kafka_python_only")
+    if marker is not None and client != KafkaClient.KAFKA_PYTHON:
+        pytest.skip(f"kafka-python only: {marker.args[0]}")
+    return client
+
+
 @pytest.fixture
 def source_factory(
-    settings: KafkaClientSettings,
+    settings: KafkaClientSettings, kafka_client: KafkaClient
 ) -> Iterator[Callable[..., KafkaJobSource]]:
-    """Make sources that are closed after the test, whatever happens in it."""
+    """Make sources that are closed after the test, whatever happens in it, with each
+    Kafka client in turn (``kafka_client``)."""
     sources: list[KafkaJobSource] = []
 
     def make(topic: str, group_id: str, **options: Any) -> KafkaJobSource:
         options.setdefault("dlq_topic", f"{topic}.dlq")  # what KAFKA_DLQ_TOPIC defaults to
+        options.setdefault("client", kafka_client)
         client = options.pop("settings", settings)
         source = KafkaJobSource(client, topic, group_id, SourceOptions(**options))
         sources.append(source)

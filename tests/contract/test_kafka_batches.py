@@ -65,6 +65,7 @@ def ids(prefix: str, count: int) -> list[str]:
 
 
 def test_the_codec_libraries_are_installed() -> None:
+    # librdkafka's are built into its wheel (KAFKA_CLIENT=confluent): nothing to check.
     # Declared as kafka-python's extras: without one, its batches cannot be read at all.
     assert kafka.codec.has_gzip()
     assert kafka.codec.has_snappy()
@@ -206,6 +207,9 @@ def _hide_zstd(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not kafka.codec.has_zstd()
 
 
+@pytest.mark.kafka_python_only(
+    "hides a codec library from kafka-python; librdkafka has every codec built in"
+)
 @pytest.mark.timeout(120)  # the bug this guards against never returns from a fetch
 def test_a_batch_in_a_codec_the_worker_lacks_is_dead_lettered_and_its_partition_moves_on(
     kafka_servers: str,
@@ -260,6 +264,9 @@ def _jobs_in_batch(raw: bytes) -> list[str]:
     return [record.key.decode() for record in batch]
 
 
+@pytest.mark.kafka_python_only(
+    "hides a codec library from kafka-python; librdkafka has every codec built in"
+)
 @pytest.mark.timeout(120)
 def test_with_fail_an_unreadable_batch_stops_the_source_committing_nothing_past_it(
     kafka_servers: str,
@@ -322,6 +329,10 @@ def _corrupting(parse: Callable[[Any], Any], base_offset: int) -> Callable[[Any]
     return parse_corrupted
 
 
+@pytest.mark.kafka_python_only(
+    "corrupts a batch inside kafka-python's fetcher; librdkafka's is out of reach"
+    " (tests/unit/test_confluent_records.py covers its reports of unreadable batches)"
+)
 @pytest.mark.timeout(120)
 def test_a_batch_that_fails_its_crc_check_is_dead_lettered_and_skipped(
     kafka_servers: str,

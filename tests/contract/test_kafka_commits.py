@@ -84,16 +84,17 @@ def test_a_partition_not_read_yet_has_the_brokers_backlog(
 
 
 class PollTimeouts:
-    """Watches the real consumer's polls (the broker is real): the timeouts asked for."""
+    """Watches the real consumer's polls (the broker is real): the timeouts asked for,
+    at the seam both clients' consumers share."""
 
     def __init__(self, source: KafkaJobSource) -> None:
-        consumer = source._consumer._client
+        consumer = source._consumer
         self.timeouts_ms: list[int] = []
         poll = consumer.poll
 
-        def watched(timeout_ms: int = 0, **options: object) -> object:
-            self.timeouts_ms.append(timeout_ms)
-            return poll(timeout_ms=timeout_ms, **options)
+        def watched(timeout_s: float, max_records: int) -> object:
+            self.timeouts_ms.append(int(timeout_s * 1000))
+            return poll(timeout_s, max_records)
 
         consumer.poll = watched  # type: ignore[method-assign]
 

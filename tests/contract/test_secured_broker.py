@@ -8,11 +8,13 @@ with exit 2 and one last line naming what to fix, with no traceback, in seconds.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from kafka.admin import ACLOperation, ResourceType
 
+from jobworker.adapters.kafka.modes import KafkaClient
 from tests.support.e2e import results_in_core, running_core
 from tests.support.fixtures import StartWorker
 from tests.support.kafka import task_bytes, unique_name
@@ -21,6 +23,7 @@ from tests.support.secure_kafka import SecureBroker, assert_refused, jobworker
 
 # A topic the broker has not got is waited for up to this (publisher.METADATA_WAIT_S).
 MISSING_TOPIC_BOUND_S = 25.0
+RunEnv = Callable[..., dict[str, str]]
 WRONG_PASSWORD = "not-the-password"  # noqa: S105 - a test's deliberate mistake
 
 
@@ -33,8 +36,22 @@ def grants(secure_kafka: SecureBroker) -> tuple[str, str]:
     return topic, group
 
 
-def run_env(secure: SecureBroker, topic: str, group: str, tmp: Path, **more: str) -> dict[str, str]:
-    """A worker that reads ``topic`` in ``group`` and writes results to a file."""
+@pytest.fixture
+def run_env(kafka_client: KafkaClient) -> Callable[..., dict[str, str]]:
+    """``run_env(secure, topic, group, tmp, **more)``: a worker that reads ``topic`` in
+    ``group`` and writes results to a file, with each Kafka client in turn."""
+
+    def make(
+        secure: SecureBroker, topic: str, group: str, tmp: Path, **more: str
+    ) -> dict[str, str]:
+        return worker_env(secure, topic, group, tmp, KAFKA_CLIENT=str(kafka_client), **more)
+
+    return make
+
+
+def worker_env(
+    secure: SecureBroker, topic: str, group: str, tmp: Path, **more: str
+) -> dict[str, str]:
     return secure.worker_env(
         JOB_SOURCE="kafka",
         RESULT_SINK="file",
@@ -49,7 +66,7 @@ def run_env(secure: SecureBroker, topic: str, group: str, tmp: Path, **more: str
 
 
 def test_jobs_and_poison_records_go_through_sasl_ssl(
-    secure_kafka: SecureBroker, start_worker: StartWorker, tmp_path: Path
+    secure_kafka: SecureBroker, start_worker: StartWorker, tmp_path: Path, run_env: RunEnv
 ) -> None:
     topic, group = secure_kafka.new_topic(partitions=2), unique_name("group")
     dlq = f"{topic}.dlq"
@@ -85,6 +102,7 @@ def test_jobs_and_poison_records_go_through_sasl_ssl(
                 "GRPC_SERVER_ADDRESS": core.address,
                 "KAFKA_GROUP_ID": group,
                 "KAFKA_COMMIT_INTERVAL": "200ms",
+                "KAFKA_CLIENT": run_env(secure_kafka, topic, group, tmp_path)["KAFKA_CLIENT"],
             },
         )
         assert wait_while_running(
@@ -100,7 +118,7 @@ def test_jobs_and_poison_records_go_through_sasl_ssl(
 
 
 def test_a_wrong_password_names_the_credentials(
-    secure_kafka: SecureBroker, grants: tuple[str, str], tmp_path: Path
+    secure_kafka: SecureBroker, grants: tuple[str, str], tmp_path: Path, run_env: RunEnv
 ) -> None:
     env = run_env(secure_kafka, *grants, tmp_path, KAFKA_SASL_PASSWORD=WRONG_PASSWORD)
     outcome = jobworker("run", env=env)
@@ -108,7 +126,7 @@ def test_a_wrong_password_names_the_credentials(
 
 
 def test_a_mechanism_the_broker_does_not_offer_names_what_it_offers(
-    secure_kafka: SecureBroker, grants: tuple[str, str], tmp_path: Path
+    secure_kafka: SecureBroker, grants: tuple[str, str], tmp_path: Path, run_env: RunEnv
 ) -> None:
     env = run_env(secure_kafka, *grants, tmp_path, KAFKA_SASL_MECHANISM="SCRAM-SHA-256")
     outcome = jobworker("run", env=env)
@@ -116,15 +134,25 @@ def test_a_mechanism_the_broker_does_not_offer_names_what_it_offers(
 
 
 def test_a_ca_that_did_not_sign_the_broker_names_the_ca_file(
-    secure_kafka: SecureBroker, grants: tuple[str, str], tmp_path: Path
+    secure_kafka: SecureBroker,
+    grants: tuple[str, str],
+    tmp_path: Path,
+    run_env: RunEnv,
+    kafka_client: KafkaClient,
 ) -> None:
     env = run_env(secure_kafka, *grants, tmp_path, KAFKA_SSL_CAFILE=str(secure_kafka.other_ca_file))
     outcome = jobworker("run", env=env)
-    assert_refused(outcome, "KAFKA_SSL_CAFILE", "unable to get local issuer certificate")
+    # OpenSSL's reason as each client words it.
+    reason = (
+        "certificate verify failed"
+        if kafka_client == KafkaClient.CONFLUENT
+        else "unable to get local issuer certificate"
+    )
+    assert_refused(outcome, "KAFKA_SSL_CAFILE", reason)
 
 
 def test_no_acl_on_the_jobs_topic_names_the_topic_and_the_grant(
-    secure_kafka: SecureBroker, tmp_path: Path
+    secure_kafka: SecureBroker, tmp_path: Path, run_env: RunEnv
 ) -> None:
     topic, group = secure_kafka.new_topic(), unique_name("group")
     secure_kafka.grant(ResourceType.GROUP, group, [ACLOperation.READ])
@@ -133,7 +161,7 @@ def test_no_acl_on_the_jobs_topic_names_the_topic_and_the_grant(
 
 
 def test_no_read_on_the_group_is_the_one_line_alone(
-    secure_kafka: SecureBroker, tmp_path: Path
+    secure_kafka: SecureBroker, tmp_path: Path, run_env: RunEnv
 ) -> None:
     topic, group = secure_kafka.new_topic(), unique_name("group")
     secure_kafka.grant(ResourceType.TOPIC, topic, [ACLOperation.READ, ACLOperation.DESCRIBE])
@@ -146,7 +174,11 @@ def test_no_read_on_the_group_is_the_one_line_alone(
 
 
 def test_a_refused_dead_letter_names_the_write_grant_and_recovery_is_logged_once(
-    secure_kafka: SecureBroker, grants: tuple[str, str], start_worker: StartWorker, tmp_path: Path
+    secure_kafka: SecureBroker,
+    grants: tuple[str, str],
+    start_worker: StartWorker,
+    tmp_path: Path,
+    run_env: RunEnv,
 ) -> None:
     topic, group = grants
     dlq = f"{topic}.dlq"

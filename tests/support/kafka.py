@@ -315,10 +315,15 @@ def commit_with_metadata(
 
 
 def committed_metadata(servers: str, group_id: str, topic: str) -> dict[int, str]:
-    """The metadata string of the group's commit per partition of ``topic``."""
+    """The metadata string of the group's commit per partition of ``topic``, without the
+    NUL confluent-kafka writes after it (KAFKA_CLIENT=confluent)."""
     with admin_client(servers) as admin:
         offsets = admin.list_group_offsets(group_id).get(group_id, {})
-    return {tp.partition: meta.metadata for tp, meta in offsets.items() if tp.topic == topic}
+    return {
+        tp.partition: meta.metadata.removesuffix("\x00")
+        for tp, meta in offsets.items()
+        if tp.topic == topic
+    }
 
 
 def end_offsets(servers: str, topic: str) -> dict[int, int]:

@@ -100,3 +100,9 @@ def test_offsets_that_fit_are_encoded_whole() -> None:
 
 def test_a_budget_too_small_for_any_run_gives_no_metadata() -> None:
     assert finished_offsets.encode_within(5, {9}, max_bytes=8) == ("", False)
+
+
+def test_the_nul_confluent_kafka_writes_after_the_metadata_is_dropped() -> None:
+    # librdkafka's binding commits the metadata's C string with its terminating NUL.
+    assert decode(encode(10, [12, 13]) + "\x00", 10) == {12, 13}
+    assert decode("\x00", 10) == frozenset()

@@ -101,8 +101,10 @@ def decode(metadata: str, committed: int) -> frozenset[int]:
     """The done offsets ``metadata`` records above ``committed``.
 
     Empty for "" (a commit without them). Raises UnreadableMetadataError for anything
-    else that is not version 1 written beside ``committed``.
+    else that is not version 1 written beside ``committed``. A trailing NUL is not part
+    of it: confluent-kafka writes one after the metadata it commits.
     """
+    metadata = metadata.removesuffix("\x00")
     if not metadata:
         return frozenset()
     version, _, rest = metadata.partition(":")
