@@ -259,7 +259,7 @@ class GrpcResultSink:
             ]
             pending[:] = [request for request, _ in failed]
             # A final answer for one result is the batch's; else the first transient one.
-            final = [error for _, error in failed if error.code() not in RETRYABLE_CODES]
+            final = [error for _, error in failed if _is_final(error)]
             return final[0] if final else (failed[0][1] if failed else None)
 
         self._retry(attempt_all, first, what)
@@ -394,6 +394,11 @@ class GrpcResultSink:
             # grpcio raises ValueError for a call on a channel closed under our feet.
             raise ResultNotDelivered(f"{what} not sent: the sink is closed") from error
         return None
+
+
+def _is_final(error: grpc.RpcError) -> bool:
+    """Whether ``error`` refuses its request at once, whatever came before it."""
+    return error.code() not in RETRYABLE_CODES or _OVERSIZED_MESSAGE in (error.details() or "")
 
 
 def _describe(error: grpc.RpcError) -> str:

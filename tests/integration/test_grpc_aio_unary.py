@@ -325,10 +325,17 @@ def test_a_result_above_cores_receive_limit_is_refused_at_once(tmp_path: Path) -
         sink = unary_sink(core.address)
         with pytest.raises(ResultRefused) as caught:
             sink.send(a_result("big", output="x" * 4000))
+        # In a batch too, at once, the others delivered.
+        batch = [a_result("small-1"), a_result("big", output="x" * 4000), a_result("small-2")]
+        with pytest.raises(ResultRefused) as in_batch:
+            sink.send_batch(batch)
         sink.close()
+        assert core.stored("small-1") is not None
+        assert core.stored("small-2") is not None
     finally:
         core.close()
     assert caught.value.code == "RESOURCE_EXHAUSTED"
+    assert in_batch.value.code == "RESOURCE_EXHAUSTED"
 
 
 def test_a_result_core_never_answers_is_cut_at_the_deadline_then_refused(
