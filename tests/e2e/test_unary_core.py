@@ -24,7 +24,7 @@ from tests.support.kafka import (
     read_all,
     unique_name,
 )
-from tests.support.processes import events_named, wait_while_running
+from tests.support.processes import events_named, free_port, wait_while_running
 from tests.support.waiting import wait_until
 
 RESULTS_TIMEOUT_S = 120
@@ -85,7 +85,14 @@ def test_a_unary_core_gets_every_result_many_at_once_and_refusals_are_dead_lette
 
     with core_in_this_process(tmp_path / "core.db", unary_core) as (address, servicer):
         settings = worker_settings(
-            kafka_servers, topic, group_id, address, RESULT_REFUSED_ATTEMPTS="2"
+            kafka_servers,
+            topic,
+            group_id,
+            address,
+            RESULT_REFUSED_ATTEMPTS="2",
+            # The blocked-hub monitor on, warning of a hub held over half a second.
+            METRICS_PORT=str(free_port()),
+            LIVENESS_MAX_BLOCKED="1s",
         )
         worker = start_worker("worker-1", settings)
         assert wait_while_running(
@@ -107,6 +114,8 @@ def test_a_unary_core_gets_every_result_many_at_once_and_refusals_are_dead_lette
     assert switch["client"] == "grpc.aio"
     # Four senders, one call each at a time, could never have more than four out.
     assert servicer.most_in_flight > 4
+    # Neither the switch (the loop thread's start) nor the calls ever held the hub.
+    assert events_named(worker, "the event loop was blocked") == []
     assert sorted(record.key.decode() for record in dead) == sorted(refused_ids)
     for record in dead:
         headers = {name: value.decode() for name, value in record.headers}
