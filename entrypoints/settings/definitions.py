@@ -286,7 +286,10 @@ class Settings(SettingValues):
         positive(parse_int),
     )
     result_senders = setting(
-        "4", "calls to Core in flight (greenlets sending results)", positive(parse_int)
+        "4",
+        "greenlets sending results: ReportResults calls in flight (to a Core with only"
+        " ReportResult, each sends its batch as calls all in flight, 64 at most in all)",
+        positive(parse_int),
     )
     result_batch_size = setting(
         "100", "results per ReportResults call at most", positive(parse_int)
