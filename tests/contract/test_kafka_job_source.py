@@ -242,8 +242,7 @@ def test_poison_records_go_to_the_dead_letter_topic_and_the_offset_moves_on(
 
     for job in jobs:
         source.ack(job)
-    fetch_for(source, 0.3)
-    assert committed_offsets(kafka_servers, group_id, topic) == {0: 7}
+    assert committed_while_fetching(source, kafka_servers, group_id, topic, {0: 7}) == {0: 7}
 
 
 def test_a_full_in_flight_window_pauses_the_partition_until_it_drains(
