@@ -9,6 +9,7 @@ import pytest
 
 from jobworker.adapters.kafka import KafkaClientSettings, KafkaJobSource, SourceOptions
 from jobworker.adapters.kafka.modes import KafkaClient
+from tests.support.clients import kafka_client, parametrize_kafka_client
 from tests.support.kafka import create_topic, produce, task_bytes, unique_name
 from tests.support.secure_kafka import SecureBroker, secure_broker
 
@@ -66,21 +67,9 @@ def group_id() -> str:
     return unique_name("group")
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Each Kafka client library (KAFKA_CLIENT): every test whose sources come from
-    ``source_factory`` runs once with each. A test that only makes sense for one marks
-    itself ``@pytest.mark.kafka_python_only("why")`` and runs with that one alone (not
-    skipped with the other: it does not apply there)."""
-    if "kafka_client" not in metafunc.fixturenames:
-        return
-    only = metafunc.definition.get_closest_marker("kafka_python_only") is not None
-    clients = [KafkaClient.KAFKA_PYTHON] if only else list(KafkaClient)
-    metafunc.parametrize("kafka_client", clients, ids=str, indirect=True)
+__all__ = ["kafka_client"]
 
-
-@pytest.fixture
-def kafka_client(request: pytest.FixtureRequest) -> KafkaClient:
-    return KafkaClient(request.param)
+pytest_generate_tests = parametrize_kafka_client
 
 
 @pytest.fixture
