@@ -123,10 +123,10 @@ class Fleet:
             if last.state(now_ms) != WorkerState.LIVE:
                 continue
             baseline = _last_before(records, since_ms)
+            before = {} if baseline is None else _failure_counters(baseline)
             for kind, value in _failure_counters(last).items():
                 total[kind] += value
-                before = 0 if baseline is None else _failure_counters(baseline).get(kind, 0)
-                recent[kind] += _grew(before, value)
+                recent[kind] += _grew(before.get(kind, 0), value)
         kinds = sorted(total, key=lambda kind: (-recent[kind], -total[kind], kind))
         return [FailureCount(kind, recent[kind], total[kind]) for kind in kinds]
 
@@ -139,31 +139,14 @@ class Fleet:
         }
         rows: dict[tuple[str, int], PartitionRow] = {}
         for gp in group:
-            holder = held.get((gp.topic, gp.partition))
-            if holder is not None and holder[1].backlog is not None:
-                worker_id, owned = holder
-                row = PartitionRow(
-                    gp.topic,
-                    gp.partition,
-                    worker_id,
-                    owned.backlog,
-                    owned.lag,
-                    gp.committed,
-                    gp.end,
-                    "worker",
-                )
+            worker_id, owned = held.get((gp.topic, gp.partition), (None, None))
+            if owned is not None and owned.backlog is not None:
+                backlog, lag, source = owned.backlog, owned.lag, "worker"
             else:
-                row = PartitionRow(
-                    gp.topic,
-                    gp.partition,
-                    None if holder is None else holder[0],
-                    gp.backlog,
-                    gp.lag,
-                    gp.committed,
-                    gp.end,
-                    "commit",
-                )
-            rows[(gp.topic, gp.partition)] = row
+                backlog, lag, source = gp.backlog, gp.lag, "commit"
+            rows[(gp.topic, gp.partition)] = PartitionRow(
+                gp.topic, gp.partition, worker_id, backlog, lag, gp.committed, gp.end, source
+            )
         for key, (worker_id, owned) in held.items():
             if key not in rows:  # the group's offsets could not be read
                 rows[key] = PartitionRow(
