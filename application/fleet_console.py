@@ -242,6 +242,10 @@ class FleetConsole:
             problems=dict(self._problems),
         )
 
+    def letter_counts(self, name: str) -> LetterCounts | None:
+        """What the last count of ``name``'s dead letters found."""
+        return self._counts.get(name)
+
     def dead_letter_names(self) -> list[str]:
         return list(self._counts)
 

@@ -119,7 +119,7 @@ class ConsoleApp:
         self._known(name)
         cause = query.get("cause") or None
         topic, letters = self._console.letters(name, LetterFilter(cause=cause))
-        counts = self._console.overview().letters.get(name)
+        counts = self._console.letter_counts(name)
         body = self._render(
             "letters.html", name=name, topic=topic, cause=cause, letters=letters, counts=counts
         )
