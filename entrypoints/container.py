@@ -21,9 +21,6 @@ from dependency_injector import containers, providers
 from gevent.threadpool import ThreadPool
 from kafka.errors import KafkaError
 
-from jobworker.adapters.executors.http import HttpExecutor
-from jobworker.adapters.executors.image_resize import ImageResizeExecutor
-from jobworker.adapters.executors.safe_http import SafeHttpClient
 from jobworker.adapters.executors.sleep import SleepExecutor
 from jobworker.adapters.file import FileJobSource, FileResultSink
 from jobworker.adapters.file.dead_letters import JobLineDeadLetters, dead_letter_path
@@ -58,6 +55,7 @@ from jobworker.domain.errors import ConfigurationError
 from jobworker.domain.limits import HOST_PREFIX, BreakerPolicy, TargetLimit
 from jobworker.domain.model import JobType
 from jobworker.domain.ports import Executor, JobObserver, ResultSink
+from jobworker.entrypoints import on_first_job
 from jobworker.entrypoints.exit_codes import ServiceUnavailable
 from jobworker.entrypoints.settings import Settings
 from jobworker.entrypoints.settings.modes import RefusedResults
@@ -263,9 +261,10 @@ def refusal_policy(settings: Settings) -> RefusalPolicy:
     )
 
 
-def http_client(settings: Settings) -> Iterator[SafeHttpClient]:
+def http_client(settings: Settings) -> Iterator[Any]:
+    # Only made when an HTTP or IMAGE_RESIZE executor is: it imports requests.
     yield from _closing(
-        SafeHttpClient(
+        on_first_job.http_client(
             pool_size=settings.worker_pool_size,
             allow_private_networks=settings.http_allow_private_networks,
             max_redirects=settings.http_max_redirects,
@@ -438,29 +437,40 @@ class Container(containers.DeclarativeContainer):
 
     http_client = providers.Resource(http_client, settings)
     image_threadpool = providers.Resource(image_threadpool, settings)
+    # HTTP and IMAGE_RESIZE are built at their first job (requests and Pillow are ~7 MB a
+    # process: see on_first_job.py); the folders they need are checked at start-up.
+    http_executor = providers.Singleton(
+        on_first_job.http_executor,
+        client=http_client,
+        max_response_bytes=settings.provided.http_max_response_bytes,
+        default_timeout_s=settings.provided.http_max_timeout,
+        idempotency_header=settings.provided.http_idempotency_header,
+    )
+    image_input_root = providers.Singleton(
+        image_folder, settings.provided.image_input_root, "IMAGE_INPUT_ROOT", os.R_OK
+    )
+    image_output_root = providers.Singleton(
+        image_folder, settings.provided.image_output_root, "IMAGE_OUTPUT_ROOT", os.W_OK
+    )
+    image_resize_executor = providers.Singleton(
+        on_first_job.image_resize_executor,
+        input_root=image_input_root,
+        output_root=image_output_root,
+        threadpool=image_threadpool,
+        http_client=http_client,
+        max_source_bytes=settings.provided.image_max_source_bytes,
+        max_pixels=settings.provided.image_max_pixels,
+        fetch_timeout_s=settings.provided.http_max_timeout,
+    )
     executors = providers.Dict(
         {
             JobType.SLEEP: providers.Singleton(SleepExecutor),
-            JobType.HTTP: providers.Singleton(
-                HttpExecutor,
-                client=http_client,
-                max_response_bytes=settings.provided.http_max_response_bytes,
-                default_timeout_s=settings.provided.http_max_timeout,
-                idempotency_header=settings.provided.http_idempotency_header,
-            ),
+            JobType.HTTP: providers.Singleton(on_first_job.on_first_job, http_executor.provider),
             JobType.IMAGE_RESIZE: providers.Singleton(
-                ImageResizeExecutor,
-                input_root=providers.Callable(
-                    image_folder, settings.provided.image_input_root, "IMAGE_INPUT_ROOT", os.R_OK
-                ),
-                output_root=providers.Callable(
-                    image_folder, settings.provided.image_output_root, "IMAGE_OUTPUT_ROOT", os.W_OK
-                ),
-                threadpool=image_threadpool,
-                http_client=http_client,
-                max_source_bytes=settings.provided.image_max_source_bytes,
-                max_pixels=settings.provided.image_max_pixels,
-                fetch_timeout_s=settings.provided.http_max_timeout,
+                on_first_job.on_first_job,
+                image_resize_executor.provider,
+                image_input_root,
+                image_output_root,
             ),
         }
     )

@@ -21,7 +21,6 @@ from typing import Any
 import gevent
 import structlog
 from gevent.event import Event
-from tqdm import tqdm
 
 from jobworker.adapters.kafka.republisher import ReplayTargetMissing
 from jobworker.application.dead_letter_service import (
@@ -394,6 +393,9 @@ class _ReplayLines:
     dry run, one line per letter saying where it would go (stdout)."""
 
     def __init__(self, *, dry_run: bool) -> None:
+        # Imported here: every command loads this module, only replay draws a bar.
+        from tqdm import tqdm  # noqa: PLC0415
+
         self._dry_run = dry_run
         self._bar = tqdm(unit="letter", file=sys.stderr, disable=None if not dry_run else True)
 

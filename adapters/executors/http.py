@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from jobworker.adapters.executors.http_headers import (
+    FORBIDDEN_HEADERS,
+    HEADER_NAME,
+)
 from jobworker.adapters.executors.payload_fields import (
     MAX_URL_CHARS,
     checked_str,
@@ -35,10 +39,6 @@ from jobworker.domain.errors import InvalidPayload
 from jobworker.domain.model import Job
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-# requests computes framing itself; a caller's value could desynchronise the connection.
-FORBIDDEN_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "upgrade"})
-# Headers a request cannot do without its own value of: never the idempotency key's name.
-RESERVED_HEADERS = FORBIDDEN_HEADERS | {"host", "authorization", "cookie", "content-type"}
 MAX_TIMEOUT_MS = 3_600_000
 # Common servers refuse a header line above 8 KiB (nginx, Apache), as they do a URL
 # over MAX_URL_CHARS: a longer value cannot work anyway.
@@ -47,7 +47,6 @@ MAX_HEADER_NAME_CHARS = 256
 MAX_HEADERS = 100
 _MAX_METHOD_CHARS = 16
 _FIELDS = frozenset(("method", "url", "headers", "body", "timeout_ms"))
-HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEADER_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
 
 

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from jobworker.adapters.executors.http import HEADER_NAME, RESERVED_HEADERS
+from jobworker.adapters.executors.http_headers import HEADER_NAME, RESERVED_HEADERS
 from jobworker.adapters.kafka.modes import KafkaClient, Ordering, UnreadableBatches
 from jobworker.adapters.kafka.settings import (
     IsolationLevel,

@@ -9,6 +9,7 @@ from jobworker.adapters.executors.http import HttpExecutor
 from jobworker.domain.errors import ConfigurationError
 from jobworker.domain.model import JobType
 from jobworker.entrypoints.container import Container
+from jobworker.entrypoints.on_first_job import BuiltOnFirstJob
 from jobworker.entrypoints.settings import Settings
 
 KAFKA_RUN = {
@@ -61,7 +62,9 @@ def test_the_http_executor_is_built_with_the_setting(value: str, header: str) ->
     settings.validate_for_run()
     container = Container(settings=providers.Object(settings))
     try:
-        executor = container.executors()[JobType.HTTP]
+        registered = container.executors()[JobType.HTTP]
+        assert isinstance(registered, BuiltOnFirstJob)
+        executor = registered.built()
         assert isinstance(executor, HttpExecutor)
         assert executor.idempotency_header == header
     finally:
