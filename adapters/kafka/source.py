@@ -24,6 +24,7 @@ or authorization refused, group settings the broker rejects): ``fetch`` raises
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,6 +44,11 @@ log = structlog.get_logger(__name__)
 # A failed poll waits at least this long before the next: an error that recurs at once
 # must not turn the fetch loop into a spin, even when the engine asks for no wait.
 _POLL_RETRY_MIN_S = 0.1
+# With jobs enough at hand (read ahead) or no room for any, a poll is only what keeps the
+# worker in its group (and takes its part in a rebalance), so one is made at most this
+# often. At pool 10 the jobs queue fills about every millisecond: a poll (and pausing
+# every partition) each time cost more than the short jobs themselves (issue 21).
+_KEEPALIVE_POLL_EVERY_S = 0.1
 
 
 class KafkaJobSource:
@@ -65,6 +71,10 @@ class KafkaJobSource:
         self._closed = False
         # Partitions sought back in this fetch, to records before any unreadable batch.
         self._read_again: set[TopicPartition] = set()
+        self._polled_at = 0.0  # monotonic
+        # Records a poll may return beyond the room asked for: what it read ahead waits in
+        # the book (``set_aside``), so that the next fetches need no poll of their own.
+        self._read_ahead = settings.max_poll_records
         pieces = wire(settings, topic, group_id, options, closing=lambda: self._closed)
         self._reader = pieces.reader
         self._shared = pieces.shared
@@ -89,18 +99,23 @@ class KafkaJobSource:
         self._read_again.clear()
         jobs: list[Job] = []
         if max_jobs <= 0:
+            if self._polled_recently():
+                self._commits.maybe_commit()
+                return jobs
             self._flow.no_room()
             # Polling while everything is paused is what keeps us in the group.
             self._rewind(self._poll(timeout_s, max_records=1))
         else:
             jobs = self._released(max_jobs)
-            timeout_s = self._flow.poll_timeout(timeout_s, jobs_ready=bool(jobs))
             room = max_jobs - len(jobs)
-            records = self._poll(timeout_s, max_records=max(1, room))
-            if room > 0:
-                jobs += self._jobs_from(records)
-            else:
-                self._rewind(records)
+            if not room and self._polled_recently():
+                self._commits.maybe_commit()
+                return jobs
+            timeout_s = self._flow.poll_timeout(timeout_s, jobs_ready=bool(jobs))
+            with self._shared as book:
+                ahead = 0 if book.partitions.waiting_to_hand_out() else self._read_ahead
+            records = self._poll(timeout_s, max_records=max(1, room + ahead))
+            jobs += self._jobs_from(records, room)
             jobs += self._released(max_jobs - len(jobs))
         # After the records read before them are taken (or sought back to).
         self._poison.set_aside(self._consumer.unreadable_batches(), self._read_again)
@@ -189,6 +204,7 @@ class KafkaJobSource:
     # -- reading ------------------------------------------------------------------------
 
     def _poll(self, timeout_s: float, max_records: int) -> Records:
+        self._polled_at = time.monotonic()
         self._rebalances.before_poll()
         try:
             records = self._consumer.poll(timeout_s, max_records)
@@ -206,10 +222,15 @@ class KafkaJobSource:
                     book.partitions.read(tp, batch[0].offset)
         return records
 
-    def _jobs_from(self, batches: Records) -> list[Job]:
+    def _polled_recently(self) -> bool:
+        return time.monotonic() - self._polled_at < _KEEPALIVE_POLL_EVERY_S
+
+    def _jobs_from(self, batches: Records, room: int) -> list[Job]:
+        """Up to ``room`` jobs from ``batches``; the others are set aside, handed out by
+        the next fetches."""
         # Partitions assigned during this poll: their commit's finished offsets first.
         self._rebalances.read_finished_offsets()
-        jobs = []
+        jobs: list[Job] = []
         for tp, records in batches.items():
             with self._shared as book:
                 epoch = book.partitions.epoch(tp)
@@ -228,11 +249,14 @@ class KafkaJobSource:
                     offered.append((record, job))
             with self._shared as book:
                 # In offset order; a job held for its key is handed out once released.
-                jobs += [
+                admitted = [
                     job
                     for record, job in offered
                     if book.partitions.admit(tp, record.offset, record.key, job)
                 ]
+                now = max(0, room - len(jobs))
+                book.partitions.set_aside(tp, epoch or 0, admitted[now:])
+            jobs += admitted[:now]
         return jobs
 
     def _job_from(self, record: Any, epoch: int) -> Job | None:

@@ -438,6 +438,44 @@ def test_a_revoke_commits_done_jobs_and_loses_nothing(
     assert committed_offsets(kafka_servers, group_id, topic) == {0: 10, 1: 10}
 
 
+def test_jobs_read_ahead_of_a_partition_that_moves_away_are_left_to_its_new_owner(
+    jobs_topic: JobsTopic, group_id: str, source_factory: SourceFactory
+) -> None:
+    topic = jobs_topic(*([f"{partition}-{i}" for i in range(10)] for partition in (0, 1)))
+    first = source_factory(topic, group_id, commit_interval_s=0)
+    # Room for one job: the poll reads ahead, and the source keeps the rest for later.
+    by_first = take(first, 1)
+    second = source_factory(topic, group_id, commit_interval_s=0)
+    by_second: list[Job] = []
+    after_the_move: list[Job] = []
+    deadline = time.monotonic() + 30
+    while (len(by_second) < 10 or not first.assigned()) and time.monotonic() < deadline:
+        moved_before = len(first.assigned()) == 1
+        jobs = first.fetch(1, 0.2)
+        by_first += jobs
+        if moved_before:
+            after_the_move += jobs
+        by_second.extend(second.fetch(100, 0.2))
+    [kept] = [tp.partition for tp in first.assigned()]
+    [moved] = [tp.partition for tp in second.assigned()]
+    while len(by_first) < 10 + sum(job.id.startswith(f"{moved}-") for job in by_first):
+        assert time.monotonic() < deadline, [job.id for job in by_first]
+        jobs = first.fetch(1, 0.2)
+        by_first += jobs
+        after_the_move += jobs
+
+    # Nothing was acked, so the new owner reads the moved partition from its start; the
+    # old one hands out none of the jobs it had read ahead there once it lost it.
+    assert [job.id for job in by_second] == [f"{moved}-{i}" for i in range(10)]
+    assert all(job.id.startswith(f"{kept}-") for job in after_the_move)
+    # The kept partition's jobs each come once, in order, one fetch at a time.
+    assert [job.id for job in by_first if job.id.startswith(f"{kept}-")] == [
+        f"{kept}-{i}" for i in range(10)
+    ]
+    first.close()
+    second.close()
+
+
 def test_the_publisher_writes_jobs_the_source_reads_back(
     kafka_servers: str,
     topic_factory: Callable[[int], str],

@@ -327,3 +327,62 @@ def test_nothing_is_taken_before_the_finished_offsets_are_read() -> None:
     assert state.take(P0, [0, 1]).count == 0
     state.inherit(P0, {1})
     assert state.take(P0, [0, 1]) == Taken(count=2, finished={1})
+
+
+def test_jobs_read_ahead_are_handed_out_in_order_after_those_already_waiting() -> None:
+    state = ordered(Ordering.KEY)
+    epoch = state.epoch(P0) or 0
+    assert offer(state, P0, [b"a", b"a", b"b", b"c"]) == [0, 2, 3]
+    state.done(P0, 0, epoch)  # releases offset 1 before anything is set aside
+
+    state.set_aside(P0, epoch, ["0@2", "0@3"])
+
+    assert state.holding()
+    assert state.waiting_to_hand_out() == 3
+    assert state.ready(2) == ["0@1", "0@2"]
+    assert state.ready(10) == ["0@3"]
+    assert state.waiting_to_hand_out() == 0
+
+
+def test_jobs_read_ahead_count_as_not_handed_out() -> None:
+    state = owning(P0)
+    epoch = state.epoch(P0) or 0
+    state.take(P0, [0, 1, 2])
+
+    state.set_aside(P0, epoch, ["0@1", "0@2"])
+
+    assert state.in_flight(P0) == 3
+    assert state.handed_out(P0) == 1
+    state.ready(1)
+    assert state.handed_out(P0) == 2
+
+
+def test_jobs_read_ahead_of_a_partition_given_up_are_never_handed_out() -> None:
+    state = owning(P0, P1)
+    p0, p1 = state.epoch(P0) or 0, state.epoch(P1) or 0
+    state.take(P0, [0, 1])
+    state.take(P1, [0, 1])
+    state.set_aside(P0, p0, ["0@0", "0@1"])
+    state.set_aside(P1, p1, ["1@0", "1@1"])
+
+    state.revoked([P0, P1])
+    state.assigned([P1])  # P0 went to another worker, which reads those records again
+    state.lost([])
+
+    assert state.waiting_to_hand_out() == 2
+    assert state.ready(10) == ["1@0", "1@1"]
+
+
+def test_jobs_read_ahead_before_a_partition_was_lost_and_assigned_again_are_dropped() -> None:
+    state = owning(P0)
+    old = state.epoch(P0) or 0
+    state.take(P0, [0, 1])
+    state.set_aside(P0, old, ["old@0", "old@1"])
+
+    state.lost([P0])
+    state.assigned([P0])
+    state.inherit(P0, ())
+
+    assert state.epoch(P0) != old
+    assert state.ready(10) == []
+    assert state.handed_out(P0) == 0

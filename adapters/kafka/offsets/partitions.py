@@ -130,7 +130,9 @@ class AssignedPartitions(Generic[P]):
         ordering: Ordering = Ordering.NONE,
     ) -> None:
         self._ordering = ordering
-        self._ready: list[tuple[P, int, Any]] = []
+        # Jobs to hand out before any new record: those released by ``done`` and those
+        # read ahead (``set_aside``), each with its partition and assignment.
+        self._ready: deque[tuple[P, int, Any]] = deque()
         self._window = window
         self._metadata_max_bytes = metadata_max_bytes
         self._tracker = DeliveryTracker()
@@ -272,11 +274,24 @@ class AssignedPartitions(Generic[P]):
         gate_key = tp if self._ordering == Ordering.PARTITION else key
         return state.gate.offer(offset, gate_key, item)
 
+    def set_aside(self, tp: P, epoch: int, items: Iterable[Any]) -> None:
+        """Jobs admitted (``admit``) but read ahead of the room for them: ``ready`` hands
+        them out, after the ones already waiting, while their assignment lasts."""
+        self._ready.extend((tp, epoch, item) for item in items)
+
     def ready(self, limit: int) -> list[Any]:
-        """Up to ``limit`` held jobs released since, oldest first (of current assignments)."""
-        current = [r for r in self._ready if self.epoch(r[0]) == r[1]]
-        out, self._ready = current[: max(0, limit)], current[max(0, limit) :]
-        return [item for _, _, item in out]
+        """Up to ``limit`` jobs released or set aside, oldest first (of current
+        assignments: those of a partition since given up are dropped)."""
+        out: list[Any] = []
+        while self._ready and len(out) < limit:
+            tp, epoch, item = self._ready.popleft()
+            if self.epoch(tp) == epoch:
+                out.append(item)
+        return out
+
+    def waiting_to_hand_out(self) -> int:
+        """How many jobs ``ready`` holds (some may be of partitions given up since)."""
+        return len(self._ready)
 
     def holding(self) -> bool:
         """Whether any job is held or released and not handed out yet."""
@@ -298,7 +313,8 @@ class AssignedPartitions(Generic[P]):
         state = self._partitions.get(tp)
         if state is None:
             return 0
-        waiting = state.gate.held() + sum(1 for r in self._ready if r[0] == tp)
+        ready = sum(1 for r in self._ready if r[0] == tp and r[1] == state.epoch)
+        waiting = state.gate.held() + ready
         return max(0, self._tracker.in_flight(tp) - waiting)
 
     def held(self, tp: P) -> int:
@@ -369,3 +385,5 @@ class AssignedPartitions(Generic[P]):
     def _forget(self, tp: P) -> None:
         self._tracker.forget(tp)
         self._partitions.pop(tp, None)
+        if any(r[0] == tp for r in self._ready):
+            self._ready = deque(r for r in self._ready if r[0] != tp)
