@@ -83,6 +83,9 @@ def parse_topic(text: str) -> str:
     return topic
 
 
+MAX_PARTITION_FETCH_BYTES = 1_048_576  # Kafka's own default
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaClientSettings:
     """Connection, security and group-timing settings for kafka-python clients.
@@ -119,7 +122,7 @@ class KafkaClientSettings:
     isolation_level: IsolationLevel = IsolationLevel.READ_COMMITTED
     # Kafka's own defaults (1 MiB, 50 MiB): a single record larger than either is still
     # read, one at a time.
-    max_partition_fetch_bytes: int = 1_048_576
+    max_partition_fetch_bytes: int = MAX_PARTITION_FETCH_BYTES
     fetch_max_bytes: int = 52_428_800
 
     def __post_init__(self) -> None:

@@ -15,8 +15,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from jobworker.adapters.executors.http_headers import HEADER_NAME, RESERVED_HEADERS
+from jobworker.adapters.kafka.confluent.config import CONFLUENT_MAX_PARTITION_FETCH_BYTES
 from jobworker.adapters.kafka.modes import KafkaClient, Ordering, UnreadableBatches
 from jobworker.adapters.kafka.settings import (
+    MAX_PARTITION_FETCH_BYTES,
     IsolationLevel,
     SaslMechanism,
     SecurityProtocol,
@@ -208,9 +210,15 @@ class Settings(SettingValues):
         "commit done offsets at least this often",
     )
     kafka_commit_every = setting("1000", "…or after this many finished jobs", positive(parse_int))
-    kafka_max_partition_fetch_bytes = setting(
-        "1MiB",
-        "bytes read ahead per partition at most (memory is about partitions times this)",
+    kafka_max_partition_fetch_bytes = derived(
+        "bytes one fetch brings of a partition at most (kafka-python's memory is about"
+        " partitions times this): 1MiB, or 64KiB with KAFKA_CLIENT=confluent, whose"
+        " librdkafka holds each record apart",
+        lambda s: (
+            CONFLUENT_MAX_PARTITION_FETCH_BYTES
+            if s.kafka_client == KafkaClient.CONFLUENT
+            else MAX_PARTITION_FETCH_BYTES
+        ),
         positive(parse_size),
     )
     kafka_fetch_max_bytes = setting("50MiB", "bytes one fetch brings at most", positive(parse_size))

@@ -213,6 +213,14 @@ def test_plaintext_sets_no_tls_or_sasl_keys_and_the_poll_interval_covers_the_ses
     assert config["max.poll.interval.ms"] == 600_000  # librdkafka refuses less
 
 
+def test_the_read_ahead_is_about_two_polls_of_records_refilled_soon() -> None:
+    config = consumer_config(KafkaClientSettings(["b:9092"], max_poll_records=300), "g")
+
+    assert config["queued.min.messages"] == 600  # librdkafka: 100,000
+    assert config["queued.max.messages.kbytes"] == 51_200  # KAFKA_FETCH_MAX_BYTES
+    assert config["fetch.queue.backoff.ms"] == 20  # librdkafka: 1 s
+
+
 def test_tls_without_a_bundle_trusts_the_systems_cas() -> None:
     config = consumer_config(KafkaClientSettings(["b:9093"], security_protocol="SSL"), "g")
 

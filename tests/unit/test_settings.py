@@ -498,6 +498,16 @@ def test_the_kafka_clients_defaults_agree_with_the_settings() -> None:
     assert client.fetch_max_bytes == settings.kafka_fetch_max_bytes
 
 
+def test_with_confluent_a_fetch_brings_less_of_a_partition_unless_set() -> None:
+    # librdkafka holds each record apart: see adapters/kafka/confluent/config.py.
+    confluent = Settings(KAFKA_RUN | {"KAFKA_CLIENT": "confluent"})
+    assert confluent.kafka_max_partition_fetch_bytes == 65_536
+    chosen = Settings(
+        KAFKA_RUN | {"KAFKA_CLIENT": "confluent", "KAFKA_MAX_PARTITION_FETCH_BYTES": "2MiB"}
+    )
+    assert chosen.kafka_max_partition_fetch_bytes == 2_097_152
+
+
 @pytest.mark.parametrize("protocol", ["SASL_SSL", "SASL_PLAINTEXT"])
 def test_sasl_needs_its_mechanism_and_credentials(protocol: str) -> None:
     settings = Settings(KAFKA_RUN | {"KAFKA_SECURITY_PROTOCOL": protocol})
