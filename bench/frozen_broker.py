@@ -6,11 +6,13 @@ Starts a broker of its own (``tools/kafka/broker.sh`` on free ports, state in a 
 folder) and the reference Core, then per client and run: a worker (the CLI, under
 ``bench.hub_probe``) takes 300 sleeping jobs, 300 more are published, and the broker is
 stopped with SIGSTOP for ``--freeze-s`` while those are in flight. Printed: the worker's
-CPU time over the freeze as a share of one core, the longest hub hold during the freeze
-(a 10 ms heartbeat's latest wake) and how many holds passed 100 ms, the same for an idle
-gevent process probed beside it (the machine's own noise), the holds the worker's own
-monitor logged (over 0.5 s), and whether every job reached Core after SIGCONT (100 more
-are published after the thaw). Prints figures; asserts nothing about timing.
+CPU time over the freeze as a share of one core; the longest hub hold during the freeze
+(how late a 10 ms heartbeat woke), and the longest of those an idle gevent process
+probed beside it did not see at the same moment (on a shared machine every process
+stalls now and then: those are not the worker's); the holds the worker's own monitor
+logged (over 0.5 s); whether every job reached Core after SIGCONT (100 more are
+published after the thaw), and the longest hold meanwhile. ``--console`` runs the web
+console beside the worker and prints the same for it. Asserts nothing about timing.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.e2e_processes import CLOCK_TICKS, ROOT, WorkerProcess, child_env
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from bench.e2e_processes import CLOCK_TICKS, ROOT, child_env
 from jobworker.adapters.core.process import CoreProcess
-from tests.support.e2e import publish, sleep_jobs, tally, worker_settings
+from tests.support.e2e import publish, results_in_core, sleep_jobs, tally, worker_settings
 from tests.support.faults import PrivateBroker
 from tests.support.kafka import create_topic, unique_name
 from tests.support.processes import free_port
@@ -39,15 +43,40 @@ PROBED = (sys.executable, "-m", "bench.hub_probe")
 HUB_BLOCKED = "the event loop was blocked"
 TARGET_HOLD_S = 0.1
 
+Hold = tuple[float, float]
+"""(unix time it ended, seconds), as ``bench.hub_probe`` notes it."""
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What the freeze cost one probed process."""
+
+    cpu_share: float
+    holds: list[Hold]
+
+    @property
+    def longest_s(self) -> float:
+        return max((held for _, held in self.holds), default=0.0)
+
+    def own_holds(self, idle: Figures) -> list[float]:
+        """The holds the idle process did not see too: not the machine's scheduling
+        (another process, another user) but this process's own."""
+        return [
+            held
+            for at, held in self.holds
+            if not any(
+                abs(at - idle_at) <= held and idle_held >= held / 2
+                for idle_at, idle_held in idle.holds
+            )
+        ]
+
 
 @dataclass(frozen=True)
 class Run:
     client: str
-    cpu_share: float
-    longest_hold_s: float
-    holds_over_target: int
-    idle_longest_s: float
-    idle_cpu_share: float
+    worker: Figures
+    idle: Figures
+    console: Figures | None
     thaw_longest_s: float
     monitor_logged: int
     all_in_core: bool
@@ -59,6 +88,11 @@ def main() -> int:
     parser.add_argument("--freeze-s", type=float, default=60.0)
     parser.add_argument("--clients", default="kafka-python,confluent")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument(
+        "--console",
+        action="store_true",
+        help="a web console (jobworker web) runs too, reading the same broker: its figures",
+    )
     parser.add_argument(
         "--profile",
         type=Path,
@@ -74,31 +108,42 @@ def main() -> int:
             core.start()
             try:
                 runs = [
-                    one_run(
-                        broker, core, client, args.freeze_s, work / f"{client}-{n}", args.profile
-                    )
+                    one_run(broker, core, client, args.freeze_s, work / f"{client}-{n}", args)
                     for n in range(args.runs)
                     for client in clients
                 ]
             finally:
                 core.kill()
+    print_table(runs, args.freeze_s)
+    return 0
+
+
+def print_table(runs: list[Run], freeze_s: float) -> None:
     print(
-        f"\nbroker frozen {args.freeze_s:.0f} s. Hub holds: a 10 ms heartbeat's latest wake"
-        " (-: none over 20 ms); idle: a bare gevent process with the same heartbeat"
+        f"\nbroker frozen {freeze_s:.0f} s. Holds: how late a 10 ms heartbeat on the hub woke"
+        " (-: never over 20 ms); own: those an idle gevent process beside it, probed the"
+        " same way, did not see at the same moment (the machine's own stalls)"
     )
     print(
-        f"{'client':<13} {'CPU':>6} {'longest hold':>13} {'holds>100ms':>12} {'idle CPU':>9}"
-        f" {'idle hold':>10} {'logged>0.5s':>12}  after the thaw (longest hold meanwhile)"
+        f"{'client':<13} {'CPU':>6} {'longest':>8} {'own':>8} {'own>100ms':>9}"
+        f" {'idle CPU':>8} {'idle':>8} {'log>0.5s':>8}  after the thaw (longest hold)"
     )
     for run in runs:
+        own = run.worker.own_holds(run.idle)
         print(
-            f"{run.client:<13} {100 * run.cpu_share:5.1f}% {seconds(run.longest_hold_s):>13}"
-            f" {run.holds_over_target:12d} {100 * run.idle_cpu_share:8.1f}%"
-            f" {seconds(run.idle_longest_s):>10} {run.monitor_logged:12d}"
-            f"  {'all in Core' if run.all_in_core else 'JOBS MISSING'}"
-            f" in {run.catch_up_s:.0f} s ({seconds(run.thaw_longest_s)})"
+            f"{run.client:<13} {100 * run.worker.cpu_share:5.1f}% {seconds(run.worker.longest_s)}"
+            f" {seconds(max(own, default=0.0))} {sum(h > TARGET_HOLD_S for h in own):9d}"
+            f" {100 * run.idle.cpu_share:7.1f}% {seconds(run.idle.longest_s)}"
+            f" {run.monitor_logged:8d}  {'all in Core' if run.all_in_core else 'JOBS MISSING'}"
+            f" in {run.catch_up_s:.0f} s ({seconds(run.thaw_longest_s).strip()})"
         )
-    return 0
+        if run.console is not None:
+            console_own = run.console.own_holds(run.idle)
+            print(
+                f"{'  web console':<13} {100 * run.console.cpu_share:5.1f}%"
+                f" {seconds(run.console.longest_s)} {seconds(max(console_own, default=0.0))}"
+                f" {sum(h > TARGET_HOLD_S for h in console_own):9d}"
+            )
 
 
 def one_run(
@@ -107,7 +152,7 @@ def one_run(
     client: str,
     freeze_s: float,
     stem: Path,
-    profile: Path | None = None,
+    args: argparse.Namespace,
 ) -> Run:
     servers = broker.bootstrap
     topic = create_topic(servers, partitions=3, prefix="bench-frozen")
@@ -129,31 +174,31 @@ def one_run(
         LIVENESS_MAX_BLOCKED="1s",
     )
     profiler: subprocess.Popen[bytes] | None = None
-    holds, idle_holds = stem.with_suffix(".holds"), stem.with_suffix(".idle-holds")
-    worker = WorkerProcess(
-        settings, stem.with_suffix(".log"), (*PROBED, "--out", str(holds), "run")
-    )
-    idle = subprocess.Popen(
-        (*PROBED, "--out", str(idle_holds), "--idle"), cwd=ROOT, env=child_env()
-    )
+    worker = Probed(stem, ["run"], settings)
+    idle = Probed(stem.with_suffix(".idle"), ["--idle"], {})
+    console = None
+    if args.console:
+        # There, so that the console's letter readers stay open and read.
+        create_topics(servers, [f"{topic}.dlq", f"{topic}.results.dlq"])
+        console = Probed(stem.with_suffix(".console"), ["web"], console_settings(settings))
+    probed = [side for side in (worker, idle, console) if side is not None]
     try:
-        wait_for(lambda: len(tally(core.db_path, ids).received) >= len(before), 120, worker)
+        # Core holds earlier runs' results too: only this run's count.
+        first = [job.id for job in before]
+        wait_for(lambda: len(results_in_core(core.db_path, first)) == len(first), 120, worker)
         publish(servers, topic, during)
         jvm = int((broker.log_path.parent / "kafka.pid").read_text().strip())
         print(f"{client}: broker frozen for {freeze_s:.0f} s", flush=True)
-        cpu_before, frozen_at, frozen_wall = worker.cpu_s(), time.monotonic(), time.time()
-        idle_cpu_before = cpu_seconds(idle.pid)
+        for side in probed:
+            side.freeze_starts()
         os.kill(jvm, signal.SIGSTOP)
-        profiler = (
-            record_profile(worker.pid, freeze_s + 15, profile / f"{stem.name}.json")
-            if profile
-            else None
-        )
+        if args.profile:
+            out = args.profile / f"{stem.name}.json"
+            profiler = record_profile(worker.pid, freeze_s + 15, out)
         try:
             time.sleep(freeze_s)
-            frozen_s = time.monotonic() - frozen_at
-            cpu_share = (worker.cpu_s() - cpu_before) / frozen_s
-            idle_cpu_share = (cpu_seconds(idle.pid) - idle_cpu_before) / frozen_s
+            for side in probed:
+                side.freeze_ends()
         finally:
             os.kill(jvm, signal.SIGCONT)
         thawed_at, thawed_wall = time.monotonic(), time.time()
@@ -163,23 +208,93 @@ def one_run(
     finally:
         if profiler is not None:
             profiler.wait()
-        worker.stop()
-        idle.kill()
-        idle.wait()
-    during_freeze = holds_between(holds, frozen_wall, thawed_wall)
-    logged = sum(HUB_BLOCKED in line for line in worker.log_path.read_text().splitlines())
+        for side in probed:
+            side.stop()
+    log = worker.log_path.read_text(errors="replace")
     return Run(
         client=client,
-        cpu_share=cpu_share,
-        longest_hold_s=max(during_freeze, default=0.0),
-        holds_over_target=sum(h > TARGET_HOLD_S for h in during_freeze),
-        idle_longest_s=max(holds_between(idle_holds, frozen_wall, thawed_wall), default=0.0),
-        idle_cpu_share=idle_cpu_share,
-        thaw_longest_s=max(holds_between(holds, thawed_wall, caught_up_wall), default=0.0),
-        monitor_logged=logged,
+        worker=worker.figures(),
+        idle=idle.figures(),
+        console=console.figures() if console is not None else None,
+        thaw_longest_s=max((h for _, h in worker.holds(thawed_wall, caught_up_wall)), default=0.0),
+        monitor_logged=sum(HUB_BLOCKED in line for line in log.splitlines()),
         all_in_core=all_in,
         catch_up_s=caught_up,
     )
+
+
+class Probed:
+    """``python -m bench.hub_probe`` with ``args`` (a jobworker command or ``--idle``),
+    its output in ``<stem>.log``, its holds in ``<stem>.holds``."""
+
+    def __init__(self, stem: Path, args: list[str], settings: dict[str, str]) -> None:
+        self._holds = stem.with_suffix(stem.suffix + ".holds")
+        self.log_path = stem.with_suffix(stem.suffix + ".log")
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                (*PROBED, "--out", str(self._holds), *args),
+                cwd=ROOT,
+                env=child_env(**settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.pid = self._process.pid
+        self._window = (0.0, 0.0)
+        self._cpu_s = 0.0
+
+    def check_running(self) -> None:
+        if self._process.poll() is not None:
+            tail = self.log_path.read_text(errors="replace").splitlines()[-20:]
+            raise RuntimeError(
+                f"{self.log_path.stem} exited ({self._process.returncode}):\n" + "\n".join(tail)
+            )
+
+    def freeze_starts(self) -> None:
+        self._window = (time.time(), 0.0)
+        self._cpu_s = cpu_seconds(self.pid)
+
+    def freeze_ends(self) -> None:
+        self._window = (self._window[0], time.time())
+        self._cpu_s = cpu_seconds(self.pid) - self._cpu_s
+
+    def figures(self) -> Figures:
+        """Over the freeze."""
+        start, end = self._window
+        return Figures(self._cpu_s / (end - start), self.holds(start, end))
+
+    def holds(self, start: float, end: float) -> list[Hold]:
+        """The holds that ended between ``start`` and ``end`` (unix time)."""
+        if not self._holds.exists():
+            return []
+        noted = (line.split() for line in self._holds.read_text().splitlines() if line.strip())
+        return [(float(at), float(held)) for at, held in noted if start <= float(at) <= end]
+
+    def stop(self) -> None:
+        """SIGTERM, and the graceful exit (SIGKILL after 30 s)."""
+        self._process.terminate()
+        try:
+            self._process.wait(30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+def create_topics(servers: str, names: list[str]) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=servers, client_id="bench-frozen")
+    try:
+        admin.create_topics([NewTopic(name, 3, 1) for name in names])
+    finally:
+        admin.close()
+
+
+def console_settings(worker: dict[str, str]) -> dict[str, str]:
+    """``jobworker web`` on a free port, reading what the worker writes."""
+    shared = ("KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP_ID", "GRPC_SERVER_ADDRESS")
+    return {name: worker[name] for name in shared} | {
+        "WEB_HOST": "127.0.0.1",
+        "WEB_PORT": str(free_port()),
+        "LOG_FORMAT": "json",
+    }
 
 
 def record_profile(pid: int, duration_s: float, out: Path) -> subprocess.Popen[bytes]:
@@ -197,7 +312,7 @@ def record_profile(pid: int, duration_s: float, out: Path) -> subprocess.Popen[b
 
 
 def seconds(hold_s: float) -> str:
-    return f"{hold_s:.3f} s" if hold_s else "-"
+    return f"{hold_s:6.3f}s" if hold_s else f"{'-':>7}"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -206,15 +321,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def holds_between(path: Path, start: float, end: float) -> list[float]:
-    """The holds noted in ``path`` that ended between ``start`` and ``end`` (unix time)."""
-    if not path.exists():
-        return []
-    noted = (line.split() for line in path.read_text().splitlines() if line.strip())
-    return [float(late) for at, late in noted if start <= float(at) <= end]
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, worker: WorkerProcess) -> bool:
+def wait_for(condition: Callable[[], bool], timeout_s: float, worker: Probed) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         worker.check_running()
