@@ -15,7 +15,7 @@ from kafka.errors import (
 
 from jobworker.adapters.kafka.bootstrap import open_client
 from jobworker.adapters.kafka.log_noise import quiet_topic_lookup
-from jobworker.adapters.kafka.quirks import never_create_topics
+from jobworker.adapters.kafka.quirks import never_create_topics, pace_unready_sends
 from jobworker.adapters.kafka.refusals import is_write_refusal
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.domain.dead_letters import RecordCopy
@@ -46,6 +46,9 @@ class KafkaRecordRepublisher:
             max_block_ms=int(METADATA_WAIT_S * 1000),
         )
         never_create_topics(self._producer)
+        # A replay (the console's button, ``jobworker dlq replay``) under way when the
+        # broker freezes would otherwise spin the hub until its requests time out.
+        pace_unready_sends(self._producer)
         self._known: set[str] = set()
         self._pending: list[Any] = []
         self._closed = False

@@ -11,6 +11,7 @@ import inspect
 import time
 from collections.abc import Iterator
 from importlib.metadata import version
+from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -18,6 +19,7 @@ from kafka.admin import KafkaAdminClient
 from kafka.future import Future
 from kafka.structs import MemberState
 
+from jobworker.adapters.kafka import republisher
 from jobworker.adapters.kafka.quirks import (
     ADMIN_INTERNALS,
     PRODUCER_INTERNALS,
@@ -29,6 +31,7 @@ from jobworker.adapters.kafka.quirks import (
     resume_interrupted_join,
     wait_out_unanswered_heartbeats,
 )
+from jobworker.adapters.kafka.settings import KafkaClientSettings
 
 NOWHERE = ["127.0.0.1:9"]
 
@@ -165,3 +168,17 @@ def test_a_producer_waits_out_a_reconnect_backoff_in_milliseconds(
     client._manager._backoff[1] = (1, time.monotonic() + 1.5, 30_000)
 
     assert client.connection_delay(1) == pytest.approx(1500, abs=50)
+
+
+def test_the_replay_producer_paces_its_unready_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The console's replay button and `jobworker dlq replay` write through it: a replay
+    # under way when the broker freezes must wait, not spin the hub.
+    def offline_producer(make: Any, settings: KafkaClientSettings, **config: Any) -> Any:
+        return make(bootstrap_servers=NOWHERE, api_version=(2, 8))
+
+    monkeypatch.setattr(republisher, "open_client", offline_producer)
+    replay = republisher.KafkaRecordRepublisher(KafkaClientSettings(NOWHERE))
+    try:
+        assert replay._producer._sender._client.connection_delay(1) == 100
+    finally:
+        replay._producer.close(timeout=0)
