@@ -7,7 +7,7 @@ greenlets (the worker's RESULT_SENDERS) as the worker's senders do: batches of 1
 the sink takes them, else one result at a time. Once with each unary client:
 
     python bench/unary_sink.py [--results N] [--senders K,K] [--clients aio,sync]
-                               [--repeats N] [--profile DIR]
+                               [--repeats N] [--profile DIR [--native]]
 
 ``sync`` is grpcio's blocking stub, each call handed to a thread of the hub's
 threadpool, one result per sender at a time (``aio_unary=False``, the path before
@@ -15,7 +15,8 @@ issue 21); ``aio`` is grpcio's asyncio client on one native thread, a batch's ca
 in flight at once. Clients are
 alternated and the best of ``--repeats`` is kept. CPU is the child's own (every thread),
 over the sending only. ``--profile DIR`` samples the sending of each child with py-spy
-(threads holding the GIL, 250 Hz) into DIR, one raw (collapsed stacks) file each.
+(threads holding the GIL, 250 Hz) into DIR, one raw (collapsed stacks) file each;
+``--native`` adds C frames (grpcio's Cython and C-core).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GO_CORE = ROOT / ".cache" / "godesign" / "core"
 PY_SPY = ROOT / ".venv" / "bin" / "py-spy"
 PROFILE_VARIABLE = "UNARY_BENCH_PROFILE"
+NATIVE_VARIABLE = "UNARY_BENCH_PROFILE_NATIVE"
 BATCH = 100  # RESULT_BATCH_SIZE's default
 
 
@@ -99,6 +101,8 @@ def _start_py_spy(out: str | None) -> subprocess.Popen[bytes] | None:
     if not out:
         return None
     argv = [str(PY_SPY), "record", "--pid", str(os.getpid()), "--threads", "--gil", "--rate", "250"]
+    if os.environ.get(NATIVE_VARIABLE):
+        argv.append("--native")  # C frames too: grpcio's Cython and C-core under the GIL
     spy = subprocess.Popen([*argv, "--format", "raw", "--output", out], stderr=subprocess.DEVNULL)
     from gevent import monkey  # noqa: PLC0415 - the child's, patched
 
@@ -139,12 +143,17 @@ def main() -> int:
     parser.add_argument("--clients", default="sync,aio")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--profile", type=Path, default=None)
+    parser.add_argument(
+        "--native", action="store_true", help="with --profile: native (C) frames too"
+    )
     args = parser.parse_args()
     if (
         not GO_CORE.exists()
         and subprocess.run([ROOT / "tools" / "build_godesign.sh"], check=False).returncode
     ):
         return 2
+    if args.native:
+        os.environ[NATIVE_VARIABLE] = "1"
     if args.profile is not None and not shutil.which(str(PY_SPY)):
         raise SystemExit(f"--profile needs py-spy at {PY_SPY}")
     from bench.e2e_processes import BenchCore  # noqa: PLC0415
