@@ -187,7 +187,12 @@ class Settings(SettingValues):
     kafka_ssl_cafile = optional("CA bundle to verify the brokers", ca_bundle)
     kafka_ssl_certfile = optional("client certificate (mutual TLS)", readable_pem)
     kafka_ssl_keyfile = optional("client key (mutual TLS)", readable_pem)
-    kafka_max_poll_records = setting("500", "records per poll at most", positive(parse_int))
+    kafka_max_poll_records = setting(
+        "500",
+        "records per poll at most; also how many jobs the source reads ahead of the jobs"
+        " queue, waiting decoded for room",
+        positive(parse_int),
+    )
     kafka_session_timeout = duration(
         "45s",
         "the broker drops this worker from the group after no heartbeat for this long"
