@@ -10,7 +10,7 @@ start-up: the container builds the checked values (folders, limits) before the w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,6 +40,13 @@ class BuiltOnFirstJob:
         if self._executor is None:
             self._executor = self._build()
         return self._executor.execute(job)
+
+    def targets(self, job: Job) -> Iterable[str]:
+        """The built executor's targets for ``job`` (none if it names none): admission
+        looks them up to apply LIMITS and the circuit breakers per host, so the wrapper
+        must not hide them."""
+        targets: Callable[[Job], Iterable[str]] | None = getattr(self.built(), "targets", None)
+        return () if targets is None else targets(job)
 
     def built(self) -> Executor:
         """The executor itself, built now if no job has come yet."""

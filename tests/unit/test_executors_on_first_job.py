@@ -83,3 +83,17 @@ def test_a_wrong_image_folder_still_stops_the_start(tmp_path: Path) -> None:
         assert raised.value.variable == "IMAGE_OUTPUT_ROOT"
     finally:
         container.shutdown_resources()
+
+
+class TargetedExecutor(CountingExecutor):
+    def targets(self, job: Job) -> list[str]:
+        return [f"host:{job.id}"]
+
+
+def test_the_wrapper_names_the_built_executors_targets_so_limits_and_breakers_apply() -> None:
+    # Admission finds a run's hosts through ``executor.targets``: a wrapper without it
+    # let a LIMITS entry for a host go unenforced (seen in the e2e controlled-load test).
+    job = Job(id="a", type=JobType.HTTP, payload="{}")
+
+    assert list(BuiltOnFirstJob(TargetedExecutor).targets(job)) == ["host:a"]
+    assert list(BuiltOnFirstJob(CountingExecutor).targets(job)) == []
