@@ -4,7 +4,7 @@
 
 Starts a broker of its own (``tools/kafka/broker.sh`` on free ports, state in a temporary
 folder) and the reference Core, then per client and run: a worker (the CLI, under
-``bench.hub_probe``) takes 300 sleeping jobs, 300 more are published, and the broker is
+``tests.support.hub_probe``) takes 300 sleeping jobs, 300 more are published, and the broker is
 stopped with SIGSTOP for ``--freeze-s`` while those are in flight. Printed: the worker's
 CPU time over the freeze as a share of one core; the longest hub hold during the freeze
 (how late a 10 ms heartbeat woke), and the longest of those an idle gevent process
@@ -36,15 +36,13 @@ from bench.e2e_processes import CLOCK_TICKS, ROOT, child_env
 from jobworker.adapters.core.process import CoreProcess
 from tests.support.e2e import publish, results_in_core, sleep_jobs, tally, worker_settings
 from tests.support.faults import PrivateBroker
+from tests.support.hub_probe import Hold, holds_noted, own_holds
 from tests.support.kafka import create_topic, unique_name
 from tests.support.processes import free_port
 
-PROBED = (sys.executable, "-m", "bench.hub_probe")
+PROBED = (sys.executable, "-m", "tests.support.hub_probe")
 HUB_BLOCKED = "the event loop was blocked"
 TARGET_HOLD_S = 0.1
-
-Hold = tuple[float, float]
-"""(unix time it ended, seconds), as ``bench.hub_probe`` notes it."""
 
 
 @dataclass(frozen=True)
@@ -59,16 +57,8 @@ class Figures:
         return max((held for _, held in self.holds), default=0.0)
 
     def own_holds(self, idle: Figures) -> list[float]:
-        """The holds the idle process did not see too: not the machine's scheduling
-        (another process, another user) but this process's own."""
-        return [
-            held
-            for at, held in self.holds
-            if not any(
-                abs(at - idle_at) <= held and idle_held >= held / 2
-                for idle_at, idle_held in idle.holds
-            )
-        ]
+        """The holds the idle process did not see too: this process's own."""
+        return own_holds(self.holds, idle.holds)
 
 
 @dataclass(frozen=True)
@@ -224,7 +214,7 @@ def one_run(
 
 
 class Probed:
-    """``python -m bench.hub_probe`` with ``args`` (a jobworker command or ``--idle``),
+    """``python -m tests.support.hub_probe`` with ``args`` (a jobworker command or ``--idle``),
     its output in ``<stem>.log``, its holds in ``<stem>.holds``."""
 
     def __init__(self, stem: Path, args: list[str], settings: dict[str, str]) -> None:
@@ -263,11 +253,7 @@ class Probed:
         return Figures(self._cpu_s / (end - start), self.holds(start, end))
 
     def holds(self, start: float, end: float) -> list[Hold]:
-        """The holds that ended between ``start`` and ``end`` (unix time)."""
-        if not self._holds.exists():
-            return []
-        noted = (line.split() for line in self._holds.read_text().splitlines() if line.strip())
-        return [(float(at), float(held)) for at, held in noted if start <= float(at) <= end]
+        return holds_noted(self._holds, start, end)
 
     def stop(self) -> None:
         """SIGTERM, and the graceful exit (SIGKILL after 30 s)."""

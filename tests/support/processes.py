@@ -37,20 +37,26 @@ def worker_env(**settings: str) -> dict[str, str]:
 
 class WorkerProcess:
     """``python -m jobworker run`` (or another command: ``args``) with its own settings;
-    output goes to ``log_path``."""
+    output goes to ``log_path``. ``module`` runs another CLI in jobworker's stead (one
+    that wraps it: ``tests.support.hub_probe``)."""
 
     def __init__(
-        self, settings: Mapping[str, str], log_path: Path, args: Sequence[str] = ("run",)
+        self,
+        settings: Mapping[str, str],
+        log_path: Path,
+        args: Sequence[str] = ("run",),
+        module: str = "jobworker",
     ) -> None:
         self.settings = dict(settings)
         self.log_path = log_path
         self.args = list(args)
+        self.module = module
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "jobworker", *self.args],
+                [sys.executable, "-m", self.module, *self.args],
                 env=worker_env(**self.settings),
                 cwd=ROOT,
                 stdout=log,
