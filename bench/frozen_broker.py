@@ -4,21 +4,24 @@
 
 Starts a broker of its own (``tools/kafka/broker.sh`` on free ports, state in a temporary
 folder) and the reference Core, then per client and run: a worker (the CLI, under
-``tests.support.hub_probe``) takes 300 sleeping jobs, 300 more are published, and the broker is
-stopped with SIGSTOP for ``--freeze-s`` while those are in flight. Printed: the worker's
-CPU time over the freeze as a share of one core; the longest hub hold during the freeze
-(how late a 10 ms heartbeat woke), and the longest of those an idle gevent process
-probed beside it did not see at the same moment (on a shared machine every process
-stalls now and then: those are not the worker's); the holds the worker's own monitor
-logged (over 0.5 s); whether every job reached Core after SIGCONT (100 more are
-published after the thaw), and the longest hold meanwhile. ``--console`` runs the web
-console beside the worker and prints the same for it. Asserts nothing about timing.
+``tests.support.hub_probe``) takes 300 sleeping jobs, 300 more are published, and the
+broker is stopped with SIGSTOP for ``--freeze-s`` while those are in flight. Printed:
+the worker's CPU time over the freeze as a share of one core; the longest hub hold
+during the freeze (how late a 10 ms heartbeat woke); the longest of those an idle gevent
+process probed beside it did not see at the same moment (on a shared machine every
+process stalls now and then: those are not the worker's); the most the main thread ran
+during one hold (the hub's own work: the rest of a hold it waited for a core); the holds
+the worker's own monitor logged (over 0.5 s); whether every job reached Core after
+SIGCONT (100 more are published after the thaw), and the longest hold meanwhile.
+``--console`` runs the web console beside the worker and prints the same for it.
+Asserts nothing about timing.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,7 +57,12 @@ class Figures:
 
     @property
     def longest_s(self) -> float:
-        return max((held for _, held in self.holds), default=0.0)
+        return max((held for _, held, _ in self.holds), default=0.0)
+
+    @property
+    def longest_run_s(self) -> float:
+        """The most the main thread ran (the hub at work) during one hold."""
+        return max((ran for _, _, ran in self.holds), default=0.0)
 
     def own_holds(self, idle: Figures) -> list[float]:
         """The holds the idle process did not see too: this process's own."""
@@ -88,6 +96,11 @@ def main() -> int:
         type=Path,
         help="py-spy records each worker during the freeze into this folder (speedscope)",
     )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="copy the processes' logs and noted holds into this folder at the end",
+    )
     args = parser.parse_args()
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     with tempfile.TemporaryDirectory(prefix="frozen-broker-") as folder:
@@ -104,6 +117,9 @@ def main() -> int:
                 ]
             finally:
                 core.kill()
+                if args.keep:
+                    ignore = shutil.ignore_patterns("kafka", "core.db*")
+                    shutil.copytree(work, args.keep, ignore=ignore, dirs_exist_ok=True)
     print_table(runs, args.freeze_s)
     return 0
 
@@ -111,29 +127,32 @@ def main() -> int:
 def print_table(runs: list[Run], freeze_s: float) -> None:
     print(
         f"\nbroker frozen {freeze_s:.0f} s. Holds: how late a 10 ms heartbeat on the hub woke"
-        " (-: never over 20 ms); own: those an idle gevent process beside it, probed the"
-        " same way, did not see at the same moment (the machine's own stalls)"
+        " (-: never over 20 ms). own: those an idle gevent process beside it, probed the"
+        " same way, did not see at the same moment (the machine's stalls left out). ran:"
+        " the most the main thread ran during one hold (the rest it waited for a core)"
     )
     print(
-        f"{'client':<13} {'CPU':>6} {'longest':>8} {'own':>8} {'own>100ms':>9}"
-        f" {'idle CPU':>8} {'idle':>8} {'log>0.5s':>8}  after the thaw (longest hold)"
+        f"{'client':<13} {'CPU':>6} {'longest':>7} {'own':>7} {'own>0.1s':>8} {'ran':>7}"
+        f" {'idle CPU':>8} {'idle':>7} {'log>0.5s':>8}  after the thaw (longest hold)"
     )
     for run in runs:
-        own = run.worker.own_holds(run.idle)
         print(
-            f"{run.client:<13} {100 * run.worker.cpu_share:5.1f}% {seconds(run.worker.longest_s)}"
-            f" {seconds(max(own, default=0.0))} {sum(h > TARGET_HOLD_S for h in own):9d}"
-            f" {100 * run.idle.cpu_share:7.1f}% {seconds(run.idle.longest_s)}"
-            f" {run.monitor_logged:8d}  {'all in Core' if run.all_in_core else 'JOBS MISSING'}"
+            f"{run.client:<13} {figures(run.worker, run.idle)} {100 * run.idle.cpu_share:7.1f}%"
+            f" {seconds(run.idle.longest_s)} {run.monitor_logged:8d}"
+            f"  {'all in Core' if run.all_in_core else 'JOBS MISSING'}"
             f" in {run.catch_up_s:.0f} s ({seconds(run.thaw_longest_s).strip()})"
         )
         if run.console is not None:
-            console_own = run.console.own_holds(run.idle)
-            print(
-                f"{'  web console':<13} {100 * run.console.cpu_share:5.1f}%"
-                f" {seconds(run.console.longest_s)} {seconds(max(console_own, default=0.0))}"
-                f" {sum(h > TARGET_HOLD_S for h in console_own):9d}"
-            )
+            print(f"{'  web console':<13} {figures(run.console, run.idle)}")
+
+
+def figures(process: Figures, idle: Figures) -> str:
+    own = process.own_holds(idle)
+    return (
+        f"{100 * process.cpu_share:5.1f}% {seconds(process.longest_s)}"
+        f" {seconds(max(own, default=0.0))} {sum(h > TARGET_HOLD_S for h in own):8d}"
+        f" {seconds(process.longest_run_s)}"
+    )
 
 
 def one_run(
@@ -206,7 +225,9 @@ def one_run(
         worker=worker.figures(),
         idle=idle.figures(),
         console=console.figures() if console is not None else None,
-        thaw_longest_s=max((h for _, h in worker.holds(thawed_wall, caught_up_wall)), default=0.0),
+        thaw_longest_s=max(
+            (h for _, h, _ in worker.holds(thawed_wall, caught_up_wall)), default=0.0
+        ),
         monitor_logged=sum(HUB_BLOCKED in line for line in log.splitlines()),
         all_in_core=all_in,
         catch_up_s=caught_up,

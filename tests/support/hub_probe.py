@@ -24,16 +24,20 @@ from pathlib import Path
 BEAT_S = 0.01
 NOTE_AFTER_S = 0.02
 
-Hold = tuple[float, float]
-"""(unix time it ended, seconds the hub was held), as the probe notes it."""
+Hold = tuple[float, float, float]
+"""(unix time it ended, seconds the hub was held, seconds of them the main thread ran),
+as the probe notes it. The rest of a hold the process waited: for a core, or for the
+GIL while another of its threads ran."""
 
 
 def holds_noted(path: Path, start: float, end: float) -> list[Hold]:
     """The holds noted in ``path`` that ended between ``start`` and ``end`` (unix time)."""
     if not path.exists():
         return []
-    noted = (line.split()[:2] for line in path.read_text().splitlines() if line.strip())
-    return [(float(at), float(held)) for at, held in noted if start <= float(at) <= end]
+    noted = (line.split()[:3] for line in path.read_text().splitlines() if line.strip())
+    return [
+        (float(at), float(held), float(ran)) for at, held, ran in noted if start <= float(at) <= end
+    ]
 
 
 def own_holds(holds: Sequence[Hold], idle: Sequence[Hold]) -> list[float]:
@@ -42,9 +46,9 @@ def own_holds(holds: Sequence[Hold], idle: Sequence[Hold]) -> list[float]:
     (another process, another user, the hypervisor), which hold every process alike."""
     return [
         held
-        for at, held in holds
+        for at, held, _ in holds
         if not any(
-            abs(at - idle_at) <= held and idle_held >= held / 2 for idle_at, idle_held in idle
+            abs(at - idle_at) <= held and idle_held >= held / 2 for idle_at, idle_held, _ in idle
         )
     ]
 
