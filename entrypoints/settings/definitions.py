@@ -217,7 +217,7 @@ class Settings(SettingValues):
     kafka_commit_every = setting("1000", "…or after this many finished jobs", positive(parse_int))
     kafka_max_partition_fetch_bytes = derived(
         "bytes one fetch brings of a partition at most (kafka-python's memory is about"
-        " partitions times this): 1MiB, or 64KiB with KAFKA_CLIENT=confluent, whose"
+        " partitions times this): 256KiB, or 64KiB with KAFKA_CLIENT=confluent, whose"
         " librdkafka holds each record apart",
         lambda s: (
             CONFLUENT_MAX_PARTITION_FETCH_BYTES
