@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from gevent import monkey
 from grpc.aio import _call as aio_call  # _create_rpc_error: the error grpc.aio raises
 
 from jobworker.adapters.grpc.aio_loop import AioLoopThread, LoopClosedError
@@ -24,6 +26,7 @@ THREAD_NAME = "jobworker-grpc-aio"
 # thread, not Core's round trip, the limit on loopback (docs/benchmarks.md).
 MAX_IN_FLIGHT = 64
 _NO_METADATA: tuple[tuple[str, str], ...] = ()
+_NativeRLock: Any = monkey.get_original("_thread", "RLock")
 _CANCELLED = "Locally cancelled by application!"  # grpc.aio's own words
 
 
@@ -82,6 +85,7 @@ class AioReportResult:
                 _RawCalls(method, turns) if _RawCalls.fits(method) else _PublicCalls(method, turns)
             )
 
+        _native_observability_lock()
         self._thread = AioLoopThread(THREAD_NAME)
         self._thread.start(on_start=open_on_loop)
 
@@ -135,6 +139,25 @@ class AioReportResult:
             # grpcio's shutdown of its poller (when this was the last aio channel)
             # runs here too.
             await channel.close()
+
+
+def _native_observability_lock() -> None:
+    """Make grpcio's observability lock a real one: it is shared with the loop thread.
+
+    grpcio takes ``grpc._observability._plugin_lock`` in every call it makes: blocking
+    calls on the hub's greenlets, and every grpc.aio call on the loop thread. Created
+    at grpc's import, after ``patch_all``, it is a gevent lock, whose wake-ups across
+    threads get lost: greenlets were seen waiting on it for ever while the loop thread
+    had let it go, stalling every blocking call (tests/integration/
+    test_grpc_aio_unary.py). Holders only read a global under it and never wait, so a
+    native lock makes the hub wait at most until the loop thread next holds the GIL.
+    """
+    if not monkey.is_module_patched("threading"):
+        return  # a real lock already
+    observability: Any = importlib.import_module("grpc._observability")
+    lock = getattr(observability, "_plugin_lock", None)
+    if lock is not None and not isinstance(lock, _NativeRLock):
+        observability._plugin_lock = _NativeRLock()
 
 
 class _Turns:

@@ -528,3 +528,85 @@ def test_many_calls_are_in_flight_at_once_the_hub_is_never_held_and_close_ends_t
     # The loop thread and grpc's poller came with the switch and went with the close.
     assert report["threads_with_loop"] >= report["threads_before"] + 2
     assert report["threads_after_close"] <= report["threads_before"]
+
+
+# Runs as its own process, patched as the worker is. Blocking calls on the hub while
+# batches go over grpc.aio: grpcio takes one lock in every call on either thread.
+BLOCKING_BESIDE_AIO = """
+from gevent import monkey
+monkey.patch_all()
+import json, sys, time
+from jobworker.adapters.grpc.runtime import init_grpc_for_gevent
+init_grpc_for_gevent(concurrent_calls=8)
+import gevent, grpc
+import grpc._observability
+from _thread import RLock
+from jobworker.adapters.grpc.sink import GrpcResultSink
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobworker.domain.model import JobResult, JobStatus
+
+def result(job_id):
+    return JobResult(job_id=job_id, type="SLEEP", status=JobStatus.SUCCEEDED)
+
+sys.setswitchinterval(1e-4)  # the two threads trade the GIL often: races show
+sink = GrpcResultSink(sys.argv[1])
+sink.send_batch([result("probe-1"), result("probe-2")])  # Core: UNIMPLEMENTED
+blocking = pb_grpc.CoreServiceStub(grpc.insecure_channel(sys.argv[1])).ReportResults
+per_sender = int(sys.argv[2]) // 4
+sending = True
+blocking_calls = 0
+
+def send(sender):
+    for start in range(0, per_sender, 50):
+        sink.send_batch([result(f"job-{sender}-{n}") for n in range(start, start + 50)])
+
+def call_blocking():
+    global blocking_calls
+    while sending:
+        try:
+            blocking(pb.ReportResultsRequest(), timeout=5)
+        except grpc.RpcError:
+            blocking_calls += 1  # UNIMPLEMENTED: answered
+        gevent.sleep(0.001)
+
+callers = [gevent.spawn(call_blocking) for _ in range(2)]
+started = time.monotonic()
+senders = [gevent.spawn(send, s) for s in range(4)]
+gevent.joinall(senders, timeout=60)
+sending = False
+gevent.joinall(callers, timeout=10)
+print(json.dumps({
+    "delivered": sum(g.successful() for g in senders) * per_sender,
+    "callers_done": sum(g.dead for g in callers),
+    "blocking_calls": blocking_calls,
+    "native_lock": isinstance(grpc._observability._plugin_lock, type(RLock())),
+    "took_s": time.monotonic() - started,
+}))
+sink.close()
+"""
+
+
+def test_blocking_calls_on_the_hub_go_on_beside_the_loop_threads_calls(
+    core: CoreOnPort,
+) -> None:
+    results = 4000
+    child = subprocess.run(
+        [sys.executable, "-c", BLOCKING_BESIDE_AIO, core.address, str(results)],
+        cwd=SOURCE_ROOT,
+        env={"PYTHONPATH": str(SOURCE_ROOT), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    report = json.loads(child.stdout.strip().splitlines()[-1])
+
+    # grpcio's lock taken in every call, on the hub and on the loop thread, is a real
+    # one: as a gevent lock, greenlets waited on it for ever once the loop thread let
+    # it go, and every blocking call with them.
+    assert report["native_lock"]
+    assert report["delivered"] == results
+    assert report["callers_done"] == 2
+    assert report["blocking_calls"] > 0
