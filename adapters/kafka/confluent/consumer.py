@@ -11,7 +11,11 @@ close) runs on this consumer's own native thread (a gevent ``ThreadPool`` of one
 the calling greenlet waits for it cooperatively: the hub goes on serving meanwhile.
 Calls that never wait (pause, resume, seek, position, an asynchronous commit) are made
 from the caller directly, and only between polls: the source makes them from the same
-greenlet that polls, so they never meet a poll in progress. What other greenlets read
+greenlet that polls, so they never meet a poll in progress. But a call the caller
+stopped waiting for (a commit or look-up past its timeout: the broker is away) goes on
+on the native thread, and until it returns a direct call would wait for it, holding the
+hub: so meanwhile seek, pause and resume are queued behind it, position is unknown and
+an asynchronous commit is refused (sent again at the next one). What other greenlets read
 (the high-water marks, the assignment, the group generation) is a copy this class
 keeps, never a call into the client.
 
@@ -56,6 +60,7 @@ log = structlog.get_logger("jobworker.adapters.kafka.source")
 # The rebalance handler waits on the native thread: a real sleep, not gevent's (after
 # patch_all that one would need a hub of the thread's own).
 _native_sleep = monkey.get_original("time", "sleep")
+_native_thread_id = monkey.get_original("_thread", "get_ident")
 
 # librdkafka reports the TLS handshakes it failed as _SSL; one that could not verify
 # the broker's certificate fails the same way every time, others may pass (a broker
@@ -88,6 +93,10 @@ class ConfluentConsumer:
         if SecurityProtocol(settings.security_protocol).uses_sasl:
             _refuse_unoffered_mechanism(settings)
         self._thread = ThreadPool(1)
+        # The hub's thread (where this is made), and the last call sent to the native
+        # thread: while it runs, a direct call from the hub would wait for it.
+        self._hub_thread = _native_thread_id()
+        self._on_native: Any = None
         # Errors librdkafka reported through its error callback since the last poll.
         self._errors: list[KafkaError] = []
         # The answer callbacks of asynchronous commits, in the order sent: librdkafka
@@ -173,10 +182,10 @@ class ConfluentConsumer:
         for tp in self._assignment:
             held = self._held.count(tp)
             if held >= limit and tp not in self._fetch_paused:
-                self._client.pause([_rd(tp)])
+                self._direct(self._client.pause, [_rd(tp)])
                 self._fetch_paused.add(tp)
             elif held < limit // 2 and tp in self._fetch_paused:
-                self._client.resume([_rd(tp)])
+                self._direct(self._client.resume, [_rd(tp)])
                 self._fetch_paused.discard(tp)
 
     def _consume(self, timeout_s: float, max_records: int) -> Sorted:
@@ -236,6 +245,9 @@ class ConfluentConsumer:
             del self._already_past[tp]
             return
         self._held.drop([tp])
+        self._direct(self._seek_now, tp, offset)
+
+    def _seek_now(self, tp: TopicPartition, offset: int) -> None:
         try:
             self._client.seek(_rd(tp, offset))
         except KafkaException as error:
@@ -248,6 +260,8 @@ class ConfluentConsumer:
             return None
         if (held := self._held.next_offset(tp)) is not None:
             return held
+        if self._hub_must_not_call():
+            return None
         try:
             (found,) = self._client.position([_rd(tp)])
         except KafkaException:
@@ -305,6 +319,8 @@ class ConfluentConsumer:
     ) -> None:
         """Send a commit; ``answered`` gets its error, or None, on the native thread
         (from a later poll)."""
+        if self._hub_must_not_call():
+            raise ConsumerError(RuntimeError("an earlier commit still waits for the broker"))
         offsets = [_rd(tp, c.offset, c.metadata) for tp, c in commits.items()]
         self._commit_answers.append(answered)
         try:
@@ -478,11 +494,25 @@ class ConfluentConsumer:
         serves on. ``timeout_s``: a ``ConsumerError`` after that long (the call goes on)."""
         if self._closed and not closing:
             raise ConsumerError(RuntimeError("the consumer is closed"))
-        result = self._thread.spawn(call, *args)
+        result = self._on_native = self._thread.spawn(call, *args)
         try:
             return result.get(timeout=timeout_s)
         except Timeout as error:
             raise ConsumerError(TimeoutError(f"no answer in {timeout_s} s")) from error
+
+    def _hub_must_not_call(self) -> bool:
+        """Whether this is the hub's thread while the native thread still runs a call:
+        the client would make a direct call wait for that one."""
+        busy = self._on_native is not None and not self._on_native.ready()
+        return busy and _native_thread_id() == self._hub_thread
+
+    def _direct(self, call: Callable[..., Any], *args: Any) -> None:
+        """``call(*args)`` now, or, while the native thread runs a call the hub must not
+        wait for, after it there (in order: before any later poll)."""
+        if self._hub_must_not_call():
+            self._on_native = self._thread.spawn(call, *args)
+        else:
+            call(*args)
 
 
 def _refuse_unoffered_mechanism(settings: KafkaClientSettings) -> None:
