@@ -46,6 +46,9 @@ from tests.support.processes import free_port
 PROBED = (sys.executable, "-m", "tests.support.hub_probe")
 HUB_BLOCKED = "the event loop was blocked"
 TARGET_HOLD_S = 0.1
+# The worker has taken the first of these jobs (published just before) when the broker
+# is frozen.
+IN_FLIGHT_BEFORE_FREEZE = 10
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,10 @@ def one_run(
         first = [job.id for job in before]
         wait_for(lambda: len(results_in_core(core.db_path, first)) == len(first), 120, worker)
         publish(servers, topic, during)
+        # Frozen once the worker is at them: jobs finish during the freeze, so commits
+        # fall due and wait on the frozen broker.
+        started = [job.id for job in during[:IN_FLIGHT_BEFORE_FREEZE]]
+        wait_for(lambda: bool(results_in_core(core.db_path, started)), 60, worker)
         jvm = int((broker.log_path.parent / "kafka.pid").read_text().strip())
         print(f"{client}: broker frozen for {freeze_s:.0f} s", flush=True)
         for side in probed:

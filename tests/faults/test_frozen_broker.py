@@ -144,6 +144,10 @@ def test_a_frozen_broker_costs_the_worker_almost_nothing(
         log_tail(worker)
     )
     publish(servers, topic, during)
+    # Frozen once the worker is at them: jobs finish during the freeze, so commits fall
+    # due and wait on the frozen broker (one past its timeout once held confluent's hub).
+    started = [job.id for job in during[:10]]
+    assert wait_while_running(lambda: tally(db, started).received & set(started), 60, worker)
 
     jvm = _broker_pid(broker)
     cpu_before, frozen_at, frozen_wall = _cpu_seconds(worker), time.monotonic(), time.time()
