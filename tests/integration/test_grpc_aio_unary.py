@@ -496,13 +496,11 @@ print(json.dumps({
 """
 
 
-def test_many_calls_are_in_flight_at_once_the_hub_is_never_held_and_close_ends_the_threads(
-    core: CoreOnPort,
-) -> None:
-    core.servicer.hold_s = 0.2  # one call at a time would take 40 s
-    senders = 200
+def report_of_child(script: str, *args: str) -> dict[str, Any]:
+    """Run ``script`` in a process of its own (it patches itself with gevent first) and
+    return the JSON report its last line prints; fails the test if it fails."""
     child = subprocess.run(
-        [sys.executable, "-c", GEVENT_SENDERS, core.address, str(senders)],
+        [sys.executable, "-c", script, *args],
         cwd=SOURCE_ROOT,
         env={"PYTHONPATH": str(SOURCE_ROOT), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
         capture_output=True,
@@ -511,7 +509,16 @@ def test_many_calls_are_in_flight_at_once_the_hub_is_never_held_and_close_ends_t
         check=False,
     )
     assert child.returncode == 0, child.stderr
-    report = json.loads(child.stdout.strip().splitlines()[-1])
+    report: dict[str, Any] = json.loads(child.stdout.strip().splitlines()[-1])
+    return report
+
+
+def test_many_calls_are_in_flight_at_once_the_hub_is_never_held_and_close_ends_the_threads(
+    core: CoreOnPort,
+) -> None:
+    core.servicer.hold_s = 0.2  # one call at a time would take 40 s
+    senders = 200
+    report = report_of_child(GEVENT_SENDERS, core.address, str(senders))
 
     assert report["delivered"] == senders
     assert core.servicer.batch_calls == 1
@@ -591,17 +598,7 @@ def test_blocking_calls_on_the_hub_go_on_beside_the_loop_threads_calls(
     core: CoreOnPort,
 ) -> None:
     results = 4000
-    child = subprocess.run(
-        [sys.executable, "-c", BLOCKING_BESIDE_AIO, core.address, str(results)],
-        cwd=SOURCE_ROOT,
-        env={"PYTHONPATH": str(SOURCE_ROOT), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert child.returncode == 0, child.stderr
-    report = json.loads(child.stdout.strip().splitlines()[-1])
+    report = report_of_child(BLOCKING_BESIDE_AIO, core.address, str(results))
 
     # grpcio's lock taken in every call, on the hub and on the loop thread, is a real
     # one: as a gevent lock, greenlets waited on it for ever once the loop thread let
