@@ -99,8 +99,11 @@ class KafkaJobSource:
         self._read_again.clear()
         jobs: list[Job] = []
         if max_jobs <= 0:
-            if self._polled_recently():
+            if (next_poll_in := self._next_poll_in()) > 0:
                 self._commits.maybe_commit()
+                # Waits as the poll would have: a caller that only keeps the source
+                # alive (stop()'s drain) asks again at once, and must not spin.
+                gevent.sleep(min(timeout_s, next_poll_in))
                 return jobs
             self._flow.no_room()
             # Polling while everything is paused is what keeps us in the group.
@@ -108,7 +111,7 @@ class KafkaJobSource:
         else:
             jobs = self._released(max_jobs)
             room = max_jobs - len(jobs)
-            if not room and self._polled_recently():
+            if not room and self._next_poll_in() > 0:
                 self._commits.maybe_commit()
                 return jobs
             timeout_s = self._flow.poll_timeout(timeout_s, jobs_ready=bool(jobs))
@@ -222,8 +225,9 @@ class KafkaJobSource:
                     book.partitions.read(tp, batch[0].offset)
         return records
 
-    def _polled_recently(self) -> bool:
-        return time.monotonic() - self._polled_at < _KEEPALIVE_POLL_EVERY_S
+    def _next_poll_in(self) -> float:
+        """Seconds until a poll is due to keep the worker in its group (0: now)."""
+        return max(0.0, self._polled_at + _KEEPALIVE_POLL_EVERY_S - time.monotonic())
 
     def _jobs_from(self, batches: Records, room: int) -> list[Job]:
         """Up to ``room`` jobs from ``batches``; the others are set aside, handed out by

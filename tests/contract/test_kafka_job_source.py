@@ -338,9 +338,14 @@ def test_a_consumer_with_no_room_stays_in_its_group_past_max_poll_interval(
     generation, assignment = source.group_generation(), source.assigned()
 
     deadline = time.monotonic() + 9.0  # longer than max.poll.interval.ms
+    calls = 0
     while time.monotonic() < deadline:
         assert source.fetch(0, 0.5) == []
+        calls += 1
 
+    # Each call waits as a poll would (the source polls at most every 0.1 s with no
+    # room, and sleeps until then): a caller that asks again at once must not spin.
+    assert calls < 200, f"{calls} no-room fetches in 9 s"
     assert source.group_generation() == generation
     assert source.assigned() == assignment
     rest = take(source, 6)
