@@ -386,3 +386,22 @@ def test_jobs_read_ahead_before_a_partition_was_lost_and_assigned_again_are_drop
     assert state.epoch(P0) != old
     assert state.ready(10) == []
     assert state.handed_out(P0) == 0
+
+
+def test_jobs_read_ahead_wait_while_their_partition_is_revoked_and_go_if_it_comes_back() -> None:
+    # Between a revoke and the next assignment the revoke commit is before them: handed
+    # out then, they would run here and again on the partition's next owner.
+    state = owning(P0, P1)
+    p0, p1 = state.epoch(P0) or 0, state.epoch(P1) or 0
+    state.take(P0, [0, 1])
+    state.take(P1, [0])
+    state.set_aside(P0, p0, ["0@0", "0@1"])
+    state.set_aside(P1, p1, ["1@0"])
+
+    state.revoked([P0, P1])
+    assert state.ready(10) == []
+    assert state.waiting_to_hand_out() == 3
+
+    state.assigned([P0])  # P0 comes back (same assignment), P1 goes elsewhere
+    assert state.ready(10) == ["0@0", "0@1"]
+    assert state.waiting_to_hand_out() == 0

@@ -280,13 +280,25 @@ class AssignedPartitions(Generic[P]):
         self._ready.extend((tp, epoch, item) for item in items)
 
     def ready(self, limit: int) -> list[Any]:
-        """Up to ``limit`` jobs released or set aside, oldest first (of current
-        assignments: those of a partition since given up are dropped)."""
+        """Up to ``limit`` jobs released or set aside, oldest first.
+
+        Those of a partition since given up are dropped (the next owner reads them
+        again). Those of a partition revoked and awaiting the next assignment stay, not
+        handed out: the revoke committed before them, so run now they would run twice
+        if the partition moves; if it comes back, they are handed out then.
+        """
         out: list[Any] = []
+        kept: list[tuple[P, int, Any]] = []
         while self._ready and len(out) < limit:
-            tp, epoch, item = self._ready.popleft()
-            if self.epoch(tp) == epoch:
-                out.append(item)
+            entry = self._ready.popleft()
+            state = self._partitions.get(entry[0])
+            if state is None or state.epoch != entry[1]:
+                continue
+            if state.revoked:
+                kept.append(entry)
+            else:
+                out.append(entry[2])
+        self._ready.extendleft(reversed(kept))
         return out
 
     def waiting_to_hand_out(self) -> int:
