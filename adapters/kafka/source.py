@@ -109,17 +109,22 @@ class KafkaJobSource:
             # Polling while everything is paused is what keeps us in the group.
             self._rewind(self._poll(timeout_s, max_records=1))
         else:
-            jobs = self._released(max_jobs)
-            room = max_jobs - len(jobs)
-            if not room and self._next_poll_in() > 0:
-                self._commits.maybe_commit()
-                return jobs
-            timeout_s = self._flow.poll_timeout(timeout_s, jobs_ready=bool(jobs))
             with self._shared as book:
-                ahead = 0 if book.partitions.waiting_to_hand_out() else self._read_ahead
-            records = self._poll(timeout_s, max_records=max(1, room + ahead))
-            jobs += self._jobs_from(records, room)
-            jobs += self._released(max_jobs - len(jobs))
+                at_hand = book.partitions.waiting_to_hand_out()
+            if at_hand >= max_jobs and self._next_poll_in() > 0:
+                jobs = self._released(max_jobs)
+                if jobs:
+                    self._commits.maybe_commit()
+                    return jobs
+            # Jobs are handed out only after the poll: one taken out of the book before
+            # it, and held here while a revoke ran inside it, was neither in the revoke's
+            # grace (no slot could finish it) nor in its commit: it ran here and again on
+            # the partition's next owner.
+            timeout_s = self._flow.poll_timeout(timeout_s, jobs_ready=at_hand > 0)
+            ahead = 0 if at_hand else self._read_ahead
+            records = self._poll(timeout_s, max_records=max(1, max_jobs - at_hand + ahead))
+            self._set_aside_jobs_from(records)
+            jobs = self._released(max_jobs)
         # After the records read before them are taken (or sought back to).
         self._poison.set_aside(self._consumer.unreadable_batches(), self._read_again)
         self._note_skipped_offsets()
@@ -229,12 +234,11 @@ class KafkaJobSource:
         """Seconds until a poll is due to keep the worker in its group (0: now)."""
         return max(0.0, self._polled_at + _KEEPALIVE_POLL_EVERY_S - time.monotonic())
 
-    def _jobs_from(self, batches: Records, room: int) -> list[Job]:
-        """Up to ``room`` jobs from ``batches``; the others are set aside, handed out by
-        the next fetches."""
+    def _set_aside_jobs_from(self, batches: Records) -> None:
+        """The jobs of ``batches`` into the book, behind those already waiting there:
+        ``_released`` hands them out."""
         # Partitions assigned during this poll: their commit's finished offsets first.
         self._rebalances.read_finished_offsets()
-        jobs: list[Job] = []
         for tp, records in batches.items():
             with self._shared as book:
                 epoch = book.partitions.epoch(tp)
@@ -258,10 +262,7 @@ class KafkaJobSource:
                     for record, job in offered
                     if book.partitions.admit(tp, record.offset, record.key, job)
                 ]
-                now = max(0, room - len(jobs))
-                book.partitions.set_aside(tp, epoch or 0, admitted[now:])
-            jobs += admitted[:now]
-        return jobs
+                book.partitions.set_aside(tp, epoch or 0, admitted)
 
     def _job_from(self, record: Any, epoch: int) -> Job | None:
         task = decode_task(record)

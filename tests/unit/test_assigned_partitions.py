@@ -405,3 +405,14 @@ def test_jobs_read_ahead_wait_while_their_partition_is_revoked_and_go_if_it_come
     state.assigned([P0])  # P0 comes back (same assignment), P1 goes elsewhere
     assert state.ready(10) == ["0@0", "0@1"]
     assert state.waiting_to_hand_out() == 0
+
+
+def test_nothing_is_taken_of_a_partition_revoked_and_awaiting_its_next_assignment() -> None:
+    state = owning(P0)
+    state.take(P0, [0])
+
+    state.revoked([P0])
+    assert state.take(P0, [1, 2]).count == 0  # read again if it comes back
+
+    state.assigned([P0])
+    assert state.take(P0, [1, 2]).count == 2

@@ -209,11 +209,13 @@ class AssignedPartitions(Generic[P]):
 
         Inherited finished offsets are taken and done at once: no job runs for them.
         Nothing is taken for a partition not assigned, or whose finished offsets were
-        not read yet (``inherit``): its records are to be read again.
+        not read yet (``inherit``), or revoked and awaiting the next assignment (its
+        revoke commit is before these records: run here, they would run again on its
+        next owner): its records are to be read again.
         """
         taken = Taken()
         state = self._partitions.get(tp)
-        if state is None or state.inherited is None:
+        if state is None or state.inherited is None or state.revoked:
             return taken
         inherited = state.inherited or frozenset()
         lowest = self._tracker.lowest_pending(tp)
