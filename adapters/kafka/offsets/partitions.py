@@ -304,7 +304,9 @@ class AssignedPartitions(Generic[P]):
         return out
 
     def waiting_to_hand_out(self) -> int:
-        """How many jobs ``ready`` holds (some may be of partitions given up since)."""
+        """How many jobs ``ready`` holds, those of partitions revoked and awaiting their
+        next assignment included (``ready`` keeps them back; ``_forget`` drops those of a
+        partition given up)."""
         return len(self._ready)
 
     def holding(self) -> bool:
