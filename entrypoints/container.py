@@ -89,6 +89,7 @@ def kafka_client_settings(settings: Settings) -> KafkaClientSettings:
         isolation_level=settings.kafka_isolation_level,
         max_partition_fetch_bytes=settings.kafka_max_partition_fetch_bytes,
         fetch_max_bytes=settings.kafka_fetch_max_bytes,
+        fetch_max_wait_ms=int(settings.kafka_fetch_max_wait * 1000),
     )
 
 

@@ -227,6 +227,13 @@ class Settings(SettingValues):
         positive(parse_size),
     )
     kafka_fetch_max_bytes = setting("50MiB", "bytes one fetch brings at most", positive(parse_size))
+    # Short: a client has one fetch out to a broker at a time, so a fetch waiting for
+    # partitions with nothing new holds back those with records (docs/operations.md).
+    kafka_fetch_max_wait = duration(
+        "100ms",
+        "how long a fetch may wait at the broker for new records before it answers"
+        " (Kafka's fetch.max.wait.ms, 500ms there; written with a unit: 100ms or 1s)",
+    )
     kafka_isolation_level = setting(
         "read_committed",
         "read_committed (skip aborted transactions) or read_uncommitted",
@@ -539,6 +546,7 @@ KAFKA_CLIENT = frozenset(
         Settings.kafka_isolation_level,
         Settings.kafka_max_partition_fetch_bytes,
         Settings.kafka_fetch_max_bytes,
+        Settings.kafka_fetch_max_wait,
     )
 )
 

@@ -174,6 +174,7 @@ def test_settings_map_to_librdkafkas_keys() -> None:
         isolation_level="read_uncommitted",
         max_partition_fetch_bytes=2_097_152,
         fetch_max_bytes=10_485_760,
+        fetch_max_wait_ms=250,
     )
 
     config = consumer_config(settings, "group-a")
@@ -196,6 +197,7 @@ def test_settings_map_to_librdkafkas_keys() -> None:
         "isolation.level": "read_uncommitted",
         "max.partition.fetch.bytes": 2_097_152,
         "fetch.max.bytes": 10_485_760,
+        "fetch.wait.max.ms": 250,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "check.crcs": True,

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from jobworker.adapters.kafka.confluent.config import consumer_config
 from jobworker.adapters.kafka.modes import Ordering
 from jobworker.adapters.kafka.settings import KafkaClientSettings, SecurityProtocol
 from jobworker.domain.errors import ConfigurationError
 from jobworker.entrypoints.config_values import parse_duration, parse_size, with_unit
+from jobworker.entrypoints.container import kafka_client_settings
 from jobworker.entrypoints.settings import (
     FLAG,
     SETTINGS,
@@ -496,6 +498,17 @@ def test_the_kafka_clients_defaults_agree_with_the_settings() -> None:
     assert client.isolation_level == settings.kafka_isolation_level
     assert client.max_partition_fetch_bytes == settings.kafka_max_partition_fetch_bytes
     assert client.fetch_max_bytes == settings.kafka_fetch_max_bytes
+    assert client.fetch_max_wait_ms == settings.kafka_fetch_max_wait * 1000
+
+
+def test_a_fetch_waits_at_the_broker_as_long_as_set_with_either_client() -> None:
+    # One fetch is out to a broker at a time: Kafka's 500 ms held back partitions with
+    # records behind caught-up ones (adapters/kafka/settings.py).
+    default = kafka_client_settings(Settings(KAFKA_RUN))
+    assert default.consumer_kwargs()["fetch_max_wait_ms"] == 100
+    chosen = kafka_client_settings(Settings(KAFKA_RUN | {"KAFKA_FETCH_MAX_WAIT": "1s"}))
+    assert chosen.consumer_kwargs()["fetch_max_wait_ms"] == 1_000
+    assert consumer_config(chosen, "g")["fetch.wait.max.ms"] == 1_000
 
 
 def test_with_confluent_a_fetch_brings_less_of_a_partition_unless_set() -> None:

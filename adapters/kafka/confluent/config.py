@@ -70,6 +70,7 @@ def consumer_config(settings: KafkaClientSettings, group_id: str) -> dict[str, A
         "isolation.level": str(settings.isolation_level),
         "max.partition.fetch.bytes": settings.max_partition_fetch_bytes,
         "fetch.max.bytes": fetch_max_bytes,
+        "fetch.wait.max.ms": settings.fetch_max_wait_ms,
         # The read-ahead, in all partitions together (librdkafka's queue of fetched
         # messages is one for the consumer): fetched again while under two polls' worth
         # of records (librdkafka: 100,000) and under KAFKA_FETCH_MAX_BYTES, the bytes
