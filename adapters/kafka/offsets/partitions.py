@@ -133,6 +133,10 @@ class AssignedPartitions(Generic[P]):
         # Jobs to hand out before any new record: those released by ``done`` and those
         # read ahead (``set_aside``), each with its partition and assignment.
         self._ready: deque[tuple[P, int, Any]] = deque()
+        # Those of partitions revoked and awaiting the next assignment, kept apart: the
+        # revoke committed before them, so run now they would run twice if the partition
+        # moves. Back in ``_ready`` if it comes back; dropped if it goes.
+        self._kept: dict[P, list[tuple[P, int, Any]]] = {}
         self._window = window
         self._metadata_max_bytes = metadata_max_bytes
         self._tracker = DeliveryTracker()
@@ -153,12 +157,19 @@ class AssignedPartitions(Generic[P]):
                 self._partitions[tp] = _Partition(next(self._epochs))
             else:
                 state.revoked = False
+                self._ready.extendleft(reversed(self._kept.pop(tp, [])))
 
     def revoked(self, partitions: Iterable[P]) -> list[P]:
         """Mark ``partitions`` revoked; returns those that were owned."""
         revoked = [tp for tp in partitions if tp in self._partitions]
         for tp in revoked:
             self._partitions[tp].revoked = True
+        if revoked and self._ready:
+            kept = set(revoked)
+            for entry in self._ready:
+                if entry[0] in kept:
+                    self._kept.setdefault(entry[0], []).append(entry)
+            self._ready = deque(entry for entry in self._ready if entry[0] not in kept)
         return revoked
 
     def lost(self, partitions: Iterable[P]) -> None:
@@ -259,7 +270,11 @@ class AssignedPartitions(Generic[P]):
             return False
         released = state.gate.done(offset)
         if released:
-            self._ready.extend((tp, epoch, item) for item in released)
+            entries = ((tp, epoch, item) for item in released)
+            if state.revoked:
+                self._kept.setdefault(tp, []).extend(entries)
+            else:
+                self._ready.extend(entries)
         return True
 
     # -- ordering -----------------------------------------------------------------------
@@ -284,33 +299,26 @@ class AssignedPartitions(Generic[P]):
     def ready(self, limit: int) -> list[Any]:
         """Up to ``limit`` jobs released or set aside, oldest first.
 
-        Those of a partition since given up are dropped (the next owner reads them
-        again). Those of a partition revoked and awaiting the next assignment stay, not
-        handed out: the revoke committed before them, so run now they would run twice
-        if the partition moves; if it comes back, they are handed out then.
+        None of a partition revoked and awaiting the next assignment: those are kept
+        apart, and handed out if it comes back (the next owner reads them again if not).
         """
         out: list[Any] = []
-        kept: list[tuple[P, int, Any]] = []
         while self._ready and len(out) < limit:
             entry = self._ready.popleft()
             state = self._partitions.get(entry[0])
-            if state is None or state.epoch != entry[1]:
-                continue
-            if state.revoked:
-                kept.append(entry)
-            else:
+            if state is not None and state.epoch == entry[1]:
                 out.append(entry[2])
-        self._ready.extendleft(reversed(kept))
         return out
 
     def waiting_to_hand_out(self) -> int:
-        """How many jobs ``ready`` holds, those of partitions revoked and awaiting their
-        next assignment included (``ready`` keeps them back; ``_forget`` drops those of a
-        partition given up)."""
+        """How many jobs ``ready`` would hand out now: those of partitions revoked and
+        awaiting their next assignment are not counted (a fetch that counted them polled
+        without waiting, again and again, while a rebalance went on)."""
         return len(self._ready)
 
     def holding(self) -> bool:
-        """Whether any job is held or released and not handed out yet."""
+        """Whether any job is held, or released and not handed out yet, that an ack or
+        a fetch can move on (not those kept for a revoked partition's return)."""
         return bool(self._ready) or any(p.gate.held() for p in self._partitions.values())
 
     # -- window -------------------------------------------------------------------------
@@ -330,6 +338,7 @@ class AssignedPartitions(Generic[P]):
         if state is None:
             return 0
         ready = sum(1 for r in self._ready if r[0] == tp and r[1] == state.epoch)
+        ready += len(self._kept.get(tp, ()))
         waiting = state.gate.held() + ready
         return max(0, self._tracker.in_flight(tp) - waiting)
 
@@ -401,5 +410,6 @@ class AssignedPartitions(Generic[P]):
     def _forget(self, tp: P) -> None:
         self._tracker.forget(tp)
         self._partitions.pop(tp, None)
+        self._kept.pop(tp, None)
         if any(r[0] == tp for r in self._ready):
             self._ready = deque(r for r in self._ready if r[0] != tp)
