@@ -9,7 +9,6 @@ import select
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 # INFO and DEBUG lines wait at most this long for the lines after them (one write for
@@ -42,8 +41,10 @@ class BatchedLineHandler(logging.Handler):
         self._write = getattr(stream, "buffer", stream).write
         self._stream = stream
         self._interval = flush_interval_s
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
+        # The waiting lines, each ended by a newline, in one buffer: held apart as bytes
+        # objects until the write, 320 lines a batch cost 2 µs more a line (issue 21,
+        # docs/benchmarks.md "The cost of one log line").
+        self._pending = bytearray()
         self._oldest = 0.0  # when the first pending line came
         self._each_line = bool(getattr(stream, "isatty", lambda: False)())
         self._flusher: threading.Thread | None = None
@@ -75,14 +76,21 @@ class BatchedLineHandler(logging.Handler):
 
     def _add(self, line: bytes, levelno: int) -> None:
         now = time.monotonic()
-        if not self._pending:
+        pending = self._pending
+        if b"\n" in line:
+            # A record of several lines (a traceback in the text format) is written
+            # alone and whole, after what waits: the batch is cut only between records.
+            self.flush()
+            self._write_out(line + b"\n")
+            return
+        if not pending:
             self._oldest = now
-        self._pending.append(line)
-        self._pending_bytes += len(line)
+        pending += line
+        pending.append(0x0A)
         if (
             levelno >= logging.WARNING
             or self._each_line
-            or self._pending_bytes >= _MAX_PENDING_BYTES
+            or len(pending) >= _MAX_PENDING_BYTES
             or now - self._oldest >= self._interval
         ):
             self.flush()
@@ -98,17 +106,20 @@ class BatchedLineHandler(logging.Handler):
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
             if not self._pending:
                 return  # every chunk written was flushed with it
-            lines, self._pending, self._pending_bytes = self._pending, [], 0
-            try:
-                for chunk in _whole_line_chunks(lines):
-                    self._write(chunk)
-                    self._stream.flush()
-            except Exception as error:
-                # As StreamHandler's handleError: a broken or closed stderr must not
-                # break the worker (or whichever greenlet logged); the lines are lost.
-                if logging.raiseExceptions and sys.__stderr__ is not None:
-                    with contextlib.suppress(Exception):
-                        sys.__stderr__.write(f"--- logging could not write its lines: {error!r}\n")
+            lines, self._pending = self._pending, bytearray()
+            self._write_out(*_whole_line_chunks(lines))
+
+    def _write_out(self, *chunks: bytes) -> None:
+        try:
+            for chunk in chunks:
+                self._write(chunk)
+                self._stream.flush()
+        except Exception as error:
+            # As StreamHandler's handleError: a broken or closed stderr must not break
+            # the worker (or whichever greenlet logged); the lines are lost.
+            if logging.raiseExceptions and sys.__stderr__ is not None:
+                with contextlib.suppress(Exception):
+                    sys.__stderr__.write(f"--- logging could not write its lines: {error!r}\n")
 
     def close(self) -> None:
         self._closed = True
@@ -139,20 +150,21 @@ def sole_handler(logger: logging.Logger) -> BatchedLineHandler | None:
     return None if found is None or found.filters else found
 
 
-def _whole_line_chunks(lines: list[bytes]) -> Iterator[bytes]:
-    """``lines`` joined into chunks of at most PIPE_BUF bytes (a longer line alone).
+def _whole_line_chunks(lines: bytearray) -> list[bytes]:
+    """``lines`` (each ended by a newline, none holding another) cut into chunks of whole
+    lines of at most PIPE_BUF bytes (a longer line alone).
 
     Each is written and flushed on its own: a pipe writes up to PIPE_BUF bytes at once
     without interleaving, so the lines of worker processes sharing one stderr
     (``run --processes N``) never cut into each other.
     """
-    chunk: list[bytes] = []
-    size = 0
-    for line in lines:
-        if chunk and size + len(line) + 1 > _PIPE_BUF:
-            yield b"\n".join(chunk) + b"\n"
-            chunk, size = [], 0
-        chunk.append(line)
-        size += len(line) + 1
-    if chunk:
-        yield b"\n".join(chunk) + b"\n"
+    chunks = []
+    start, end = 0, len(lines)
+    while start < end:
+        stop = end
+        if end - start > _PIPE_BUF:
+            last = lines.rfind(b"\n", start, start + _PIPE_BUF)
+            stop = last + 1 if last >= start else lines.index(b"\n", start) + 1
+        chunks.append(bytes(lines[start:stop]))
+        start = stop
+    return chunks

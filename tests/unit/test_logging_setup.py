@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import select
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from jobworker.adapters.observability.job_log import LoggingJobObserver
 from jobworker.application.engine import WorkerEngine
 from jobworker.application.engine_config import EngineConfig
 from jobworker.application.registry import ExecutorRegistry
-from jobworker.domain.model import Job, JobStatus, JobType
+from jobworker.domain.model import Job, JobResult, JobStatus, JobType
 from jobworker.entrypoints.log_batching import BatchedLineHandler
 from jobworker.entrypoints.log_processors import MAX_FIELD_CHARS, MAX_TRACEBACK_CHARS, FieldCap
 from jobworker.entrypoints.logging_setup import configure_logging, flush_logs
@@ -409,6 +410,29 @@ def test_a_batch_is_written_in_whole_lines_of_at_most_a_pipe_buffer() -> None:
     assert all(len(text.encode()) <= select.PIPE_BUF or text.count("\n") == 1 for text in writes)
 
 
+def test_a_record_of_several_lines_is_written_whole_and_alone() -> None:
+    # A traceback in the text format: cut between its lines, another worker process's
+    # line could land inside it on a shared stderr.
+    writes: list[bytes] = []
+
+    class Recorder(io.BytesIO):
+        def write(self, data: bytes) -> int:  # type: ignore[override]
+            writes.append(bytes(data))
+            return len(data)
+
+    handler = BatchedLineHandler(Recorder(), flush_interval_s=60)
+    traceback = "Traceback (most recent call last):\n" + "  frame\n" * 600 + "ValueError: x"
+    try:
+        handler.handle(_record(logging.INFO, "before"))
+        handler.handle(_record(logging.INFO, traceback))
+        handler.handle(_record(logging.INFO, "after"))
+        handler.flush()
+    finally:
+        handler.close()
+
+    assert writes == [b"before\n", traceback.encode() + b"\n", b"after\n"]
+
+
 @contextmanager
 def records_beside_ours() -> Iterator[list[logging.LogRecord]]:
     """The records a second handler on the root logger gets while the block runs."""
@@ -501,3 +525,32 @@ def test_a_handler_beside_ours_gets_the_exception_with_an_error_line(
     [record] = seen
     assert record.levelno == logging.ERROR
     assert record.exc_info is not None and record.exc_info[0] is KeyError
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_jobs_info_line_is_the_line_structlogs_logger_writes(logged: Configure, fmt: str) -> None:
+    # The observer runs the configured processors itself (job_log._info_line): its
+    # line must not differ from a bound logger's, whatever the format.
+    read = logged(fmt, "info")
+    job = Job(id="j-7", type="SLEEP")
+    observer = LoggingJobObserver()
+    observer.job_started(job, 1)
+    observer.job_finished(
+        job,
+        JobResult(
+            job_id="j-7",
+            type="SLEEP",
+            status=JobStatus.SUCCEEDED,
+            attempts=1,
+            started_at_unix_ms=1_000,
+            finished_at_unix_ms=1_004,
+        ),
+    )
+    structlog.get_logger("jobworker.jobs").info(
+        "job finished", job_id="j-7", type="SLEEP", attempt=1, status="SUCCEEDED", duration_ms=4
+    )
+
+    ours, structlogs = read()
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT[\d:.]+Z?")
+    assert "job finished" in ours
+    assert stamp.sub("T", ours) == stamp.sub("T", structlogs)

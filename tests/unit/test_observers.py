@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 from structlog.testing import capture_logs
 
 from jobworker.adapters.observability.job_log import LoggingJobObserver, current_job_fields
@@ -46,3 +48,27 @@ def test_the_job_context_is_bound_while_it_runs_and_cleared_after() -> None:
     assert current_job_fields() == {"job_id": "j-1", "type": "SLEEP", "attempt": 3}
     observer.job_finished(JOB, result(JobStatus.SUCCEEDED))
     assert current_job_fields() == {}
+
+
+def test_a_succeeded_jobs_line_is_at_info_with_the_same_fields() -> None:
+    jobs_logger = logging.getLogger("jobworker.jobs")
+    level = jobs_logger.level
+    jobs_logger.setLevel(logging.INFO)  # as LOG_LEVEL=info does
+    observer = LoggingJobObserver()
+    try:
+        with capture_logs() as logs:
+            observer.job_started(JOB, 2)
+            observer.job_finished(JOB, result(JobStatus.SUCCEEDED))
+    finally:
+        jobs_logger.setLevel(level)
+    assert logs == [
+        {
+            "event": "job finished",
+            "log_level": "info",
+            "job_id": "j-1",
+            "type": "SLEEP",
+            "attempt": 2,
+            "status": "SUCCEEDED",
+            "duration_ms": 250,
+        }
+    ]
