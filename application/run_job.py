@@ -10,6 +10,7 @@ from typing import Any
 
 import gevent
 
+from jobworker.application.deadlines import DeadlineWatch
 from jobworker.application.job_limits import DEFAULT_LIMITS, JobLimits
 from jobworker.application.registry import ExecutorRegistry
 from jobworker.application.retry import RetryPolicy
@@ -25,7 +26,7 @@ _MAX_ERROR_CHARS = 8192
 
 
 class _JobDeadline(BaseException):
-    """The job's own deadline. A BaseException, like gevent.Timeout itself, so that an
+    """The job's own deadline. A BaseException, like gevent.Timeout, so that an
     executor's ``except Exception`` cannot swallow it and run on past its limit."""
 
 
@@ -53,8 +54,8 @@ class JobRunner:
     """Turns a job into exactly one ``JobResult``, whatever the executor does.
 
     The deadline, ``min(job.timeout_ms, max_job_timeout_s)``, bounds the whole job,
-    retries and their backoff included: it is the job's hard limit, and gevent.Timeout
-    really interrupts a cooperative executor at it. A job over ``limits`` ends REJECTED
+    retries and their backoff included: it is the job's hard limit, and it really
+    interrupts a cooperative executor (``DeadlineWatch``). A job over ``limits`` ends REJECTED
     before any executor sees it, and only the capped metadata is copied into a result.
     """
 
@@ -75,6 +76,7 @@ class JobRunner:
         self._retry = retry
         self._observer = observer
         self._limits = limits
+        self._deadlines = DeadlineWatch(_JobDeadline)
 
     def timeout_s(self, job: Job) -> float:
         if job.timeout_ms > 0:
@@ -120,9 +122,13 @@ class JobRunner:
         run.attempt += 1
         run.target_down = False
         self._observer.job_started(job, run.attempt)
+        watch = self._deadlines.start(run.deadline)
         try:
-            with gevent.Timeout(remaining_s, _JobDeadline):
-                output = self._checked_output(run.executor.execute(job))
+            try:
+                returned = run.executor.execute(job)
+            finally:
+                self._deadlines.end(watch)
+            output = self._checked_output(returned)
             status = JobStatus.SUCCEEDED
         except _JobDeadline:
             run.target_down = None
