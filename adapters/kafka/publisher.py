@@ -13,6 +13,7 @@ from kafka.errors import (
 
 from jobworker.adapters.codec import task_from_job, type_number
 from jobworker.adapters.kafka.bootstrap import open_client
+from jobworker.adapters.kafka.quirks import pace_unready_sends
 from jobworker.adapters.kafka.refusals import is_write_refusal
 from jobworker.adapters.kafka.settings import KafkaClientSettings
 from jobworker.adapters.proto.jobworker.v1 import jobworker_pb2 as pb
@@ -56,6 +57,8 @@ class KafkaJobPublisher:
             acks="all",
             max_block_ms=int(metadata_wait_s * 1000),
         )
+        # A submit under way when the broker freezes waits instead of spinning a core.
+        pace_unready_sends(self._producer)
         self._pending: list[Any] = []
         self._closed = False
         try:

@@ -19,7 +19,7 @@ from kafka.admin import KafkaAdminClient
 from kafka.future import Future
 from kafka.structs import MemberState
 
-from jobworker.adapters.kafka import republisher
+from jobworker.adapters.kafka import publisher, republisher
 from jobworker.adapters.kafka.quirks import (
     ADMIN_INTERNALS,
     PRODUCER_INTERNALS,
@@ -182,3 +182,19 @@ def test_the_replay_producer_paces_its_unready_sends(monkeypatch: pytest.MonkeyP
         assert replay._producer._sender._client.connection_delay(1) == 100
     finally:
         replay._producer.close(timeout=0)
+
+
+def test_the_job_publisher_paces_its_unready_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `jobworker submit` writes through it: a submit under way when the broker freezes
+    # must wait, not spin a core.
+    def offline_producer(make: Any, settings: KafkaClientSettings, **config: Any) -> Any:
+        producer = make(bootstrap_servers=NOWHERE, api_version=(2, 8))
+        producer.partitions_for = lambda _topic: {0}  # the topic is there
+        return producer
+
+    monkeypatch.setattr(publisher, "open_client", offline_producer)
+    jobs = publisher.KafkaJobPublisher(KafkaClientSettings(NOWHERE), "jobs")
+    try:
+        assert jobs._producer._sender._client.connection_delay(1) == 100
+    finally:
+        jobs._producer.close(timeout=0)
