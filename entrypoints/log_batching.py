@@ -41,9 +41,9 @@ class BatchedLineHandler(logging.Handler):
         self._write = getattr(stream, "buffer", stream).write
         self._stream = stream
         self._interval = flush_interval_s
-        # The waiting lines, each ended by a newline, in one buffer: held apart as bytes
-        # objects until the write, 320 lines a batch cost 2 µs more a line (issue 21,
-        # docs/benchmarks.md "The cost of one log line").
+        # The waiting lines, each ended by a newline, in one buffer. Kept as a list of
+        # bytes objects (some 320 to a batch) and joined at the write, a line cost about
+        # 1 µs more (issue 21; docs/benchmarks.md, "The cost of one log line").
         self._pending = bytearray()
         self._oldest = 0.0  # when the first pending line came
         self._each_line = bool(getattr(stream, "isatty", lambda: False)())

@@ -110,8 +110,8 @@ class KafkaClientSettings:
     ``isolation_level`` KAFKA_ISOLATION_LEVEL, ``max_partition_fetch_bytes``
     KAFKA_MAX_PARTITION_FETCH_BYTES and ``fetch_max_bytes`` KAFKA_FETCH_MAX_BYTES (what
     one fetch may bring per partition and in all: the records read ahead of the engine,
-    so a consumer's memory is bounded however long the backlog), ``fetch_max_wait_ms``
-    KAFKA_FETCH_MAX_WAIT. The one exception,
+    so a consumer's memory is bounded however long the backlog) and
+    ``fetch_max_wait_ms`` KAFKA_FETCH_MAX_WAIT. The one exception,
     ``heartbeat_interval_ms``, has no variable: left None it is a third of the session
     timeout, at most 3 s.
 
