@@ -46,10 +46,11 @@ class Topics:
         return topic
 
     def close(self) -> None:
-        # With the status topics the workers made for them (KAFKA_STATUS_TOPIC's default).
-        existing = set(self._admin.list_topics()) if self._created else set()
-        made = [f"{topic}.status" for topic in self._created if f"{topic}.status" in existing]
         if self._created:
+            # With the status topics the workers made for them (KAFKA_STATUS_TOPIC's
+            # default).
+            existing = set(self._admin.list_topics())
+            made = [f"{topic}.status" for topic in self._created if f"{topic}.status" in existing]
             self._admin.delete_topics(self._created + made)
         self._admin.close()
 

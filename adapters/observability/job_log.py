@@ -77,35 +77,28 @@ class LoggingJobObserver:
         status = result.status
         status_name = status.value
         self.finished_by_status[status_name] += 1
-        if status is JobStatus.SUCCEEDED:
-            # Asked before the fields are gathered: a line filtered out costs next to
-            # nothing (docs/benchmarks.md).
-            if self._jobs_logger.isEnabledFor(logging.INFO):
-                self._info_line(
-                    {
-                        "job_id": job.id,
-                        "type": job.type,
-                        "attempt": result.attempts,
-                        "status": status_name,
-                        "duration_ms": result.duration_ms,
-                        "event": "job finished",
-                    }
-                )
+        # Asked before the fields are gathered: a line filtered out costs next to
+        # nothing (docs/benchmarks.md).
+        succeeded = status is JobStatus.SUCCEEDED
+        if succeeded and not self._jobs_logger.isEnabledFor(logging.INFO):
             clear_job_fields()
             return
-        if not self._resolved:
-            # structlog's lazy logger looks its bound logger up on every call; this is
-            # the same lookup done once, as cache_logger_on_first_use does.
-            self._log, self._resolved = self._log.bind(), True
-        self._log.warning(
-            "job finished",
-            job_id=job.id,
-            type=job.type,
-            attempt=result.attempts,
-            status=status_name,
-            duration_ms=result.duration_ms,
-            error=result.error,
-        )
+        fields: dict[str, Any] = {
+            "job_id": job.id,
+            "type": job.type,
+            "attempt": result.attempts,
+            "status": status_name,
+            "duration_ms": result.duration_ms,
+        }
+        if succeeded:
+            fields["event"] = "job finished"  # last, where structlog's logger puts it
+            self._info_line(fields)
+        else:
+            if not self._resolved:
+                # structlog's lazy logger looks its bound logger up on every call; this
+                # is the same lookup done once, as cache_logger_on_first_use does.
+                self._log, self._resolved = self._log.bind(), True
+            self._log.warning("job finished", **fields, error=result.error)
         clear_job_fields()
 
     def _info_line(self, event_dict: Any) -> None:

@@ -173,9 +173,6 @@ def test_a_producer_waits_out_a_reconnect_backoff_in_milliseconds(
 def test_the_replay_producer_paces_its_unready_sends(monkeypatch: pytest.MonkeyPatch) -> None:
     # The console's replay button and `jobworker dlq replay` write through it: a replay
     # under way when the broker freezes must wait, not spin the hub.
-    def offline_producer(make: Any, settings: KafkaClientSettings, **config: Any) -> Any:
-        return make(bootstrap_servers=NOWHERE, api_version=(2, 8))
-
     monkeypatch.setattr(republisher, "open_client", offline_producer)
     replay = republisher.KafkaRecordRepublisher(KafkaClientSettings(NOWHERE))
     try:
@@ -187,14 +184,17 @@ def test_the_replay_producer_paces_its_unready_sends(monkeypatch: pytest.MonkeyP
 def test_the_job_publisher_paces_its_unready_sends(monkeypatch: pytest.MonkeyPatch) -> None:
     # `jobworker submit` writes through it: a submit under way when the broker freezes
     # must wait, not spin a core.
-    def offline_producer(make: Any, settings: KafkaClientSettings, **config: Any) -> Any:
-        producer = make(bootstrap_servers=NOWHERE, api_version=(2, 8))
-        producer.partitions_for = lambda _topic: {0}  # the topic is there
-        return producer
-
     monkeypatch.setattr(publisher, "open_client", offline_producer)
     jobs = publisher.KafkaJobPublisher(KafkaClientSettings(NOWHERE), "jobs")
     try:
         assert jobs._producer._sender._client.connection_delay(1) == 100
     finally:
         jobs._producer.close(timeout=0)
+
+
+def offline_producer(make: Any, settings: KafkaClientSettings, **config: Any) -> Any:
+    """``open_client``'s stand-in: a real producer of ``make``'s kind, with no broker
+    behind it, for which every topic is there."""
+    producer = make(bootstrap_servers=NOWHERE, api_version=(2, 8))
+    producer.partitions_for = lambda _topic: {0}
+    return producer
